@@ -1,0 +1,529 @@
+"""The one durable outbox: every record is committed here before anything else may see it.
+
+Guarantees, and how they are kept:
+
+* **A seq is never reused.** Each record gets ``seq`` in the same SQLite transaction that
+  stores it (the counter lives in ``meta`` and is written in that transaction). A crash
+  before the commit rolls back the rows *and* the counter together; those seqs were never
+  visible to the uplink, so nothing outside the gateway ever saw them. Together with the
+  random ``epoch`` made when the database is created, ``(gateway_id, epoch, seq)`` is unique
+  for ever.
+* **Nothing committed is lost by a crash**: WAL with ``synchronous=FULL`` fsyncs the log on
+  every commit. Commits are grouped (one writer thread drains whatever queued while the
+  previous commit was being written, bounded by count and gathering time), so fsyncs stay few
+  on flash even with many drivers.
+* **Loss is explicit.** When the cap (bytes or rows) or the disk is reached, the oldest unsent
+  rows are evicted and a :class:`~gateway.model.Gap` record naming the evicted seq range is
+  written in the same transaction; it is delivered like any other record.
+* **Records leave only when acknowledged**: :meth:`Store.ack` deletes a seq range once the
+  broker has acknowledged the message that carried it.
+* **Cursors commit with their readings**: a driver passes ``cursors`` to :meth:`Store.append`
+  and they are written in the same transaction as the records they produced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import cbor2
+
+from .model import KIND_GAP, Event, Gap, Record, kind_of, now_ms, record_from_obj, StoredRecord
+
+log = logging.getLogger("gateway.store")
+
+SCHEMA_VERSION = 1
+# Accounted bytes per row on top of the payload (rowid, kind, ts, b-tree cell overhead).
+ROW_OVERHEAD = 32
+# After an eviction the store holds at most this share of its cap, so that a full store
+# does not write a gap record on every single insert.
+EVICT_TO = 0.95
+
+CursorKey = tuple[str, str]
+
+
+class StoreError(Exception):
+    """Base class for errors the store reports to its callers."""
+
+
+class StoreFull(StoreError):
+    """The disk (or the page limit) is full and eviction could not make room."""
+
+
+class StoreClosed(StoreError):
+    """The store was closed; nothing more is accepted."""
+
+
+class StoreCorrupt(StoreError):
+    """The database file failed its integrity check."""
+
+
+@dataclass(slots=True)
+class StoreStats:
+    epoch: str
+    depth: int
+    bytes: int
+    last_seq: int
+    oldest_seq: int | None
+    oldest_ts_ms: int | None
+    commits: int
+    records_committed: int
+    evicted_records: int
+    gap_records: int
+    full_errors: int
+    acked_records: int
+
+
+@dataclass(slots=True)
+class _Append:
+    records: list[Record]
+    cursors: Mapping[CursorKey, Any] | None
+    future: Future
+
+
+@dataclass(slots=True)
+class _Ack:
+    first: int
+    last: int
+
+
+_STOP = object()
+
+
+def _is_full(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == 13 or "full" in str(exc).lower()  # SQLITE_FULL
+
+
+def encode_record(record: Record) -> bytes:
+    return cbor2.dumps(record.to_obj())
+
+
+def decode_row(seq: int, kind: int, payload: bytes) -> StoredRecord:
+    return StoredRecord(seq, record_from_obj(kind, cbor2.loads(payload)))
+
+
+class Store:
+    """The outbox. Thread-safe: any thread may append, read or ack.
+
+    Writes go through one writer thread (SQLite allows one writer; funnelling also gives
+    the group commits). Reads use their own connection, which WAL lets run beside the writer.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int = 512 * 1024 * 1024,
+        max_rows: int | None = None,
+        commit_interval_ms: int = 50,
+        commit_max_records: int = 5000,
+        max_page_count: int | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.max_bytes = max_bytes
+        self.max_rows = max_rows
+        self.commit_interval_s = commit_interval_ms / 1000.0
+        self.commit_max_records = commit_max_records
+        self.max_page_count = max_page_count
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._listeners: list[threading.Event] = []
+        self._read_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.open_report: list[str] = []
+        self._wconn = self._open()
+        self._rconn = self._connect()
+        self._writer = threading.Thread(target=self._writer_loop, name="store-writer", daemon=True)
+        self._writer.start()
+
+    # ----------------------------------------------------------------- opening
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        if self.max_page_count:
+            conn.execute(f"PRAGMA max_page_count={int(self.max_page_count)}")
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        """Open (or create) the database, check it, and load the counters.
+
+        A file that fails its integrity check is moved aside (kept for forensics, never
+        deleted) and a new store with a new epoch is created, so a corrupt file cannot keep
+        a gateway from collecting readings; the event says what happened.
+        """
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)) or ".", exist_ok=True)
+        existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        recovered_from: str | None = None
+        problem = ""
+        if existed:
+            problem = self._check_file()
+            if problem:
+                recovered_from = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+                for suffix in ("", "-wal", "-shm"):
+                    if os.path.exists(self.path + suffix):
+                        os.replace(self.path + suffix, recovered_from + suffix)
+                log.error("store: %s failed its integrity check (%s); moved it to %s and "
+                          "started a new store", self.path, problem, recovered_from)
+        conn = self._connect()
+        self._create_schema(conn)
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        self.epoch: str = meta["epoch"]
+        self._next_seq = int(meta["next_seq"])
+        rows, payload = conn.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
+        self._rows = int(rows)
+        self._bytes = int(payload) + ROW_OVERHEAD * self._rows
+        self._commits = self._committed = self._evicted = self._gaps = 0
+        self._full_errors = self._acked = 0
+        oldest = conn.execute("SELECT min(seq) FROM outbox").fetchone()[0]
+        self.open_report.append(
+            f"store {self.path}: epoch {self.epoch}, "
+            + ("new database" if not existed or recovered_from else "integrity ok")
+            + f", {self._rows} unsent records"
+            + (f" (seq {oldest}..{self._next_seq - 1})" if oldest is not None else "")
+            + f", {self._bytes} bytes of {self.max_bytes} cap")
+        if recovered_from:
+            self._write_now(conn, [Event("store.recreated", now_ms(), "store", severity="error",
+                                         detail={"reason": problem, "moved_to": recovered_from})])
+        return conn
+
+    def _check_file(self) -> str:
+        """Return '' when the file is a healthy store, else what is wrong with it."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                result = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        if result != ["ok"]:
+            return "; ".join(result[:5])
+        return ""
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version not in (0,):
+            raise StoreCorrupt(f"{self.path}: schema version {version} is newer than this "
+                               f"firmware understands ({SCHEMA_VERSION})")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, kind INTEGER NOT NULL, "
+                     "ts_ms INTEGER NOT NULL, payload BLOB NOT NULL)")
+        conn.execute("CREATE TABLE cursors (meter_id TEXT NOT NULL, name TEXT NOT NULL, "
+                     "value BLOB NOT NULL, updated_ms INTEGER NOT NULL, "
+                     "PRIMARY KEY (meter_id, name))")
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+            ("epoch", secrets.token_hex(8)), ("next_seq", "1"),
+            ("created_ms", str(now_ms()))])
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+
+    # --------------------------------------------------------------- public API
+    def submit(self, records: Iterable[Record],
+               cursors: Mapping[CursorKey, Any] | None = None) -> "Future[list[int]]":
+        """Queue records (and cursor updates) for the next group commit.
+
+        The future resolves to their seqs once they are durable, or fails with
+        :class:`StoreFull` / :class:`StoreClosed`.
+        """
+        fut: Future[list[int]] = Future()
+        if self._closed:
+            fut.set_exception(StoreClosed("store is closed"))
+            return fut
+        self._queue.put(_Append(list(records), cursors, fut))
+        return fut
+
+    def append(self, records: Iterable[Record], cursors: Mapping[CursorKey, Any] | None = None,
+               timeout: float | None = 60.0) -> list[int]:
+        """Store records durably; returns their seqs once committed."""
+        return self.submit(records, cursors).result(timeout)
+
+    def ack(self, first_seq: int, last_seq: int) -> None:
+        """The broker acknowledged every record in first..last: remove them (asynchronously;
+        a crash before the delete only means they are sent again, and the head-end dedups)."""
+        if not self._closed:
+            self._queue.put(_Ack(first_seq, last_seq))
+
+    def fetch(self, after_seq: int, max_records: int, max_bytes: int | None = None
+              ) -> list[tuple[int, int, bytes]]:
+        """Committed, unacknowledged rows with seq > after_seq, oldest first, as
+        (seq, kind, payload)."""
+        with self._read_lock:
+            cur = self._rconn.execute(
+                "SELECT seq, kind, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, max_records))
+            if max_bytes is None:
+                return cur.fetchall()
+            out: list[tuple[int, int, bytes]] = []
+            total = 0
+            for row in cur:
+                total += len(row[2])
+                if out and total > max_bytes:
+                    break
+                out.append(row)
+            return out
+
+    def read_records(self, after_seq: int = 0, limit: int = 1000) -> list[StoredRecord]:
+        return [decode_row(*row) for row in self.fetch(after_seq, limit)]
+
+    def get_cursor(self, meter_id: str, name: str, default: Any = None) -> Any:
+        with self._read_lock:
+            row = self._rconn.execute("SELECT value FROM cursors WHERE meter_id=? AND name=?",
+                                      (meter_id, name)).fetchone()
+        return cbor2.loads(row[0]) if row else default
+
+    def add_listener(self, event: threading.Event) -> None:
+        """`event` is set after every commit that added records (wakes the uplink)."""
+        self._listeners.append(event)
+
+    def stats(self) -> StoreStats:
+        with self._read_lock:
+            row = self._rconn.execute(
+                "SELECT seq, ts_ms FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        with self._stats_lock:
+            return StoreStats(self.epoch, self._rows, self._bytes, self._next_seq - 1,
+                              row[0] if row else None, row[1] if row else None,
+                              self._commits, self._committed, self._evicted, self._gaps,
+                              self._full_errors, self._acked)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything queued so far is committed."""
+        fut: Future[list[int]] = Future()
+        self._queue.put(_Append([], None, fut))
+        fut.result(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit what is queued, then stop the writer and close the database."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._writer.join(timeout)
+        with self._read_lock:
+            self._rconn.close()
+        self._wconn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writer
+    def _writer_loop(self) -> None:
+        stop = False
+        while not stop:
+            op = self._queue.get()
+            batch: list[Any] = []
+            n = 0
+            deadline = time.monotonic() + self.commit_interval_s
+            while True:
+                if op is _STOP:
+                    stop = True
+                    break
+                batch.append(op)
+                if isinstance(op, _Append):
+                    n += len(op.records)
+                if n >= self.commit_max_records or time.monotonic() >= deadline:
+                    break
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._commit_batch(batch)
+        # Anything submitted after close was requested is refused, never silently dropped.
+        while True:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(op, _Append):
+                op.future.set_exception(StoreClosed("store is closed"))
+
+    def _commit_batch(self, batch: list[Any]) -> None:
+        appends = [op for op in batch if isinstance(op, _Append)]
+        acks = [op for op in batch if isinstance(op, _Ack)]
+        records = [r for op in appends for r in op.records]
+        cursors = [c for op in appends if op.cursors for c in op.cursors.items()]
+        seqs: list[int] | None
+        try:
+            seqs = self._transaction(records, cursors, acks)
+        except sqlite3.Error as exc:
+            if _is_full(exc):
+                seqs = self._retry_after_full(records, cursors, acks)
+                err: Exception = StoreFull(f"storage full ({exc}): {len(records)} records refused")
+            else:
+                log.exception("store: commit of %d records failed", len(records))
+                seqs, err = None, StoreError(f"commit failed: {exc}")
+            if seqs is None:
+                for op in appends:
+                    if op.records or op.cursors:
+                        op.future.set_exception(err)
+                    else:
+                        op.future.set_result([])
+                return
+        i = 0
+        for op in appends:
+            op.future.set_result(seqs[i:i + len(op.records)])
+            i += len(op.records)
+        if records:
+            for ev in self._listeners:
+                ev.set()
+
+    def _retry_after_full(self, records: list[Record], cursors: list[Any],
+                          acks: list[_Ack]) -> list[int] | None:
+        """The disk is full: free the space of old unsent rows (with a gap record) and try
+        once more; if that fails too, refuse the new records with a counted error."""
+        with self._stats_lock:
+            self._full_errors += 1
+        need = max(len(records) * 2, self._rows // 20, 1)
+        try:
+            self._wconn.execute("BEGIN IMMEDIATE")
+            self._apply_acks(acks)
+            acks = []
+            self._evict(need_rows=need, need_bytes=0, reason="storage full")
+            self._wconn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            log.error("store: storage full and eviction failed too (%s); refusing %d records",
+                      exc, len(records))
+            return None
+        try:
+            seqs = self._transaction(records, cursors, acks)
+        except sqlite3.Error as exc:
+            log.error("store: storage full (%s); refusing %d records", exc, len(records))
+            return None
+        log.warning("store: storage full; evicted old unsent records to make room")
+        return seqs
+
+    def _rollback(self) -> None:
+        try:
+            self._wconn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def _transaction(self, records: Sequence[Record], cursors: Sequence[Any],
+                     acks: Sequence[_Ack]) -> list[int]:
+        conn = self._wconn
+        saved = (self._next_seq, self._rows, self._bytes, self._evicted, self._gaps, self._acked)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            self._apply_acks(acks)
+            seqs = self._insert(records)
+            if cursors:
+                ts = now_ms()
+                conn.executemany(
+                    "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?, ?)",
+                    [(m, n, cbor2.dumps(v), ts) for (m, n), v in cursors])
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            with self._stats_lock:
+                (self._next_seq, self._rows, self._bytes, self._evicted, self._gaps,
+                 self._acked) = saved
+            raise
+        with self._stats_lock:
+            self._commits += 1
+            self._committed += len(records)
+        return seqs
+
+    def _write_now(self, conn: sqlite3.Connection, records: Sequence[Record]) -> list[int]:
+        """Insert records synchronously (used before the writer thread runs)."""
+        self._wconn = conn
+        return self._transaction(records, (), ())
+
+    def _apply_acks(self, acks: Sequence[_Ack]) -> None:
+        for ack in acks:
+            freed = self._wconn.execute(
+                "DELETE FROM outbox WHERE seq BETWEEN ? AND ? RETURNING length(payload)",
+                (ack.first, ack.last)).fetchall()
+            with self._stats_lock:
+                self._rows -= len(freed)
+                self._bytes -= sum(r[0] for r in freed) + ROW_OVERHEAD * len(freed)
+                self._acked += len(freed)
+
+    def _insert(self, records: Sequence[Record]) -> list[int]:
+        if not records:
+            return []
+        ts = now_ms()
+        rows = [(kind_of(r), ts, encode_record(r)) for r in records]
+        new_bytes = sum(len(r[2]) for r in rows) + ROW_OVERHEAD * len(rows)
+        over_bytes = self._bytes + new_bytes - self.max_bytes
+        over_rows = (self._rows + len(rows) - self.max_rows) if self.max_rows else 0
+        if over_bytes > 0 or over_rows > 0:
+            slack_b = int(self.max_bytes * (1 - EVICT_TO))
+            slack_r = int(self.max_rows * (1 - EVICT_TO)) if self.max_rows else 0
+            self._evict(need_rows=max(over_rows, 0) + slack_r if over_rows > 0 else 0,
+                        need_bytes=over_bytes + slack_b if over_bytes > 0 else 0,
+                        reason=self._cap_reason())
+        first = self._next_seq
+        self._wconn.executemany(
+            "INSERT INTO outbox (seq, kind, ts_ms, payload) VALUES (?, ?, ?, ?)",
+            [(first + i, k, t, p) for i, (k, t, p) in enumerate(rows)])
+        self._next_seq = first + len(rows)
+        self._wconn.execute("UPDATE meta SET value=? WHERE key='next_seq'", (str(self._next_seq),))
+        with self._stats_lock:
+            self._rows += len(rows)
+            self._bytes += new_bytes
+        return list(range(first, self._next_seq))
+
+    def _cap_reason(self) -> str:
+        cap = f"max_bytes={self.max_bytes}"
+        if self.max_rows:
+            cap += f", max_rows={self.max_rows}"
+        return f"store cap reached ({cap})"
+
+    def _evict(self, need_rows: int, need_bytes: int, reason: str) -> None:
+        """Delete the oldest unsent non-gap rows until need_rows rows and need_bytes bytes
+        are freed, and record a Gap for them in the same transaction.
+
+        Gap records themselves are never evicted: they are the proof of loss.
+        """
+        conn = self._wconn
+        freed_rows = freed_bytes = 0
+        first = last = None
+        cur = conn.execute("SELECT seq, length(payload) FROM outbox WHERE kind != ? ORDER BY seq",
+                           (KIND_GAP,))
+        for seq, size in cur:
+            if freed_rows >= need_rows and freed_bytes >= need_bytes:
+                break
+            first = seq if first is None else first
+            last = seq
+            freed_rows += 1
+            freed_bytes += size + ROW_OVERHEAD
+        cur.close()
+        if first is None:
+            return
+        conn.execute("DELETE FROM outbox WHERE seq BETWEEN ? AND ? AND kind != ?",
+                     (first, last, KIND_GAP))
+        with self._stats_lock:
+            self._rows -= freed_rows
+            self._bytes -= freed_bytes
+            self._evicted += freed_rows
+            self._gaps += 1
+        log.warning("store: evicted %d unsent records (seq %d..%d): %s",
+                    freed_rows, first, last, reason)
+        gap = Gap(first, last, freed_rows, reason, now_ms())
+        payload = encode_record(gap)
+        seq = self._next_seq
+        conn.execute("INSERT INTO outbox (seq, kind, ts_ms, payload) VALUES (?, ?, ?, ?)",
+                     (seq, KIND_GAP, gap.ts_ms, payload))
+        self._next_seq = seq + 1
+        conn.execute("UPDATE meta SET value=? WHERE key='next_seq'", (str(self._next_seq),))
+        with self._stats_lock:
+            self._rows += 1
+            self._bytes += len(payload) + ROW_OVERHEAD
