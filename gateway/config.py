@@ -1,0 +1,976 @@
+"""Load and validate the gateway's YAML configuration.
+
+Field techs edit this file on a live concentrator, so every problem is reported at once,
+with ``file:line:column: key.path: expected X, got Y``, and bad input never produces a
+Python traceback. Positions come from the YAML node tree (``yaml.compose``), not from
+``safe_load``, which throws them away.
+
+Every section (gateway, store, uplink, logging and each driver entry) is described by the
+same declarative table of :class:`FieldSpec` and checked by one walker. Drivers add their
+option tables with :func:`register_driver_schema` when their module is imported, so the
+loader knows nothing about dlms, mbus, wmbus or zigbee; a module that registers a schema
+must be imported before :func:`load_config` is called.
+
+``null`` (or an empty value) means "use the default". Types are strict: a quoted
+``"8883"`` is not a port. String-valued keys take plain scalars as written, so
+``id: 0001`` stays ``"0001"`` and ``tls_version: 1.2`` stays ``"1.2"`` instead of being
+turned into a number by YAML.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Callable, Iterable, Mapping, Union
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+# --------------------------------------------------------------------------- issues
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem found in a config file. line and column are 1-based; 0 means "whole file"."""
+
+    file: str
+    line: int
+    column: int
+    key_path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}" if self.line > 0 else self.file
+        what = f"{self.key_path}: {self.message}" if self.key_path else self.message
+        return f"{where}: {what}"
+
+
+class ConfigError(Exception):
+    """The config file is unusable. ``issues`` holds every error found, not just the first."""
+
+    def __init__(self, issues: Iterable[ConfigIssue], warnings: Iterable[ConfigIssue] = ()):
+        self.issues = list(issues)
+        self.warnings = list(warnings)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean {_quote(match[0])}?" if match else None
+
+
+_SIMPLE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _join(parent: str, name: str) -> str:
+    """Key path for display; odd key names are quoted so the path stays readable."""
+    shown = name if _SIMPLE_KEY.fullmatch(name) else _quote(name)
+    return f"{parent}.{shown}" if parent else shown
+
+
+def _quote(s: str, limit: int = 60) -> str:
+    """Double-quoted and escaped, truncated, and safe to print on any UTF-8 terminal."""
+    if len(s) > limit:
+        s = s[:limit - 3] + "..."
+    return json.dumps(s, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _show(v: Any) -> str:
+    """How a bad value is shown after "got"."""
+    if isinstance(v, str):
+        return _quote(v)
+    if isinstance(v, Mapping):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, (bytes, bytearray)):
+        return "binary data"
+    if hasattr(v, "isoformat"):
+        return f"a date {v.isoformat()}"
+    return _show_plain(v)
+
+
+def _show_plain(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:g}" if math.isfinite(v) else repr(v)
+    if isinstance(v, str):
+        return _quote(v)
+    if isinstance(v, int) and v.bit_length() > 128:
+        return "an integer of more than 128 bits"  # str() refuses ints above 4300 digits
+    text_ = str(v)
+    return text_ if len(text_) <= 60 else text_[:57] + "..."
+
+
+# --------------------------------------------------------------------------- sizes
+
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+}
+
+
+def parse_size(text: Union[str, int]) -> int:
+    """Parse ``4096``, ``10MB`` (decimal, 10**7) or ``512MiB`` (binary, 512 * 2**20) into bytes.
+
+    Units are case-insensitive; a fraction is allowed only if the result is whole bytes
+    (``1.5KiB`` is 1536, ``0.3KiB`` is an error). Raises ValueError or TypeError.
+    """
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise TypeError(f"a size must be an integer or a string, not {type(text).__name__}")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError("a size cannot be negative")
+        return text
+    m = _SIZE_RE.fullmatch(text)
+    if not m:
+        raise ValueError(f"not a size: {_quote(text)}")
+    unit = m[2].lower()
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"unknown unit {_quote(m[2])}; use B, KB, KiB, MB, MiB, GB or GiB")
+    n = Fraction(m[1]) * _SIZE_UNITS[unit]
+    if n.denominator != 1:
+        raise ValueError("not a whole number of bytes")
+    return int(n)
+
+
+def format_size(n: int) -> str:
+    """Inverse of parse_size for display: the largest binary unit that divides n exactly."""
+    for unit, mult in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= mult and n % mult == 0:
+            return f"{n // mult} {unit}"
+    return f"{n} bytes"
+
+
+# --------------------------------------------------------------------------- field specs
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """How to validate one value.
+
+    ``convert`` returns the normalised value or raises ValueError/TypeError (its message, if
+    any, is appended as detail); ``expected`` completes "expected ..., got ...". With
+    ``as_text`` a scalar is passed as the text written in the file, not YAML's guess at it.
+    """
+
+    expected: str
+    convert: Callable[[Any], Any]
+    as_text: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One key of a section: its check, default (REQUIRED if none) and help text.
+
+    ``path`` values are resolved against the config file's directory and stored absolute;
+    ``must_exist`` additionally requires an existing regular file. A ``secret`` file must not
+    be readable by group/other; a secret written inline requires the config file not to be.
+    """
+
+    name: str
+    check: Check
+    default: Any = REQUIRED
+    help: str = ""
+    secret: bool = False
+    path: bool = False
+    must_exist: bool = False
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+# Cross-field rule: gets the validated values, returns (key, message) pairs.
+CrossCheck = Callable[[dict[str, Any]], list[tuple[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """The keys a section (or a driver entry's options) may hold, plus cross-field rules."""
+
+    fields: tuple[FieldSpec, ...]
+    check: CrossCheck | None = None
+    help: str = ""
+
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+
+# Driver option tables use exactly the same mechanism as the core sections.
+DriverSchema = Schema
+
+
+def integer(lo: int | None = None, hi: int | None = None, what: str = "an integer") -> Check:
+    if lo is not None and hi is not None:
+        expected = f"{what} {lo}-{hi}"
+    elif lo is not None:
+        expected = f"{what} >= {lo}"
+    elif hi is not None:
+        expected = f"{what} <= {hi}"
+    else:
+        expected = what
+
+    def convert(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError()
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ValueError()
+        return v
+
+    return Check(expected, convert)
+
+
+def number(*, gt: float | None = None, ge: float | None = None, le: float | None = None,
+           what: str = "a number") -> Check:
+    """An int or float; durations are numbers of seconds."""
+    bounds = [f"> {gt:g}" if gt is not None else "", f">= {ge:g}" if ge is not None else "",
+              f"<= {le:g}" if le is not None else ""]
+    expected = " ".join([what] + [b for b in bounds if b])
+
+    def convert(v: Any) -> Union[int, float]:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError()
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError()
+        if (gt is not None and not v > gt) or (ge is not None and not v >= ge) \
+                or (le is not None and not v <= le):
+            raise ValueError()
+        return v
+
+    return Check(expected, convert)
+
+
+def text(expected: str = "a string", pattern: str | None = None,
+         validate: Callable[[str], None] | None = None) -> Check:
+    """A string, optionally matching ``pattern`` in full and passing ``validate``."""
+    rx = re.compile(pattern) if pattern else None
+
+    def convert(v: Any) -> str:
+        if not isinstance(v, str):
+            raise TypeError()
+        if rx is not None and not rx.fullmatch(v):
+            raise ValueError()
+        if validate is not None:
+            validate(v)
+        return v
+
+    return Check(expected, convert, as_text=True)
+
+
+def one_of(*choices: str) -> Check:
+    """One of a fixed set of words (case-insensitive), with a did-you-mean hint."""
+    expected = "one of " + ", ".join(_quote(c) for c in choices)
+
+    def convert(v: Any) -> str:
+        if not isinstance(v, str):
+            raise TypeError()
+        if v.lower() in choices:
+            return v.lower()
+        raise ValueError(_did_you_mean(v.lower(), choices) or "")
+
+    return Check(expected, convert, as_text=True)
+
+
+MAX_SIZE = 2**63 - 1  # what SQLite and most file APIs can count to
+
+
+def size(lo: int = 0, hi: int | None = None) -> Check:
+    if hi is None:
+        expected = f"a size of at least {format_size(lo)} (e.g. 512MiB, 10MB, 4096)"
+    else:
+        expected = f"a size {lo}-{hi} bytes (e.g. 64KiB, 4096)"
+
+    def convert(v: Any) -> int:
+        n = parse_size(v)
+        if n < lo or n > (MAX_SIZE if hi is None else hi):
+            raise ValueError()
+        return n
+
+    return Check(expected, convert)
+
+
+def boolean() -> Check:
+    def convert(v: Any) -> bool:
+        if not isinstance(v, bool):
+            raise TypeError()
+        return v
+
+    return Check("true or false", convert)
+
+
+def _check_path(v: str) -> None:
+    if not v or "\0" in v:
+        raise ValueError()
+
+
+PATH = text("a file path", validate=_check_path)
+ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
+ID = text("an id of 1-64 characters from A-Z a-z 0-9 . _ -", ID_PATTERN)
+
+
+def file_field(name: str, help: str, secret: bool = False) -> FieldSpec:
+    """A required path to an existing file."""
+    return FieldSpec(name, PATH, help=help, secret=secret, path=True, must_exist=True)
+
+
+# --------------------------------------------------------------------------- core schemas
+
+
+def _check_host(v: str) -> None:
+    if not v or "://" in v or "/" in v or any(c.isspace() for c in v):
+        raise ValueError()
+
+
+def _check_topic_prefix(v: str) -> None:
+    if not v or "+" in v or "#" in v or "\0" in v or "" in v.split("/"):
+        raise ValueError()
+
+
+def _check_client_id(v: str) -> None:
+    if not v or len(v) > 256 or any(c.isspace() or not c.isprintable() for c in v):
+        raise ValueError()
+
+
+def _tls_version(v: Any) -> str:
+    # "1.2" or "1.3"; as_text keeps an unquoted 1.2 from becoming a float.
+    if not isinstance(v, str):
+        raise TypeError()
+    if v not in ("1.2", "1.3"):
+        raise ValueError()
+    return v
+
+
+GATEWAY_SCHEMA = Schema((
+    FieldSpec("id", ID, help="this gateway's unique id, e.g. gw-0001"),
+    FieldSpec("board", ID, "generic-linux", help="board profile name"),
+))
+
+STORE_SCHEMA = Schema((
+    FieldSpec("path", PATH, help="path of the store database, e.g. /var/lib/gateway/store.db",
+              path=True),
+    FieldSpec("max_bytes", size(64 * 1024), 512 * 1024**2,
+              help="disk cap of the store; the oldest records are evicted beyond it"),
+    FieldSpec("max_rows", integer(1), None, help="optional cap on stored records"),
+    FieldSpec("commit_interval_ms", integer(1, 10000), 50,
+              help="group commit: longest time a record waits before being committed"),
+    FieldSpec("commit_max_records", integer(1, 1_000_000), 5000,
+              help="group commit: most records committed in one transaction"),
+))
+
+
+def _uplink_rules(v: dict[str, Any]) -> list[tuple[str, str]]:
+    if v["reconnect_max_s"] < v["reconnect_min_s"]:
+        return [("reconnect_max_s", f"expected a number >= reconnect_min_s "
+                                    f"({v['reconnect_min_s']:g}), got {v['reconnect_max_s']:g}")]
+    return []
+
+
+UPLINK_SCHEMA = Schema((
+    FieldSpec("host", text("a host name or IP address (no scheme, port or path)",
+                           validate=_check_host), help="the MQTT broker host name"),
+    FieldSpec("port", integer(1, 65535), 8883, help="the MQTT broker TLS port"),
+    file_field("ca", "CA certificate file (PEM) that signed the broker's certificate"),
+    file_field("cert", "this gateway's client certificate file (PEM)"),
+    file_field("key", "private key file of the client certificate", secret=True),
+    file_field("signing_key", "private key file used to sign uplink batches", secret=True),
+    FieldSpec("topic_prefix",
+              text('an MQTT topic prefix such as "meters" or "utility/north" (no "+" or "#", '
+                   'no empty levels, no leading or trailing "/")', validate=_check_topic_prefix),
+              "meters", help="prefix of every published topic"),
+    FieldSpec("client_id", text("an MQTT client id of 1-256 printable characters without spaces",
+                                validate=_check_client_id),
+              None, help="MQTT client id; defaults to the gateway id"),
+    FieldSpec("keepalive_s", integer(5, 3600, "a whole number of seconds"), 30,
+              help="MQTT keepalive interval"),
+    FieldSpec("inflight", integer(1, 1000), 20, help="most unacknowledged messages in flight"),
+    FieldSpec("batch_max_records", integer(1, 10000), 200, help="most records per message"),
+    FieldSpec("batch_max_bytes", size(256, 268435455), 65536, help="largest message payload"),
+    FieldSpec("reconnect_min_s", number(gt=0, what="a number of seconds"), 1,
+              help="first reconnect back-off"),
+    FieldSpec("reconnect_max_s", number(gt=0, what="a number of seconds"), 60,
+              help="longest reconnect back-off"),
+    FieldSpec("tls_version", Check('"1.2" (1.2 or newer) or "1.3"', _tls_version, as_text=True),
+              "1.2", help="minimum TLS version"),
+), check=_uplink_rules)
+
+LOGGING_SCHEMA = Schema((
+    FieldSpec("level", one_of("debug", "info", "warning", "error"), "info", help="log level"),
+))
+
+# Top-level sections: name -> (schema, required). "drivers" is a list, handled separately.
+SECTIONS: dict[str, tuple[Schema, bool]] = {
+    "gateway": (GATEWAY_SCHEMA, True),
+    "store": (STORE_SCHEMA, True),
+    "uplink": (UPLINK_SCHEMA, True),
+    "logging": (LOGGING_SCHEMA, False),
+}
+TOP_LEVEL_KEYS = [*SECTIONS, "drivers"]
+
+# --------------------------------------------------------------------------- driver registry
+
+DRIVER_SCHEMAS: dict[str, DriverSchema] = {}
+_DRIVER_COMMON = ("type", "name")
+
+
+def register_driver_schema(type_name: str, schema: DriverSchema) -> None:
+    """Declare the options of a driver type. Call at import time of the driver module.
+
+    Registering the same schema twice is harmless (module reloads); a different schema under
+    an existing name is a programming error.
+    """
+    if not re.fullmatch(ID_PATTERN, type_name):
+        raise ValueError(f"invalid driver type name {type_name!r}")
+    if not isinstance(schema, Schema):
+        raise TypeError("schema must be a DriverSchema")
+    names = schema.field_names()
+    if len(set(names)) != len(names) or set(names) & set(_DRIVER_COMMON):
+        raise ValueError(f"driver {type_name!r}: option names must be unique and not "
+                         f"{' or '.join(_DRIVER_COMMON)}")
+    old = DRIVER_SCHEMAS.get(type_name)
+    if old is not None and old != schema:
+        raise ValueError(f"driver type {type_name!r} is already registered")
+    DRIVER_SCHEMAS[type_name] = schema
+
+
+register_driver_schema("simulated", DriverSchema((
+    FieldSpec("meters", integer(1, 100000), 1, help="number of simulated meters"),
+    FieldSpec("interval_s", number(gt=0, what="a number of seconds"), 60,
+              help="seconds between readings of one meter"),
+    FieldSpec("meter_prefix", text("a string of 0-32 characters from A-Z a-z 0-9 . _ -",
+                                   r"[A-Za-z0-9._-]{0,32}"), "sim-",
+              help="prefix of the simulated meter ids"),
+    FieldSpec("seed", integer(), 0, help="random seed, for reproducible runs"),
+), help="generates plausible readings without hardware"))
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    id: str
+    board: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    path: str
+    max_bytes: int
+    max_rows: int | None
+    commit_interval_ms: int
+    commit_max_records: int
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkConfig:
+    host: str
+    port: int
+    ca: str
+    cert: str
+    key: str
+    signing_key: str
+    topic_prefix: str
+    client_id: str
+    keepalive_s: int
+    inflight: int
+    batch_max_records: int
+    batch_max_bytes: int
+    reconnect_min_s: float
+    reconnect_max_s: float
+    tls_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class DriverConfig:
+    """One driver instance; options are validated and defaulted by its type's schema."""
+
+    type: str
+    name: str
+    options: dict[str, Any]
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    gateway: GatewayConfig
+    store: StoreConfig
+    uplink: UplinkConfig
+    logging: LoggingConfig
+    drivers: tuple[DriverConfig, ...]
+    source_path: str
+    config_hash: str
+    warnings: list[ConfigIssue] = field(default_factory=list, compare=False)
+
+    def summary(self) -> str:
+        """A few human lines for ``gateway check-config``; secrets are masked."""
+        s, u = self.store, self.uplink
+        lines = [
+            f"config:  {self.source_path} (sha256 {self.config_hash[:16]})",
+            f"gateway: {self.gateway.id} (board {self.gateway.board})",
+            f"store:   {s.path}, cap {format_size(s.max_bytes)}"
+            + (f", max {s.max_rows} rows" if s.max_rows is not None else "")
+            + f", group commit {s.commit_interval_ms} ms / {s.commit_max_records} records",
+            f"uplink:  {u.host}:{u.port} (TLS >= {u.tls_version}), client id {u.client_id}, "
+            f"topic prefix {_quote(u.topic_prefix)}",
+            f"logging: {self.logging.level}",
+            f"drivers: {len(self.drivers)}",
+        ]
+        for d in self.drivers:
+            schema = DRIVER_SCHEMAS.get(d.type)
+            secret = {f.name for f in schema.fields if f.secret} if schema else set()
+            opts = ", ".join(f"{k}=" + ("***" if k in secret else _show_plain(v))
+                             for k, v in d.options.items())
+            lines.append(f"  - {d.name} ({d.type})" + (f": {opts}" if opts else ""))
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- loading
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+_NULL_TAG = "tag:yaml.org,2002:null"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_MAX_DEPTH = 64
+_MAX_NODES = 100_000
+
+
+def load_config(path: Union[str, os.PathLike[str]]) -> Config:
+    """Read, validate and default a config file. Raises ConfigError listing every problem."""
+    return _Loader(path).load()
+
+
+_Entries = dict[str, tuple[Node, Node]]
+
+
+class _TooComplex(Exception):
+    pass
+
+
+class _Loader:
+    """One pass over one file; collects issues instead of raising on the first."""
+
+    def __init__(self, path: Union[str, os.PathLike[str]]):
+        self.file = os.fspath(path)
+        self.abs = os.path.abspath(self.file)
+        self.base = os.path.dirname(self.abs)
+        self.errors: list[ConfigIssue] = []
+        self.warnings: list[ConfigIssue] = []
+        self.inline_secrets: list[tuple[Node, str]] = []
+        self.constructor = SafeConstructor()
+
+    # -- reporting
+
+    def _issue(self, where: Node | None, key_path: str, message: str) -> ConfigIssue:
+        if where is None:
+            return ConfigIssue(self.file, 0, 0, key_path, message)
+        mark = where.start_mark
+        return ConfigIssue(self.file, mark.line + 1, mark.column + 1, key_path, message)
+
+    def error(self, where: Node | None, key_path: str, message: str) -> None:
+        self.errors.append(self._issue(where, key_path, message))
+
+    def warn(self, where: Node | None, key_path: str, message: str) -> None:
+        self.warnings.append(self._issue(where, key_path, message))
+
+    def fail(self) -> ConfigError:
+        return ConfigError(_tidy(self.errors), _tidy(self.warnings))
+
+    # -- top level
+
+    def load(self) -> Config:
+        data = self._read()
+        root = self._compose(data)
+        if self.errors:
+            raise self.fail()
+        if root is None or _is_null(root):
+            self.error(None, "", "file is empty; expected a mapping with the sections "
+                       + ", ".join(TOP_LEVEL_KEYS))
+            raise self.fail()
+        top = self._entries(root, "", "a mapping with the sections " + ", ".join(TOP_LEVEL_KEYS))
+        if top is None:
+            raise self.fail()
+        self._unknown_keys(top, TOP_LEVEL_KEYS, "")
+
+        values: dict[str, dict[str, Any] | None] = {}
+        for name, (schema, required) in SECTIONS.items():
+            entry = top.get(name)
+            if entry is None and required:
+                self.error(root, name, "required section is missing")
+                values[name] = None
+                continue
+            key_node, node = entry if entry else (root, None)
+            entries = self._section_entries(node, name, schema)
+            values[name] = None if entries is None else self._fields(schema, entries, name,
+                                                                     key_node)
+        drivers = self._drivers(top.get("drivers"), root)
+        self._check_inline_secrets()
+        if self.errors:
+            raise self.fail()
+
+        g, s, u, lg = (values[k] for k in ("gateway", "store", "uplink", "logging"))
+        assert g is not None and s is not None and u is not None and lg is not None
+        if u["client_id"] is None:
+            u["client_id"] = g["id"]
+        return Config(
+            gateway=GatewayConfig(**g), store=StoreConfig(**s), uplink=UplinkConfig(**u),
+            logging=LoggingConfig(**lg), drivers=tuple(drivers), source_path=self.abs,
+            config_hash=hashlib.sha256(data).hexdigest(), warnings=_tidy(self.warnings))
+
+    def _read(self) -> bytes:
+        try:
+            with open(self.file, "rb") as f:
+                data = f.read(MAX_CONFIG_BYTES + 1)
+        except OSError as e:
+            self.error(None, "", f"cannot read: {e.strerror or e}")
+            raise self.fail() from None
+        if len(data) > MAX_CONFIG_BYTES:
+            self.error(None, "", f"cannot read: file is larger than {format_size(MAX_CONFIG_BYTES)};"
+                       " is this really the config file?")
+            raise self.fail()
+        return data
+
+    def _compose(self, data: bytes) -> Node | None:
+        try:
+            text_ = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+            self.errors.append(ConfigIssue(self.file, line, col, "",
+                                           "expected UTF-8 text, got an invalid byte "
+                                           f"0x{data[e.start]:02x}"))
+            return None
+        try:
+            return yaml.compose(text_, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            msg = "YAML syntax error: " + (e.problem or "invalid YAML")
+            if e.context:
+                msg += f" ({e.context}"
+                if e.context_mark is not None and e.context_mark is not mark:
+                    msg += f" at line {e.context_mark.line + 1}"
+                msg += ")"
+            line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+            self.errors.append(ConfigIssue(self.file, line, col, "", msg))
+        except yaml.reader.ReaderError as e:
+            before = text_[:e.position]
+            line = before.count("\n") + 1
+            col = e.position - (before.rfind("\n") + 1) + 1
+            self.errors.append(ConfigIssue(self.file, line, col, "",
+                                           f"expected printable text, got character "
+                                           f"U+{e.character:04X}" if isinstance(e.character, int)
+                                           else f"YAML error: {e.reason}"))
+        except yaml.YAMLError as e:
+            self.errors.append(ConfigIssue(self.file, 0, 0, "", f"YAML error: {e}"))
+        except RecursionError:
+            self.errors.append(ConfigIssue(self.file, 0, 0, "",
+                                           "expected a config file, got YAML nested too deeply"))
+        return None
+
+    # -- mappings
+
+    def _entries(self, node: Node, key_path: str, expected: str,
+                 _seen: set[int] | None = None) -> _Entries | None:
+        """Keys of a mapping node with their nodes; reports non-mappings, odd and repeated keys.
+
+        ``<<`` merge keys are honoured: explicit keys win over merged ones.
+        """
+        if not isinstance(node, MappingNode):
+            self.error(node, key_path, f"expected {expected}, got {_node_kind(node, self)}")
+            return None
+        seen = set() if _seen is None else _seen
+        if id(node) in seen:
+            self.error(node, key_path, "expected a mapping, got a recursive merge")
+            return {}
+        seen.add(id(node))
+        out: _Entries = {}
+        merged: _Entries = {}
+        for key, value in node.value:
+            if key.tag == _MERGE_TAG:
+                sources = value.value if isinstance(value, SequenceNode) else [value]
+                for src in sources:
+                    for name, e in (self._entries(src, key_path, "a mapping to merge", seen)
+                                    or {}).items():
+                        merged.setdefault(name, e)
+                continue
+            if not isinstance(key, ScalarNode):
+                self.error(key, key_path, f"expected a key name, got {_node_kind(key, self)}")
+                continue
+            name = key.value
+            if name in out:
+                self.error(key, _join(key_path, name), "duplicate key (first given at line "
+                           f"{out[name][0].start_mark.line + 1})")
+                continue
+            out[name] = (key, value)
+        seen.discard(id(node))
+        for name, e in merged.items():
+            out.setdefault(name, e)
+        return out
+
+    def _section_entries(self, node: Node | None, key_path: str, schema: Schema) -> _Entries | None:
+        if node is None or _is_null(node):
+            return {}
+        return self._entries(node, key_path, "a mapping with the keys "
+                             + ", ".join(schema.field_names()))
+
+    def _unknown_keys(self, entries: _Entries, known: list[str], key_path: str) -> None:
+        for name, (key, _) in entries.items():
+            if name not in known:
+                hint = _did_you_mean(name, known) or "expected one of " + ", ".join(known)
+                self.error(key, _join(key_path, name), f"unknown key; {hint}")
+
+    # -- fields
+
+    def _fields(self, schema: Schema, entries: _Entries, key_path: str,
+                where: Node) -> dict[str, Any] | None:
+        """Validate and default every field of ``schema``; None if any of them is bad.
+
+        ``where`` is the node blamed for missing keys (the section's key, or the entry).
+        """
+        self._unknown_keys(entries, schema.field_names(), key_path)
+        values: dict[str, Any] = {}
+        ok = True
+        for f in schema.fields:
+            kp = _join(key_path, f.name)
+            entry = entries.get(f.name)
+            if entry is None or _is_null(entry[1]):
+                if not f.required:
+                    values[f.name] = copy.deepcopy(f.default)  # a plugin may default to a list
+                elif entry is None:
+                    self.error(where, kp, "required key is missing"
+                               + (f" ({f.help})" if f.help else ""))
+                    ok = False
+                else:
+                    self.error(entry[1], kp, f"expected {f.check.expected}, got null")
+                    ok = False
+                continue
+            value = self._field(f, entry[1], kp)
+            if value is _BAD:
+                ok = False
+            else:
+                values[f.name] = value
+        if ok and schema.check is not None:
+            for name, message in schema.check(values):
+                node = entries[name][1] if name in entries else where
+                self.error(node, _join(key_path, name), message)
+                ok = False
+        return values if ok else None
+
+    def _field(self, f: FieldSpec, node: Node, kp: str) -> Any:
+        if isinstance(node, ScalarNode) and f.check.as_text:
+            raw: Any = node.value
+        else:
+            raw = self._plain(node, kp)
+            if raw is _BAD:
+                return _BAD
+        try:
+            value = f.check.convert(raw)
+        except (ValueError, TypeError, ArithmeticError) as e:
+            detail = str(e)
+            self.error(node, kp, f"expected {f.check.expected}, got {_show(raw)}"
+                       + (f"; {detail}" if detail else ""))
+            return _BAD
+        if f.path:
+            value = os.path.normpath(os.path.join(self.base, value))
+            if f.must_exist and not self._check_file(node, kp, value, f.secret):
+                return _BAD
+        elif f.secret:
+            self.inline_secrets.append((node, kp))
+        return value
+
+    def _check_file(self, node: Node, kp: str, path: str, secret: bool) -> bool:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self.error(node, kp, f"file not found: {path}")
+            return False
+        except (OSError, ValueError) as e:
+            self.error(node, kp, f"cannot access {path}: {getattr(e, 'strerror', None) or e}")
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            self.error(node, kp, f"expected a file, got a directory or device: {path}")
+            return False
+        if secret and st.st_mode & 0o077:
+            self.warn(node, kp, f"{path} is readable by group/other "
+                      f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
+        return True
+
+    def _check_inline_secrets(self) -> None:
+        if not self.inline_secrets:
+            return
+        try:
+            mode = stat.S_IMODE(os.stat(self.abs).st_mode)
+        except OSError:
+            return
+        if mode & 0o077:
+            for node, kp in self.inline_secrets:
+                self.warn(node, kp, f"secret written in {self.file}, which is readable by "
+                          f"group/other (mode {mode:04o}); chmod 600 it")
+
+    def _plain(self, node: Node, kp: str) -> Any:
+        """A node as plain Python data (scalars typed by YAML's rules); _BAD after reporting."""
+        budget = [_MAX_NODES]
+
+        def walk(n: Node, depth: int, stack: set[int]) -> Any:
+            budget[0] -= 1
+            if depth > _MAX_DEPTH or budget[0] < 0 or id(n) in stack:
+                raise _TooComplex()
+            if isinstance(n, ScalarNode):
+                return self._scalar(n)
+            stack.add(id(n))
+            try:
+                if isinstance(n, SequenceNode):
+                    return [walk(c, depth + 1, stack) for c in n.value]
+                return {(k.value if isinstance(k, ScalarNode) else str(id(k))):
+                        walk(v, depth + 1, stack) for k, v in n.value}
+            finally:
+                stack.discard(id(n))
+
+        try:
+            return walk(node, 0, set())
+        except _TooComplex:
+            self.error(node, kp, "expected a plain value, got a recursive or too deeply nested one")
+        except _BadScalar as e:
+            self.error(e.node, kp, _bad_scalar_message(e.node))
+        return _BAD
+
+    def _scalar(self, node: ScalarNode) -> Any:
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except Exception:  # noqa: BLE001 - bad explicit tags (!!int abc) fail in many ways
+            raise _BadScalar(node) from None
+
+    # -- drivers
+
+    def _drivers(self, entry: tuple[Node, Node] | None, root: Node) -> list[DriverConfig]:
+        if entry is None:
+            self.error(root, "drivers", "required section is missing")
+            return []
+        _, node = entry
+        if not isinstance(node, SequenceNode):
+            self.error(node, "drivers", "expected a list of driver entries, got "
+                       + _node_kind(node, self))
+            return []
+        if not node.value:
+            self.error(node, "drivers", "expected at least one driver, got an empty list")
+            return []
+        types = sorted(DRIVER_SCHEMAS)
+        type_check = Check("a registered driver type: " + ", ".join(_quote(t) for t in types),
+                           lambda v: _driver_type(v, types), as_text=True)
+        common = (FieldSpec("type", type_check, help="driver type, one of " + ", ".join(types)),
+                  FieldSpec("name", ID, None, help="unique driver name; defaults to the type"))
+        out: list[DriverConfig] = []
+        first_of: dict[str, int] = {}
+        for i, item in enumerate(node.value):
+            kp = f"drivers[{i}]"
+            entries = self._entries(item, kp, "a mapping with type, name and driver options")
+            if entries is None:
+                continue
+            type_node = entries.get("type")
+            schema = None
+            if type_node is not None and isinstance(type_node[1], ScalarNode):
+                schema = DRIVER_SCHEMAS.get(type_node[1].value)
+            if schema is None:
+                # Unknown type: report it (and a bad name) but not options we cannot judge.
+                filtered = {k: v for k, v in entries.items() if k in _DRIVER_COMMON}
+                self._fields(Schema(common), filtered, kp, item)
+                continue
+            full = Schema(common + schema.fields, schema.check)
+            values = self._fields(full, entries, kp, item)
+            if values is None:
+                continue
+            dtype = values.pop("type")
+            name = values.pop("name") or dtype
+            if name in first_of:
+                where = entries["name"][1] if "name" in entries else item
+                self.error(where, _join(kp, "name"), f"expected a unique driver name, got "
+                           f"{_quote(name)} again (first used at line {first_of[name]})")
+                continue
+            line = item.start_mark.line + 1
+            first_of[name] = line
+            out.append(DriverConfig(dtype, name, values, line))
+        return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Bad:
+    def __repr__(self) -> str:
+        return "<bad>"
+
+
+_BAD: Any = _Bad()
+
+
+class _BadScalar(Exception):
+    def __init__(self, node: ScalarNode):
+        super().__init__(node.value)
+        self.node = node
+
+
+def _bad_scalar_message(node: ScalarNode) -> str:
+    """For scalars YAML itself cannot construct, which only happens with explicit tags."""
+    std = "tag:yaml.org,2002:"
+    if node.tag.startswith(std):
+        return f"expected a valid !!{node.tag[len(std):]} value, got {_quote(node.value)}"
+    return f"expected an untagged value, got one tagged {_quote(node.tag)}"
+
+
+def _driver_type(v: Any, types: list[str]) -> str:
+    if not isinstance(v, str):
+        raise TypeError()
+    if v not in types:
+        raise ValueError(_did_you_mean(v, types) or "")
+    return v
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _NULL_TAG
+
+
+def _node_kind(node: Node, loader: _Loader) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    try:
+        return _show(loader._scalar(node))
+    except _BadScalar:
+        return _quote(node.value)  # the caller's "expected ..." is the useful part
+
+
+def _tidy(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    """Drop repeats (an aliased node is visited once per use) and sort by position."""
+    unique = list(dict.fromkeys(issues))
+    return sorted(unique, key=lambda i: (i.line, i.column))
