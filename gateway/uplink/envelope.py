@@ -1,0 +1,405 @@
+"""Signed, compact message format between gateway and head-end (sans-I/O, no clock).
+
+An envelope is a COSE_Sign1 (RFC 9052) with EdDSA/Ed25519::
+
+    18([ h'A10127' ({1: -8}), {4: kid = gateway id (UTF-8)}, payload bstr, signature bstr ])
+
+signed over ``["Signature1", protected, h'', payload]``. The payload is CBOR and built
+for cellular backhaul, where every byte is paid for::
+
+    [1, gateway_id, epoch, sent_ms, first_seq, last_seq, count, body]
+    body  = [profiles, items]  or  bstr = raw DEFLATE of that array's CBOR (when smaller)
+    profiles = [[quantity, exponent, unit, bus, [quality...]], ...]
+
+``items`` is one flat array; each record is a head int followed by its fields::
+
+    head = profile << 3 | seq_delta_follows << 2 | kind      (kind 0 reading, 1 event, 2 gap)
+    [seq_delta]                                 only when the seq is not previous + 1
+    reading: meter, mantissa, dt, rx_dt         dt = meter_ts - cursor (or null),
+                                                rx_dt = rx_ts - meter_ts (- cursor if null)
+    event:   dt, kind, source, meter|null, severity, detail
+    gap:     first_seq, last_seq, count, reason, dt
+
+The time cursor starts at sent_ms and moves to each record's main timestamp, so a batch of
+readings of the same quarter hour costs one byte per meter timestamp. Strings shown in the record
+fields (meter, event kind/source/severity, gap reason) are interned per envelope: the first
+occurrence is the text itself, later ones the uint index into the order of first occurrence.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from gateway.model import Event, Gap, Reading, StoredRecord
+
+FORMAT_VERSION = 1
+COSE_SIGN1_TAG = 18
+WILDCARD = "*"  # key in `trusted` that vouches for any kid (single-key test and demo set-ups)
+
+_PROTECTED = cbor2.dumps({1: -8})  # alg: EdDSA
+_SIG1_PREFIX = b"\x84\x6aSignature1" + cbor2.dumps(_PROTECTED) + b"\x40"  # array(4), ctx, prot, aad
+_MAX_INFLATED = 16 * 1024 * 1024  # a compressed body may not inflate beyond this (zip bombs)
+_COMPRESS_MIN = 128  # below this DEFLATE cannot win enough to matter
+
+
+class EnvelopeError(ValueError):
+    """Base of every error decode_envelope raises."""
+
+
+class MalformedEnvelope(EnvelopeError):
+    """Not a well-formed envelope (bad CBOR, wrong structure, wrong types)."""
+
+
+class BadSignature(EnvelopeError):
+    """The signature does not verify, or the signed content claims another gateway."""
+
+
+class UnknownSigner(EnvelopeError):
+    """No trusted key for the envelope's kid."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    gateway_id: str
+    epoch: str
+    first_seq: int
+    last_seq: int
+    sent_ms: int
+    records: list[StoredRecord]
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_envelope(gateway_id: str, epoch: str, records: Sequence[StoredRecord], sent_ms: int,
+                    key: Ed25519PrivateKey, *, compress: bool = True) -> bytes:
+    """Encode and sign a batch. Seqs must be positive and strictly increasing.
+
+    With ``compress`` the body is DEFLATEd when that is smaller: about 45 % fewer bytes for
+    a batch of register readings, for about 0.25 µs per reading.
+    """
+    if not records:
+        raise ValueError("an envelope needs at least one record")
+    if type(gateway_id) is not str or type(epoch) is not str or type(sent_ms) is not int:
+        raise TypeError("gateway_id and epoch must be str, sent_ms int")
+    first_seq = records[0].seq
+    if type(first_seq) is not int or first_seq < 1:
+        raise ValueError(f"seq must be a positive int, got {first_seq!r}")
+    profiles, items, last_seq = _encode_items(records, first_seq, sent_ms)
+    body = cbor2.dumps([profiles, items])
+    if compress and len(body) >= _COMPRESS_MIN:
+        c = zlib.compressobj(6, zlib.DEFLATED, -15)
+        packed = c.compress(body) + c.flush()
+        if len(packed) < len(body):
+            body = _bstr_head(len(packed)) + packed
+    # The header is a 7-array; re-tag it as an 8-array and append the pre-encoded body.
+    head = cbor2.dumps([FORMAT_VERSION, gateway_id, epoch, sent_ms, first_seq, last_seq,
+                        len(records)])
+    payload = b"\x88" + head[1:] + body
+    signature = key.sign(_SIG1_PREFIX + _bstr_head(len(payload)) + payload)
+    return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [
+        _PROTECTED, {4: gateway_id.encode()}, payload, signature]))
+
+
+def _encode_items(records: Sequence[StoredRecord], first_seq: int,
+                  cursor: int) -> tuple[list[list[Any]], list[Any], int]:
+    """The hot loop: one flat list, no per-record containers."""
+    strings: dict[str, int] = {}
+    profiles: dict[tuple[Any, ...], int] = {}
+    items: list[Any] = []
+    app = items.append
+    ext = items.extend
+    prev = first_seq - 1
+    for sr in records:
+        seq = sr.seq
+        rec = sr.record
+        d = seq - prev
+        if d < 1 or type(seq) is not int:
+            raise ValueError(f"seqs must be strictly increasing ints: {seq!r} after {prev}")
+        prev = seq
+        t = type(rec)
+        if t is Reading:
+            pk = (rec.quantity, rec.exponent, rec.unit, rec.bus, rec.quality)
+            p = profiles.get(pk)
+            if p is None:
+                p = profiles[pk] = _new_profile(pk, len(profiles))
+            if d == 1:
+                app(p << 3)
+            else:
+                ext((p << 3 | 4, d))
+            m = rec.meter_id
+            i = strings.get(m)
+            if i is None:
+                strings[m] = _new_string(m, len(strings))
+                i = m
+            mant = rec.mantissa
+            mt = rec.meter_ts_ms
+            rx = rec.rx_ts_ms
+            if type(mant) is not int or type(rx) is not int:
+                raise TypeError(f"mantissa and rx_ts_ms must be int: {rec!r}")
+            if mt is None:
+                ext((i, mant, None, rx - cursor))
+                cursor = rx
+            elif type(mt) is int:
+                ext((i, mant, mt - cursor, rx - mt))
+                cursor = mt
+            else:
+                raise TypeError(f"meter_ts_ms must be int or None: {rec!r}")
+        elif t is Event:
+            ts = rec.ts_ms
+            if type(ts) is not int or not isinstance(rec.detail, dict):
+                raise TypeError(f"event ts_ms must be int and detail a dict: {rec!r}")
+            if d == 1:
+                ext((1, ts - cursor))
+            else:
+                ext((5, d, ts - cursor))
+            cursor = ts
+            m = rec.meter_id
+            ext((_intern(rec.kind, strings), _intern(rec.source, strings),
+                 None if m is None else _intern(m, strings), _intern(rec.severity, strings),
+                 rec.detail))
+        elif t is Gap:
+            ts = rec.ts_ms
+            if type(ts) is not int or not all(type(x) is int for x in
+                                                (rec.first_seq, rec.last_seq, rec.count)):
+                raise TypeError(f"gap fields must be ints: {rec!r}")
+            if d == 1:
+                app(2)
+            else:
+                ext((6, d))
+            ext((rec.first_seq, rec.last_seq, rec.count, _intern(rec.reason, strings), ts - cursor))
+            cursor = ts
+        else:
+            raise TypeError(f"not a record: {rec!r}")
+    return [[q, e, u, b, list(ql)] for q, e, u, b, ql in profiles], items, prev
+
+
+def _new_profile(pk: tuple[Any, ...], index: int) -> int:
+    q, e, u, b, ql = pk
+    if not (type(q) is str and type(e) is int and type(u) is str and type(b) is str
+            and type(ql) is tuple and all(type(f) is str for f in ql)):
+        raise TypeError(f"bad reading fields (quantity/exponent/unit/bus/quality): {pk!r}")
+    return index
+
+
+def _intern(s: Any, strings: dict[str, int]) -> Any:
+    """The string itself on first use in this envelope, else its index."""
+    i = strings.get(s)
+    if i is None:
+        strings[s] = _new_string(s, len(strings))
+        return s
+    return i
+
+
+def _new_string(s: Any, index: int) -> int:
+    if type(s) is not str:
+        raise TypeError(f"expected a str, got {s!r}")
+    return index
+
+
+def _bstr_head(n: int) -> bytes:
+    """CBOR major type 2 header for a byte string of length n."""
+    if n < 24:
+        return bytes((0x40 | n,))
+    if n < 0x100:
+        return bytes((0x58, n))
+    if n < 0x10000:
+        return b"\x59" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\x5a" + n.to_bytes(4, "big")
+    return b"\x5b" + n.to_bytes(8, "big")
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def peek_gateway_id(data: bytes) -> str | None:
+    """The kid of an envelope WITHOUT verifying anything (for routing and logging only)."""
+    try:
+        _, unprotected, _, _ = _split_cose(data)
+        return _kid(unprotected)
+    except Exception:  # noqa: BLE001 - peeking never raises
+        return None
+
+
+def decode_envelope(data: bytes, trusted: Mapping[str, Ed25519PublicKey]) -> Envelope:
+    """Verify and decode. Raises only EnvelopeError subclasses, whatever the input.
+
+    ``trusted`` maps gateway id -> public key; a ``"*"`` entry is used for ids not listed.
+    """
+    try:
+        protected, unprotected, payload, signature = _split_cose(data)
+        kid = _kid(unprotected)
+        if protected != _PROTECTED:
+            alg = cbor2.loads(protected).get(1) if protected else None
+            raise MalformedEnvelope(f"unsupported protected header (alg {alg!r}), need EdDSA")
+    except EnvelopeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - random input may raise anything
+        raise MalformedEnvelope(f"not a COSE_Sign1 envelope: {e}") from None
+    pub = trusted.get(kid)
+    if pub is None:
+        pub = trusted.get(WILDCARD)
+        if pub is None:
+            raise UnknownSigner(f"no trusted key for gateway {kid!r}")
+    try:
+        pub.verify(signature, _SIG1_PREFIX + _bstr_head(len(payload)) + payload)
+    except InvalidSignature:
+        raise BadSignature(f"signature of gateway {kid!r} does not verify") from None
+    try:
+        env = _decode_payload(payload)
+    except EnvelopeError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise MalformedEnvelope(f"bad payload from {kid!r}: {type(e).__name__}: {e}") from None
+    if env.gateway_id != kid:
+        raise BadSignature(f"envelope signed as {kid!r} claims gateway {env.gateway_id!r}")
+    return env
+
+
+def _loads_exact(data: bytes) -> Any:
+    """cbor2.loads that rejects trailing bytes (loads silently ignores them)."""
+    fp = io.BytesIO(data)
+    obj = cbor2.CBORDecoder(fp).decode()
+    if fp.tell() != len(data):
+        raise MalformedEnvelope("trailing bytes after the CBOR item")
+    return obj
+
+
+def _split_cose(data: bytes) -> tuple[bytes, Mapping[Any, Any], bytes, bytes]:
+    obj = _loads_exact(data)
+    if not isinstance(obj, cbor2.CBORTag) or obj.tag != COSE_SIGN1_TAG:
+        raise MalformedEnvelope("not a tagged COSE_Sign1")
+    v = obj.value
+    if not isinstance(v, (list, tuple)) or len(v) != 4:
+        raise MalformedEnvelope("COSE_Sign1 must be an array of 4")
+    protected, unprotected, payload, signature = v
+    if not (type(protected) is bytes and isinstance(unprotected, Mapping)
+            and type(payload) is bytes and type(signature) is bytes):
+        raise MalformedEnvelope("COSE_Sign1 member types")
+    return protected, unprotected, payload, signature
+
+
+def _kid(unprotected: Mapping[Any, Any]) -> str:
+    kid = unprotected.get(4)
+    if type(kid) is not bytes:
+        raise MalformedEnvelope("missing kid")
+    try:
+        return kid.decode()
+    except UnicodeDecodeError:
+        raise MalformedEnvelope("kid is not UTF-8") from None
+
+
+def _decode_payload(payload: bytes) -> Envelope:
+    p = _loads_exact(payload)
+    if type(p) is not list or len(p) != 8 or p[0] != FORMAT_VERSION:
+        raise MalformedEnvelope("unknown payload format")
+    _, gateway_id, epoch, sent_ms, first_seq, last_seq, count, body = p
+    if not (type(gateway_id) is str and type(epoch) is str and type(sent_ms) is int
+            and type(first_seq) is int and type(last_seq) is int and type(count) is int):
+        raise MalformedEnvelope("payload header types")
+    if type(body) is bytes:
+        d = zlib.decompressobj(-15)
+        raw = d.decompress(body, _MAX_INFLATED)
+        if d.unconsumed_tail or not d.eof:
+            raise MalformedEnvelope("compressed body truncated or too large")
+        body = _loads_exact(raw)
+    if type(body) is not list or len(body) != 2:
+        raise MalformedEnvelope("body must be [profiles, items]")
+    profiles = [(q, e, u, b, tuple(ql)) for q, e, u, b, ql in body[0]]
+    for q, e, u, b, ql in profiles:
+        if not (type(q) is str and type(e) is int and type(u) is str and type(b) is str
+                and all(type(f) is str for f in ql)):
+            raise MalformedEnvelope("bad profile")
+    records = _decode_items(body[1], profiles, first_seq, sent_ms)
+    if len(records) != count or not records or records[-1].seq != last_seq:
+        raise MalformedEnvelope("record count or last seq does not match the header")
+    return Envelope(gateway_id, epoch, first_seq, last_seq, sent_ms, records)
+
+
+def _decode_items(items: list[Any], profiles: list[tuple[Any, ...]], first_seq: int,
+                  cursor: int) -> list[StoredRecord]:
+    """The hot loop, mirror of _encode_items. Wrong types surface as TypeError etc."""
+    if type(items) is not list:
+        raise MalformedEnvelope("items must be an array")
+    strings: list[str] = []
+    sapp = strings.append
+    out: list[StoredRecord] = []
+    oapp = out.append
+    seq = first_seq - 1
+    n = len(items)
+    i = 0
+    while i < n:
+        h = items[i]
+        if type(h) is not int or h < 0:
+            raise MalformedEnvelope(f"bad record head at item {i}")
+        if h & 4:
+            d = items[i + 1]
+            if type(d) is not int or d < 1:
+                raise MalformedEnvelope("bad seq delta")
+            seq += d
+            i += 2
+        else:
+            seq += 1
+            i += 1
+        kind = h & 3
+        if kind == 0:
+            q, e, u, b, ql = profiles[h >> 3]
+            m, mant, dt, rdt = items[i:i + 4]
+            i += 4
+            if type(m) is str:
+                sapp(m)
+            else:
+                m = strings[m]
+            if type(mant) is not int or type(rdt) is not int:
+                raise MalformedEnvelope("reading value/time types")
+            if dt is None:
+                cursor = rx = cursor + rdt
+                mt = None
+            else:
+                if type(dt) is not int:
+                    raise MalformedEnvelope("reading time type")
+                cursor = mt = cursor + dt
+                rx = mt + rdt
+            oapp(StoredRecord(seq, Reading(m, q, mant, e, u, mt, rx, ql, b)))
+        elif kind == 1:
+            dt, k, src, m, sev, detail = items[i:i + 6]
+            i += 6
+            if type(dt) is not int or type(detail) is not dict:
+                raise MalformedEnvelope("event time/detail types")
+            cursor += dt
+            k = _ref(k, strings)  # same order as the encoder interned them
+            src = _ref(src, strings)
+            if m is not None:
+                m = _ref(m, strings)
+            sev = _ref(sev, strings)
+            oapp(StoredRecord(seq, Event(k, cursor, src, m, sev, detail)))
+        elif kind == 2:
+            fs, ls, c, r, dt = items[i:i + 5]
+            i += 5
+            if not (type(fs) is int and type(ls) is int and type(c) is int and type(dt) is int):
+                raise MalformedEnvelope("gap field types")
+            cursor += dt
+            oapp(StoredRecord(seq, Gap(fs, ls, c, _ref(r, strings), cursor)))
+        else:
+            raise MalformedEnvelope(f"unknown record kind {kind}")
+        if i > n:
+            raise MalformedEnvelope("truncated record")
+    return out
+
+
+def _ref(x: Any, strings: list[str]) -> str:
+    if type(x) is str:
+        strings.append(x)
+        return x
+    if type(x) is int and x >= 0:
+        return strings[x]
+    raise MalformedEnvelope("bad string reference")
