@@ -1,0 +1,74 @@
+"""The one command line: ``gateway run``, ``gateway check-config``, ``gateway --version``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+
+
+def _load(path: str):
+    from .config import ConfigError, load_config
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        return None
+    for w in cfg.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return cfg
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    if cfg is None:
+        return EXIT_CONFIG
+    print(cfg.summary())
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .logs import setup_logging
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    setup_logging(args.log_level or cfg.logging.level)
+    from .runtime import Runtime
+    try:
+        return Runtime(cfg).run_forever()
+    except (OSError, ValueError) as exc:
+        logging.getLogger("gateway").error("cannot start: %s", exc)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="Smart-meter concentrator runtime")
+    p.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run the gateway in the foreground")
+    run.add_argument("-c", "--config", required=True, help="config file (YAML)")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+    chk = sub.add_parser("check-config", help="validate a config file; exit 2 on errors")
+    chk.add_argument("file")
+    chk.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
