@@ -254,19 +254,12 @@ class Uplink:
                         detail={"broker": f"{s.host}:{s.port}", "backlog": st.depth}))
         hwm = 0  # highest seq published on this connection; a new connection re-sends all
         while self._connected.is_set():
-            if self._stopping.is_set():
-                with self._lock:
-                    empty = not self._inflight
-                if empty or time.monotonic() >= self._drain_deadline:
-                    info = self._publish_status(client, self._status("offline", reason="shutdown"))
-                    try:
-                        info.wait_for_publish(1.0)
-                    except (RuntimeError, ValueError):
-                        pass
-                    return
-                self._wake.wait(0.05)
-                self._wake.clear()
-                continue
+            # On stop the drivers are already stopped, so the store is finite: keep sending
+            # until it is empty and acknowledged, or the drain deadline passes.
+            stopping = self._stopping.is_set()
+            if stopping and time.monotonic() >= self._drain_deadline:
+                self._goodbye(client)
+                return
             published = False
             while len(self._inflight) < s.inflight and self._connected.is_set():
                 rows = self.store.fetch(hwm, s.batch_max_records, s.batch_max_bytes)
@@ -293,9 +286,22 @@ class Uplink:
                 self.state.messages_published += 1
                 hwm = last
                 published = True
+            if stopping and not published:
+                with self._lock:
+                    idle = not self._inflight
+                if idle:
+                    self._goodbye(client)
+                    return
             if not published:
-                self._wake.wait(1.0)
+                self._wake.wait(0.05 if stopping else 1.0)
                 self._wake.clear()
+
+    def _goodbye(self, client: mqtt.Client) -> None:
+        info = self._publish_status(client, self._status("offline", reason="shutdown"))
+        try:
+            info.wait_for_publish(1.0)
+        except (RuntimeError, ValueError):
+            pass
 
     def _tls_version(self, client: mqtt.Client) -> str:
         try:
