@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
@@ -11,8 +12,13 @@ from . import __version__
 EXIT_OK = 0
 EXIT_CONFIG = 2
 
+# Further subcommands (bus scans, console, fleet tools) live in their own modules, each with
+# `register(subparsers)`; adding one is one line here.
+COMMAND_MODULES: list[str] = []
 
-def _load(path: str):
+
+def load_or_report(path: str):  # -> Config | None
+    """Load a config, printing errors and warnings to stderr; None when invalid."""
     from .config import ConfigError, load_config
     try:
         cfg = load_config(path)
@@ -26,7 +32,7 @@ def _load(path: str):
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.file)
+    cfg = load_or_report(args.file)
     if cfg is None:
         return EXIT_CONFIG
     print(cfg.summary())
@@ -35,7 +41,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .logs import setup_logging
-    cfg = _load(args.config)
+    cfg = load_or_report(args.config)
     if cfg is None:
         return EXIT_CONFIG
     setup_logging(args.log_level or cfg.logging.level)
@@ -58,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check-config", help="validate a config file; exit 2 on errors")
     chk.add_argument("file")
     chk.set_defaults(func=cmd_check_config)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return p
 
 

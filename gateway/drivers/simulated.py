@@ -53,3 +53,4 @@ class SimulatedDriver(Driver):
                 last_tick = tick
             next_tick = tick + self.interval_ms
             self.stopping.wait(max(0.0, (next_tick - now_ms()) / 1000))
+DRIVER = SimulatedDriver
