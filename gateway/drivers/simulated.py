@@ -33,7 +33,7 @@ class SimulatedDriver(Driver):
     def readings_at(self, tick_ms: int) -> list[Reading]:
         rx = now_ms()
         q = (QUALITY_SIMULATED,)
-        return [Reading(m, "1-0:1.8.0", base + load * tick_ms // 3_600_000, 0, "Wh",
+        return [Reading(m, "1-0:1.8.0", base + load * tick_ms // 3_600_000, -3, "kWh",
                         tick_ms, rx, q, self.bus)
                 for m, base, load in zip(self.meters, self.base, self.load_w)]
 
