@@ -14,7 +14,9 @@ EXIT_CONFIG = 2
 
 # Further subcommands (bus scans, console, fleet tools) live in their own modules, each with
 # `register(subparsers)`; adding one is one line here.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "gateway.commands.decode",
+]
 
 
 def load_or_report(path: str):  # -> Config | None

@@ -1,0 +1,83 @@
+"""`gateway decode KIND ...`: a field tech pastes bytes and sees what they mean.
+
+Each kind lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``
+(and a one-line ``HELP``); adding a kind is one line in DECODE_MODULES. Conventions for
+every kind: ``--json`` prints one JSON object; values are exact decimal strings; bad input
+is one line on stderr and exit 2 (a wrong key: exit 3), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import binascii
+import importlib
+import json
+import sys
+from decimal import Decimal
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+EXIT_BAD_KEY = 3
+
+# kind -> module
+DECODE_MODULES: dict[str, str] = {}
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("decode", help="decode captured bytes (hdlc, iec62056-21, mbus, wmbus, xbee)")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND")
+    for kind, module in DECODE_MODULES.items():
+        mod = importlib.import_module(module)
+        kp = kinds.add_parser(kind, help=getattr(mod, "HELP", ""))
+        mod.add_arguments(kp)
+        kp.add_argument("--json", action="store_true", help="print one JSON object")
+        kp.set_defaults(func=_guarded(mod.run))
+    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), EXIT_BAD_INPUT)[1])
+
+
+def _guarded(run):  # type: ignore[no-untyped-def]
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except DecodeFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+    return wrapper
+
+
+class DecodeFailed(Exception):
+    """Raised by a decode kind: printed as one line, exits with exit_code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def parse_hex(text: str, what: str = "input") -> bytes:
+    """Accept hex with spaces, colons, dashes or a 0x prefix, as people paste it."""
+    cleaned = text.strip().lower().removeprefix("0x")
+    for ch in " :-\n\t\r":
+        cleaned = cleaned.replace(ch, "")
+    try:
+        return binascii.unhexlify(cleaned)
+    except (binascii.Error, ValueError):
+        raise DecodeFailed(f"{what} is not valid hex ({len(cleaned)} hex digits)") from None
+
+
+def read_text_arg(arg: str) -> str:
+    """A file path, or '-' for stdin."""
+    if arg == "-":
+        return sys.stdin.read()
+    try:
+        with open(arg, encoding="latin-1") as f:
+            return f.read()
+    except OSError as exc:
+        raise DecodeFailed(f"cannot read {arg}: {exc.strerror}") from None
+
+
+def exact_str(mantissa: int, exponent: int) -> str:
+    return format(Decimal(mantissa).scaleb(exponent), "f")
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, sort_keys=False, default=str))
