@@ -32,3 +32,31 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     # paho and urllib-style libraries are chatty at debug; keep them at warning.
     logging.getLogger("paho").setLevel(logging.WARNING)
+
+
+class RateLimitedLog:
+    """Logs the first occurrence at once, then at most one line per interval with how many
+    were suppressed: a full disk or a dead meter must not flood a serial console or flash."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 60.0) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._last = -1e18
+        self._suppressed = 0
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval_s:
+            if self._suppressed:
+                msg += f" ({self._suppressed} similar messages suppressed)"
+            self.logger.log(level, msg, *args)
+            self._last = now
+            self._suppressed = 0
+        else:
+            self._suppressed += 1
+
+    def error(self, msg: str, *args: object) -> None:
+        self.log(logging.ERROR, msg, *args)
+
+    def warning(self, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, msg, *args)

@@ -36,6 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import cbor2
 
+from .logs import RateLimitedLog
 from .model import KIND_GAP, Event, Gap, Record, kind_of, now_ms, record_from_obj, StoredRecord
 
 log = logging.getLogger("gateway.store")
@@ -127,6 +128,7 @@ class Store:
         commit_interval_ms: int = 50,
         commit_max_records: int = 5000,
         max_page_count: int | None = None,
+        reserve_bytes: int = 1024 * 1024,
     ) -> None:
         self.path = os.fspath(path)
         self.max_bytes = max_bytes
@@ -134,6 +136,10 @@ class Store:
         self.commit_interval_s = commit_interval_ms / 1000.0
         self.commit_max_records = commit_max_records
         self.max_page_count = max_page_count
+        self.reserve_bytes = reserve_bytes
+        self._full_log = RateLimitedLog(log, 60.0)
+        self._evict_log = RateLimitedLog(log, 10.0)
+        self._after_commit: list[Any] = []
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self._listeners: list[threading.Event] = []
@@ -141,6 +147,7 @@ class Store:
         self._stats_lock = threading.Lock()
         self.open_report: list[str] = []
         self._wconn = self._open()
+        self._make_reserve()
         self._rconn = self._connect()
         self._writer = threading.Thread(target=self._writer_loop, name="store-writer", daemon=True)
         self._writer.start()
@@ -387,28 +394,67 @@ class Store:
     def _retry_after_full(self, records: list[Record], cursors: list[Any],
                           acks: list[_Ack]) -> list[int] | None:
         """The disk is full: free the space of old unsent rows (with a gap record) and try
-        once more; if that fails too, refuse the new records with a counted error."""
+        once more; if that fails too, refuse the new records with a counted error.
+
+        On a really full filesystem even the eviction needs room (WAL frames), so the store
+        keeps a small reserve file beside the database: it is released first, the eviction
+        is committed and checkpointed (the WAL shrinks back), and the reserve is re-made.
+        """
         with self._stats_lock:
             self._full_errors += 1
+        reserve_freed = self._release_reserve()
         need = max(len(records) * 2, self._rows // 20, 1)
         try:
-            self._wconn.execute("BEGIN IMMEDIATE")
-            self._apply_acks(acks)
+            self._atomically(lambda: (self._apply_acks(acks),
+                                      self._evict(need_rows=need, need_bytes=0,
+                                                  reason="storage full")))
             acks = []
-            self._evict(need_rows=need, need_bytes=0, reason="storage full")
-            self._wconn.execute("COMMIT")
+            self._checkpoint()
         except sqlite3.Error as exc:
-            self._rollback()
-            log.error("store: storage full and eviction failed too (%s); refusing %d records",
-                      exc, len(records))
+            self._full_log.error("store: storage full and eviction failed too (%s); refusing "
+                                 "%d records", exc, len(records))
             return None
+        finally:
+            if reserve_freed:
+                self._make_reserve()
         try:
             seqs = self._transaction(records, cursors, acks)
         except sqlite3.Error as exc:
-            log.error("store: storage full (%s); refusing %d records", exc, len(records))
+            self._full_log.error("store: storage full (%s); refusing %d records", exc, len(records))
             return None
-        log.warning("store: storage full; evicted old unsent records to make room")
+        self._full_log.warning("store: storage full; evicted old unsent records to make room")
         return seqs
+
+    # -- the reserve: room to evict in when the filesystem itself is full
+    @property
+    def _reserve_path(self) -> str:
+        return self.path + ".reserve"
+
+    def _make_reserve(self) -> None:
+        if self.reserve_bytes <= 0:
+            return
+        try:
+            fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_bytes)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("store: cannot keep a %d-byte reserve beside the database (%s)",
+                        self.reserve_bytes, exc.strerror or exc)
+
+    def _release_reserve(self) -> bool:
+        try:
+            os.unlink(self._reserve_path)
+            return True
+        except OSError:
+            return False
+
+    def _checkpoint(self) -> None:
+        try:
+            self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("store: WAL checkpoint failed: %s", exc)
 
     def _rollback(self) -> None:
         try:
@@ -416,26 +462,38 @@ class Store:
         except sqlite3.Error:
             pass
 
-    def _transaction(self, records: Sequence[Record], cursors: Sequence[Any],
-                     acks: Sequence[_Ack]) -> list[int]:
-        conn = self._wconn
+    def _atomically(self, work: Any) -> Any:
+        """Run work() in one IMMEDIATE transaction; on any failure roll back the database
+        AND the in-memory counters, so they never disagree with the file."""
         saved = (self._next_seq, self._rows, self._bytes, self._evicted, self._gaps, self._acked)
+        self._after_commit = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            self._apply_acks(acks)
-            seqs = self._insert(records)
-            if cursors:
-                ts = now_ms()
-                conn.executemany(
-                    "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?, ?)",
-                    [(m, n, cbor2.dumps(v), ts) for (m, n), v in cursors])
-            conn.execute("COMMIT")
+            self._wconn.execute("BEGIN IMMEDIATE")
+            result = work()
+            self._wconn.execute("COMMIT")
+            for fn in self._after_commit:
+                fn()
         except BaseException:
             self._rollback()
             with self._stats_lock:
                 (self._next_seq, self._rows, self._bytes, self._evicted, self._gaps,
                  self._acked) = saved
             raise
+        return result
+
+    def _transaction(self, records: Sequence[Record], cursors: Sequence[Any],
+                     acks: Sequence[_Ack]) -> list[int]:
+        def work() -> list[int]:
+            self._apply_acks(acks)
+            seqs = self._insert(records)
+            if cursors:
+                ts = now_ms()
+                self._wconn.executemany(
+                    "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?, ?)",
+                    [(m, n, cbor2.dumps(v), ts) for (m, n), v in cursors])
+            return seqs
+
+        seqs = self._atomically(work)
         with self._stats_lock:
             self._commits += 1
             self._committed += len(records)
@@ -515,8 +573,8 @@ class Store:
             self._bytes -= freed_bytes
             self._evicted += freed_rows
             self._gaps += 1
-        log.warning("store: evicted %d unsent records (seq %d..%d): %s",
-                    freed_rows, first, last, reason)
+        self._after_commit.append(lambda: self._evict_log.warning(
+            "store: evicted %d unsent records (seq %d..%d): %s", freed_rows, first, last, reason))
         gap = Gap(first, last, freed_rows, reason, now_ms())
         payload = encode_record(gap)
         seq = self._next_seq

@@ -11,6 +11,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Iterable, Mapping, Protocol
 
+from ..logs import RateLimitedLog
 from ..model import Event, Record, now_ms
 
 
@@ -34,6 +35,7 @@ class Driver(threading.Thread):
         self.stopping = threading.Event()
         self.log = logging.getLogger(f"gateway.driver.{name}")
         self.refused = 0  # records the store refused (disk full); counted, logged
+        self._refused_log = RateLimitedLog(self.log, 60.0)
 
     def run(self) -> None:
         try:
@@ -61,4 +63,4 @@ class Driver(threading.Thread):
         exc = fut.exception()
         if exc is not None:
             self.refused += 1
-            self.log.error("driver %s: records not stored: %s", self.bus, exc)
+            self._refused_log.error("driver %s: records not stored: %s", self.bus, exc)
