@@ -9,7 +9,10 @@ Every section (gateway, store, uplink, logging and each driver entry) is describ
 same declarative table of :class:`FieldSpec` and checked by one walker. Drivers add their
 option tables with :func:`register_driver_schema` when their module is imported, so the
 loader knows nothing about dlms, mbus, wmbus or zigbee; a module that registers a schema
-must be imported before :func:`load_config` is called.
+must be imported before :func:`load_config` is called. Options may nest: a field can hold a
+sub-mapping (:func:`mapping`), a list of values or of mappings (:func:`list_of`, e.g. a
+driver's meters) or free-form tags (:func:`any_mapping`), all walked the same way, so an error
+deep inside still reads ``file:line:col: drivers[0].meters[3].id: ...``.
 
 ``null`` (or an empty value) means "use the default". Types are strict: a quoted
 ``"8883"`` is not a port. String-valued keys take plain scalars as written, so
@@ -179,11 +182,31 @@ class Check:
     ``convert`` returns the normalised value or raises ValueError/TypeError (its message, if
     any, is appended as detail); ``expected`` completes "expected ..., got ...". With
     ``as_text`` a scalar is passed as the text written in the file, not YAML's guess at it.
+
+    Nested values are walked node by node, so their errors keep exact positions and key
+    paths (``drivers[0].meters[3].id``). Build these with :func:`mapping` (``schema``: a
+    mapping checked key by key like a section), :func:`list_of` (``items``: a list, each item
+    checked by that Check; ``min_items``, ``max_items``, ``unique_key``) and
+    :func:`any_mapping` (``values``: free-form keys, each value checked by that Check). For
+    them ``convert`` is applied last, to the validated dict or list.
     """
 
     expected: str
     convert: Callable[[Any], Any]
     as_text: bool = False
+    schema: Schema | None = None
+    items: Check | None = None
+    values: Check | None = None
+    min_items: int = 0
+    max_items: int | None = None
+    unique_key: str | None = None
+
+    def leaf(self) -> Check:
+        """The check applied to each scalar value: through list items and mapping values."""
+        c = self
+        while c.items is not None or c.values is not None:
+            c = c.items if c.items is not None else c.values  # type: ignore[assignment]
+        return c
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +216,8 @@ class FieldSpec:
     ``path`` values are resolved against the config file's directory and stored absolute;
     ``must_exist`` additionally requires an existing regular file. A ``secret`` file must not
     be readable by group/other; a secret written inline requires the config file not to be.
+    For :func:`list_of` and :func:`any_mapping` of scalars these flags apply to each item;
+    a :func:`mapping` (or a list of them) takes them on the fields of its own schema instead.
     """
 
     name: str
@@ -203,25 +228,59 @@ class FieldSpec:
     path: bool = False
     must_exist: bool = False
 
+    def __post_init__(self) -> None:
+        if self.check.leaf().schema is not None and (self.secret or self.path or self.must_exist):
+            raise ValueError(f"field {self.name!r}: secret, path and must_exist go on the fields "
+                             "of a nested schema, not on the mapping itself")
+
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
 
 
-# Cross-field rule: gets the validated values, returns (key, message) pairs.
+# Cross-field rule: gets the validated values, returns (key, message) pairs. A rule with a
+# ``checked_keys`` attribute (see one_of_keys) has those names checked against its schema.
 CrossCheck = Callable[[dict[str, Any]], list[tuple[str, str]]]
 
 
 @dataclass(frozen=True, slots=True)
 class Schema:
-    """The keys a section (or a driver entry's options) may hold, plus cross-field rules."""
+    """The keys a section (or a driver entry's options) may hold, plus cross-field rules.
+
+    ``check`` is one rule or a tuple of rules; they run only when every field is valid.
+    """
 
     fields: tuple[FieldSpec, ...]
-    check: CrossCheck | None = None
+    check: CrossCheck | tuple[CrossCheck, ...] | None = None
     help: str = ""
+
+    def __post_init__(self) -> None:
+        names = self.field_names()
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate field names in schema: {names}")
+        for rule in self.rules():
+            unknown = [k for k in getattr(rule, "checked_keys", ()) if k not in names]
+            if unknown:
+                raise ValueError(f"cross-check refers to unknown fields {unknown}; "
+                                 f"the schema has {names}")
 
     def field_names(self) -> list[str]:
         return [f.name for f in self.fields]
+
+    def rules(self) -> tuple[CrossCheck, ...]:
+        if self.check is None:
+            return ()
+        return self.check if isinstance(self.check, tuple) else (self.check,)
+
+    def defaults(self) -> dict[str, Any]:
+        """Every field's default, e.g. as the default of an optional :func:`mapping` field.
+
+        Raises ValueError if a field is required.
+        """
+        missing = [f.name for f in self.fields if f.required]
+        if missing:
+            raise ValueError(f"no default for required fields {missing}")
+        return {f.name: copy.deepcopy(f.default) for f in self.fields}
 
 
 # Driver option tables use exactly the same mechanism as the core sections.
@@ -341,6 +400,130 @@ def file_field(name: str, help: str, secret: bool = False) -> FieldSpec:
     return FieldSpec(name, PATH, help=help, secret=secret, path=True, must_exist=True)
 
 
+def one_of_ints(*choices: int) -> Check:
+    """One of a fixed set of integers, e.g. the standard baud rates."""
+    expected = "one of " + ", ".join(str(c) for c in choices)
+
+    def convert(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError()
+        if v not in choices:
+            raise ValueError()
+        return v
+
+    return Check(expected, convert)
+
+
+def scalar() -> Check:
+    """A plain value: a string, an integer, a finite number or a boolean (not null or a date)."""
+    def convert(v: Any) -> Union[str, int, float, bool]:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError()
+        if not isinstance(v, (str, int, float, bool)):
+            raise TypeError()
+        return v
+
+    return Check("a string, number or true/false", convert)
+
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+def hex_bytes(n: int, what: str = "key") -> Check:
+    """Exactly ``n`` bytes written as ``2 * n`` hex digits (either case, no separators).
+
+    The value is ``bytes``. The text is taken as written, so an all-digit key stays a string.
+    """
+    if n < 1:
+        raise ValueError("hex_bytes needs at least one byte")
+
+    def convert(v: Any) -> bytes:
+        if not isinstance(v, str):
+            raise TypeError()
+        bad = next((c for c in v if c not in _HEX_DIGITS), None)
+        if bad is not None:
+            raise ValueError(f"{_quote(bad)} is not a hex digit")
+        if len(v) != 2 * n:
+            raise ValueError()
+        return bytes.fromhex(v)
+
+    return Check(f"{2 * n} hex digits (a {n}-byte {what})", convert, as_text=True)
+
+
+def _same(v: Any) -> Any:
+    return v
+
+
+def mapping(schema: Schema, expected: str | None = None) -> Check:
+    """A nested mapping whose keys are described by ``schema``; the value is a dict.
+
+    Unknown keys, defaults, required keys, secrets, paths and cross-checks work exactly as in
+    a section, at any depth. For an optional sub-mapping whose absence means "all defaults",
+    give the field ``default=schema.defaults()``.
+    """
+    if expected is None:
+        names = schema.field_names()
+        expected = "a mapping with the keys " + ", ".join(names) if names else "an empty mapping"
+    return Check(expected, _same, schema=schema)
+
+
+def list_of(item: Union[Schema, Check], min_items: int = 0, max_items: int | None = None,
+            unique_key: str | None = None, expected: str | None = None) -> Check:
+    """A list whose items are mappings described by a Schema, or values passing a Check.
+
+    ``unique_key`` names a field of the item schema whose (non-null) values must differ
+    between items; the value is a list.
+    """
+    items = mapping(item) if isinstance(item, Schema) else item
+    if not isinstance(items, Check):
+        raise TypeError("list_of takes a Schema or a Check")
+    if min_items < 0 or (max_items is not None and max_items < max(min_items, 1)):
+        raise ValueError(f"bad item count limits {min_items}..{max_items}")
+    if unique_key is not None and (items.schema is None
+                                   or unique_key not in items.schema.field_names()):
+        raise ValueError(f"unique_key {unique_key!r} must be a field of the item schema")
+    if expected is None:
+        if items.schema is not None:
+            expected = "a list of " + items.expected.replace("a mapping", "mappings", 1)
+        else:
+            expected = f"a list, each item {items.expected}"
+    return Check(expected, _same, items=items, min_items=min_items, max_items=max_items,
+                 unique_key=unique_key)
+
+
+def any_mapping(values: Check | None = None, expected: str | None = None) -> Check:
+    """A mapping with free-form keys (kept as written, e.g. tags); each value passes ``values``.
+
+    By default values are plain scalars: strings, numbers or booleans. The value is a dict.
+    """
+    values = scalar() if values is None else values
+    if expected is None:
+        expected = f"a mapping of names to values, each {values.expected}"
+    return Check(expected, _same, values=values)
+
+
+def one_of_keys(*names: str, required: bool = False) -> CrossCheck:
+    """Cross-check: at most one of ``names`` may be given (exactly one if ``required``).
+
+    For a secret given either as a file or inline, e.g. ``key`` (a secret file field) or
+    ``key_hex`` (an inline secret); both fields should default to None.
+    """
+    if len(names) < 2:
+        raise ValueError("one_of_keys needs at least two names")
+
+    def rule(values: dict[str, Any]) -> list[tuple[str, str]]:
+        given = [n for n in names if values.get(n) is not None]
+        if len(given) > 1:
+            return [(given[1], f"expected only one of {', '.join(names)}, got "
+                     + ", ".join(given[:-1]) + f" and {given[-1]}")]
+        if required and not given:
+            return [(names[0], f"required key is missing (give one of {', '.join(names)})")]
+        return []
+
+    rule.checked_keys = names  # type: ignore[attr-defined]
+    return rule
+
+
 # --------------------------------------------------------------------------- core schemas
 
 
@@ -383,6 +566,9 @@ STORE_SCHEMA = Schema((
               help="group commit: longest time a record waits before being committed"),
     FieldSpec("commit_max_records", integer(1, 1_000_000), 5000,
               help="group commit: most records committed in one transaction"),
+    FieldSpec("reserve_bytes", size(0, 1024**3), 1024**2,
+              help="space kept in a file beside the database and released to evict in when "
+                   "the filesystem is full"),
 ))
 
 
@@ -433,6 +619,49 @@ SECTIONS: dict[str, tuple[Schema, bool]] = {
     "logging": (LOGGING_SCHEMA, False),
 }
 TOP_LEVEL_KEYS = [*SECTIONS, "drivers"]
+
+# --------------------------------------------------------------------------- shared driver schemas
+
+def _check_serial_port(v: str) -> None:
+    # Absolute, and not checked for existence: a USB adapter may appear after start-up.
+    # Not resolved against the config's directory either: "ttyUSB0" is a mistake, not a file.
+    if "\0" in v or not v.startswith("/"):
+        raise ValueError()
+
+
+def _parity(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError()
+    if v.upper() not in ("N", "E", "O"):
+        raise ValueError()
+    return v.upper()
+
+
+RS485_SCHEMA = Schema((
+    FieldSpec("mode", one_of("auto", "kernel", "rts"), "auto",
+              help="who switches the transmitter: auto (the adapter, by itself), kernel (the "
+                   "UART driver's RS-485 mode) or rts (the driver toggles RTS around writes)"),
+    FieldSpec("rts_level_for_tx", boolean(), True, help="RTS level while transmitting"),
+    FieldSpec("delay_before_tx_ms", integer(0, 100), 0, help="delay after RTS before sending"),
+    FieldSpec("delay_before_rx_ms", integer(0, 100), 0, help="delay after sending before RTS "
+                                                             "is released"),
+), help="RS-485 half-duplex settings")
+
+SERIAL_SCHEMA = Schema((
+    FieldSpec("port", text("an absolute serial device path such as /dev/ttyUSB0",
+                           validate=_check_serial_port),
+              help="serial device, e.g. /dev/serial/by-id/usb-FTDI_...; it need not exist yet"),
+    FieldSpec("baud", one_of_ints(300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600,
+                                  115200, 230400), 9600, help="baud rate"),
+    FieldSpec("bytesize", one_of_ints(7, 8), 8, help="data bits"),
+    FieldSpec("parity", Check('one of "N", "E", "O"', _parity, as_text=True), "N",
+              help="parity: N (none), E (even) or O (odd)"),
+    FieldSpec("stopbits", one_of_ints(1, 2), 1, help="stop bits"),
+    FieldSpec("rs485", mapping(RS485_SCHEMA), None,
+              help="RS-485 half-duplex settings; omit for RS-232 or a USB adapter that "
+                   "switches by itself"),
+    FieldSpec("timeout_ms", integer(10, 60000), 1000, help="read timeout"),
+), help="a serial port; embed as FieldSpec('serial', mapping(SERIAL_SCHEMA))")
 
 # --------------------------------------------------------------------------- driver registry
 
@@ -486,6 +715,7 @@ class StoreConfig:
     max_rows: int | None
     commit_interval_ms: int
     commit_max_records: int
+    reserve_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,11 +779,37 @@ class Config:
         ]
         for d in self.drivers:
             schema = DRIVER_SCHEMAS.get(d.type)
-            secret = {f.name for f in schema.fields if f.secret} if schema else set()
-            opts = ", ".join(f"{k}=" + ("***" if k in secret else _show_plain(v))
-                             for k, v in d.options.items())
+            opts = _show_options(d.options, schema)
             lines.append(f"  - {d.name} ({d.type})" + (f": {opts}" if opts else ""))
         return "\n".join(lines)
+
+
+def _show_options(values: Mapping[str, Any], schema: Schema | None) -> str:
+    """``k=v, ...`` for the summary; secrets are masked at any depth."""
+    specs = {f.name: f for f in schema.fields} if schema else {}
+    return ", ".join(f"{k}={_show_option(v, specs.get(k))}" for k, v in values.items())
+
+
+def _show_option(v: Any, spec: FieldSpec | None) -> str:
+    if spec is not None and spec.secret:
+        return "***"
+    return _show_checked(v, spec.check if spec else None)
+
+
+def _show_checked(v: Any, check: Check | None) -> str:
+    if isinstance(v, dict):
+        if check is not None and check.schema is not None:
+            return "{" + _show_options(v, check.schema) + "}"
+        inner = check.values if check is not None else None
+        return "{" + ", ".join(f"{k}={_show_checked(x, inner)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        if v and all(isinstance(x, dict) for x in v):
+            return f"[{len(v)} " + ("entry]" if len(v) == 1 else "entries]")
+        inner = check.items if check is not None else None
+        return "[" + ", ".join(_show_checked(x, inner) for x in v) + "]"
+    if isinstance(v, (bytes, bytearray)):
+        return v.hex()
+    return _show_plain(v)
 
 
 # --------------------------------------------------------------------------- loading
@@ -567,6 +823,8 @@ _MAX_NODES = 100_000
 
 def load_config(path: Union[str, os.PathLike[str]]) -> Config:
     """Read, validate and default a config file. Raises ConfigError listing every problem."""
+    from .drivers.registry import load_schemas  # late: driver modules import this module
+    load_schemas()
     return _Loader(path).load()
 
 
@@ -752,13 +1010,14 @@ class _Loader:
     # -- fields
 
     def _fields(self, schema: Schema, entries: _Entries, key_path: str,
-                where: Node) -> dict[str, Any] | None:
+                where: Node, out: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Validate and default every field of ``schema``; None if any of them is bad.
 
         ``where`` is the node blamed for missing keys (the section's key, or the entry).
+        The good values are also put in ``out``, if given, even when others are bad.
         """
         self._unknown_keys(entries, schema.field_names(), key_path)
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {} if out is None else out
         ok = True
         for f in schema.fields:
             kp = _join(key_path, f.name)
@@ -774,30 +1033,104 @@ class _Loader:
                     self.error(entry[1], kp, f"expected {f.check.expected}, got null")
                     ok = False
                 continue
-            value = self._field(f, entry[1], kp)
+            value = self._value(f.check, f, entry[1], kp, entry[0])
             if value is _BAD:
                 ok = False
             else:
                 values[f.name] = value
-        if ok and schema.check is not None:
-            for name, message in schema.check(values):
-                node = entries[name][1] if name in entries else where
-                self.error(node, _join(key_path, name), message)
-                ok = False
+        if ok:
+            for rule in schema.rules():
+                for name, message in rule(values):
+                    node = entries[name][1] if name in entries else where
+                    self.error(node, _join(key_path, name), message)
+                    ok = False
         return values if ok else None
 
-    def _field(self, f: FieldSpec, node: Node, kp: str) -> Any:
-        if isinstance(node, ScalarNode) and f.check.as_text:
+    def _value(self, check: Check, f: FieldSpec, node: Node, kp: str, key: Node | None,
+               out: dict[str, Any] | None = None) -> Any:
+        """One value (a field's, a list item's or a free mapping's) checked by ``check``.
+
+        ``f`` supplies the path/secret flags for scalars; ``key`` is the node of the value's
+        key, if it has one, blamed for keys missing from a nested mapping; ``out`` gets the
+        good fields of a nested mapping even if others are bad.
+        """
+        if check.schema is not None:
+            entries = self._entries(node, kp, check.expected)
+            if entries is None:
+                return _BAD
+            value = self._fields(check.schema, entries, kp, node if key is None else key, out)
+        elif check.items is not None:
+            value = self._sequence(check, f, node, kp)
+        elif check.values is not None:
+            entries = self._entries(node, kp, check.expected)
+            if entries is None:
+                return _BAD
+            value = {}
+            for name, (k, v) in entries.items():
+                value[name] = self._value(check.values, f, v, _join(kp, name), k)
+            if any(v is _BAD for v in value.values()):
+                return _BAD
+        else:
+            return self._scalar_value(check, f, node, kp)
+        if value is None or value is _BAD:
+            return _BAD
+        try:
+            return check.convert(value)
+        except (ValueError, TypeError, ArithmeticError) as e:
+            self.error(node, kp, f"expected {check.expected}, got {_show(value)}"
+                       + (f"; {e}" if str(e) else ""))
+            return _BAD
+
+    def _sequence(self, check: Check, f: FieldSpec, node: Node, kp: str) -> Any:
+        if not isinstance(node, SequenceNode):
+            self.error(node, kp, f"expected {check.expected}, got {_node_kind(node, self)}")
+            return _BAD
+        n = len(node.value)
+        ok = True
+        if n < check.min_items:
+            self.error(node, kp, f"expected at least {_count(check.min_items, 'item')}, got "
+                       + ("an empty list" if n == 0 else str(n)))
+            ok = False
+        if check.max_items is not None and n > check.max_items:
+            self.error(node.value[check.max_items], f"{kp}[{check.max_items}]",
+                       f"expected at most {_count(check.max_items, 'item')}, got {n}")
+            ok = False
+        out: list[Any] = []
+        first: dict[Any, int] = {}
+        for i, item in enumerate(node.value):
+            ikp = f"{kp}[{i}]"
+            good: dict[str, Any] = {}  # the item's valid fields, to find duplicates anyway
+            value = self._value(check.items, f, item, ikp, None, good)  # type: ignore[arg-type]
+            if value is _BAD:
+                ok = False
+            else:
+                out.append(value)
+            u = check.unique_key
+            if u is None or good.get(u) is None:
+                continue
+            where = _direct_value(item, u) or item
+            seen = _hashable(good[u])
+            if seen in first:
+                self.error(where, _join(ikp, u), f"duplicate {u} {_show(good[u])} "
+                           f"(first at line {first[seen]})")
+                ok = False
+            else:
+                first[seen] = where.start_mark.line + 1
+        return out if ok else _BAD
+
+    def _scalar_value(self, check: Check, f: FieldSpec, node: Node, kp: str) -> Any:
+        if isinstance(node, ScalarNode) and check.as_text:
             raw: Any = node.value
         else:
             raw = self._plain(node, kp)
             if raw is _BAD:
                 return _BAD
         try:
-            value = f.check.convert(raw)
+            value = check.convert(raw)
         except (ValueError, TypeError, ArithmeticError) as e:
             detail = str(e)
-            self.error(node, kp, f"expected {f.check.expected}, got {_show(raw)}"
+            got = _show_secret(raw) if f.secret and not f.path else _show(raw)
+            self.error(node, kp, f"expected {check.expected}, got {got}"
                        + (f"; {detail}" if detail else ""))
             return _BAD
         if f.path:
@@ -945,6 +1278,37 @@ def _bad_scalar_message(node: ScalarNode) -> str:
     if node.tag.startswith(std):
         return f"expected a valid !!{node.tag[len(std):]} value, got {_quote(node.value)}"
     return f"expected an untagged value, got one tagged {_quote(node.tag)}"
+
+
+def _show_secret(v: Any) -> str:
+    """A bad secret value, described without echoing it into logs."""
+    if isinstance(v, str):
+        return f"{_count(len(v), 'character')} (not shown: secret)"
+    if isinstance(v, (Mapping, list)):
+        return _show(v)
+    return "a value that is not a string (not shown: secret)"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _direct_value(node: Node, name: str) -> Node | None:
+    """The value node of key ``name`` written directly in a mapping node (not merged)."""
+    if isinstance(node, MappingNode):
+        for k, v in node.value:
+            if isinstance(k, ScalarNode) and k.tag != _MERGE_TAG and k.value == name:
+                return v
+    return None
+
+
+def _hashable(v: Any) -> Any:
+    """A dict key standing for a validated value (unique_key values may be lists or dicts)."""
+    try:
+        hash(v)
+        return (type(v) is bool, v)  # keep true apart from 1
+    except TypeError:
+        return repr(v)
 
 
 def _driver_type(v: Any, types: list[str]) -> str:

@@ -53,7 +53,8 @@ class Runtime:
         s = c.store
         self.store = Store(s.path, max_bytes=s.max_bytes, max_rows=s.max_rows,
                            commit_interval_ms=s.commit_interval_ms,
-                           commit_max_records=s.commit_max_records)
+                           commit_max_records=s.commit_max_records,
+                           reserve_bytes=s.reserve_bytes)
         for line in self.store.open_report:
             log.info("%s", line)
         key = load_signing_key(c.uplink.signing_key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,14 +15,24 @@ from hypothesis import strategies as st
 
 from gateway.config import (
     DRIVER_SCHEMAS,
+    ID,
+    PATH,
+    RS485_SCHEMA,
+    SERIAL_SCHEMA,
     Config,
     ConfigError,
     ConfigIssue,
     DriverSchema,
     FieldSpec,
+    Schema,
+    any_mapping,
     file_field,
+    hex_bytes,
     integer,
+    list_of,
     load_config,
+    mapping,
+    one_of_keys,
     parse_size,
     register_driver_schema,
     text,
@@ -520,4 +531,375 @@ def test_odd_yaml_gives_config_error(fuzz_file, src):
     with pytest.raises(ConfigError) as ei:
         load_config(fuzz_file)
     assert ei.value.issues
+    str(ei.value).encode("utf-8")
+
+
+# --------------------------------------------------------------------------- nested schemas
+
+METER_SCHEMA = Schema((
+    FieldSpec("id", ID, help="meter id"),
+    FieldSpec("address", text("8 hex digits", r"[0-9A-Fa-f]{8}"), help="bus address"),
+    FieldSpec("manufacturer", text("a 3-letter manufacturer code", r"[A-Z]{3}"), None),
+    FieldSpec("key", PATH, None, help="AES key file", secret=True, path=True, must_exist=True),
+    FieldSpec("key_hex", hex_bytes(16), None, help="AES key", secret=True),
+    FieldSpec("expected_interval_s", integer(1, 86400), None),
+    FieldSpec("tags", any_mapping(), None),
+), check=one_of_keys("key", "key_hex"))
+
+METERS_DRIVER_SCHEMA = DriverSchema((
+    FieldSpec("meters", list_of(METER_SCHEMA, min_items=1, max_items=4, unique_key="id")),
+    FieldSpec("serial", mapping(SERIAL_SCHEMA)),
+    FieldSpec("extra_keys", list_of(PATH), [], secret=True, path=True, must_exist=True),
+))
+
+# Appended to VALID: the entry starts at line 14.
+METERS = """\
+  - type: testmeters
+    name: radio1
+    meters:
+      - {id: water-17, address: "12345678", manufacturer: KAM, key: keys/water17.key}
+      - id: heat-3
+        address: "87654321"
+        key_hex: 000102030405060708090A0B0C0D0E0F
+        tags: {building: B, floor: 3}
+    serial: {port: /dev/ttyUSB0, parity: e, rs485: {mode: rts}}
+"""
+
+
+@contextmanager
+def registered(type_name: str, schema: DriverSchema):
+    register_driver_schema(type_name, schema)
+    try:
+        yield
+    finally:
+        DRIVER_SCHEMAS.pop(type_name, None)
+
+
+@pytest.fixture
+def meters(write, tmp_path):
+    """write(src) with the testmeters driver registered and keys/water17.key (mode 0600)."""
+    (tmp_path / "keys").mkdir()
+    key = tmp_path / "keys" / "water17.key"
+    key.write_bytes(bytes(16))
+    os.chmod(key, 0o600)
+    with registered("testmeters", METERS_DRIVER_SCHEMA):
+        yield write
+
+
+def nested(old: str, new: str) -> str:
+    assert old in METERS
+    return VALID + METERS.replace(old, new)
+
+
+def test_nested_values_defaults_and_resolved_paths(meters, tmp_path):
+    c = load_config(meters(VALID + METERS))
+    assert c.warnings == []
+    d = c.drivers[1]
+    assert (d.type, d.name, d.line) == ("testmeters", "radio1", 14)
+    assert d.options == {
+        "meters": [
+            {"id": "water-17", "address": "12345678", "manufacturer": "KAM",
+             "key": str(tmp_path / "keys" / "water17.key"), "key_hex": None,
+             "expected_interval_s": None, "tags": None},
+            {"id": "heat-3", "address": "87654321", "manufacturer": None, "key": None,
+             "key_hex": bytes(range(16)), "expected_interval_s": None,
+             "tags": {"building": "B", "floor": 3}},
+        ],
+        "serial": {"port": "/dev/ttyUSB0", "baud": 9600, "bytesize": 8, "parity": "E",
+                   "stopbits": 1, "timeout_ms": 1000,
+                   "rs485": {"mode": "rts", "rts_level_for_tx": True,
+                             "delay_before_tx_ms": 0, "delay_before_rx_ms": 0}},
+        "extra_keys": [],
+    }
+    assert type(d.options) is dict and type(d.options["meters"]) is list
+    s = c.summary()
+    assert "radio1 (testmeters): meters=[2 entries], serial={port=\"/dev/ttyUSB0\"" in s
+    assert "rs485={mode=\"rts\"" in s and "extra_keys=***" in s
+
+
+def test_relative_paths_at_depth_independent_of_cwd(meters, tmp_path, monkeypatch):
+    (tmp_path / "keys" / "extra.key").write_text("k")
+    os.chmod(tmp_path / "keys" / "extra.key", 0o600)
+    p = meters(VALID + METERS + "    extra_keys: [keys/extra.key, ./keys/../keys/water17.key]\n")
+    monkeypatch.chdir("/")
+    c = load_config(os.path.relpath(p, "/"))
+    o = c.drivers[1].options
+    assert o["meters"][0]["key"] == str(tmp_path / "keys" / "water17.key")
+    assert o["extra_keys"] == [str(tmp_path / "keys" / "extra.key"),
+                               str(tmp_path / "keys" / "water17.key")]
+    p = meters(VALID + METERS + "    extra_keys: [keys/extra.key, keys/gone.key]\n")
+    assert errors(p) == [f"{p}:23:34: drivers[1].extra_keys[1]: file not found: "
+                         f"{tmp_path}/keys/gone.key"]
+    p = meters(nested("key: keys/water17.key", "key: water17.key"))
+    assert errors(p) == [f"{p}:17:69: drivers[1].meters[0].key: file not found: "
+                         f"{tmp_path}/water17.key"]
+
+
+def test_nested_errors_exact_positions(meters):
+    src = (nested('address: "12345678"', 'address: "1234567z"')
+           .replace("parity: e", "parity: x, baud: 9601")
+           .replace("{mode: rts}", "{mode: rts, delay_before_tx_ms: 101}")
+           .replace("floor: 3", "floor: [3]"))
+    p = meters(src)
+    assert errors(p) == [
+        f'{p}:17:33: drivers[1].meters[0].address: expected 8 hex digits, got "1234567z"',
+        f'{p}:21:36: drivers[1].meters[1].tags.floor: expected a string, number or '
+        'true/false, got a list',
+        f'{p}:22:42: drivers[1].serial.parity: expected one of "N", "E", "O", got "x"',
+        f'{p}:22:51: drivers[1].serial.baud: expected one of 300, 600, 1200, 2400, 4800, '
+        '9600, 19200, 38400, 57600, 115200, 230400, got 9601',
+        f'{p}:22:96: drivers[1].serial.rs485.delay_before_tx_ms: expected an integer 0-100, '
+        'got 101',
+    ]
+
+
+def test_did_you_mean_at_depth(meters):
+    src = (nested('address: "87654321"', 'adress: "87654321"')
+           .replace("parity: e", "bud: 9600")
+           .replace("{mode: rts}", "{mdoe: rts}"))
+    p = meters(src)
+    assert errors(p) == [
+        f"{p}:18:9: drivers[1].meters[1].address: required key is missing (bus address)",
+        f'{p}:19:9: drivers[1].meters[1].adress: unknown key; did you mean "address"?',
+        f'{p}:22:34: drivers[1].serial.bud: unknown key; did you mean "baud"?',
+        f'{p}:22:53: drivers[1].serial.rs485.mdoe: unknown key; did you mean "mode"?',
+    ]
+
+
+def test_missing_keys_at_depth_blame_the_item_or_the_key(meters):
+    p = meters(nested("{port: /dev/ttyUSB0, ", "{"))
+    assert errors(p) == [f"{p}:22:5: drivers[1].serial.port: required key is missing "
+                         "(serial device, e.g. /dev/serial/by-id/usb-FTDI_...; "
+                         "it need not exist yet)"]
+    p = meters(nested("    serial: {port: /dev/ttyUSB0, parity: e, rs485: {mode: rts}}\n", ""))
+    assert errors(p) == [f"{p}:14:5: drivers[1].serial: required key is missing"]
+    p = meters(nested("    serial: {port: /dev/ttyUSB0, parity: e, rs485: {mode: rts}}",
+                      "    serial:"))
+    assert errors(p) == [f"{p}:22:12: drivers[1].serial: expected a mapping with the keys "
+                         "port, baud, bytesize, parity, stopbits, rs485, timeout_ms, got null"]
+
+
+def test_duplicate_unique_key(meters):
+    p = meters(VALID + METERS.replace("    serial:", '      - {id: water-17, address: "00000001"}\n'
+                                                    "    serial:"))
+    assert errors(p) == [f'{p}:22:14: drivers[1].meters[2].id: duplicate id "water-17" '
+                         "(first at line 17)"]
+    # Still found when the duplicate item has other errors, which are reported too.
+    p = meters(VALID + METERS.replace("    serial:", "      - {id: heat-3, address: x}\n"
+                                                    "    serial:"))
+    assert errors(p) == [
+        f'{p}:22:14: drivers[1].meters[2].id: duplicate id "heat-3" (first at line 18)',
+        f'{p}:22:31: drivers[1].meters[2].address: expected 8 hex digits, got "x"',
+    ]
+
+
+def test_list_shape_errors(meters):
+    src = VALID + METERS.replace("    serial:", "      -\n      - 5\n      - [a]\n    serial:")
+    p = meters(src)
+    keys = ("a mapping with the keys id, address, manufacturer, key, key_hex, "
+            "expected_interval_s, tags")
+    assert errors(p) == [
+        f"{p}:22:8: drivers[1].meters[2]: expected {keys}, got null",
+        f"{p}:23:9: drivers[1].meters[3]: expected {keys}, got 5",
+        f"{p}:24:9: drivers[1].meters[4]: expected at most 4 items, got 5",
+        f"{p}:24:9: drivers[1].meters[4]: expected {keys}, got a list",
+    ]
+    start = "    meters:\n"
+    end = "    serial:"
+    body = METERS[METERS.index(start):METERS.index(end)]
+    p = meters(VALID + METERS.replace(body, "    meters: []\n"))
+    assert errors(p) == [f"{p}:16:13: drivers[1].meters: expected at least 1 item, "
+                         "got an empty list"]
+    p = meters(VALID + METERS.replace(body, "    meters: {id: x}\n"))
+    assert errors(p) == [f"{p}:16:13: drivers[1].meters: expected a list of mappings with "
+                         "the keys id, address, manufacturer, key, key_hex, "
+                         "expected_interval_s, tags, got a mapping"]
+    p = meters(VALID + METERS + "    extra_keys: keys/water17.key\n")
+    assert errors(p) == [f'{p}:23:17: drivers[1].extra_keys: expected a list, each item a '
+                         'file path, got "keys/water17.key"']
+
+
+def test_free_form_tags(meters):
+    p = meters(nested("tags: {building: B, floor: 3}",
+                      "tags: {building: B, building: C, ? [x]: 1, when: 2024-01-01, n: .inf}"))
+    assert errors(p) == [
+        f"{p}:21:29: drivers[1].meters[1].tags.building: duplicate key "
+        "(first given at line 21)",
+        f"{p}:21:44: drivers[1].meters[1].tags: expected a key name, got a list",
+        f"{p}:21:58: drivers[1].meters[1].tags.when: expected a string, number or "
+        "true/false, got a date 2024-01-01",
+        f"{p}:21:73: drivers[1].meters[1].tags.n: expected a string, number or true/false, "
+        "got inf",
+    ]
+
+
+def test_one_of_keys_rejects_both(meters):
+    p = meters(nested("key: keys/water17.key}", "key: keys/water17.key, key_hex: " + "ab" * 16
+                      + "}"))
+    assert errors(p) == [f"{p}:17:96: drivers[1].meters[0].key_hex: expected only one of "
+                         "key, key_hex, got key and key_hex"]
+
+
+def test_secret_hex_key_errors_do_not_echo_it(meters):
+    p = meters(nested("000102030405060708090A0B0C0D0E0F", "000102030405060708090A0B0C0D0E"))
+    assert errors(p) == [f"{p}:20:18: drivers[1].meters[1].key_hex: expected 32 hex digits "
+                         "(a 16-byte key), got 30 characters (not shown: secret)"]
+    p = meters(nested("000102030405060708090A0B0C0D0E0F", "000102030405060708090A0B0C0D0E0G"))
+    (err,) = errors(p)
+    assert err.endswith('got 32 characters (not shown: secret); "G" is not a hex digit')
+    assert "0001" not in err
+
+
+def test_secrets_at_depth_warn(meters, tmp_path):
+    key = tmp_path / "keys" / "water17.key"
+    os.chmod(key, 0o640)
+    p = meters(VALID + METERS)
+    os.chmod(p, 0o644)
+    c = load_config(p)
+    assert [str(w) for w in c.warnings] == [
+        f"{p}:17:69: drivers[1].meters[0].key: {key} is readable by group/other (mode 0640); "
+        "chmod 600 it",
+        f"{p}:20:18: drivers[1].meters[1].key_hex: secret written in {p}, which is readable "
+        "by group/other (mode 0644); chmod 600 it",
+    ]
+    s = c.summary()
+    assert "0001020304" not in s and "000102030405060708090a0b0c0d0e0f" not in s
+    # Masked inside a nested mapping shown in the summary, too.
+    with registered("testnested", DriverSchema((FieldSpec("m", mapping(METER_SCHEMA)),))):
+        c = load_config(meters(VALID + "  - {type: testnested, m: {id: a, address: "
+                               '"00000001", key_hex: ' + "ab" * 16 + ", tags: {x: 1}}}\n"))
+        s = c.summary()
+    assert 'm={id="a", address="00000001", manufacturer=null, key=***, key_hex=***, ' \
+           'expected_interval_s=null, tags={x=1}}' in s
+    assert "abab" not in s
+
+
+def test_yaml_merge_and_aliases_at_depth(meters):
+    src = nested("      - id: heat-3\n", "      - <<: &common {manufacturer: KAM, "
+                 "expected_interval_s: 900, tags: {site: north}}\n        id: heat-3\n")
+    src = src.replace("    serial:", '      - {<<: *common, id: gas-1, address: "00000002"}\n'
+                      "    serial:")
+    c = load_config(meters(src))
+    _, heat, gas = c.drivers[1].options["meters"]
+    # Explicit keys win over merged ones.
+    assert (heat["manufacturer"], heat["expected_interval_s"], heat["tags"]) == \
+        ("KAM", 900, {"building": "B", "floor": 3})
+    assert (gas["id"], gas["manufacturer"], gas["tags"]) == ("gas-1", "KAM", {"site": "north"})
+    p = meters(src.replace("expected_interval_s: 900", "expected_interval_s: 0"))
+    assert [e.split(": ", 2)[1] for e in errors(p)] == [
+        "drivers[1].meters[1].expected_interval_s", "drivers[1].meters[2].expected_interval_s"]
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    ("port: /dev/ttyUSB0", "port: /dev/does-not-exist-yet", None),
+    ("port: /dev/ttyUSB0", "port: /dev/serial/by-id/usb-FTDI_FT232R-if00-port0", None),
+    ("port: /dev/ttyUSB0", "port: ttyUSB0", 'serial.port: expected an absolute serial device '
+     'path such as /dev/ttyUSB0, got "ttyUSB0"'),
+    ("port: /dev/ttyUSB0", "port: rfc2217://host:4001", 'serial.port: expected an absolute '
+     'serial device path such as /dev/ttyUSB0, got "rfc2217://host:4001"'),
+    ("port: /dev/ttyUSB0", "port: 5", "serial.port: expected an absolute serial device path"),
+    ("parity: e", "bytesize: 9", "serial.bytesize: expected one of 7, 8, got 9"),
+    ("parity: e", "stopbits: 1.5", "serial.stopbits: expected one of 1, 2, got 1.5"),
+    ("parity: e", "baud: '9600'", 'serial.baud: expected one of 300, 600, 1200, 2400, 4800, '
+     '9600, 19200, 38400, 57600, 115200, 230400, got "9600"'),
+    ("parity: e", "timeout_ms: 5", "serial.timeout_ms: expected an integer 10-60000, got 5"),
+    ("{mode: rts}", "{mode: auto-ish}", 'serial.rs485.mode: expected one of "auto", "kernel", '
+     '"rts", got "auto-ish"; did you mean "auto"?'),
+    ("{mode: rts}", "{rts_level_for_tx: 1}",
+     "serial.rs485.rts_level_for_tx: expected true or false, got 1"),
+    ("{mode: rts}", "{delay_before_rx_ms: -1}",
+     "serial.rs485.delay_before_rx_ms: expected an integer 0-100, got -1"),
+    ("{mode: rts}", "on", "serial.rs485: expected a mapping with the keys mode, "
+     "rts_level_for_tx, delay_before_tx_ms, delay_before_rx_ms, got true"),
+])
+def test_serial_schema(meters, old, new, expected):
+    p = meters(nested(old, new))
+    if expected is None:
+        serial = load_config(p).drivers[1].options["serial"]
+        assert serial["port"] == new.split(": ", 1)[1]
+    else:
+        (err,) = errors(p)
+        assert f": drivers[1].{expected}" in err
+
+
+def test_serial_defaults():
+    assert RS485_SCHEMA.defaults() == {"mode": "auto", "rts_level_for_tx": True,
+                                       "delay_before_tx_ms": 0, "delay_before_rx_ms": 0}
+    with pytest.raises(ValueError):
+        SERIAL_SCHEMA.defaults()  # port is required
+
+
+def test_hex_bytes_check():
+    c = hex_bytes(4, "address")
+    assert c.expected == "8 hex digits (a 4-byte address)"
+    assert c.convert("DEADbeef") == b"\xde\xad\xbe\xef"
+    for bad in ("deadbee", "deadbeef0", "de ad be ef", "de:ad:be:ef", "0xdeadbe", ""):
+        with pytest.raises(ValueError):
+            c.convert(bad)
+    with pytest.raises(TypeError):
+        c.convert(12345678)
+    assert hex_bytes(16).expected == "32 hex digits (a 16-byte key)"
+
+
+def test_bad_nested_schema_definitions():
+    with pytest.raises(ValueError):
+        list_of(METER_SCHEMA, unique_key="serial_no")
+    with pytest.raises(ValueError):
+        list_of(ID, unique_key="id")
+    with pytest.raises(ValueError):
+        list_of(ID, min_items=2, max_items=1)
+    with pytest.raises(ValueError):
+        FieldSpec("meter", mapping(METER_SCHEMA), secret=True)
+    with pytest.raises(ValueError):
+        FieldSpec("meters", list_of(METER_SCHEMA), path=True)
+    with pytest.raises(ValueError):
+        Schema((FieldSpec("key", PATH),), check=one_of_keys("key", "key_hx"))
+    with pytest.raises(ValueError):
+        Schema((FieldSpec("a", ID), FieldSpec("a", ID)))
+    with pytest.raises(ValueError):
+        hex_bytes(0)
+    with pytest.raises(ValueError):
+        one_of_keys("key")
+
+
+_paths = st.sampled_from([("meters",), ("serial",), ("meters", 0), ("meters", 1),
+                          ("serial", "rs485"), ("meters", 1, "tags"), ("extra_keys",)])
+
+
+@_FUZZ
+@given(_paths, _keys | st.sampled_from(["id", "key", "key_hex", "port", "baud", "mode"]),
+       _trees)
+def test_fuzz_mutated_nested_options(fuzz_file, path, key, value):
+    (fuzz_file.parent / "keys").mkdir(exist_ok=True)
+    (fuzz_file.parent / "keys" / "water17.key").write_bytes(bytes(16))
+    tree = yaml.safe_load(VALID + METERS)
+    target = tree["drivers"][1]
+    for step in path:
+        target = target.setdefault(step, {}) if isinstance(step, str) else target[step]
+    if isinstance(target, dict):
+        target[key] = value
+    elif isinstance(target, list):
+        target.append(value)
+    with registered("testmeters", METERS_DRIVER_SCHEMA):
+        _load_never_crashes(fuzz_file, yaml.safe_dump(tree, allow_unicode=True).encode("utf-8"))
+
+
+@pytest.mark.parametrize("entry", [
+    "{type: testmeters, meters: &m [*m], serial: {port: /dev/x}}",
+    "{type: testmeters, meters: [&i {id: a, address: '00000001', tags: *i}], "
+    "serial: &s {port: /dev/x, rs485: *s}}",
+    "{type: testmeters, meters: [{id: a, address: '00000001', tags: &t {a: *t}}], "
+    "serial: {port: /dev/x}}",
+    "{type: testmeters, meters: [{<<: [5]}], serial: {port: !!int abc, baud: !weird 1}}",
+    "{type: testmeters, meters: [{id: !!binary '%%', address: !!timestamp x}], serial: ~}",
+    "{type: testmeters, meters: [{id: a, address: '00000001', key_hex: !!int 0x" + "f" * 5000
+    + "}], serial: {port: /dev/x}, extra_keys: [[[]], {a: b}, '', \"\\0\"]}",
+])
+def test_odd_nested_yaml_gives_config_error(fuzz_file, entry):
+    fuzz_file.write_text(VALID + f"  - {entry}\n", encoding="utf-8")
+    with registered("testmeters", METERS_DRIVER_SCHEMA):
+        with pytest.raises(ConfigError) as ei:
+            load_config(fuzz_file)
+    assert ei.value.issues
+    assert all(i.line > 0 for i in ei.value.issues)
     str(ei.value).encode("utf-8")

@@ -11,6 +11,7 @@ Adding a bus = one new module + one line here.
 from __future__ import annotations
 
 import importlib
+import logging
 from types import ModuleType
 from typing import Any, Mapping
 
@@ -18,6 +19,7 @@ from .base import Driver, RecordSink
 
 DRIVER_MODULES: dict[str, str] = {
     "simulated": "gateway.drivers.simulated",
+    "dlms": "gateway.drivers.dlms", "iec62056-21": "gateway.drivers.iec62056_21",
 }
 
 _loaded = False
@@ -37,7 +39,13 @@ def load_schemas() -> None:
         return
     from ..config import DRIVER_SCHEMAS, register_driver_schema
     for type_name in DRIVER_MODULES:
-        schema = getattr(_module(type_name), "SCHEMA", None)
+        try:
+            module = _module(type_name)
+        except Exception as exc:  # a broken driver must not take check-config down with it
+            logging.getLogger("gateway.drivers").error(
+                "driver type %r is unavailable: its module failed to import: %s", type_name, exc)
+            continue
+        schema = getattr(module, "SCHEMA", None)
         if schema is not None and type_name not in DRIVER_SCHEMAS:
             register_driver_schema(type_name, schema)
     _loaded = True
