@@ -20,7 +20,9 @@ EXIT_BAD_INPUT = 2
 EXIT_BAD_KEY = 3
 
 # kind -> module
-DECODE_MODULES: dict[str, str] = {}
+DECODE_MODULES: dict[str, str] = {
+    "hdlc": "gateway.commands.decode_dlms", "iec62056-21": "gateway.commands.decode_dlms",
+}
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -64,15 +66,21 @@ def parse_hex(text: str, what: str = "input") -> bytes:
         raise DecodeFailed(f"{what} is not valid hex ({len(cleaned)} hex digits)") from None
 
 
-def read_text_arg(arg: str) -> str:
-    """A file path, or '-' for stdin."""
+def read_bytes_arg(arg: str) -> bytes:
+    """A file path, or '-' for stdin, read as bytes: line ends (CR LF) are part of what
+    checksums cover, so no text-mode translation."""
     if arg == "-":
-        return sys.stdin.read()
+        return sys.stdin.buffer.read()
     try:
-        with open(arg, encoding="latin-1") as f:
+        with open(arg, "rb") as f:
             return f.read()
     except OSError as exc:
         raise DecodeFailed(f"cannot read {arg}: {exc.strerror}") from None
+
+
+def read_text_arg(arg: str) -> str:
+    """Like read_bytes_arg, as text (latin-1: every byte maps to one character)."""
+    return read_bytes_arg(arg).decode("latin-1")
 
 
 def exact_str(mantissa: int, exponent: int) -> str:

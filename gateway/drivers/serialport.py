@@ -12,6 +12,7 @@ import time
 from typing import Any, Mapping
 
 import serial
+import serial.rs485
 
 PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 
@@ -38,7 +39,6 @@ def open_serial(opts: Mapping[str, Any], *, baud: int | None = None) -> serial.S
     rs485 = opts.get("rs485") or {}
     if rs485.get("mode") == "kernel":
         try:
-            import serial.rs485
             ser.rs485_mode = serial.rs485.RS485Settings(
                 rts_level_for_tx=bool(rs485.get("rts_level_for_tx", True)),
                 rts_level_for_rx=not bool(rs485.get("rts_level_for_tx", True)),

@@ -1,0 +1,197 @@
+"""`gateway decode hdlc HEX [--key K --auth-key A]` and `gateway decode iec62056-21 FILE|-`.
+
+One module serves both kinds (registered twice in DECODE_MODULES); ``args.kind`` says which.
+``--json`` prints one object whose ``readings`` are ``{"obis", "value", "unit"}`` with the
+value as an exact decimal string.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from typing import Any
+
+import sys
+
+from .decode import (EXIT_BAD_INPUT, EXIT_BAD_KEY, DecodeFailed, exact_str, parse_hex,
+                     print_json)
+
+HELP = "decode DLMS/HDLC frames (hdlc) or IEC 62056-21 readouts (iec62056-21)"
+
+
+def _kind_of(parser: argparse.ArgumentParser) -> str:
+    return parser.prog.split()[-1]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    if _kind_of(parser) == "iec62056-21":
+        parser.description = "Decode an IEC 62056-21 readout (mode A-C, BCC) or P1 telegram."
+        parser.add_argument("file", metavar="FILE|-", help="captured readout, or - for stdin")
+        parser.add_argument("--obis-prefix", default="1-0:",
+                            help="prefix for short C.D.E addresses (default 1-0:)")
+        return
+    parser.description = ("Decode HDLC frames (one or more, segmented or not) or a bare "
+                          "APDU carrying a DLMS Data-Notification, plain or "
+                          "general-glo-ciphered.")
+    parser.add_argument("hex", metavar="HEX", help="the captured bytes in hex")
+    parser.add_argument("--key", help="block cipher key (32 hex digits)")
+    parser.add_argument("--auth-key", help="authentication key (32 hex digits); "
+                                           "defaults to the block cipher key")
+    parser.add_argument("--tz", default="UTC",
+                        help="time zone of meter times without deviation (default UTC)")
+    parser.add_argument("--scaler", action="append", default=[], metavar="OBIS=N",
+                        help="scaler for a value sent without one (repeatable)")
+    parser.add_argument("--positional", default="", metavar="OBIS,...",
+                        help="OBIS codes of a list that carries bare values (Kaifa)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.kind == "iec62056-21":
+        return _run_iec(args)
+    return _run_hdlc(args)
+
+
+# --------------------------------------------------------------------------- hdlc
+
+def _key(text: str | None, what: str) -> bytes | None:
+    if text is None:
+        return None
+    key = parse_hex(text, what)
+    if len(key) != 16:
+        raise DecodeFailed(f"{what} must be 16 bytes (32 hex digits), got {len(key)}")
+    return key
+
+
+def _run_hdlc(args: argparse.Namespace) -> int:
+    from ..protocols import hdlc
+    from ..protocols.dlms import DlmsError
+    from ..protocols.dlms.cipher import DecryptError
+    from ..protocols.dlms.notification import NoKey, PushParser, map_body
+    data = parse_hex(args.hex, "HEX")
+    key = _key(args.key, "--key")
+    auth = _key(args.auth_key, "--auth-key") or key
+    scalers = {}
+    for item in args.scaler:
+        obis, sep, n = item.partition("=")
+        try:
+            scalers[obis.strip()] = int(n)
+        except ValueError:
+            raise DecodeFailed(f"--scaler wants OBIS=N, got {item!r}") from None
+    positional = tuple(p.strip() for p in args.positional.split(",") if p.strip())
+    frames: list[dict[str, Any]] = []
+    if data[:1] == bytes([hdlc.FLAG]):
+        rest = data
+        parts = []
+        while rest.strip(b"\x7e"):
+            rest = rest if rest[:2] != b"\x7e\x7e" else rest[1:]
+            try:
+                frame, rest = hdlc.HdlcFrame.deserialize(rest)
+            except hdlc.HdlcError as exc:
+                raise DecodeFailed(f"frame {len(frames) + 1}: {exc}") from None
+            frames.append({"dest": str(frame.dest), "src": str(frame.src), "kind": frame.kind,
+                           "control": f"{frame.control:02X}", "segmented": frame.segmented,
+                           "info_bytes": len(frame.info)})
+            parts.append(frame.apdu if not parts else frame.info)
+        apdu = b"".join(parts)
+    else:
+        apdu = data
+    try:
+        parser = PushParser(key, auth, args.tz)
+    except Exception as exc:  # noqa: BLE001 - a bad --tz
+        raise DecodeFailed(f"--tz: {exc}") from None
+    try:
+        n = parser.parse(apdu)
+        values = map_body(n.body, scalers, positional)
+    except NoKey as exc:
+        raise DecodeFailed(f"{exc}: give --key", EXIT_BAD_INPUT) from None
+    except DecryptError as exc:
+        raise DecodeFailed(f"decryption failed: {exc}", EXIT_BAD_KEY) from None
+    except (DlmsError, ValueError) as exc:
+        raise DecodeFailed(str(exc)) from None
+    when = (dt.datetime.fromtimestamp(n.time_ms / 1000, dt.timezone.utc)
+            .isoformat().replace("+00:00", "Z") if n.time_ms is not None else None)
+    readings = [{"obis": v.obis, "value": exact_str(v.mantissa, v.exponent), "unit": v.unit}
+                for v in values]
+    out = {"kind": "hdlc", "frames": frames, "apdu": "data-notification",
+           "ciphered": n.ciphered,
+           "system_title": n.system_title.hex().upper() if n.system_title else None,
+           "invocation_counter": n.invocation_counter,
+           "invoke_id": f"0x{n.invoke_id:08X}", "time": when,
+           "body": _jsonable(n.body), "readings": readings}
+    if args.json:
+        print_json(out)
+        return 0
+    for i, f in enumerate(frames, 1):
+        print(f"frame {i}: {f['kind']} {f['src']} -> {f['dest']} control {f['control']}"
+              f"{' segmented' if f['segmented'] else ''}, {f['info_bytes']} info bytes")
+    if n.ciphered:
+        print(f"general-glo-ciphering: system title {out['system_title']}, "
+              f"invocation counter {n.invocation_counter}: decrypted")
+    print(f"Data-Notification invoke id {out['invoke_id']}, time {when or 'absent'}")
+    for r in readings:
+        print(f"  {r['obis']:<14} {r['value']} {r['unit']}".rstrip())
+    if not readings:
+        print("  (no OBIS values; body: " + repr(out["body"])[:200] + ")")
+    return 0
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex().upper()
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if v is None or isinstance(v, (str, bool, int)):
+        return v
+    if isinstance(v, float):
+        return repr(v)
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+# --------------------------------------------------------------------------- iec62056-21
+
+def _read_bytes(arg: str) -> bytes:
+    """The file (or stdin) as bytes: text mode would turn CR LF into LF and break the BCC."""
+    if arg == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(arg, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise DecodeFailed(f"cannot read {arg}: {exc.strerror}") from None
+
+
+def _run_iec(args: argparse.Namespace) -> int:
+    from ..protocols import iec62056_21 as iec
+    try:
+        r = iec.parse_readout(_read_bytes(args.file))
+    except iec.Iec62056Error as exc:
+        raise DecodeFailed(str(exc)) from None
+    readings, others = [], []
+    for ds in r.data_sets:
+        ex = ds.exact()
+        obis = iec.normalise_obis(ds.address, args.obis_prefix)
+        if ex is not None:
+            readings.append({"obis": obis, "value": exact_str(*ex), "unit": ds.unit})
+        else:
+            others.append({"address": ds.address, "value": ds.value, "unit": ds.unit})
+    ident = r.identification
+    out = {"kind": "iec62056-21",
+           "identification": None if ident is None else {
+               "manufacturer": ident.manufacturer, "baud_char": ident.baud_char,
+               "mode": ident.mode, "ident": ident.ident},
+           "check": r.check, "readings": readings, "other": others}
+    if args.json:
+        print_json(out)
+        return 0
+    if ident is not None:
+        print(f"identification: /{ident.manufacturer}{ident.baud_char}{ident.ident} "
+              f"(manufacturer {ident.manufacturer}, mode {ident.mode}, up to {ident.max_baud} baud)")
+    print(f"check: {r.check}")
+    for x in readings:
+        print(f"  {x['obis']:<14} {x['value']} {x['unit']}".rstrip())
+    for x in others:
+        print(f"  {x['address']:<14} {x['value']!r} {x['unit']}".rstrip())
+    return 0

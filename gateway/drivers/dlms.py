@@ -1,0 +1,539 @@
+"""Driver ``type: dlms``: DLMS/COSEM meters over HDLC on one serial port (RS-485 bus or
+HAN port). gurux-dlms does the DLMS; this module does the bus.
+
+``mode: poll`` - several meters by HDLC server address (logical/physical), read one after
+another, each on its own schedule. Per meter: association (none / low / HLS-GMAC suite 0),
+clock (drift recorded, optionally corrected), registers and extended registers with exact
+scaler and unit, profile generics read by range from a per-meter cursor that is committed in
+the same store transaction as the rows it produced (a crash resumes exactly there: no
+duplicate, no hole), event logs as diagnostic events. The HLS frame counter is persisted
+across restarts in reserved blocks, so a counter value is never used twice even after a
+SIGKILL.
+
+``mode: push`` - listen to unsolicited Data-Notifications (HAN ports), general-glo-ciphered
+ones decrypted with the meter's key, OBIS values mapped to Readings.
+
+A meter that never answers costs one bounded timeout per try and is backed off; it never
+stalls the others. Timeouts, CRC errors, wrong keys and refused associations are counted
+per meter and reported as diagnostic events with the reason (never with a key).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..config import (PATH, SERIAL_SCHEMA, Check, FieldSpec, Schema, any_mapping, boolean,
+                      hex_bytes, integer, list_of, mapping, number, one_of, one_of_ints,
+                      one_of_keys, text)
+from ..model import Event, Reading, now_ms
+from .backoff import Backoff
+from .base import Driver, RecordSink
+
+TYPE = "dlms"
+IC_CURSOR = "dlms.invocation_counter"
+IC_BLOCK = 10_000  # frame counters reserved (persisted) ahead of use
+
+_OBIS = text("an OBIS code such as 1-0:1.8.0", r"\d{1,3}-\d{1,3}:\d{1,3}\.\d{1,3}\.\d{1,3}(\*\d{1,3})?")
+
+
+def _system_title(v: Any) -> bytes:
+    if not isinstance(v, str):
+        raise TypeError()
+    if len(v) == 8 and v.isascii():
+        return v.encode("ascii")
+    if len(v) == 16:
+        return bytes.fromhex(v)
+    raise ValueError()
+
+SYSTEM_TITLE = Check("8 ASCII characters or 16 hex digits", _system_title, as_text=True)
+
+METER_SCHEMA = Schema((
+    FieldSpec("id", text("a meter id of 1-64 characters", r"[A-Za-z0-9._:-]{1,64}"),
+              help="meter id used in readings"),
+    FieldSpec("logical", integer(0, 16383), 1, help="HDLC logical device address (upper)"),
+    FieldSpec("physical", integer(0, 16383), None,
+              help="HDLC physical address (lower), e.g. the last digits of the serial number"),
+    FieldSpec("address_size", one_of_ints(1, 2, 4), 2,
+              help="server address bytes: 1, 2 or 4"),
+    FieldSpec("client_address", integer(1, 127), None,
+              help="client SAP; default 16 (none), 32 (low), 1 (hls)"),
+    FieldSpec("interval_s", number(gt=0, what="a number of seconds"), 60,
+              help="seconds between polls of this meter"),
+    FieldSpec("security", one_of("none", "low", "hls"), "none",
+              help="association security: none, low (password), hls (HLS-GMAC suite 0)"),
+    FieldSpec("password", text("a password of 1-64 characters", r".{1,64}"), None, secret=True,
+              help="LLS password (security: low)"),
+    FieldSpec("block_key", hex_bytes(16, "block cipher key"), None, secret=True,
+              help="AES-128 block cipher key (global unicast encryption key), inline"),
+    FieldSpec("block_key_file", PATH, None, secret=True, path=True, must_exist=True,
+              help="file holding the block cipher key in hex"),
+    FieldSpec("auth_key", hex_bytes(16, "authentication key"), None, secret=True,
+              help="AES-128 authentication key, inline; defaults to the block key in push mode"),
+    FieldSpec("auth_key_file", PATH, None, secret=True, path=True, must_exist=True,
+              help="file holding the authentication key in hex"),
+    FieldSpec("system_title", SYSTEM_TITLE, None,
+              help="poll: the gateway's client system title (default GATEWAY1); "
+                   "push: the meter's, to tell meters apart"),
+    FieldSpec("clock", boolean(), True, help="read the clock and record its drift"),
+    FieldSpec("clock_set_threshold_s", number(gt=0, what="a number of seconds"), None,
+              help="set the meter clock when |drift| exceeds this (off by default)"),
+    FieldSpec("registers", list_of(_OBIS), [], help="Register (class 3) OBIS codes"),
+    FieldSpec("extended_registers", list_of(_OBIS), [], help="Extended Register (class 4) OBIS codes"),
+    FieldSpec("profiles", list_of(_OBIS), [], help="profile generics read by range "
+                                                  "(e.g. 1-0:99.1.0, 0-0:98.2.0)"),
+    FieldSpec("profile_backfill_s", integer(0), 86400,
+              help="how far back the first profile read goes"),
+    FieldSpec("profile_span_s", integer(60), 21600,
+              help="longest time range asked for in one request (committed per request)"),
+    FieldSpec("event_logs", list_of(_OBIS), [], help="event log profile generics "
+                                                    "(e.g. 0-0:99.98.0), delivered as events"),
+    FieldSpec("scalers", any_mapping(integer(-128, 127), "a mapping of OBIS code to scaler"), {},
+              help="push: scaler of values sent without one"),
+    FieldSpec("positional", list_of(_OBIS), [],
+              help="push: OBIS code of each position of a list without OBIS codes"),
+), check=(one_of_keys("block_key", "block_key_file"), one_of_keys("auth_key", "auth_key_file")))
+
+SCHEMA = Schema((
+    FieldSpec("serial", mapping(SERIAL_SCHEMA), help="the serial port"),
+    FieldSpec("mode", one_of("poll", "push"), "poll",
+              help="poll the meters, or listen to pushed Data-Notifications"),
+    FieldSpec("reply_timeout_ms", integer(50, 60000), 2000, help="HDLC reply timeout"),
+    FieldSpec("retries", integer(0, 10), 2, help="resends of a frame that got no reply"),
+    FieldSpec("backoff_max_s", number(gt=0, what="a number of seconds"), 300,
+              help="longest wait before retrying a failing meter"),
+    FieldSpec("max_info", integer(32, 2030), 128, help="HDLC max information field length"),
+    FieldSpec("default_tz", text("an IANA time zone such as Europe/Oslo"), "UTC",
+              help="time zone of meter times sent without deviation"),
+    FieldSpec("meters", list_of(METER_SCHEMA, min_items=1, unique_key="id"),
+              help="the meters on this port"),
+), help="DLMS/COSEM over HDLC (RS-485 poll, or HAN push)")
+
+
+class ReadFailed(Exception):
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+@dataclass
+class MeterState:
+    opts: dict[str, Any]
+    backoff: Backoff
+    next_due: float = 0.0
+    ic_reserved: int = 0
+    ic_next: int = 0
+    parser: Any = None
+    stats: dict[str, Any] = field(default_factory=lambda: {
+        "success": 0, "failures": 0, "retries": 0, "timeouts": 0, "crc_errors": 0,
+        "auth_failures": 0, "decrypt_failures": 0, "readings": 0, "profile_rows": 0,
+        "events": 0, "clock_drift_s": None, "clock_sets": 0, "notifications": 0})
+    last_ok_ms: int | None = None
+
+    @property
+    def id(self) -> str:
+        return self.opts["id"]
+
+
+def _read_key(inline: bytes | None, path: str | None) -> bytes | None:
+    if inline is not None:
+        return inline
+    if path is None:
+        return None
+    with open(path, encoding="ascii") as f:
+        key = bytes.fromhex(f.read().strip())
+    if len(key) != 16:
+        raise ValueError(f"{path}: a key is 16 bytes (32 hex digits)")
+    return key
+
+
+class SerialTransport:
+    """Sends HDLC frames to one meter and returns its reply frames (the driver's I/O half
+    of the sans-I/O session). Frames from other addresses are skipped, lost replies are
+    resent ``retries`` times, CRC errors are counted."""
+
+    def __init__(self, drv: "DlmsDriver", m: MeterState) -> None:
+        from ..protocols.hdlc import HdlcDecoder
+        self.drv = drv
+        self.m = m
+        self.decoder = HdlcDecoder()
+        self.last: bytes | None = None
+        self.physical = m.opts.get("physical")
+        self.logical = m.opts.get("logical", 1)
+
+    def send(self, frame: bytes) -> None:
+        from .serialport import write_frame
+        self.last = frame
+        self.decoder.clear()
+        self.drv.ser.reset_input_buffer()
+        write_frame(self.drv.ser, frame, self.drv.serial_opts)
+
+    def receive(self) -> bytes:
+        from ..protocols.hdlc import NEED_DATA
+        d = self.drv
+        tries = 0
+        deadline = time.monotonic() + d.timeout_s
+        crc_before = self.decoder.stats.crc_errors
+        while True:
+            ev = self.decoder.next_event()
+            if ev is not NEED_DATA:
+                if ev.src.upper == self.logical and (ev.src.lower in (None, self.physical)):
+                    self.m.stats["crc_errors"] += self.decoder.stats.crc_errors - crc_before
+                    return ev.serialize()
+                continue  # another meter's (late) frame
+            if d.stopping.is_set():
+                raise TimeoutError("driver stopping")
+            if time.monotonic() > deadline:
+                self.m.stats["crc_errors"] += self.decoder.stats.crc_errors - crc_before
+                crc_before = self.decoder.stats.crc_errors
+                if tries >= d.retries or self.last is None:
+                    self.m.stats["timeouts"] += 1
+                    raise TimeoutError(f"no reply within {d.timeout_s:.1f} s "
+                                       f"({tries + 1} tries)")
+                tries += 1
+                self.m.stats["retries"] += 1
+                self.send(self.last)
+                deadline = time.monotonic() + d.timeout_s
+                continue
+            data = d.ser.read(max(1, d.ser.in_waiting))
+            if data:
+                self.decoder.receive_data(data)
+
+
+class DlmsDriver(Driver):
+    type_name = TYPE
+
+    def __init__(self, name: str, options: Mapping[str, Any], sink: RecordSink) -> None:
+        super().__init__(name, options, sink)
+        self.serial_opts = dict(self.options["serial"])
+        self.mode = self.options.get("mode", "poll")
+        self.timeout_s = int(self.options.get("reply_timeout_ms", 2000)) / 1000
+        self.retries = int(self.options.get("retries", 2))
+        self.max_info = int(self.options.get("max_info", 128))
+        self.tz = str(self.options.get("default_tz", "UTC"))
+        bmax = float(self.options.get("backoff_max_s", 300))
+        self.meters = [MeterState(dict(m), Backoff(min_s=min(5.0, bmax), max_s=bmax))
+                       for m in self.options["meters"]]
+        self.ser: Any = None
+        self.port_backoff = Backoff(min_s=1, max_s=60)
+        self.cycles = 0
+        for m in self.meters:
+            m.opts["block_key"] = _read_key(m.opts.get("block_key"), m.opts.get("block_key_file"))
+            m.opts["auth_key"] = _read_key(m.opts.get("auth_key"), m.opts.get("auth_key_file"))
+
+    def meter_stats(self) -> dict[str, dict[str, Any]]:
+        return {m.id: {**m.stats, "last_ok_ms": m.last_ok_ms} for m in self.meters}
+
+    # ------------------------------------------------------------------ store access
+    def _cursor(self, meter_id: str, name: str, default: Any = None) -> Any:
+        get = getattr(self.sink, "get_cursor", None)
+        if get is None:
+            store = getattr(self.sink, "store", None)
+            get = getattr(store, "get_cursor", None)
+        return default if get is None else get(meter_id, name, default)
+
+    def _commit(self, records: list[Any], cursors: Mapping[tuple[str, str], Any]) -> None:
+        """Emit and wait until durable: a cursor must never run ahead of its rows."""
+        self.emit(records, cursors).result(timeout=60)
+
+    # ------------------------------------------------------------------ loop
+    def loop(self) -> None:
+        from .serialport import SerialPortError
+        from ..protocols.dlms import load_gurux
+        load_gurux()  # imported here, not at module import: the driver registry stays cheap
+        self.log.info("dlms bus %s (%s): %d meters on %s", self.bus, self.mode,
+                      len(self.meters), self.serial_opts["port"])
+        try:
+            while not self.stopping.is_set():
+                if self.ser is None:
+                    try:
+                        self._open()
+                    except SerialPortError as exc:
+                        delay = self.port_backoff.fail()
+                        self.log.error("%s; retrying in %.1f s", exc, delay)
+                        self.stopping.wait(delay)
+                        continue
+                try:
+                    if self.mode == "push":
+                        self._listen()
+                    else:
+                        self._poll_cycle()
+                except OSError as exc:
+                    self.log.error("port %s failed: %s; reopening", self.serial_opts["port"], exc)
+                    self._close()
+        finally:
+            self._close()
+
+    def _open(self) -> None:
+        from .iec62056_21 import open_port
+        self.ser = open_port(self.serial_opts, int(self.serial_opts.get("baud", 9600)))
+        self.ser.timeout = 0.05
+        self.port_backoff.ok()
+
+    def _close(self) -> None:
+        if self.ser is not None:
+            try:
+                self.ser.close()
+            except OSError:
+                pass
+            self.ser = None
+
+    # ------------------------------------------------------------------ poll
+    def _poll_cycle(self) -> None:
+        now = time.monotonic()
+        for m in self.meters:
+            if self.stopping.is_set() or self.ser is None:
+                return
+            if m.next_due <= now:
+                self._poll(m)
+        self.cycles += 1
+        wait = min(m.next_due for m in self.meters) - time.monotonic()
+        self.stopping.wait(max(0.0, min(wait, 1.0)))
+
+    def _poll(self, m: MeterState) -> None:
+        from ..protocols.dlms import DlmsError
+        from ..protocols.dlms.client import AssociationRefused
+        session = None
+        try:
+            session = self._session(m)
+            session.connect()
+            self._read_meter(m, session)
+        except AssociationRefused as exc:
+            self._failed(m, "meter.auth_failed", str(exc), permanent=True)
+            m.stats["auth_failures"] += 1
+        except TimeoutError as exc:
+            self._failed(m, "meter.read_failed", str(exc))
+        except (DlmsError, ValueError) as exc:
+            self._failed(m, "meter.read_failed", f"{type(exc).__name__}: {exc}")
+        else:
+            m.backoff.ok()
+            m.stats["success"] += 1
+            m.last_ok_ms = now_ms()
+            m.next_due = time.monotonic() + float(m.opts.get("interval_s", 60))
+        finally:
+            if session is not None:
+                if not self.stopping.is_set() and self.ser is not None:
+                    session.close()
+                self._note_counter(m, session)
+
+    def _failed(self, m: MeterState, kind: str, reason: str, permanent: bool = False) -> None:
+        if self.stopping.is_set():
+            return
+        m.stats["failures"] += 1
+        delay = m.backoff.fail(permanent=permanent)
+        m.next_due = time.monotonic() + delay
+        self.log.warning("meter %s: %s (next try in %.0f s)", m.id, reason, delay)
+        detail = {"reason": reason, "address": f"{m.opts.get('logical', 1)}/{m.opts.get('physical')}",
+                  "failures": m.stats["failures"], "crc_errors": m.stats["crc_errors"]}
+        self.emit([Event(kind, now_ms(), self.bus, m.id, "warning", detail)])
+
+    def _session(self, m: MeterState) -> Any:
+        from ..protocols.dlms.client import DlmsSession, SecurityConfig
+        o = m.opts
+        level = o.get("security", "none")
+        client = o.get("client_address") or {"none": 16, "low": 32, "hls": 1}[level]
+        sec = SecurityConfig(level, o.get("password"), o.get("block_key"), o.get("auth_key"),
+                             o.get("system_title") or b"GATEWAY1")
+        ic = 0
+        if level == "hls":
+            ic = self._reserve_counter(m)
+        return DlmsSession(SerialTransport(self, m), logical=int(o.get("logical", 1)),
+                           physical=int(o.get("physical") or 0), client_address=client,
+                           address_size=int(o.get("address_size", 2)), security=sec,
+                           invocation_counter=ic, default_tz=self.tz, max_info=self.max_info)
+
+    def _reserve_counter(self, m: MeterState) -> int:
+        """The frame counter to start from, with a block ahead of it persisted first."""
+        if m.ic_reserved == 0:
+            m.ic_reserved = int(self._cursor(m.id, IC_CURSOR, 0) or 0)
+            m.ic_next = m.ic_reserved  # after a restart, skip whatever may have been used
+        if m.ic_next + IC_BLOCK // 2 > m.ic_reserved:
+            m.ic_reserved = m.ic_next + IC_BLOCK
+            self._commit([], {(m.id, IC_CURSOR): m.ic_reserved})
+        return m.ic_next
+
+    def _note_counter(self, m: MeterState, session: Any) -> None:
+        if m.opts.get("security") == "hls":
+            m.ic_next = max(m.ic_next, session.invocation_counter)
+
+    def _read_meter(self, m: MeterState, s: Any) -> None:
+        o = m.opts
+        rx = now_ms()
+        meter_ts = None
+        records: list[Any] = []
+        if o.get("clock", True):
+            t0 = now_ms()
+            meter_ts = s.read_clock()
+            t1 = now_ms()
+            if meter_ts is not None:
+                drift_ms = meter_ts - (t0 + t1) // 2
+                m.stats["clock_drift_s"] = drift_ms / 1000
+                records.append(Reading(m.id, "clock.drift", drift_ms, -3, "s", meter_ts, t1, (),
+                                       self.bus))
+                limit = o.get("clock_set_threshold_s")
+                if limit is not None and abs(drift_ms) > float(limit) * 1000:
+                    s.set_clock(now_ms())
+                    m.stats["clock_sets"] += 1
+                    records.append(Event("meter.clock_set", now_ms(), self.bus, m.id, "info",
+                                         {"drift_s": drift_ms / 1000, "threshold_s": limit}))
+                    self.log.info("meter %s: clock off by %.1f s, set", m.id, drift_ms / 1000)
+        for obis in o.get("registers") or []:
+            v, _ = s.read_register(obis, 3)
+            records.append(Reading(m.id, obis, v.mantissa, v.exponent, v.unit, meter_ts, rx,
+                                   (), self.bus))
+        for obis in o.get("extended_registers") or []:
+            v, captured = s.read_register(obis, 4)
+            records.append(Reading(m.id, obis, v.mantissa, v.exponent, v.unit,
+                                   captured if captured is not None else meter_ts, rx, (),
+                                   self.bus))
+        m.stats["readings"] += sum(1 for r in records if isinstance(r, Reading))
+        if records:
+            self._commit(records, {})
+        meter_now = meter_ts if meter_ts is not None else now_ms()
+        for obis in o.get("profiles") or []:
+            self._read_profile(m, s, obis, meter_now, events=False)
+        for obis in o.get("event_logs") or []:
+            self._read_profile(m, s, obis, meter_now, events=True)
+
+    def _read_profile(self, m: MeterState, s: Any, obis: str, meter_now: int,
+                      events: bool) -> None:
+        """Read rows after the cursor, one span per request; each span's rows and the new
+        cursor are committed together and durably before the next request."""
+        from ..protocols.dlms.values import datetime_ms, scaled
+        key = (m.id, ("events:" if events else "profile:") + obis)
+        cursor = self._cursor(*key)
+        if cursor is None:
+            cursor = meter_now - int(m.opts.get("profile_backfill_s", 86400)) * 1000
+        span = int(m.opts.get("profile_span_s", 21600)) * 1000
+        columns = s.profile_columns(obis)
+        scalers = s.column_scalers(obis)
+        for _ in range(10_000):  # bounded: at most this many spans per poll
+            if self.stopping.is_set() or cursor >= meter_now:
+                return
+            end = min(cursor + span, meter_now)
+            rows = s.read_profile_range(obis, cursor + 1000 - cursor % 1000, end)
+            rx = now_ms()
+            records: list[Any] = []
+            newest = cursor
+            for row in rows:
+                ts = datetime_ms(row[0], self.tz) if row else None
+                if ts is None or ts <= cursor:
+                    continue  # a meter may include the boundary row: never deliver it twice
+                newest = max(newest, ts)
+                if events:
+                    detail = {"log": obis, "code": _plain(row[1]) if len(row) > 1 else None}
+                    records.append(Event("meter.event", ts, self.bus, m.id, "info", detail))
+                    continue
+                for (cls, col, attr), su, value in zip(columns[1:], scalers[1:], row[1:]):
+                    if su is None:
+                        continue
+                    ex = scaled(value, su[0])
+                    if ex is not None:
+                        records.append(Reading(m.id, col, ex[0], ex[1], su[1], ts, rx, (),
+                                               self.bus))
+            if not rows or newest == cursor:
+                # nothing after the cursor in this span: move past it once it is safely in
+                # the past (rows cannot appear there later), else wait for the next poll
+                if end >= meter_now:
+                    return
+                newest = end
+            self._commit(records, {key: newest})
+            if events:
+                m.stats["events"] += len(records)
+            else:
+                m.stats["profile_rows"] += len({r.meter_ts_ms for r in records})
+                m.stats["readings"] += len(records)
+            cursor = newest
+
+    # ------------------------------------------------------------------ push
+    def _listen(self) -> None:
+        from ..protocols import hdlc
+        from ..protocols.dlms import DlmsError
+        from ..protocols.dlms.cipher import DecryptError, GENERAL_GLO_CIPHERING, parse_glo
+        from ..protocols.dlms.notification import NoKey, PushParser, map_body, to_readings
+        for m in self.meters:
+            if m.parser is None:
+                bk = m.opts.get("block_key")
+                m.parser = PushParser(bk, m.opts.get("auth_key") or bk, self.tz)
+        frames = hdlc.HdlcDecoder()
+        assembler = hdlc.Reassembler()
+        crc_seen = 0
+        while not self.stopping.is_set():
+            data = self.ser.read(max(1, self.ser.in_waiting))
+            if not data:
+                continue
+            frames.receive_data(data)
+            while True:
+                frame = frames.next_event()
+                if frames.stats.crc_errors != crc_seen:
+                    for m in self.meters[:1]:
+                        m.stats["crc_errors"] += frames.stats.crc_errors - crc_seen
+                    crc_seen = frames.stats.crc_errors
+                if frame is hdlc.NEED_DATA:
+                    break
+                try:
+                    apdu = assembler.add(frame)
+                except hdlc.HdlcError as exc:
+                    self.log.warning("push: %s", exc)
+                    continue
+                if apdu is None:
+                    continue
+                st = None
+                if apdu[:1] == bytes([GENERAL_GLO_CIPHERING]):
+                    try:
+                        st = parse_glo(apdu).system_title
+                    except DlmsError:
+                        st = None
+                m = self._push_meter(st, frame.src)
+                rx = now_ms()
+                try:
+                    n = m.parser.parse(apdu)
+                except NoKey as exc:
+                    self._push_error(m, "meter.no_key", str(exc))
+                    continue
+                except DecryptError as exc:
+                    m.stats["decrypt_failures"] += 1
+                    self._push_error(m, "meter.decrypt_failed", str(exc))
+                    continue
+                except DlmsError as exc:
+                    self._push_error(m, "meter.read_failed", str(exc))
+                    continue
+                values = map_body(n.body, m.opts.get("scalers") or {},
+                                  tuple(m.opts.get("positional") or ()))
+                readings = to_readings(values, m.id, n.time_ms, rx, self.bus)
+                m.stats["notifications"] += 1
+                m.stats["success"] += 1
+                m.stats["readings"] += len(readings)
+                m.last_ok_ms = rx
+                if readings:
+                    self.emit(readings)
+
+    def _push_meter(self, system_title: bytes | None, src: Any) -> MeterState:
+        for m in self.meters:
+            if system_title is not None and m.opts.get("system_title") == system_title:
+                return m
+        for m in self.meters:
+            if m.opts.get("physical") is not None and src.lower == m.opts.get("physical"):
+                return m
+        return self.meters[0]
+
+    def _push_error(self, m: MeterState, kind: str, reason: str) -> None:
+        m.stats["failures"] += 1
+        n = m.stats["failures"]
+        if n <= 3 or n % 100 == 0:  # a HAN port pushes every few seconds: do not flood
+            self.log.warning("meter %s: %s (%d so far)", m.id, reason, n)
+            self.emit([Event(kind, now_ms(), self.bus, m.id, "warning",
+                             {"reason": reason, "failures": n})])
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex()
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+DRIVER = DlmsDriver

@@ -1,0 +1,310 @@
+"""Driver ``type: iec62056-21``: meters read with IEC 62056-21 (modes A, B, C) on one port.
+
+Each cycle reads every meter in turn: sign-on at 300 baud 7E1 with the meter's address,
+identification, then (mode C) an option select to the agreed baud rate and either a data
+readout or, when a P1 password is configured, programming mode with R1 reads of the
+configured registers. A silent meter costs one bounded timeout and is backed off, so it
+never stalls the others on the bus. Values stay exact decimal text until they become
+Readings (mantissa, exponent).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..config import (SERIAL_SCHEMA, FieldSpec, Schema, integer, list_of, mapping, number,
+                      one_of, one_of_ints, text)
+from ..model import Event, Reading, now_ms
+from .backoff import Backoff
+from .base import Driver, RecordSink
+
+TYPE = "iec62056-21"
+
+METER_SCHEMA = Schema((
+    FieldSpec("id", text("a meter id of 1-64 characters", r"[A-Za-z0-9._:-]{1,64}"),
+              help="meter id used in readings"),
+    FieldSpec("address", text("a device address of 0-32 characters", r"[A-Za-z0-9 ._-]{0,32}"),
+              "", help="device address sent in the sign-on /?address!; empty = point to point"),
+    FieldSpec("mode", one_of("a", "b", "c"), "c", help="protocol mode: C (baud switch), A or B"),
+    FieldSpec("max_baud", one_of_ints(300, 600, 1200, 2400, 4800, 9600, 19200), 9600,
+              help="highest baud rate to switch to in mode C"),
+    FieldSpec("password", text("a password of 1-32 characters", r"[ -~]{1,32}"), None,
+              secret=True, help="P1 password: read `registers` in programming mode"),
+    FieldSpec("registers", list_of(text("an address such as 1.8.0")), [],
+              help="addresses read with R1 when a password is set"),
+    FieldSpec("obis_prefix", text("an OBIS A-B prefix such as 1-0:", r"(\d{1,3}-\d{1,3}:)?"),
+              "1-0:", help="prefix for short C.D.E addresses"),
+))
+
+SCHEMA = Schema((
+    FieldSpec("serial", mapping(SERIAL_SCHEMA), help="the serial port (sign-on is always "
+              "300 baud; bytesize/parity are taken from data_format)"),
+    FieldSpec("data_format", one_of("7e1", "8n1"), "7e1",
+              help="character format: 7E1 as the standard says, 8N1 for odd adapters"),
+    FieldSpec("interval_s", number(gt=0, what="a number of seconds"), 60,
+              help="seconds between two readouts of the same meter"),
+    FieldSpec("reply_timeout_ms", integer(50, 60000), 2000,
+              help="longest wait for a meter's reply"),
+    FieldSpec("retries", integer(0, 10), 2, help="NAK retries of a block with a bad BCC"),
+    FieldSpec("baud_switch_delay_ms", integer(0, 2000), 300,
+              help="pause after the option select before switching baud (§6.3.14: 200-1500 ms)"),
+    FieldSpec("backoff_max_s", number(gt=0, what="a number of seconds"), 300,
+              help="longest wait before retrying a failing meter"),
+    FieldSpec("meters", list_of(METER_SCHEMA, min_items=1, unique_key="id"),
+              help="the meters on this port"),
+), help="IEC 62056-21 meters (optical head or RS-485)")
+
+
+def open_port(opts: Mapping[str, Any], baud: int) -> Any:
+    """serialport.open_serial, working around its `import serial.rs485` inside the function
+    (which makes `serial` a local name and raises UnboundLocalError; reported to the lead)."""
+    from .serialport import SerialPortError, open_serial
+    try:
+        return open_serial(opts, baud=baud)
+    except UnboundLocalError:
+        import serial
+        try:
+            return serial.Serial(port=str(opts["port"]), baudrate=baud,
+                                 bytesize=int(opts.get("bytesize", 8)),
+                                 parity={"N": "N", "E": "E", "O": "O"}[str(opts.get("parity", "N"))],
+                                 stopbits=int(opts.get("stopbits", 1)), timeout=0.05,
+                                 write_timeout=5, exclusive=True)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise SerialPortError(f"cannot open serial port {opts['port']}: {exc}") from exc
+
+
+class ReadFailed(Exception):
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind  # event kind: meter.read_failed, meter.crc_error, meter.auth_failed
+
+
+@dataclass
+class MeterState:
+    opts: dict[str, Any]
+    backoff: Backoff
+    next_due: float = 0.0
+    stats: dict[str, int] = field(default_factory=lambda: {
+        "success": 0, "failures": 0, "retries": 0, "timeouts": 0, "bcc_errors": 0,
+        "auth_failures": 0, "parity_errors": 0, "readings": 0})
+    last_ok_ms: int | None = None
+
+
+class Iec62056Driver(Driver):
+    type_name = TYPE
+
+    def __init__(self, name: str, options: Mapping[str, Any], sink: RecordSink) -> None:
+        super().__init__(name, options, sink)
+        self.serial_opts = dict(self.options["serial"])
+        # 7E1 is sent as 8N1 with the parity bit computed here (see add_even_parity): the
+        # same bits on the wire, and it works on UARTs and ptys that refuse CS7|PARENB.
+        self.soft_parity = self.options.get("data_format", "7e1") == "7e1"
+        self.serial_opts.update(bytesize=8, parity="N")
+        self.interval_s = float(self.options.get("interval_s", 60))
+        self.timeout_s = int(self.options.get("reply_timeout_ms", 2000)) / 1000
+        self.retries = int(self.options.get("retries", 2))
+        self.switch_delay_s = int(self.options.get("baud_switch_delay_ms", 300)) / 1000
+        bmax = float(self.options.get("backoff_max_s", 300))
+        self.meters = [MeterState(dict(m), Backoff(min_s=min(5.0, bmax), max_s=bmax))
+                       for m in self.options["meters"]]
+        self.ser: Any = None
+        self.port_backoff = Backoff(min_s=1, max_s=60)
+        self.cycles = 0
+
+    def meter_stats(self) -> dict[str, dict[str, Any]]:
+        return {m.opts["id"]: {**m.stats, "last_ok_ms": m.last_ok_ms} for m in self.meters}
+
+    # ------------------------------------------------------------------ loop
+    def loop(self) -> None:
+        from .serialport import SerialPortError
+        self.log.info("iec62056-21 bus %s: %d meters on %s every %.1f s", self.bus,
+                      len(self.meters), self.serial_opts["port"], self.interval_s)
+        try:
+            while not self.stopping.is_set():
+                if self.ser is None:
+                    try:
+                        self._open()
+                    except SerialPortError as exc:
+                        delay = self.port_backoff.fail()
+                        self.log.error("%s; retrying in %.1f s", exc, delay)
+                        self.stopping.wait(delay)
+                        continue
+                now = time.monotonic()
+                due = [m for m in self.meters if m.next_due <= now]
+                for m in due:
+                    if self.stopping.is_set():
+                        break
+                    try:
+                        self._poll(m)
+                    except OSError as exc:  # the port vanished (USB adapter unplugged)
+                        self.log.error("port %s failed: %s; reopening", self.serial_opts["port"], exc)
+                        self._close()
+                        break
+                self.cycles += 1
+                if self.ser is not None:
+                    wait = min(m.next_due for m in self.meters) - time.monotonic()
+                    self.stopping.wait(max(0.0, min(wait, 1.0)))
+        finally:
+            self._close()
+
+    def _open(self) -> None:
+        self.ser = open_port(self.serial_opts, 300)
+        self.ser.timeout = 0.05
+        self.port_backoff.ok()
+
+    def _close(self) -> None:
+        if self.ser is not None:
+            try:
+                self.ser.close()
+            except OSError:
+                pass
+            self.ser = None
+
+    def _poll(self, m: MeterState) -> None:
+        mid = m.opts["id"]
+        try:
+            records = self._read_meter(m)
+        except ReadFailed as exc:
+            if self.stopping.is_set():
+                return  # interrupted by shutdown: not the meter's fault
+            m.stats["failures"] += 1
+            delay = m.backoff.fail(permanent=exc.kind == "meter.auth_failed")
+            m.next_due = time.monotonic() + max(delay, 0.0)
+            self.log.warning("meter %s: %s (next try in %.0f s)", mid, exc, delay)
+            self.emit([Event(exc.kind, now_ms(), self.bus, mid, "warning",
+                             {"reason": str(exc), "address": m.opts.get("address", ""),
+                              "failures": m.stats["failures"]})])
+            return
+        finally:
+            self._reset_line()
+        m.backoff.ok()
+        m.stats["success"] += 1
+        m.stats["readings"] += len(records)
+        m.last_ok_ms = now_ms()
+        m.next_due = time.monotonic() + self.interval_s
+        if records:
+            self.emit(records)
+
+    def _reset_line(self) -> None:
+        if self.ser is not None:
+            try:
+                self.ser.baudrate = 300
+            except (OSError, ValueError):
+                pass
+
+    # ------------------------------------------------------------------ protocol
+    def _read_meter(self, m: MeterState) -> list[Reading]:
+        from ..protocols import iec62056_21 as iec
+        o = m.opts
+        dec = iec.Iec62056Decoder()
+        self.ser.reset_input_buffer()
+        self._send(iec.sign_on(o.get("address", "")))
+        ident = self._expect(m, dec, iec.Identification, "identification")
+        password = o.get("password")
+        mode = ident.mode
+        if o.get("mode", "c") == "c" and mode == "C":
+            wanted = min(ident.max_baud, int(o.get("max_baud", 9600)))
+            baud = max(b for b in iec.BAUD_MODE_C.values() if b <= wanted)
+            self._send(iec.option_select(
+                iec.BAUD_CHAR_C[baud], iec.MODE_PROGRAMMING if password else iec.MODE_READOUT))
+            self.stopping.wait(self.switch_delay_s)
+            self.ser.baudrate = baud
+        elif mode == "B":
+            self.ser.baudrate = ident.max_baud
+        rx = now_ms()
+        if password:
+            sets = self._programming_read(m, dec, password)
+        else:
+            sets = self._readout(m, dec)
+        prefix = o.get("obis_prefix", "1-0:")
+        out = []
+        for ds in sets:
+            ex = ds.exact()
+            if ex is None or not ds.unit:
+                continue  # dates, serial numbers, unitless counters: not registers
+            out.append(Reading(o["id"], iec.normalise_obis(ds.address, prefix), ex[0], ex[1],
+                               ds.unit, None, rx, (), self.bus))
+        return out
+
+    def _readout(self, m: MeterState, dec: Any) -> list[Any]:
+        from ..protocols import iec62056_21 as iec
+        payload = b""
+        for attempt in range(self.retries + 1):
+            ev = self._next(m, dec, "readout")
+            if isinstance(ev, iec.DataBlock):
+                payload += ev.payload
+                if ev.partial:  # §6.3.12 partial block: acknowledge, the next follows
+                    self._send(bytes([iec.ACK]))
+                    continue
+                if b"!" not in payload:
+                    raise ReadFailed("meter.read_failed", "readout without end mark '!'")
+                return iec.parse_data_sets(payload[:payload.rindex(b"!")])
+            if isinstance(ev, iec.BadBlock):
+                m.stats["bcc_errors"] += 1
+                if attempt < self.retries:
+                    m.stats["retries"] += 1
+                    self._send(bytes([iec.NAK]))  # the meter repeats the block
+                    continue
+                raise ReadFailed("meter.crc_error", f"readout failed its BCC check "
+                                 f"{self.retries + 1} times ({ev.reason})")
+        raise ReadFailed("meter.crc_error", "readout failed its BCC check")
+
+    def _programming_read(self, m: MeterState, dec: Any, password: str) -> list[Any]:
+        from ..protocols import iec62056_21 as iec
+        self._expect(m, dec, iec.Command, "password request P0")
+        self._send(iec.command("P1", f"({password})"))
+        ev = self._next(m, dec, "password acknowledgement")
+        if not isinstance(ev, iec.Ack):
+            m.stats["auth_failures"] += 1
+            raise ReadFailed("meter.auth_failed", "the meter refused the P1 password")
+        sets = []
+        try:
+            for addr in m.opts.get("registers") or []:
+                self._send(iec.command("R1", f"{addr}()"))
+                ev = self._next(m, dec, f"register {addr}")
+                if isinstance(ev, iec.BadBlock):
+                    m.stats["bcc_errors"] += 1
+                    raise ReadFailed("meter.crc_error", f"register {addr}: {ev.reason}")
+                if isinstance(ev, iec.DataBlock):
+                    sets += iec.parse_data_sets(ev.payload)
+        finally:
+            self._send(iec.command("B0"))
+        return sets
+
+    def _expect(self, m: MeterState, dec: Any, cls: type, what: str) -> Any:
+        ev = self._next(m, dec, what)
+        if not isinstance(ev, cls):
+            raise ReadFailed("meter.read_failed", f"expected {what}, got {type(ev).__name__}")
+        return ev
+
+    def _next(self, m: MeterState, dec: Any, what: str) -> Any:
+        """The next message from the meter, within reply_timeout_ms."""
+        from ..protocols import iec62056_21 as iec
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            ev = dec.next_event()
+            if ev is not iec.NEED_DATA:
+                if isinstance(ev, (iec.SignOn, iec.OptionSelect)):
+                    continue  # our own echo on a two-wire bus
+                return ev
+            if self.stopping.is_set():
+                raise ReadFailed("meter.read_failed", "driver stopping")
+            if time.monotonic() > deadline:
+                m.stats["timeouts"] += 1
+                raise ReadFailed("meter.read_failed",
+                                 f"no {what} within {self.timeout_s:.1f} s")
+            data = self.ser.read(max(1, self.ser.in_waiting))
+            if data:
+                if self.soft_parity:
+                    m.stats["parity_errors"] += iec.parity_errors(data)
+                dec.receive_data(data)
+
+    def _send(self, data: bytes) -> None:
+        from ..protocols.iec62056_21 import add_even_parity
+        from .serialport import write_frame
+        write_frame(self.ser, add_even_parity(data) if self.soft_parity else data, self.serial_opts)
+
+
+DRIVER = Iec62056Driver

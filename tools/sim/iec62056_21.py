@@ -1,0 +1,241 @@
+"""Simulated IEC 62056-21 meters on a pseudo-terminal (modes A, B, C, P1 password, R1 reads).
+
+    python -m tools.sim.iec62056_21 --meters 2      # prints the pty path to give the driver
+
+Several meters share one pty like meters on one RS-485 bus: each answers only a sign-on
+carrying its own address (an empty address is answered by the first meter). Registers
+rise with wall-clock time, so successive readouts differ like a real meter's.
+Faults: ``silent`` (never answers), ``bad_bcc`` (corrupts every readout's BCC), ``delay_s``.
+
+Also home of :class:`PtySimulator`, the pty plumbing the DLMS simulators share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+from typing import Callable
+
+from gateway.protocols import iec62056_21 as iec
+
+log = logging.getLogger("sim.iec62056_21")
+
+
+class PtySimulator:
+    """A pty whose master end is served by ``handle(data) -> reply bytes`` in a thread.
+
+    The simulator keeps the slave fd open itself, so the pty outlives any client that opens
+    and closes (or is killed while holding) the slave path: exactly like a real bus.
+    """
+
+    def __init__(self, handle: Callable[[bytes], bytes | None], name: str = "sim") -> None:
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        self.device = os.ttyname(self._slave)
+        self._handle = handle
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                try:
+                    n = os.write(self.master, view)
+                except BlockingIOError:
+                    time.sleep(0.001)
+                    continue
+                view = view[n:]
+            self.tx_bytes += len(data)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([self.master], [], [], 0.05)
+            except (OSError, ValueError):
+                return
+            if not r:
+                self.idle()
+                continue
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:
+                time.sleep(0.01)
+                continue
+            self.rx_bytes += len(data)
+            try:
+                reply = self._handle(data)
+            except Exception:  # noqa: BLE001 - a simulator bug must be visible, not fatal
+                log.exception("simulator handler failed")
+                continue
+            if reply:
+                self.write(reply)
+
+    def idle(self) -> None:
+        """Called when nothing arrived for 50 ms (push simulators send from here)."""
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for fd in (self.master, self._slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@dataclass
+class SimIecMeter:
+    address: str
+    manufacturer: str = "SIM"
+    baud_char: str = "5"          # mode C 9600; 'E' = mode B 9600; 'X' = mode A
+    ident: str = "IEC-METER"
+    password: str | None = None
+    base_wh: int = 1_234_567
+    load_w: int = 1500
+    silent: bool = False
+    bad_bcc: bool = False
+    delay_s: float = 0.0
+    reads: int = 0
+    started: float = field(default_factory=time.time)
+
+    def values(self) -> list[tuple[str, str, str]]:
+        """(address, value, unit): exact decimal text, as a meter prints it."""
+        wh = self.base_wh + int(self.load_w * (time.time() - self.started) / 3600)
+        export = self.base_wh // 7
+        return [("1.8.0", f"{wh // 1000:07d}.{wh % 1000:03d}", "kWh"),
+                ("2.8.0", f"{export // 1000:07d}.{export % 1000:03d}", "kWh"),
+                ("32.7.0", "230.1", "V"),
+                ("31.7.0", "006.52", "A"),
+                ("0.9.1", "120000", "")]  # time hhmmss: not a register, not a reading
+
+    def readout_text(self) -> str:
+        lines = [f"0.0.0({self.address or '00000000'})"]
+        lines += [f"{a}({v}*{u})" if u else f"{a}({v})" for a, v, u in self.values()]
+        return "\r\n".join(lines) + "\r\n"
+
+    def register(self, address: str) -> str | None:
+        for a, v, u in self.values():
+            if a == address or "1-0:" + a == address:
+                return f"{address}({v}*{u})" if u else f"{address}({v})"
+        return None
+
+
+class IecBusSimulator(PtySimulator):
+    """Meter-side state machine for every meter on the simulated bus."""
+
+    def __init__(self, meters: list[SimIecMeter]) -> None:
+        self.meters = meters
+        self.decoder = iec.Iec62056Decoder(meter_side=True)
+        self.active: SimIecMeter | None = None
+        self.state = "idle"
+        self.sign_ons = 0
+        super().__init__(self._on_data, name="sim-iec62056-21")
+
+    def _reply(self, m: SimIecMeter, data: bytes) -> bytes:
+        if m.delay_s:
+            time.sleep(m.delay_s)
+        return data
+
+    def _readout(self, m: SimIecMeter) -> bytes:
+        m.reads += 1
+        msg = iec.data_message(m.readout_text())
+        if m.bad_bcc:
+            msg = msg[:-1] + bytes([msg[-1] ^ 0x55])
+        return msg
+
+    def _on_data(self, data: bytes) -> bytes | None:
+        self.decoder.receive_data(data)
+        out = b""
+        while True:
+            ev = self.decoder.next_event()
+            if ev is iec.NEED_DATA:
+                return out or None
+            out += iec.add_even_parity(self._event(ev) or b"")  # 7E1 on the wire
+
+    def _event(self, ev: object) -> bytes | None:
+        if isinstance(ev, iec.SignOn):
+            self.sign_ons += 1
+            m = next((m for m in self.meters if m.address == ev.address
+                      or (ev.address == "" and m is self.meters[0])), None)
+            self.active, self.state = m, "idle"
+            if m is None or m.silent:
+                return None
+            ident = iec.Identification(m.manufacturer, m.baud_char, m.ident).serialize()
+            mode = iec.Identification(m.manufacturer, m.baud_char, m.ident).mode
+            if mode in ("A", "B"):  # no option select: the readout follows at once
+                return self._reply(m, ident + self._readout(m))
+            self.state = "ident_sent"
+            return self._reply(m, ident)
+        m = self.active
+        if m is None:
+            return None
+        if isinstance(ev, iec.Nak) and m.reads:  # §6.3.12: repeat the last block
+            return self._reply(m, self._readout(m))
+        if isinstance(ev, iec.OptionSelect) and self.state == "ident_sent":
+            if ev.mode == iec.MODE_PROGRAMMING:
+                self.state = "password"
+                return self._reply(m, iec.command("P0", "(12345678)"))
+            self.state = "idle"
+            return self._reply(m, self._readout(m))
+        if isinstance(ev, iec.Command):
+            if ev.cmd == "B0":
+                self.active, self.state = None, "idle"
+                return None
+            if ev.cmd == "P1" and self.state == "password":
+                if m.password is not None and ev.data == f"({m.password})":
+                    self.state = "programming"
+                    return bytes([iec.ACK])
+                return bytes([iec.NAK])
+            if ev.cmd == "R1" and self.state == "programming":
+                value = m.register(ev.data.removesuffix("()"))
+                if value is None:
+                    return iec.data_message("(ERROR)", end=b"")
+                m.reads += 1
+                return self._reply(m, iec.data_message(value, end=b""))
+        return None
+
+
+def start(meters: int = 1, *, addresses: list[str] | None = None, baud_char: str = "5",
+          password: str | None = None, silent: tuple[str, ...] = (), bad_bcc: bool = False,
+          delay_s: float = 0.0) -> IecBusSimulator:
+    """Start a bus of ``meters`` simulated meters; ``.device`` is the pty path."""
+    addrs = addresses or [f"{10000001 + i}" for i in range(meters)]
+    sims = [SimIecMeter(a, baud_char=baud_char, password=password, silent=a in silent,
+                        bad_bcc=bad_bcc, delay_s=delay_s, base_wh=1_000_000 * (i + 1),
+                        ident=f"SIM{i + 1}") for i, a in enumerate(addrs)]
+    return IecBusSimulator(sims)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--meters", type=int, default=1)
+    p.add_argument("--baud-char", default="5", help="0-6 mode C, A-F mode B, other mode A")
+    p.add_argument("--password")
+    p.add_argument("--silent", action="append", default=[], help="address of a silent meter")
+    p.add_argument("--bad-bcc", action="store_true")
+    p.add_argument("--delay-s", type=float, default=0.0)
+    a = p.parse_args()
+    sim = start(a.meters, baud_char=a.baud_char, password=a.password, silent=tuple(a.silent),
+                bad_bcc=a.bad_bcc, delay_s=a.delay_s)
+    print(sim.device, flush=True)
+    print("addresses: " + " ".join(m.address for m in sim.meters), flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        sim.stop()
+
+
+if __name__ == "__main__":
+    main()
