@@ -16,6 +16,7 @@ EXIT_CONFIG = 2
 # `register(subparsers)`; adding one is one line here.
 COMMAND_MODULES: list[str] = [
     "gateway.commands.decode",
+    "gateway.commands.zigbee",
 ]
 
 

@@ -58,21 +58,9 @@ SCHEMA = Schema((
 
 
 def open_port(opts: Mapping[str, Any], baud: int) -> Any:
-    """serialport.open_serial, working around its `import serial.rs485` inside the function
-    (which makes `serial` a local name and raises UnboundLocalError; reported to the lead)."""
-    from .serialport import SerialPortError, open_serial
-    try:
-        return open_serial(opts, baud=baud)
-    except UnboundLocalError:
-        import serial
-        try:
-            return serial.Serial(port=str(opts["port"]), baudrate=baud,
-                                 bytesize=int(opts.get("bytesize", 8)),
-                                 parity={"N": "N", "E": "E", "O": "O"}[str(opts.get("parity", "N"))],
-                                 stopbits=int(opts.get("stopbits", 1)), timeout=0.05,
-                                 write_timeout=5, exclusive=True)
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise SerialPortError(f"cannot open serial port {opts['port']}: {exc}") from exc
+    """Short read timeout: the driver assembles replies itself with its own deadlines."""
+    from .serialport import open_serial
+    return open_serial(opts, baud=baud, timeout_s=0.05)
 
 
 class ReadFailed(Exception):

@@ -19,6 +19,7 @@ from .base import Driver, RecordSink
 
 DRIVER_MODULES: dict[str, str] = {
     "simulated": "gateway.drivers.simulated",
+    "zigbee": "gateway.drivers.zigbee",
     "dlms": "gateway.drivers.dlms", "iec62056-21": "gateway.drivers.iec62056_21",
 }
 

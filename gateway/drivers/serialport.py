@@ -21,7 +21,8 @@ class SerialPortError(Exception):
     """The port cannot be opened or configured; the message says which and why."""
 
 
-def open_serial(opts: Mapping[str, Any], *, baud: int | None = None) -> serial.Serial:
+def open_serial(opts: Mapping[str, Any], *, baud: int | None = None,
+                timeout_s: float | None = None) -> serial.Serial:
     port = str(opts["port"])
     try:
         ser = serial.Serial(
@@ -30,7 +31,7 @@ def open_serial(opts: Mapping[str, Any], *, baud: int | None = None) -> serial.S
             bytesize=int(opts.get("bytesize", 8)),
             parity=PARITY[str(opts.get("parity", "N"))],
             stopbits=int(opts.get("stopbits", 1)),
-            timeout=int(opts.get("timeout_ms", 1000)) / 1000,
+            timeout=timeout_s if timeout_s is not None else int(opts.get("timeout_ms", 1000)) / 1000,
             write_timeout=5,
             exclusive=True,
         )

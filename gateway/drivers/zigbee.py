@@ -1,0 +1,1112 @@
+"""Zigbee driver (type ``zigbee``): a Digi XBee coordinator on a serial port, ZCL metering.
+
+One thread owns the port. At start it reads the module's identity (SH/SL, VR, OP, AI) and
+sets AO=1 so received data arrives as Explicit Rx Indicator frames (0x91) with their
+endpoint/cluster/profile. Each device then goes through a short setup, one request at a
+time: read the Metering scaling (UnitOfMeasure, Multiplier, Divisor, formatting), probe the
+Electrical Measurement AC multipliers/divisors, read Basic (manufacturer, model), bind and
+configure reporting. A device that refuses binding or reporting is polled instead.
+
+Invariants that the tests pin down:
+
+* A register value is never published before its device's multiplier, divisor and unit
+  are known; values that arrive earlier are held (bounded) and published once they are.
+  A Device_annce (or Node Identification) drops the cached scaling and re-reads it.
+* A value equal to its type's "invalid" sentinel is a ``meter.invalid_value`` event, never
+  a Reading.
+* Timeouts live here, not in the codec: each request has a monotonic deadline, retries, and
+  fails into a counted ``meter.read_failed`` event. A device not heard from for
+  ``silence_factor`` x its expected interval raises ``meter.silent``.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ..config import (ID, SERIAL_SCHEMA, DriverSchema, FieldSpec, Schema, boolean, integer,
+                      list_of, mapping, number, one_of_ints, text)
+from ..model import Event, Reading, now_ms
+from ..protocols import xbee, zcl, zdo
+from .backoff import Backoff
+from .base import Driver, RecordSink
+
+OUR_ENDPOINT = 0x01          # the coordinator endpoint our ZCL requests come from
+BROADCAST_ROUTERS16 = 0xFFFC  # all routers and the coordinator
+HELD_VALUES_MAX = 32          # values held per device while its scaling is unknown
+QUALITY_ROUNDED = "rounded"   # multiplier/divisor not a terminating decimal (e.g. /3)
+
+# ---------------------------------------------------------------------------- options
+
+
+def parse_ieee(text_: str) -> int:
+    digits = text_.replace(":", "").replace("-", "")
+    if len(digits) != 16:
+        raise ValueError(f"an IEEE address has 16 hex digits, got {text_!r}")
+    return int(digits, 16)
+
+
+DEVICE_SCHEMA = Schema((
+    FieldSpec("ieee", text("a 64-bit IEEE address: 16 hex digits, optionally separated by "
+                           "':' or '-'", r"(?:[0-9A-Fa-f]{2}[:-]?){7}[0-9A-Fa-f]{2}"),
+              help="the device's IEEE (EUI-64) address, e.g. 00:0d:6f:00:0a:bc:de:f0"),
+    FieldSpec("id", ID, None, help="meter id in readings; default: the IEEE address as 16 "
+                                   "lowercase hex digits"),
+    FieldSpec("endpoint", integer(1, 240), None, help="endpoint of its Metering cluster; "
+                                                     "default: the driver's endpoint"),
+    FieldSpec("poll", boolean(), False, help="poll it instead of configuring reporting"),
+    FieldSpec("expected_interval_s", number(gt=0, what="a number of seconds"), None,
+              help="how often it should be heard from; default: report_max_s (reporting) "
+                   "or poll_interval_s (polled)"),
+), help="a device known in advance (optional: joining devices are found by themselves)")
+
+
+def _report_rule(v: dict[str, Any]) -> list[tuple[str, str]]:
+    if v["report_min_s"] > v["report_max_s"]:
+        return [("report_min_s", f"expected a number <= report_max_s ({v['report_max_s']}), "
+                                 f"got {v['report_min_s']}")]
+    return []
+
+
+SCHEMA = DriverSchema((
+    FieldSpec("serial", mapping(SERIAL_SCHEMA), help="the XBee's serial port (AP=1 or AP=2)"),
+    FieldSpec("api_mode", one_of_ints(1, 2), 2,
+              help="the module's AP setting: 2 = escaped (recommended), 1 = unescaped"),
+    FieldSpec("profile", one_of_ints(0x0104, 0x0109), 0x0104,
+              help="default profile of requests: 0x0104 Home Automation, 0x0109 Smart Energy "
+                   "(learned per device from what it sends)"),
+    FieldSpec("endpoint", integer(1, 240), 1, help="default device endpoint (learned per "
+                                                   "device from what it sends)"),
+    FieldSpec("poll_interval_s", number(gt=0, what="a number of seconds"), 300,
+              help="how often devices that do not report are read"),
+    FieldSpec("report_min_s", integer(0, 65535), 30, help="Configure Reporting minimum "
+                                                          "interval"),
+    FieldSpec("report_max_s", integer(1, 65534), 300, help="Configure Reporting maximum "
+                                                           "interval"),
+    FieldSpec("response_timeout_s", number(gt=0, what="a number of seconds"), 10,
+              help="how long to wait for a device's (or the module's) answer"),
+    FieldSpec("retries", integer(0, 10), 2, help="resends of an unanswered request"),
+    FieldSpec("silence_factor", number(ge=1, what="a number"), 2,
+              help="a device is silent after this many expected intervals without a frame"),
+    FieldSpec("rssi_interval_s", number(gt=0, what="a number of seconds"), 60,
+              help="least time between two RSSI (AT DB) samples of one device"),
+    FieldSpec("devices", list_of(DEVICE_SCHEMA, unique_key="ieee"), [],
+              help="devices known in advance, to name them or force polling"),
+), check=_report_rule, help="Digi XBee Zigbee coordinator: Smart Energy / HA metering")
+
+
+# ---------------------------------------------------------------------------- link
+
+
+def open_port(opts: Mapping[str, Any]) -> Any:
+    from .serialport import open_serial
+    return open_serial(opts)
+
+
+class XBeeLinkError(Exception):
+    """The module did not answer (or refused) an AT command: wrong AP mode, baud, or port."""
+
+
+@dataclass
+class _AtWait:
+    command: str
+    callback: Callable[[xbee.ATCommandResponse | None], None] | None = None
+    response: xbee.ATCommandResponse | None = None
+    done: bool = False
+
+
+class XBeeLink:
+    """A serial port + API frame codec + frame-id table: what the driver and the
+    ``gateway zigbee`` command share. ``on_frame(frame, context)`` gets every frame that is
+    not the answer to an AT command sent through :meth:`at`/:meth:`at_async`; context is
+    what was allocated with the frame id of a Transmit Status, else None."""
+
+    def __init__(self, ser: Any, escaped: bool,
+                 on_frame: Callable[[Any, Any], None], write: Callable[[bytes], None]) -> None:
+        self.ser = ser
+        self.escaped = escaped
+        self.on_frame = on_frame
+        self._write = write
+        self.decoder = xbee.FrameDecoder(escaped=escaped)
+        self.ids = xbee.FrameIdAllocator()
+
+    def send(self, frame: xbee.Frame) -> None:
+        self._write(xbee.encode(frame, self.escaped))
+
+    def pump(self) -> bool:
+        """Read what the port has (waiting at most its read timeout); dispatch every frame.
+        True if any byte came in."""
+        data = self.ser.read(max(1, self.ser.in_waiting))
+        if not data:
+            return False
+        self.decoder.receive_data(data)
+        while True:
+            ev = self.decoder.next_event()
+            if ev is xbee.NEED_DATA:
+                return True
+            ctx = None
+            if isinstance(ev, (xbee.ATCommandResponse, xbee.TransmitStatus)) and ev.frame_id:
+                ctx = self.ids.resolve(ev.frame_id)
+                if isinstance(ctx, _AtWait):
+                    ctx.response, ctx.done = ev, True  # type: ignore[assignment]
+                    if ctx.callback:
+                        ctx.callback(ev)  # type: ignore[arg-type]
+                    continue
+            self.on_frame(ev, ctx)
+
+    def at_async(self, command: str, parameter: bytes, deadline: float,
+                 callback: Callable[[xbee.ATCommandResponse | None], None] | None = None
+                 ) -> _AtWait:
+        wait = _AtWait(command, callback)
+        fid = self.ids.allocate(wait, deadline)
+        self.send(xbee.ATCommand(fid, command, parameter))
+        return wait
+
+    def at(self, command: str, parameter: bytes = b"", timeout: float = 3.0,
+           stopping: threading.Event | None = None) -> xbee.ATCommandResponse:
+        """Send an AT command and pump until its answer; XBeeLinkError on timeout/error."""
+        deadline = time.monotonic() + timeout
+        wait = self.at_async(command, parameter, deadline)
+        while not wait.done:
+            if time.monotonic() >= deadline or (stopping is not None and stopping.is_set()):
+                self.expire(time.monotonic() + timeout)
+                raise XBeeLinkError(f"no answer to AT {command} within {timeout:g} s")
+            self.pump()
+        resp = wait.response
+        assert resp is not None
+        if resp.status != 0:
+            raise XBeeLinkError(f"AT {command} refused: "
+                                f"{xbee.AT_STATUS.get(resp.status, resp.status)}")
+        return resp
+
+    def expire(self, now: float) -> list[tuple[int, Any]]:
+        """Drop expired frame ids; AT callbacks get None; returns the other expired contexts."""
+        others = []
+        for fid, ctx in self.ids.expire(now):
+            if isinstance(ctx, _AtWait):
+                ctx.done = True
+                if ctx.callback:
+                    ctx.callback(None)
+            else:
+                others.append((fid, ctx))
+        return others
+
+
+def open_network(link: XBeeLink, seconds: int, zdo_seq: int, timeout: float,
+                 stopping: threading.Event | None = None) -> list[str]:
+    """Permit joining for ``seconds`` (0 closes): AT NJ + AC on the coordinator, then a
+    Mgmt_Permit_Joining_req broadcast so routers open too (what AT CB2 does for 60 s).
+    Returns the steps done, for the operator."""
+    if not 0 <= seconds <= 254:
+        raise ValueError("permit-join seconds must be 0..254 (255 would never close)")
+    link.at("NJ", bytes((seconds,)), timeout, stopping)
+    link.at("AC", b"", timeout, stopping)
+    msg = zdo.PermitJoiningRequest(zdo_seq, seconds, 1)
+    link.send(xbee.ExplicitAddressingCommand(
+        0, xbee.BROADCAST64, BROADCAST_ROUTERS16, zdo.ZDO_ENDPOINT, zdo.ZDO_ENDPOINT,
+        zdo.MGMT_PERMIT_JOINING_REQ, zdo.ZDO_PROFILE, 0, 0, msg.serialize()))
+    return [f"AT NJ={seconds}", "AT AC", f"Mgmt_Permit_Joining_req({seconds} s) broadcast"]
+
+
+# ---------------------------------------------------------------------------- device state
+
+
+@dataclass(frozen=True)
+class MeteringScale:
+    unit_code: int
+    multiplier: int
+    divisor: int
+    summation_fmt: zcl.Formatting
+    demand_fmt: zcl.Formatting
+    device_type: int
+
+    @property
+    def units(self) -> tuple[str, str, bool]:
+        return zcl.unit_of_measure(self.unit_code)
+
+
+@dataclass(frozen=True)
+class AcScale:
+    voltage: tuple[int, int]
+    current: tuple[int, int]
+    power: tuple[int, int]
+
+
+# Metering attributes that become readings -> which formatting/unit applies.
+METERING_VALUES: dict[int, str] = {0x0000: "summation", 0x0001: "summation",
+                                   0x0400: "demand"}
+# Electrical Measurement attributes that become readings -> (scaling, unit, quantity).
+AC_VALUES: dict[int, tuple[str, str, str]] = {
+    0x0505: ("voltage", "V", "1-0:32.7.0"),     # L1 voltage
+    0x0508: ("current", "A", "1-0:31.7.0"),     # L1 current
+    0x050B: ("power", "W", "zcl:0B04:ActivePower"),  # signed: no single OBIS code
+}
+# (device type family, attribute) -> OBIS code, where the meaning is unambiguous.
+OBIS: dict[tuple[str, int], str] = {
+    ("electric", 0x0000): "1-0:1.8.0", ("electric", 0x0001): "1-0:2.8.0",
+    ("electric", 0x0400): "1-0:16.7.0",
+    ("gas", 0x0000): "7-0:3.0.0", ("water", 0x0000): "8-0:1.0.0",
+}
+# The UnitOfMeasure codes (low 7 bits) under which those OBIS codes are meaningful.
+_VOLUME = frozenset((0x01, 0x02, 0x03, 0x04, 0x05, 0x07, 0x0A))
+OBIS_UNITS: dict[str, frozenset[int]] = {"electric": frozenset((0x00,)), "gas": _VOLUME,
+                                         "water": _VOLUME}
+METERING_SCALE_ATTRS = (0x0300, 0x0301, 0x0302, 0x0303, 0x0304, 0x0306)
+AC_SCALE_ATTRS = (0x0600, 0x0601, 0x0602, 0x0603, 0x0604, 0x0605)
+METERING_POLL_ATTRS = (0x0000, 0x0001, 0x0400, 0x0200)
+AC_POLL_ATTRS = (0x0505, 0x0508, 0x050B)
+SETUP_STEPS = ("metering_scale", "ac_scale", "basic", "bind_metering", "configure_metering",
+               "bind_ac", "configure_ac")
+
+
+@dataclass
+class Device:
+    ieee: int
+    meter_id: str
+    endpoint: int
+    profile: int
+    force_poll: bool = False
+    expected_interval_s: float | None = None
+    nwk: int = xbee.UNKNOWN16
+    metering: MeteringScale | None = None
+    ac: AcScale | None = None
+    has_ac: bool | None = None
+    manufacturer: str | None = None
+    model: str | None = None
+    reporting: dict[int, str] = field(default_factory=dict)  # cluster -> configured|polled
+    setup: collections.deque = field(default_factory=collections.deque)
+    busy: bool = False
+    next_setup_at: float = 0.0
+    next_poll_at: float = 0.0
+    next_rssi_at: float = 0.0
+    last_seen: float = 0.0
+    last_seen_ms: int | None = None
+    silent: bool = False
+    last_status: int | None = None
+    held: list = field(default_factory=list)
+    rssi_dbm: int | None = None
+    stats: collections.Counter = field(default_factory=collections.Counter)
+
+    def restart_setup(self, now: float) -> None:
+        self.metering = self.ac = None
+        self.has_ac = None
+        self.reporting = {}
+        self.setup = collections.deque(SETUP_STEPS)
+        self.busy = False
+        self.next_setup_at = now
+
+    def polled_clusters(self) -> list[int]:
+        if self.setup:
+            return []
+        out = []
+        if self.reporting.get(zcl.METERING) != "configured":
+            out.append(zcl.METERING)
+        if self.has_ac and self.reporting.get(zcl.ELECTRICAL_MEASUREMENT) != "configured":
+            out.append(zcl.ELECTRICAL_MEASUREMENT)
+        return out
+
+
+@dataclass
+class Request:
+    """A ZCL or ZDO request awaiting its answer (matched by device and sequence number)."""
+
+    ieee: int
+    kind: str
+    cluster: int
+    zdo: bool
+    build: Callable[[int], bytes]  # seq -> payload, so a resend gets a fresh seq
+    seq: int = 0
+    deadline: float = 0.0
+    attempts: int = 0
+
+
+def _is_integer(tv: zcl.TypedValue) -> bool:
+    return zcl.DATA_TYPES[tv.type_id].kind in ("uint", "int", "data", "bitmap") \
+        and isinstance(tv.value, int) and not isinstance(tv.value, bool)
+
+
+class _SessionRestart(Exception):
+    """The module reset: run the start-up sequence again."""
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+class ZigbeeDriver(Driver):
+    type_name = "zigbee"
+
+    def __init__(self, name: str, options: Mapping[str, Any], sink: RecordSink) -> None:
+        super().__init__(name, options, sink)
+        o = self.options
+        self.serial_opts: dict[str, Any] = dict(o["serial"])
+        self.escaped = int(o.get("api_mode", 2)) == 2
+        self.default_profile = int(o.get("profile", 0x0104))
+        self.default_endpoint = int(o.get("endpoint", 1))
+        self.poll_interval = float(o.get("poll_interval_s", 300))
+        self.report_min = int(o.get("report_min_s", 30))
+        self.report_max = int(o.get("report_max_s", 300))
+        self.timeout = float(o.get("response_timeout_s", 10))
+        self.retries = int(o.get("retries", 2))
+        self.silence_factor = float(o.get("silence_factor", 2))
+        self.rssi_interval = float(o.get("rssi_interval_s", 60))
+        self.configured: dict[int, dict[str, Any]] = {
+            parse_ieee(d["ieee"]): d for d in (o.get("devices") or [])}
+        self.devices: dict[int, Device] = {}
+        self.module: dict[str, Any] = {}
+        self.coordinator_ieee = 0
+        self.link: XBeeLink | None = None
+        self.frame_errors = 0
+        self._reported_frame_errors = 0
+        self._next_error_event = 0.0
+        self._requests: dict[tuple[int, int], Request] = {}
+        self._seq = 0
+        self._out: list[Any] = []
+        self._lock = threading.Lock()
+        self._commands: "queue.Queue[tuple[str, Any, Future]]" = queue.Queue()
+        self._rssi_busy = False
+        self._restart = False
+        self.sessions = 0
+
+    # -- public, thread-safe ---------------------------------------------------------
+
+    def meter_stats(self) -> dict[str, dict[str, Any]]:
+        """Per-device counters and link quality, for diagnostics (a snapshot)."""
+        with self._lock:
+            out = {}
+            for d in self.devices.values():
+                m = d.metering
+                out[d.meter_id] = {
+                    **dict(d.stats), "ieee": xbee.eui64_hex(d.ieee), "nwk": d.nwk,
+                    "rssi_dbm": d.rssi_dbm, "last_seen_ms": d.last_seen_ms,
+                    "silent": d.silent, "manufacturer": d.manufacturer, "model": d.model,
+                    "scaling_known": m is not None,
+                    "unit": m.units[0] if m else None,
+                    "multiplier": m.multiplier if m else None,
+                    "divisor": m.divisor if m else None,
+                    "reporting": {f"0x{c:04X}": s for c, s in d.reporting.items()},
+                }
+            return out
+
+    def permit_join(self, seconds: int, timeout: float | None = None) -> list[str]:
+        """Open the network for ``seconds`` (0 closes), from any thread: the control socket's
+        ``permit-join`` capability. The driver thread owns the port, so the work is queued to
+        it; this waits for the outcome and returns the steps done."""
+        seconds = int(seconds)
+        if not 0 <= seconds <= 254:
+            raise ValueError("permit-join seconds must be 0..254 (0 closes the network)")
+        if self.link is None or not self.is_alive():
+            raise RuntimeError(f"zigbee bus {self.bus}: the XBee is not connected "
+                               f"(port {self.serial_opts.get('port')} down or starting)")
+        fut: Future = Future()
+        self._commands.put(("permit_join", seconds, fut))
+        return fut.result(timeout if timeout is not None else 3 * self.timeout + 5)
+
+    def bus_state(self) -> dict[str, Any]:
+        """The coordinator and the line's health, for the console's bus summary."""
+        dec = self.link.decoder if self.link is not None else None
+        return {"connected": self.link is not None, "coordinator": dict(self.module),
+                "sessions": self.sessions, "bad_frames": self.frame_errors,
+                "checksum_errors": dec.checksum_errors if dec else None,
+                "devices": len(self.devices)}
+
+    # -- thread ------------------------------------------------------------------------
+
+    def loop(self) -> None:
+        import serial
+
+        from .serialport import SerialPortError, write_frame
+        backoff = Backoff(min_s=0.5, max_s=60)
+        port = self.serial_opts.get("port")
+        port_ok = True
+        while not self.stopping.is_set():
+            try:
+                ser = open_port(self.serial_opts)
+            except SerialPortError as exc:
+                if port_ok:
+                    self.log.error("zigbee %s: %s; retrying", self.bus, exc)
+                    self._event("bus.port_error", None, "error", port=port, error=str(exc))
+                    self._flush()
+                port_ok = False
+                self.stopping.wait(backoff.fail())
+                continue
+            try:
+                ser.timeout = 0.05
+                self.link = XBeeLink(ser, self.escaped, self._on_frame,
+                                     lambda data: write_frame(ser, data, self.serial_opts))
+                while not self.stopping.is_set():
+                    self._restart = False
+                    if not self._start_session():
+                        break
+                    port_ok = True
+                    backoff.ok()
+                    try:
+                        self._run_session()
+                    except _SessionRestart:
+                        continue
+                    break
+            except (serial.SerialException, OSError) as exc:
+                self.log.error("zigbee %s: serial port %s failed: %s; reopening", self.bus,
+                               port, exc)
+                self._event("bus.port_error", None, "error", port=port, error=str(exc))
+                port_ok = False
+            finally:
+                self._flush()
+                self.link = None
+                try:
+                    ser.close()
+                except (serial.SerialException, OSError):
+                    pass
+            if not self.stopping.is_set():
+                self.stopping.wait(backoff.fail())
+
+    def _start_session(self) -> bool:
+        """Read the module's identity and set AO=1; False (after logging) if it won't answer."""
+        link = self.link
+        assert link is not None
+        self.sessions += 1
+        t = self.timeout
+        try:
+            sh = link.at("SH", timeout=t, stopping=self.stopping).data
+            sl = link.at("SL", timeout=t, stopping=self.stopping).data
+            vr = link.at("VR", timeout=t, stopping=self.stopping).data
+            op = link.at("OP", timeout=t, stopping=self.stopping).data
+            ai = link.at("AI", timeout=t, stopping=self.stopping).data
+            link.at("AO", b"\x01", timeout=t, stopping=self.stopping)
+            link.at("AC", timeout=t, stopping=self.stopping)
+        except XBeeLinkError as exc:
+            if self.stopping.is_set():
+                return False
+            mode = "2 (escaped)" if self.escaped else "1"
+            self.log.error("zigbee %s: XBee on %s: %s (is the module in API mode %s at %s "
+                           "baud?)", self.bus, self.serial_opts.get("port"), exc, mode,
+                           self.serial_opts.get("baud", 9600))
+            self._event("bus.start_failed", None, "error", port=self.serial_opts.get("port"),
+                        error=str(exc))
+            self._flush()
+            return False
+        # SH/SL are 32-bit values; firmware may drop leading zero bytes, so combine as ints.
+        self.coordinator_ieee = (int.from_bytes(sh[-4:], "big") << 32) \
+            | int.from_bytes(sl[-4:], "big")
+        self.module = {"ieee": xbee.eui64_hex(self.coordinator_ieee), "firmware": vr.hex(),
+                       "pan_id": op.hex(), "association": ai.hex()}
+        self.log.info("zigbee %s: coordinator %s firmware %s PAN %s association 0x%s",
+                      self.bus, self.module["ieee"], self.module["firmware"],
+                      self.module["pan_id"], self.module["association"])
+        self._event("bus.coordinator", None, "info", **self.module)
+        now = time.monotonic()
+        for ieee in self.configured:
+            self._device(ieee, now)
+        for dev in self.devices.values():
+            dev.restart_setup(now)  # a restarted module: re-read everything
+            dev.last_seen = max(dev.last_seen, now)
+        self._flush()
+        return True
+
+    def _run_session(self) -> None:
+        link = self.link
+        assert link is not None
+        next_tick = 0.0
+        while not self.stopping.is_set():
+            link.pump()
+            now = time.monotonic()
+            if now >= next_tick or self._out:
+                self._tick(now)
+                next_tick = now + 0.05
+            self._flush()
+            if self._restart:
+                raise _SessionRestart()
+
+    def _flush(self) -> None:
+        if self._out:
+            records, self._out = self._out, []
+            self.emit(records)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _event(self, kind: str, dev: Device | None, severity: str = "info",
+               **detail: Any) -> None:
+        self._out.append(Event(kind, now_ms(), self.bus, dev.meter_id if dev else None,
+                               severity, detail))
+
+    def _device(self, ieee: int, now: float) -> Device:
+        dev = self.devices.get(ieee)
+        if dev is None:
+            cfg = self.configured.get(ieee, {})
+            dev = Device(ieee, cfg.get("id") or xbee.eui64_hex(ieee),
+                         cfg.get("endpoint") or self.default_endpoint, self.default_profile,
+                         bool(cfg.get("poll", False)), cfg.get("expected_interval_s"))
+            dev.last_seen = now
+            dev.restart_setup(now)
+            with self._lock:
+                self.devices[ieee] = dev
+            self.log.info("zigbee %s: device %s (%s)", self.bus, xbee.eui64_hex(ieee),
+                          dev.meter_id)
+        return dev
+
+    def _next_seq(self) -> int:
+        for _ in range(256):
+            self._seq = (self._seq + 1) & 0xFF
+            if not any(k[1] == self._seq for k in self._requests):
+                return self._seq
+        return self._seq
+
+    def _send_request(self, dev: Device, req: Request, now: float) -> None:
+        link = self.link
+        assert link is not None
+        req.seq = self._next_seq()
+        req.attempts += 1
+        req.deadline = now + self.timeout
+        self._requests[(dev.ieee, req.seq)] = req
+        fid = link.ids.allocate((dev.ieee, req.seq), req.deadline)
+        if req.zdo:
+            frame = xbee.ExplicitAddressingCommand(
+                fid, dev.ieee, dev.nwk, zdo.ZDO_ENDPOINT, zdo.ZDO_ENDPOINT, req.cluster,
+                zdo.ZDO_PROFILE, 0, 0, req.build(req.seq))
+        else:
+            frame = xbee.ExplicitAddressingCommand(
+                fid, dev.ieee, dev.nwk, OUR_ENDPOINT, dev.endpoint, req.cluster, dev.profile,
+                0, 0, req.build(req.seq))
+        dev.stats["requests"] += 1
+        if req.attempts > 1:
+            dev.stats["retries"] += 1
+        link.send(frame)
+
+    def _zcl_request(self, dev: Device, kind: str, cluster: int, payload: zcl.Payload,
+                     now: float) -> None:
+        self._send_request(dev, Request(dev.ieee, kind, cluster, False,
+                                        lambda seq: zcl.general_frame(payload, seq)), now)
+
+    def _read(self, dev: Device, kind: str, cluster: int, attrs: tuple[int, ...],
+              now: float) -> None:
+        self._zcl_request(dev, kind, cluster, zcl.ReadAttributes(attrs), now)
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def _tick(self, now: float) -> None:
+        self._run_commands()
+        self._expire(now)
+        for dev in list(self.devices.values()):
+            self._check_silence(dev, now)
+            if dev.busy:
+                continue
+            if dev.setup:
+                if now >= dev.next_setup_at:
+                    self._setup_step(dev, now)
+            elif now >= dev.next_poll_at and dev.polled_clusters():
+                self._poll(dev, now)
+        self._frame_error_event(now)
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                name, arg, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                assert self.link is not None and name == "permit_join"
+                steps = open_network(self.link, arg, self._next_seq(), self.timeout,
+                                     self.stopping)
+                self.log.info("zigbee %s: network open for %d s", self.bus, arg)
+                self._event("bus.permit_join", None, "info", seconds=arg)
+                fut.set_result(steps)
+            except (XBeeLinkError, ValueError) as exc:
+                fut.set_exception(exc)
+
+    def _setup_step(self, dev: Device, now: float) -> None:
+        step = dev.setup[0]
+        M, AC = zcl.METERING, zcl.ELECTRICAL_MEASUREMENT
+        if step in ("bind_ac", "configure_ac") and not dev.has_ac:
+            dev.setup.popleft()
+            return
+        if step.startswith(("bind", "configure")) and dev.force_poll:
+            dev.reporting[M if step.endswith("metering") else AC] = "polled"
+            dev.setup.popleft()
+            return
+        if step.startswith("configure") and \
+                dev.reporting.get(M if step.endswith("metering") else AC) == "polled":
+            dev.setup.popleft()  # its bind failed: polled already
+            return
+        dev.busy = True
+        if step == "metering_scale":
+            # Current values ride along: published the moment the scaling is known.
+            self._read(dev, step, M, METERING_SCALE_ATTRS + (0x0000, 0x0400, 0x0200), now)
+        elif step == "ac_scale":
+            self._read(dev, step, AC, AC_SCALE_ATTRS + AC_POLL_ATTRS, now)
+        elif step == "basic":
+            self._read(dev, step, zcl.BASIC, (0x0004, 0x0005), now)
+        elif step.startswith("bind"):
+            cluster = M if step == "bind_metering" else AC
+            coord = self.coordinator_ieee
+
+            def build(seq: int, cluster: int = cluster) -> bytes:
+                return zdo.BindRequest(seq, dev.ieee, dev.endpoint, cluster, coord,
+                                       OUR_ENDPOINT).serialize()
+            self._send_request(dev, Request(dev.ieee, step, zdo.BIND_REQ, True, build), now)
+        elif step == "configure_metering":
+            self._zcl_request(dev, step, M, zcl.ConfigureReporting((
+                zcl.ReportingConfig(0, 0x0000, zcl.U48, self.report_min, self.report_max, 1),
+                zcl.ReportingConfig(0, 0x0400, zcl.S24, self.report_min, self.report_max, 1),
+            )), now)
+        elif step == "configure_ac":
+            self._zcl_request(dev, step, AC, zcl.ConfigureReporting(tuple(
+                zcl.ReportingConfig(0, a, t, self.report_min, self.report_max, 1)
+                for a, t in ((0x0505, zcl.U16), (0x0508, zcl.U16), (0x050B, zcl.S16)))), now)
+
+    def _step_done(self, dev: Device, now: float) -> None:
+        if dev.setup:
+            dev.setup.popleft()
+        dev.busy = False
+        dev.next_setup_at = now
+        if not dev.setup:
+            dev.next_poll_at = now + (self.poll_interval if not dev.polled_clusters() else 0)
+            self.log.info("zigbee %s: %s ready (%s)", self.bus, dev.meter_id, ", ".join(
+                f"0x{c:04X} {s}" for c, s in sorted(dev.reporting.items())) or "no reporting")
+
+    def _poll(self, dev: Device, now: float) -> None:
+        dev.next_poll_at = now + self.poll_interval
+        for cluster in dev.polled_clusters():
+            attrs = METERING_POLL_ATTRS if cluster == zcl.METERING else AC_POLL_ATTRS
+            self._read(dev, "poll", cluster, attrs, now)
+        dev.stats["polls"] += 1
+
+    def _expected_interval(self, dev: Device) -> float:
+        if dev.expected_interval_s:
+            return float(dev.expected_interval_s)
+        if dev.setup or dev.polled_clusters():
+            return self.poll_interval
+        return float(self.report_max)
+
+    def _check_silence(self, dev: Device, now: float) -> None:
+        expected = self._expected_interval(dev)
+        limit = expected * self.silence_factor + self.timeout
+        if not dev.silent and now - dev.last_seen > limit:
+            dev.silent = True
+            dev.stats["silences"] += 1
+            self.log.warning("zigbee %s: %s silent for %.1f s (expected every %g s)",
+                             self.bus, dev.meter_id, now - dev.last_seen, expected)
+            self._event("meter.silent", dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
+                        silent_for_s=round(now - dev.last_seen, 1),
+                        expected_interval_s=expected, last_seen_ms=dev.last_seen_ms)
+
+    def _expire(self, now: float) -> None:
+        assert self.link is not None
+        self.link.expire(now)
+        for key, req in list(self._requests.items()):
+            if req.deadline <= now:
+                del self._requests[key]
+                self._request_failed(req, "timeout", now)
+
+    def _request_failed(self, req: Request, why: str, now: float) -> None:
+        dev = self.devices.get(req.ieee)
+        if dev is None:
+            return
+        dev.stats["timeouts" if why == "timeout" else "tx_failures"] += 1
+        if req.attempts <= self.retries:
+            self._send_request(dev, req, now)
+            return
+        dev.stats["read_failures"] += 1
+        self.log.warning("zigbee %s: %s: %s failed after %d attempts (%s)", self.bus,
+                         dev.meter_id, req.kind, req.attempts, why)
+        self._event("meter.read_failed", dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
+                    request=req.kind, cluster=f"0x{req.cluster:04X}", reason=why,
+                    attempts=req.attempts)
+        self._step_failed(dev, req.kind, now)
+
+    def _step_failed(self, dev: Device, kind: str, now: float) -> None:
+        """What an unanswered/refused setup step means for the device."""
+        if kind == "poll":
+            return
+        if kind == "metering_scale":
+            dev.busy = False  # stays first in the queue: retried later, values keep waiting
+            dev.next_setup_at = now + self.poll_interval
+            return
+        if kind == "ac_scale":
+            dev.has_ac = False
+        elif kind.startswith(("bind", "configure")):
+            dev.reporting[zcl.METERING if kind.endswith("metering")
+                          else zcl.ELECTRICAL_MEASUREMENT] = "polled"
+        self._step_done(dev, now)
+
+    # -- incoming ------------------------------------------------------------------------
+
+    def _on_frame(self, frame: Any, ctx: Any) -> None:
+        try:
+            self._dispatch(frame, ctx)
+        except Exception as exc:  # noqa: BLE001 - one odd frame must not stop the bus
+            self.frame_errors += 1
+            self.log.exception("zigbee %s: frame %r not handled", self.bus, frame)
+            self._event("bus.frame_not_handled", None, "error", error=repr(exc),
+                        frame=type(frame).__name__)
+
+    def _dispatch(self, frame: Any, ctx: Any) -> None:
+        now = time.monotonic()
+        if isinstance(frame, xbee.BadFrame):
+            self.frame_errors += 1
+            self.log.debug("zigbee %s: bad frame: %s", self.bus, frame.reason)
+            return
+        if isinstance(frame, xbee.ExplicitRxIndicator):
+            self._on_rx(frame, now)
+        elif isinstance(frame, xbee.TransmitStatus):
+            if ctx is not None and not frame.ok:
+                req = self._requests.pop(tuple(ctx), None)  # type: ignore[arg-type]
+                if req is not None:
+                    self._request_failed(req, xbee.DELIVERY_STATUS.get(
+                        frame.delivery_status, f"delivery status 0x{frame.delivery_status:02X}"),
+                        now)
+        elif isinstance(frame, xbee.ModemStatus):
+            name = xbee.MODEM_STATUS.get(frame.status, f"0x{frame.status:02X}")
+            self.log.info("zigbee %s: modem status: %s", self.bus, name)
+            self._event("bus.modem_status", None, "info", status=frame.status, name=name)
+            if frame.status in (0x00, 0x01):  # reset: AO may be back to its saved value
+                self._restart = True
+        elif isinstance(frame, xbee.NodeIdentification):
+            self._on_join(frame.remote64, frame.remote16, now, node_id=frame.node_id,
+                          via="node identification")
+        elif isinstance(frame, xbee.RxIndicator):
+            self.log.debug("zigbee %s: 0x90 frame ignored (AO=0?)", self.bus)
+
+    def _on_rx(self, f: xbee.ExplicitRxIndicator, now: float) -> None:
+        rx = now_ms()
+        if f.profile == zdo.ZDO_PROFILE and f.dst_endpoint == zdo.ZDO_ENDPOINT:
+            self._on_zdo(f, now)
+            return
+        dev = self._device(f.source64, now)
+        self._heard(dev, f.source16, now, rx)
+        if f.cluster in (zcl.METERING, zcl.ELECTRICAL_MEASUREMENT):
+            dev.endpoint, dev.profile = f.src_endpoint, f.profile
+        try:
+            frame = zcl.parse_zcl(f.data)
+        except zcl.ZCLDecodeError as exc:
+            dev.stats["decode_errors"] += 1
+            self.log.warning("zigbee %s: %s: undecodable ZCL frame on 0x%04X: %s", self.bus,
+                             dev.meter_id, f.cluster, exc)
+            self._event("meter.decode_error", dev, "warning", cluster=f"0x{f.cluster:04X}",
+                        error=str(exc), hex=f.data.hex())
+            return
+        hdr, p = frame.header, frame.payload
+        if not hdr.is_global:
+            return
+        if isinstance(p, zcl.ReportAttributes):
+            dev.stats["reports"] += 1
+            self._values(dev, f.cluster, [(r.attribute_id, r.value) for r in p.reports], rx)
+            if not hdr.disable_default_response:
+                self._default_response(dev, f, hdr)
+            return
+        req = self._requests.pop((dev.ieee, hdr.seq), None)
+        if req is None or req.zdo or req.cluster != f.cluster:
+            if req is not None:
+                self._requests[(dev.ieee, hdr.seq)] = req
+            return
+        if isinstance(p, zcl.ReadAttributesResponse):
+            self._on_read_response(dev, req, p, rx, now)
+        elif isinstance(p, zcl.ConfigureReportingResponse):
+            ok = p.all_success
+            cluster = req.cluster
+            dev.reporting[cluster] = "configured" if ok else "polled"
+            if not ok:
+                self.log.info("zigbee %s: %s refused reporting on 0x%04X (%s): polling it",
+                              self.bus, dev.meter_id, cluster,
+                              ", ".join(zcl.status_name(r.status) for r in p.records))
+            self._step_done(dev, now)
+        elif isinstance(p, zcl.DefaultResponse):
+            if p.status == zcl.SUCCESS:
+                self._requests[(dev.ieee, hdr.seq)] = req  # not the answer we wait for
+                return
+            self.log.info("zigbee %s: %s answered %s with %s", self.bus, dev.meter_id,
+                          req.kind, zcl.status_name(p.status))
+            self._step_failed(dev, req.kind, now)
+
+    def _default_response(self, dev: Device, f: xbee.ExplicitRxIndicator,
+                          hdr: zcl.ZCLHeader) -> None:
+        assert self.link is not None
+        data = zcl.ZCLFrame(zcl.ZCLHeader(zcl.FRAME_TYPE_GLOBAL, zcl.DEFAULT_RESPONSE, hdr.seq,
+                                          1 - hdr.direction, True, hdr.manufacturer),
+                            zcl.DefaultResponse(hdr.command, zcl.SUCCESS)).serialize()
+        self.link.send(xbee.ExplicitAddressingCommand(
+            0, dev.ieee, f.source16, f.dst_endpoint, f.src_endpoint, f.cluster, f.profile,
+            0, 0, data))
+
+    def _heard(self, dev: Device, nwk: int, now: float, rx: int) -> None:
+        dev.stats["frames"] += 1
+        dev.nwk = nwk
+        if dev.silent:
+            dev.silent = False
+            self.log.info("zigbee %s: %s heard again after %.1f s", self.bus, dev.meter_id,
+                          now - dev.last_seen)
+            self._event("meter.status", dev, "info", state="heard again",
+                        silent_for_s=round(now - dev.last_seen, 1))
+        dev.last_seen, dev.last_seen_ms = now, rx
+        if now >= dev.next_rssi_at and not self._rssi_busy and self.link is not None:
+            dev.next_rssi_at = now + self.rssi_interval
+            self._rssi_busy = True
+
+            def got(resp: xbee.ATCommandResponse | None, dev: Device = dev) -> None:
+                self._rssi_busy = False
+                if resp is not None and resp.status == 0 and len(resp.data) == 1:
+                    with self._lock:
+                        dev.rssi_dbm = -resp.data[0]  # DB: RSSI of the last packet, -dBm
+            self.link.at_async("DB", b"", now + self.timeout, got)
+
+    def _on_zdo(self, f: xbee.ExplicitRxIndicator, now: float) -> None:
+        try:
+            msg = zdo.parse_zdo(f.cluster, f.data)
+        except zdo.ZDODecodeError as exc:
+            self.log.warning("zigbee %s: undecodable ZDO %s from %s: %s", self.bus,
+                             zdo.cluster_name(f.cluster), xbee.eui64_hex(f.source64), exc)
+            return
+        if isinstance(msg, zdo.DeviceAnnounce):
+            self._on_join(msg.ieee, msg.nwk, now, capability=zdo.capability_names(
+                msg.capability), via="device announce")
+            return
+        dev = self.devices.get(f.source64)
+        if dev is None or not isinstance(msg, zdo.StatusResponse):
+            return
+        self._heard(dev, f.source16, now, now_ms())
+        req = self._requests.pop((dev.ieee, msg.seq), None)
+        if req is None or not req.zdo or req.cluster | 0x8000 != f.cluster:
+            if req is not None:
+                self._requests[(dev.ieee, msg.seq)] = req
+            return
+        if msg.status == 0:
+            self._step_done(dev, now)
+        else:
+            self.log.info("zigbee %s: %s refused %s (%s): polling it", self.bus,
+                          dev.meter_id, req.kind, zdo.ZDO_STATUS.get(msg.status, msg.status))
+            self._step_failed(dev, req.kind, now)
+
+    def _on_join(self, ieee: int, nwk: int, now: float, via: str, **detail: Any) -> None:
+        known = ieee in self.devices
+        dev = self._device(ieee, now)
+        # The device may have been reset or replaced: forget its scaling and re-read it.
+        for key in [k for k in self._requests if k[0] == ieee]:
+            del self._requests[key]
+        dev.restart_setup(now)
+        dev.stats["announces"] += 1
+        self._heard(dev, nwk, now, now_ms())
+        self.log.info("zigbee %s: %s %s (nwk 0x%04X) via %s", self.bus, dev.meter_id,
+                      "rejoined" if known else "joined", nwk, via)
+        self._event("meter.joined", dev, "info", ieee=xbee.eui64_hex(ieee), nwk=nwk,
+                    rejoin=known, via=via, **detail)
+
+    def _on_read_response(self, dev: Device, req: Request, p: zcl.ReadAttributesResponse,
+                          rx: int, now: float) -> None:
+        recs = {r.attribute_id: r for r in p.records}
+        values = [(r.attribute_id, r.value) for r in p.records
+                  if r.status == zcl.SUCCESS and r.value is not None]
+        if req.kind == "metering_scale":
+            scale = self._metering_scale(dev, recs)
+            if scale is None:
+                dev.busy = False
+                dev.next_setup_at = now + self.poll_interval
+                return
+            with self._lock:
+                dev.metering = scale
+            self._release_held(dev)
+            self._values(dev, req.cluster, values, rx)
+            self._step_done(dev, now)
+        elif req.kind == "ac_scale":
+            present = any(recs.get(a) is not None and recs[a].status == zcl.SUCCESS
+                          for a in AC_POLL_ATTRS)
+            dev.has_ac = present
+            if present:
+                ac = self._ac_scale(dev, recs)
+                if ac is not None:
+                    dev.ac = ac
+                    self._release_held(dev)
+                    self._values(dev, req.cluster, values, rx)
+                else:
+                    dev.has_ac = False
+            self._step_done(dev, now)
+        elif req.kind == "basic":
+            self._values(dev, req.cluster, values, rx)
+            self._step_done(dev, now)
+        else:
+            self._values(dev, req.cluster, values, rx)
+
+    # -- scaling -------------------------------------------------------------------------
+
+    def _scale_attr(self, dev: Device, recs: dict[int, zcl.AttributeStatus], attr: int,
+                    cluster: int, problems: list[str], default: int | None = 1) -> int | None:
+        r = recs.get(attr)
+        name = zcl.attribute_name(cluster, attr)
+        if r is None:
+            problems.append(f"{name} missing from the response")
+            return None
+        if r.status == zcl.UNSUPPORTED_ATTRIBUTE and default is not None:
+            return default  # optional attribute: the spec's default applies
+        if r.status != zcl.SUCCESS or r.value is None:
+            problems.append(f"{name}: {zcl.status_name(r.status)}")
+            return None
+        if r.value.invalid:
+            problems.append(f"{name} is the invalid sentinel 0x{r.value.value:X}")
+            return None
+        if not _is_integer(r.value):
+            problems.append(f"{name} has type {r.value.type_name}, not an integer type")
+            return None
+        if r.value.value < 0:
+            problems.append(f"{name} is negative ({r.value.value})")
+            return None
+        return int(r.value.value)
+
+    def _metering_scale(self, dev: Device, recs: dict[int, zcl.AttributeStatus]
+                        ) -> MeteringScale | None:
+        M = zcl.METERING
+        problems: list[str] = []
+        unit = self._scale_attr(dev, recs, 0x0300, M, problems, default=None)
+        mult = self._scale_attr(dev, recs, 0x0301, M, problems)
+        div = self._scale_attr(dev, recs, 0x0302, M, problems)
+        sfmt = self._scale_attr(dev, recs, 0x0303, M, [], default=0) or 0
+        dfmt = self._scale_attr(dev, recs, 0x0304, M, [], default=0) or 0
+        dtype = self._scale_attr(dev, recs, 0x0306, M, [], default=0) or 0
+        if unit is not None and (unit & 0x7F) not in zcl.UNIT_OF_MEASURE:
+            problems.append(f"UnitOfMeasure 0x{unit:02X} is not a known unit")
+        for name, v in (("Multiplier", mult), ("Divisor", div)):
+            if v == 0:
+                problems.append(f"{name} is 0")
+        if problems:
+            dev.stats["bad_scaling"] += 1
+            self.log.warning("zigbee %s: %s: metering scaling unusable (%s): holding its "
+                             "values", self.bus, dev.meter_id, "; ".join(problems))
+            self._event("meter.bad_scaling", dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
+                        cluster="0x0702", problems=problems)
+            return None
+        assert unit is not None and mult is not None and div is not None
+        return MeteringScale(unit, mult, div, zcl.Formatting.from_bits(sfmt),
+                             zcl.Formatting.from_bits(dfmt), dtype)
+
+    def _ac_scale(self, dev: Device, recs: dict[int, zcl.AttributeStatus]) -> AcScale | None:
+        AC = zcl.ELECTRICAL_MEASUREMENT
+        problems: list[str] = []
+        v = [self._scale_attr(dev, recs, a, AC, problems) for a in AC_SCALE_ATTRS]
+        problems += [f"{zcl.attribute_name(AC, a)} is 0" for a, x in zip(AC_SCALE_ATTRS, v)
+                     if x == 0]
+        if problems:
+            dev.stats["bad_scaling"] += 1
+            self._event("meter.bad_scaling", dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
+                        cluster="0x0B04", problems=problems)
+            return None
+        return AcScale((v[0], v[1]), (v[2], v[3]), (v[4], v[5]))  # type: ignore[arg-type]
+
+    def _release_held(self, dev: Device) -> None:
+        held, dev.held = dev.held, []
+        for cluster, attr, tv, rx in held:
+            self._values(dev, cluster, [(attr, tv)], rx)
+
+    # -- values -> records ---------------------------------------------------------------
+
+    def _values(self, dev: Device, cluster: int, values: list[tuple[int, zcl.TypedValue]],
+                rx: int) -> None:
+        for attr, tv in values:
+            if cluster == zcl.BASIC:
+                if tv.invalid:
+                    continue
+                with self._lock:
+                    if attr == 0x0004:
+                        dev.manufacturer = str(tv.value)
+                    elif attr == 0x0005:
+                        dev.model = str(tv.value)
+                continue
+            if cluster == zcl.METERING and attr == 0x0200 and _is_integer(tv):
+                if tv.value != dev.last_status:
+                    if dev.last_status is not None or tv.value:
+                        self._event("meter.status", dev, "warning" if tv.value else "info",
+                                    state="metering status", status=tv.value,
+                                    flags=zcl.status_bits(tv.value))
+                    dev.last_status = tv.value
+                continue
+            known = (cluster == zcl.METERING and attr in METERING_VALUES) or \
+                    (cluster == zcl.ELECTRICAL_MEASUREMENT and attr in AC_VALUES)
+            if not known:
+                continue
+            if tv.invalid:
+                self._invalid(dev, cluster, attr, tv)
+                continue
+            if not _is_integer(tv):
+                self._invalid(dev, cluster, attr, tv, f"unexpected type {tv.type_name}")
+                continue
+            scale = dev.metering if cluster == zcl.METERING else dev.ac
+            if scale is None:
+                if len(dev.held) >= HELD_VALUES_MAX:
+                    dev.held.pop(0)
+                    dev.stats["held_dropped"] += 1
+                dev.held.append((cluster, attr, tv, rx))
+                dev.stats["held"] += 1
+                continue
+            reading = (self._metering_reading(dev, attr, tv, rx) if cluster == zcl.METERING
+                       else self._ac_reading(dev, attr, tv, rx))
+            if reading is not None:
+                dev.stats["readings"] += 1
+                self._out.append(reading)
+
+    def _invalid(self, dev: Device, cluster: int, attr: int, tv: zcl.TypedValue,
+                 why: str = "invalid sentinel") -> None:
+        dev.stats["invalid_values"] += 1
+        raw = tv.value if isinstance(tv.value, int) else None
+        self.log.warning("zigbee %s: %s: %s = %s (%s): not a reading", self.bus, dev.meter_id,
+                         zcl.attribute_name(cluster, attr),
+                         f"0x{raw & ((1 << 64) - 1):X}" if raw is not None else "?", why)
+        self._event("meter.invalid_value", dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
+                    cluster=f"0x{cluster:04X}", attribute=f"0x{attr:04X}",
+                    name=zcl.attribute_name(cluster, attr), type=tv.type_name,
+                    raw=raw, reason=why)
+
+    def _metering_reading(self, dev: Device, attr: int, tv: zcl.TypedValue,
+                          rx: int) -> Reading | None:
+        m = dev.metering
+        assert m is not None
+        summ_unit, demand_unit, bcd = m.units
+        raw = int(tv.value)
+        if bcd:
+            try:
+                size = zcl.DATA_TYPES[tv.type_id].size or 6
+                raw = zcl.bcd_value(raw & ((1 << (8 * size)) - 1), size)
+            except ValueError:
+                self._invalid(dev, zcl.METERING, attr, tv, "not BCD although UnitOfMeasure "
+                                                           "says BCD")
+                return None
+        what = METERING_VALUES[attr]
+        fmt = m.summation_fmt if what == "summation" else m.demand_fmt
+        mantissa, exponent, rounded = zcl.scale(raw, m.multiplier, m.divisor, fmt.right)
+        family = zcl.device_type_name(m.device_type)
+        quantity = OBIS.get((family, attr))
+        if quantity is None or (m.unit_code & 0x7F) not in OBIS_UNITS[family]:
+            quantity = f"zcl:0702:{zcl.attribute_name(zcl.METERING, attr)}"
+        unit = summ_unit if what == "summation" else demand_unit
+        return Reading(dev.meter_id, quantity, mantissa, exponent, unit, None, rx,
+                       (QUALITY_ROUNDED,) if rounded else (), self.bus)
+
+    def _ac_reading(self, dev: Device, attr: int, tv: zcl.TypedValue, rx: int) -> Reading:
+        ac = dev.ac
+        assert ac is not None
+        which, unit, quantity = AC_VALUES[attr]
+        mult, div = getattr(ac, which)
+        mantissa, exponent, rounded = zcl.scale(int(tv.value), mult, div)
+        return Reading(dev.meter_id, quantity, mantissa, exponent, unit, None, rx,
+                       (QUALITY_ROUNDED,) if rounded else (), self.bus)
+
+    # -- bus-level diagnostics -------------------------------------------------------------
+
+    def _frame_error_event(self, now: float) -> None:
+        """Corrupt frames: one aggregated event at most every 60 s (a noisy line would
+        otherwise flood the store)."""
+        new = self.frame_errors - self._reported_frame_errors
+        if new <= 0 or now < self._next_error_event:
+            return
+        dec = self.link.decoder if self.link else None
+        self._event("meter.crc_error", None, "warning", bad_frames=new,
+                    total_bad_frames=self.frame_errors,
+                    checksum_errors=dec.checksum_errors if dec else None,
+                    garbage_bytes=dec.garbage_bytes if dec else None)
+        self.log.warning("zigbee %s: %d corrupt API frame(s) from the XBee", self.bus, new)
+        self._reported_frame_errors = self.frame_errors
+        self._next_error_event = now + 60.0
+
+
+DRIVER = ZigbeeDriver
