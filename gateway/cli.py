@@ -17,6 +17,7 @@ EXIT_CONFIG = 2
 COMMAND_MODULES: list[str] = [
     "gateway.commands.decode",
     "gateway.commands.zigbee",
+    "gateway.commands.scan",
 ]
 
 

@@ -21,10 +21,8 @@ DRIVER_MODULES: dict[str, str] = {
     "simulated": "gateway.drivers.simulated",
     "zigbee": "gateway.drivers.zigbee",
     "dlms": "gateway.drivers.dlms", "iec62056-21": "gateway.drivers.iec62056_21",
+    "mbus": "gateway.drivers.mbus", "wmbus": "gateway.drivers.wmbus",
 }
-
-_loaded = False
-
 
 def _module(type_name: str) -> ModuleType:
     try:
@@ -33,23 +31,24 @@ def _module(type_name: str) -> ModuleType:
         raise ValueError(f"no driver for type {type_name!r}") from None
 
 
-def load_schemas() -> None:
-    """Register every driver's option schema with the config loader (once)."""
-    global _loaded
-    if _loaded:
-        return
+def load_schema(type_name: str) -> None:
+    """Register one driver's option schema with the config loader (on first use)."""
     from ..config import DRIVER_SCHEMAS, register_driver_schema
+    try:
+        module = _module(type_name)
+    except Exception as exc:  # a broken driver must not take check-config down with it
+        logging.getLogger("gateway.drivers").error(
+            "driver type %r is unavailable: its module failed to import: %s", type_name, exc)
+        return
+    schema = getattr(module, "SCHEMA", None)
+    if schema is not None and type_name not in DRIVER_SCHEMAS:
+        register_driver_schema(type_name, schema)
+
+
+def load_schemas() -> None:
+    """Register every driver's option schema (documentation, tests)."""
     for type_name in DRIVER_MODULES:
-        try:
-            module = _module(type_name)
-        except Exception as exc:  # a broken driver must not take check-config down with it
-            logging.getLogger("gateway.drivers").error(
-                "driver type %r is unavailable: its module failed to import: %s", type_name, exc)
-            continue
-        schema = getattr(module, "SCHEMA", None)
-        if schema is not None and type_name not in DRIVER_SCHEMAS:
-            register_driver_schema(type_name, schema)
-    _loaded = True
+        load_schema(type_name)
 
 
 def make_driver(type_name: str, name: str, options: Mapping[str, Any], sink: RecordSink) -> Driver:

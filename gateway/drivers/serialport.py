@@ -8,6 +8,7 @@ around each write: for UARTs without kernel support).
 
 from __future__ import annotations
 
+import termios
 import time
 from typing import Any, Mapping
 
@@ -35,7 +36,8 @@ def open_serial(opts: Mapping[str, Any], *, baud: int | None = None,
             write_timeout=5,
             exclusive=True,
         )
-    except (serial.SerialException, OSError, ValueError) as exc:
+    except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+        # termios.error is not an OSError: a UART (or pty) refusing a setting lands here
         raise SerialPortError(f"cannot open serial port {port}: {exc}") from exc
     rs485 = opts.get("rs485") or {}
     if rs485.get("mode") == "kernel":

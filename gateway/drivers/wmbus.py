@@ -1,0 +1,467 @@
+"""Wireless M-Bus through a USB/serial radio dongle: ``type: wmbus``.
+
+The dongle (IMST iM871A or Amber AMB8465) is put in the configured link mode at start
+(T1, C1 or S1) and then delivers every telegram it hears. Telegrams from configured meters
+are decrypted with their keys and become Readings; the same telegram heard twice gives one
+reading; telegrams from other meters are counted and listed (``unknown_meters()``), never
+forwarded. Every failure is its own event for that meter -- no key, wrong key, MAC failed,
+unsupported security, truncated, CRC damaged, malformed -- and the meter's next telegram
+is decoded afresh (nothing is blacklisted).
+
+A dongle that goes silent (no telegram for ``silence_timeout_s`` while meters are
+expected, or no answer to the periodic ping) is re-initialised; if that fails its port is
+closed and reopened. Each step is an event (``dongle.silent``, ``dongle.ping_failed``,
+``dongle.reinitialised``, ``dongle.reopen``).
+
+    drivers:
+      - type: wmbus
+        name: radio
+        dongle: im871a
+        mode: t1
+        serial: {port: /dev/ttyUSB1, baud: 57600}
+        meters:
+          - {id: "76348799", key: 28F64A24988064A079AA2C807D6102AE, name: kitchen-water}
+          - {id: "33225544", manufacturer: SEN}
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..config import (
+    ID, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, hex_bytes, integer, list_of, mapping, number,
+    one_of, text,
+)
+from ..model import Event, now_ms
+from .backoff import Backoff
+from .base import Driver, RecordSink
+from .mbus import EventGate, MeterStats, open_port, telegram_readings
+
+METER_SCHEMA = Schema((
+    FieldSpec("id", text("the 8-digit meter id", r"[0-9]{8}"), help="meter id (on its label)"),
+    FieldSpec("manufacturer", text("a three-letter manufacturer code", r"[A-Z]{3}"), None,
+              help="manufacturer code, e.g. KAM; default: any"),
+    FieldSpec("name", ID, None, help="meter id used in readings (default: the id)"),
+    FieldSpec("key", hex_bytes(16), None, secret=True, help="AES-128 key (security mode 5/7, ELL)"),
+), help="one wireless meter")
+
+SCHEMA = Schema((
+    FieldSpec("dongle", one_of("im871a", "amb8465"), help="the radio dongle"),
+    FieldSpec("mode", one_of("t1", "c1", "s1"), "t1", help="wM-Bus link mode to listen to"),
+    FieldSpec("serial", mapping(SERIAL_SCHEMA),
+              help="the dongle's port; baud 57600 for iM871A, 9600 for AMB8465"),
+    FieldSpec("silence_timeout_s", number(gt=0, what="a number of seconds"), 600,
+              help="re-initialise the dongle after this long without a telegram"),
+    FieldSpec("ping_interval_s", number(gt=0, what="a number of seconds"), 60,
+              help="ping the dongle this often"),
+    FieldSpec("command_timeout_ms", integer(50, 30000), 2000,
+              help="wait for the dongle's answer to a command"),
+    FieldSpec("duplicate_window_s", number(ge=0, what="a number of seconds"), 120,
+              help="a telegram repeated within this time is one reading"),
+    FieldSpec("event_interval_s", number(ge=0, what="a number of seconds"), 60,
+              help="at most one failure event per meter and kind in this time"),
+    FieldSpec("rssi", one_of("on", "off"), "on", help="the dongle appends RSSI to telegrams"),
+    FieldSpec("frame_format", one_of("none", "auto", "a", "b"), "none",
+              help="block CRCs in delivered telegrams: none (stripped, as dongles deliver "
+                   "them), a, b, or auto (guess)"),
+    FieldSpec("meters", list_of(METER_SCHEMA, min_items=0, unique_key="id"), REQUIRED,
+              help="the meters to receive"),
+), help="wireless M-Bus receiver (EN 13757-4) through an iM871A or AMB8465 dongle")
+
+
+# --------------------------------------------------------------------------- dongle adapters
+
+
+class DongleAdapter:
+    """What the driver needs from a dongle type, built on the sans-I/O codecs."""
+
+    name = ""
+
+    def decoder(self) -> Any: ...
+    def init_request(self, mode: str) -> bytes: ...
+    def init_ok(self, msg: Any) -> bool | None: ...  # None: not the answer to init
+    def ping_request(self) -> bytes: ...
+    def is_ping_answer(self, msg: Any) -> bool: ...
+
+
+class IM871A(DongleAdapter):
+    name = "im871a"
+
+    def __init__(self, rssi: bool = True) -> None:
+        from ..protocols.mbus import im871a
+        self.m = im871a
+        self.rssi = rssi
+
+    def decoder(self) -> Any:
+        return self.m.HciDecoder()
+
+    def init_request(self, mode: str) -> bytes:
+        return self.m.set_mode(mode, rssi=self.rssi, timestamp=True)
+
+    def init_ok(self, msg: Any) -> bool | None:
+        if msg.endpoint == self.m.DEVMGMT and msg.msg_id == self.m.SET_CONFIG_RSP:
+            return not msg.payload or msg.payload[0] == 0
+        return None
+
+    def ping_request(self) -> bytes:
+        return self.m.ping()
+
+    def is_ping_answer(self, msg: Any) -> bool:
+        return msg.endpoint == self.m.DEVMGMT and msg.msg_id == self.m.PING_RSP
+
+
+class AMB8465(DongleAdapter):
+    name = "amb8465"
+
+    def __init__(self, rssi: bool = True) -> None:
+        from ..protocols.mbus import amb8465
+        self.m = amb8465
+        self.rssi = rssi
+
+    def decoder(self) -> Any:
+        return self.m.AmberDecoder(rssi=self.rssi)
+
+    def init_request(self, mode: str) -> bytes:
+        return self.m.set_mode(mode)
+
+    def init_ok(self, msg: Any) -> bool | None:
+        if msg.cmd == self.m.CMD_SET_MODE_REQ | self.m.CNF:
+            return not msg.payload or msg.payload[0] == 0
+        return None
+
+    def ping_request(self) -> bytes:
+        return self.m.ping()
+
+    def is_ping_answer(self, msg: Any) -> bool:
+        return msg.cmd == self.m.CMD_SERIALNO_REQ | self.m.CNF
+
+
+ADAPTERS = {"im871a": IM871A, "amb8465": AMB8465}
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class RadioMeter:
+    ident: str
+    manufacturer: str | None
+    name: str | None
+    key: bytes | None
+    stats: MeterStats = field(default_factory=MeterStats)
+    recent: "OrderedDict[bytes, float]" = field(default_factory=OrderedDict)
+    last_flags: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.name or self.ident
+
+
+class DongleError(Exception):
+    pass
+
+
+class WMBusDriver(Driver):
+    type_name = "wmbus"
+
+    def __init__(self, name: str, options: Mapping[str, Any], sink: RecordSink) -> None:
+        super().__init__(name, options, sink)
+        self.dongle_type = str(options["dongle"])
+        self.adapter: DongleAdapter = ADAPTERS[self.dongle_type](
+            str(options.get("rssi", "on")) == "on")
+        self.mode = str(options.get("mode", "t1")).upper()
+        self.serial_opts = dict(options["serial"])  # baud: 57600 iM871A, 9600 AMB8465
+        self.silence_s = float(options.get("silence_timeout_s", 600))
+        self.ping_s = float(options.get("ping_interval_s", 60))
+        self.command_timeout_s = int(options.get("command_timeout_ms", 2000)) / 1000
+        self.dup_window_s = float(options.get("duplicate_window_s", 120))
+        fmt = str(options.get("frame_format", "none"))
+        self.frame_format = fmt.upper() if fmt in ("a", "b") else fmt
+        self.events = EventGate(float(options.get("event_interval_s", 60)))
+        self.meters: dict[str, list[RadioMeter]] = {}
+        for m in options.get("meters") or []:
+            rm = RadioMeter(m["id"], m.get("manufacturer"), m.get("name"), m.get("key"))
+            self.meters.setdefault(rm.ident, []).append(rm)
+        self.unknown: dict[tuple[str, str], dict[str, Any]] = {}
+        self.unknown_telegrams = 0
+        self.dongle_stats = {"inits": 0, "init_failures": 0, "reopens": 0, "silences": 0,
+                             "ping_failures": 0, "frame_errors": 0, "crc_errors": 0,
+                             "telegrams": 0}
+        self._ser: Any = None
+        self._decoder: Any = None
+        self.state = "opening"  # opening | initialising | listening (for diagnostics)
+        self._last_telegram = time.monotonic()
+
+    # -- diagnostics
+
+    def meter_stats(self) -> dict[str, dict[str, Any]]:
+        return {m.label: m.stats.as_dict() for ms in self.meters.values() for m in ms}
+
+    def unknown_meters(self) -> list[dict[str, Any]]:
+        """Meters heard but not configured, for installation: most heard first."""
+        return sorted(({"manufacturer": k[0], "id": k[1], **v} for k, v in self.unknown.items()),
+                      key=lambda d: -d["count"])
+
+    # -- loop
+
+    def loop(self) -> None:
+        from .serialport import SerialPortError
+        backoff = Backoff(min_s=1.0, max_s=60.0)
+        while not self.stopping.is_set():
+            self.state = "opening"
+            try:
+                self._ser = open_port(self.serial_opts)
+            except SerialPortError as exc:
+                self._dongle_event("dongle.port_error", "warning", {"error": str(exc)})
+                if self.stopping.wait(backoff.fail()):
+                    break
+                continue
+            self._ser.timeout = 0.05  # set once: every change is a tcsetattr
+            self._decoder = self.adapter.decoder()
+            try:
+                if not self._initialise():
+                    self.dongle_stats["init_failures"] += 1
+                    self._dongle_event("dongle.init_failed", "warning",
+                                       {"mode": self.mode, "dongle": self.dongle_type})
+                    self._reopen("initialisation failed")
+                    if self.stopping.wait(backoff.fail()):
+                        break
+                    continue
+                backoff.ok()
+                self._listen()
+            except (OSError, DongleError) as exc:
+                self._dongle_event("dongle.port_error", "warning", {"error": str(exc)})
+                self._close()
+                if self.stopping.wait(backoff.fail()):
+                    break
+                continue
+        self._close()
+
+    def _close(self) -> None:
+        if self._ser is not None:
+            try:
+                self._ser.close()
+            except OSError:
+                pass
+            self._ser = None
+
+    def _reopen(self, why: str) -> None:
+        self.dongle_stats["reopens"] += 1
+        self._dongle_event("dongle.reopen", "warning", {"reason": why,
+                                                        "port": self.serial_opts["port"]})
+        self._close()
+
+    def _dongle_event(self, kind: str, severity: str, detail: dict[str, Any]) -> None:
+        self.log.warning("wM-Bus %s: %s %s", self.bus, kind, detail) if severity != "info" \
+            else self.log.info("wM-Bus %s: %s %s", self.bus, kind, detail)
+        self.emit([Event(kind, now_ms(), self.bus, None, severity,
+                         {"dongle": self.dongle_type, **detail})])
+
+    def _write(self, data: bytes) -> None:
+        self._ser.write(data)
+        self._ser.flush()
+
+    def _pump(self, timeout_s: float) -> list[Any]:
+        """Read what arrives within timeout_s; handle telegrams, return other messages."""
+        chunk = self._ser.read(max(1, self._ser.in_waiting or 1))
+        others = []
+        if chunk:
+            self._decoder.receive_data(chunk)
+        crc_before = self._decoder.crc_errors
+        err_before = self._decoder.errors  # framing errors = errors - crc_errors
+        while True:
+            msg = self._decoder.next_event()
+            if msg is None:
+                break
+            if msg.damaged is not None:
+                self._on_damaged(msg)
+            elif msg.is_telegram:
+                self._on_telegram(msg.telegram(), msg.rssi_dbm)
+            else:
+                others.append(msg)
+        if self._decoder.errors - self._decoder.crc_errors > err_before - crc_before:
+            self.dongle_stats["frame_errors"] += 1
+            held = self.events.allow("<dongle>", "dongle.frame_error")
+            if held is not None:
+                self._dongle_event("dongle.frame_error", "warning",
+                                   {"error": str(self._decoder.last_error), "held_back": held})
+        return others
+
+    def _on_damaged(self, msg: Any) -> None:
+        """A message whose dongle CRC/checksum failed: a damaged telegram is reported for
+        the meter its header names (if configured), never decoded."""
+        from ..protocols.mbus.wireless import dll_header
+        self.dongle_stats["crc_errors"] += 1
+        meter = None
+        if msg.is_telegram and len(msg.payload) >= 10:
+            hdr = dll_header(msg.telegram())
+            meter = next((m for m in self.meters.get(hdr["id"], ())
+                          if m.manufacturer in (None, hdr["manufacturer"])), None)
+        if meter is not None:
+            meter.stats.telegrams += 1
+            if msg.rssi_dbm is not None:
+                meter.stats.rssi_dbm = msg.rssi_dbm
+            self._failed(meter, "meter.crc_error", f"telegram damaged in transfer: {msg.damaged}",
+                         msg.rssi_dbm)
+            return
+        held = self.events.allow("<dongle>", "dongle.crc_error")
+        if held is not None:
+            self._dongle_event("dongle.crc_error", "warning", {"error": msg.damaged,
+                                                              "held_back": held})
+
+    def _command(self, request: bytes, answered: Any) -> bool:
+        """Send a command; wait for the answer while still handling telegrams."""
+        self._write(request)
+        deadline = time.monotonic() + self.command_timeout_s
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            for msg in self._pump(min(0.05, max(0.0, deadline - time.monotonic()))):
+                r = answered(msg)
+                if r is not None:
+                    return bool(r)
+        return False
+
+    def _initialise(self, attempts: int = 2) -> bool:
+        """Set the link mode; a lost answer is asked for once more before giving up."""
+        self.state = "initialising"
+        self.dongle_stats["inits"] += 1
+        ok = False
+        for _ in range(attempts):
+            ok = self._command(self.adapter.init_request(self.mode), self.adapter.init_ok)
+            if ok or self.stopping.is_set():
+                break
+        if ok:
+            self.state = "listening"
+            self.log.info("wM-Bus %s: %s on %s listening in mode %s", self.bus, self.dongle_type,
+                          self.serial_opts["port"], self.mode)
+            self._last_telegram = time.monotonic()
+        return ok
+
+    def _ping(self) -> bool:
+        return self._command(self.adapter.ping_request(),
+                             lambda m: True if self.adapter.is_ping_answer(m) else None)
+
+    def _listen(self) -> None:
+        next_ping = time.monotonic() + self.ping_s
+        while not self.stopping.is_set():
+            self._pump(0.1)
+            now = time.monotonic()
+            problem = None
+            if self.meters and now - self._last_telegram > self.silence_s:
+                self.dongle_stats["silences"] += 1
+                problem = ("dongle.silent", {"seconds": round(now - self._last_telegram, 1)})
+            elif now >= next_ping:
+                next_ping = now + self.ping_s
+                if not self._ping():
+                    self.dongle_stats["ping_failures"] += 1
+                    problem = ("dongle.ping_failed", {})
+            if problem is None:
+                continue
+            self._dongle_event(problem[0], "warning", problem[1])
+            if self._initialise():
+                self._dongle_event("dongle.reinitialised", "info", {"mode": self.mode})
+                next_ping = time.monotonic() + self.ping_s
+                continue
+            self.dongle_stats["init_failures"] += 1
+            self._reopen(f"no answer to re-initialisation after {problem[0]}")
+            return
+
+    # -- telegrams
+
+    def _on_telegram(self, frame: bytes, rssi_dbm: int | None) -> None:
+        from ..protocols.mbus.errors import MBusError
+        from ..protocols.mbus.wireless import decode_wmbus, dll_header
+        self._last_telegram = time.monotonic()
+        self.dongle_stats["telegrams"] += 1
+        if len(frame) < 11:
+            self.dongle_stats["frame_errors"] += 1
+            return
+        hdr = dll_header(frame)
+        meter = next((m for m in self.meters.get(hdr["id"], ())
+                      if m.manufacturer in (None, hdr["manufacturer"])), None)
+        if meter is None:
+            self._unknown(hdr, rssi_dbm)
+            return
+        st = meter.stats
+        st.telegrams += 1
+        if rssi_dbm is not None:
+            st.rssi_dbm = rssi_dbm
+        if self._duplicate(meter, frame):
+            st.duplicates += 1
+            return
+        try:
+            t = decode_wmbus(frame, meter.key, fmt=self.frame_format)
+        except MBusError as exc:
+            self._failed(meter, exc.event, str(exc), rssi_dbm)
+            return
+        rx = now_ms()
+        meter_id = meter.name or t.id
+        events: list[Any] = []
+        if st.consecutive_failures:
+            events.append(Event("meter.recovered", rx, self.bus, meter_id, "info",
+                                {"after_failures": st.consecutive_failures}))
+        flags = tuple(t.status_flags)
+        if flags != meter.last_flags:
+            events.append(Event("meter.status", rx, self.bus, meter_id,
+                                "warning" if flags else "info",
+                                {"flags": list(flags), "status": t.status,
+                                 "previous": list(meter.last_flags)}))
+            meter.last_flags = flags
+        st.reads_ok += 1
+        st.consecutive_failures = 0
+        st.last_ok_ms = rx
+        st.status_flags = list(flags)
+        self.emit(events + telegram_readings(t, meter_id, self.bus, rx))
+
+    def _duplicate(self, meter: RadioMeter, frame: bytes) -> bool:
+        now = time.monotonic()
+        recent = meter.recent
+        while recent:
+            k, ts = next(iter(recent.items()))
+            if now - ts <= self.dup_window_s and len(recent) <= 64:
+                break
+            recent.popitem(last=False)
+        if frame in recent:
+            return True
+        recent[frame] = now
+        return False
+
+    def _failed(self, meter: RadioMeter, kind: str, message: str, rssi: int | None) -> None:
+        st = meter.stats
+        st.reads_failed += 1
+        st.consecutive_failures += 1
+        st.failures[kind] = st.failures.get(kind, 0) + 1
+        if kind == "meter.crc_error":
+            st.crc_errors += 1
+        st.last_error = message
+        held = self.events.allow(meter.label, kind)
+        if held is None:
+            return
+        self.log.warning("wM-Bus %s: meter %s: %s", self.bus, meter.label, message)
+        detail: dict[str, Any] = {"error": message, "id": meter.ident, "rssi_dbm": rssi,
+                                  "consecutive": st.consecutive_failures}
+        if held:
+            detail["held_back"] = held
+        self.emit([Event(kind, now_ms(), self.bus, meter.name or meter.ident, "warning",
+                         detail)])
+
+    def _unknown(self, hdr: dict[str, Any], rssi: int | None) -> None:
+        from ..protocols.mbus.tables import device_type_name
+        self.unknown_telegrams += 1
+        key = (hdr["manufacturer"], hdr["id"])
+        entry = self.unknown.get(key)
+        if entry is None:
+            if len(self.unknown) >= 1000:
+                return
+            entry = self.unknown[key] = {"count": 0, "version": hdr["version"],
+                                         "device_type": device_type_name(hdr["device_type"])}
+            self.log.info("wM-Bus %s: heard %s %s (%s), not configured: ignored", self.bus,
+                          key[0], key[1], entry["device_type"])
+        entry["count"] += 1
+        entry["rssi_dbm"] = rssi
+        entry["last_seen_ms"] = now_ms()
+
+
+DRIVER = WMBusDriver

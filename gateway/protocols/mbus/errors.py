@@ -1,0 +1,82 @@
+"""One error family for the whole M-Bus codec (wired, wireless, dongles).
+
+Every subclass is a *remote* error: the bytes that arrived are at fault (a broken meter, a
+noisy line, a wrong key in the config). Misuse of the API by our own code raises plain
+TypeError/ValueError instead. Each subclass names the diagnostic event a driver reports for
+it, so a wrong key, a missing key, an unsupported mode and a damaged telegram are never
+confused with each other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MBusError(ValueError):
+    """The bytes are not a valid M-Bus frame/telegram. ``event`` is the diagnostic kind.
+
+    ``header`` holds what could be read before the failure (manufacturer, id, version,
+    device_type, access_number), so the failure can be attributed to a meter.
+    """
+
+    event = "meter.malformed"
+
+    def __init__(self, message: str, header: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.header = dict(header) if header else {}
+
+    @property
+    def meter_id(self) -> str | None:
+        return self.header.get("id")
+
+
+class FrameError(MBusError):
+    """Framing is wrong: bad start/stop byte, impossible length, reserved codes."""
+
+
+class TruncatedError(FrameError):
+    """The frame or a record ends before its length says it should."""
+
+    event = "meter.truncated"
+
+
+class ChecksumError(FrameError):
+    """A wired checksum, a wM-Bus block CRC or a dongle frame CRC does not match."""
+
+    event = "meter.crc_error"
+
+
+class UnsupportedError(MBusError):
+    """Well-formed but not something this codec decodes (a CI field, a compact frame...)."""
+
+    event = "meter.unsupported"
+
+
+class SecurityError(MBusError):
+    """Base of the failures around encryption."""
+
+    event = "meter.security_error"
+
+
+class NoKeyError(SecurityError):
+    """The telegram is encrypted and no key is configured for this meter."""
+
+    event = "meter.no_key"
+
+
+class DecryptError(SecurityError):
+    """Decryption ran but its check failed (no 2F2F, payload CRC wrong): wrong key."""
+
+    event = "meter.decrypt_failed"
+
+
+class AuthError(DecryptError):
+    """The AES-CMAC of a mode 7 telegram does not match: wrong key or tampered telegram."""
+
+    event = "meter.auth_failed"
+
+
+class UnsupportedSecurityError(SecurityError, UnsupportedError):
+    """A security mode (or ELL/AFL variant) this codec does not implement."""
+
+    event = "meter.unsupported_security"

@@ -1,0 +1,228 @@
+"""Transport layer (EN 13757-7 TPL) and the decoded telegram shared by wired and wireless.
+
+``decode_application(ci, data, pos, ctx)`` reads the TPL header the CI field announces
+(none, short, long), decrypts security mode 5 or 7 when the configuration word says so,
+checks the result, and parses the records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import security
+from .errors import (
+    AuthError, DecryptError, FrameError, MBusError, NoKeyError, TruncatedError, UnsupportedError,
+    UnsupportedSecurityError,
+)
+from .records import DataRecord, parse_records
+from .tables import (
+    CI_COMPACT, CI_RSP_UD_LONG, CI_RSP_UD_LONG_MSB, CI_RSP_UD_NONE, CI_RSP_UD_SHORT,
+    SECURITY_MODES, device_type_name, manufacturer_code, status_flags,
+)
+
+
+def bcd_id(b: bytes) -> str:
+    """The 4-byte identification number, little-endian BCD, as its 8 digits ("76348799")."""
+    return bytes(b[::-1]).hex().upper()
+
+
+@dataclass(slots=True)
+class Afl:
+    """Authentication and fragmentation layer fields needed by security mode 7."""
+
+    fcl: int
+    mcl: int | None = None
+    ki: int | None = None
+    counter: int | None = None
+    counter_raw: bytes = b""
+    mac: bytes = b""
+    ml: bytes = b""
+
+
+@dataclass(slots=True)
+class Context:
+    """What the layers below know when the TPL starts: the link-layer address (wireless),
+    the key for this meter, the AFL (wireless), and a header dict for error reports."""
+
+    header: dict[str, Any]
+    m_field: bytes | None = None   # DLL M, 2 bytes as sent
+    a_field: bytes | None = None   # DLL A, 6 bytes as sent (id, version, type)
+    key: bytes | None = None
+    afl: Afl | None = None
+    frame: bytes = b""             # the whole (CRC-free) message, for the AFL MAC
+
+
+@dataclass(slots=True)
+class Telegram:
+    """A decoded RSP_UD (wired) or SND_NR (wireless) telegram."""
+
+    manufacturer: str
+    id: str
+    version: int
+    device_type: int
+    access_number: int | None
+    status: int | None
+    records: list[DataRecord]
+    ci: int
+    config: int = 0
+    security_mode: int = 0
+    manufacturer_data: bytes = b""
+    more_records_follow: bool = False
+    link: str = "wired"
+    c_field: int | None = None
+    address: int | None = None                 # wired primary address
+    extra: dict[str, Any] = field(default_factory=dict)  # ELL/AFL/DLL details
+
+    @property
+    def status_flags(self) -> list[str]:
+        return [] if self.status is None else status_flags(self.status)
+
+    @property
+    def device_type_name(self) -> str:
+        return device_type_name(self.device_type)
+
+    def header(self) -> dict[str, Any]:
+        return {"manufacturer": self.manufacturer, "id": self.id, "version": self.version,
+                "device_type": self.device_type, "access_number": self.access_number}
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "manufacturer": self.manufacturer,
+            "id": self.id,
+            "version": self.version,
+            "device_type": self.device_type_name,
+            "device_type_code": self.device_type,
+            "access_number": self.access_number,
+            "status": self.status,
+            "status_flags": self.status_flags,
+            "records": [r.to_json() for r in self.records],
+            "link": self.link,
+            "ci": f"0x{self.ci:02X}",
+            "security_mode": self.security_mode,
+            "more_records_follow": self.more_records_follow,
+            "manufacturer_data": self.manufacturer_data.hex().upper() or None,
+        }
+        if self.c_field is not None:
+            out["c_field"] = f"0x{self.c_field:02X}"
+        if self.address is not None:
+            out["address"] = self.address
+        out.update(self.extra)
+        return out
+
+
+def _need(data: bytes, pos: int, n: int, what: str, header: dict[str, Any]) -> None:
+    if pos + n > len(data):
+        raise TruncatedError(f"{what}: needs {n} bytes at offset {pos}, "
+                             f"{max(0, len(data) - pos)} left", header)
+
+
+def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
+                       link: str = "wired", c_field: int | None = None,
+                       address: int | None = None) -> Telegram:
+    """Decode from the byte after the CI field to the end of ``data``."""
+    h = ctx.header
+    ci_pos = pos - 1
+    if ci == CI_RSP_UD_LONG:
+        _need(data, pos, 12, "long TPL header", h)
+        ident = data[pos:pos + 4]
+        mfr = data[pos + 4:pos + 6]
+        h.update(manufacturer=manufacturer_code(int.from_bytes(mfr, "little")),
+                 id=bcd_id(ident), version=data[pos + 6], device_type=data[pos + 7])
+        iv_m, iv_a = bytes(mfr), bytes(data[pos:pos + 4]) + bytes(data[pos + 6:pos + 8])
+        kdf_id = bytes(ident)
+        pos += 8
+    elif ci == CI_RSP_UD_SHORT:
+        _need(data, pos, 4, "short TPL header", h)
+        iv_m, iv_a = ctx.m_field, ctx.a_field
+        kdf_id = bytes(ctx.a_field[:4]) if ctx.a_field else None
+    elif ci == CI_RSP_UD_NONE:
+        records, mdata, more = _records(data, pos, h, False)
+        return Telegram(h.get("manufacturer", ""), h.get("id", ""), h.get("version", 0),
+                        h.get("device_type", 0), None, None, records, ci,
+                        manufacturer_data=mdata, more_records_follow=more, link=link,
+                        c_field=c_field, address=address)
+    elif ci == CI_COMPACT:
+        raise UnsupportedError("compact frame (CI 0x79) can only be decoded with the format "
+                               "signature of an earlier full frame", h)
+    elif ci == CI_RSP_UD_LONG_MSB:
+        raise UnsupportedError("CI 0x76 (data sent most significant byte first)", h)
+    else:
+        raise UnsupportedError(f"CI field 0x{ci:02X} is not an application data response", h)
+
+    access, status = data[pos], data[pos + 1]
+    config = int.from_bytes(data[pos + 2:pos + 4], "little")
+    h.update(access_number=access)
+    pos += 4
+    mode = (config >> 8) & 0x1F
+    if mode == 0:
+        apl, start = data, pos
+    elif mode in (5, 7):
+        if ctx.key is None:
+            raise NoKeyError(f"encrypted with security mode {mode} and no key is configured "
+                             "for this meter", h)
+        blocks = (config >> 4) & 0x0F
+        if mode == 7:
+            _need(data, pos, 1, "mode 7 configuration field extension", h)
+            cfe = data[pos]
+            pos += 1
+            key = _mode7_key(cfe, ctx, kdf_id, data, ci_pos, h)
+            iv = b"\x00" * 16
+        else:
+            if iv_m is None or iv_a is None:
+                raise UnsupportedSecurityError("mode 5 with a short header needs the link-layer "
+                                               "address, which a wired frame does not carry", h)
+            key = ctx.key
+            iv = security.mode5_iv(iv_m, iv_a, access)
+        n = blocks * 16
+        if n == 0:
+            raise FrameError(f"security mode {mode} with zero encrypted blocks", h)
+        _need(data, pos, n, f"{blocks} encrypted blocks", h)
+        plain = security.aes_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
+        if plain[:2] != b"\x2f\x2f":
+            raise DecryptError(f"decrypt failed: security mode {mode} check bytes are "
+                               f"{plain[:2].hex().upper()}, not 2F2F (wrong key?)", h)
+        apl, start = plain + bytes(data[pos + n:]), 0
+    else:
+        name = SECURITY_MODES.get(mode, "reserved")
+        raise UnsupportedSecurityError(f"security mode {mode} ({name}) is not supported", h)
+    records, mdata, more = _records(apl, start, h, mode != 0)
+    return Telegram(h.get("manufacturer", ""), h.get("id", ""), h.get("version", 0),
+                    h.get("device_type", 0), access, status, records, ci, config, mode,
+                    mdata, more, link, c_field, address)
+
+
+def _records(data: bytes, pos: int, h: dict[str, Any],
+             decrypted: bool) -> tuple[list[DataRecord], bytes, bool]:
+    try:
+        return parse_records(data, pos)
+    except MBusError as exc:
+        exc.header = exc.header or h
+        if decrypted:
+            exc.args = (f"{exc} (in the payload, which decrypted correctly: not EN 13757-3 "
+                        "records, or manufacturer-specific)",)
+        raise
+
+
+def _mode7_key(cfe: int, ctx: Context, kdf_id: bytes | None, data: bytes, ci_pos: int,
+               h: dict[str, Any]) -> bytes:
+    """Derive Kenc (and check the AFL MAC with Kmac) for security mode 7."""
+    kdf = (cfe >> 4) & 0x03
+    if kdf != 1:
+        raise UnsupportedSecurityError(f"mode 7 key derivation function {kdf} (only KDF-A, 1, "
+                                       "is defined)", h)
+    afl = ctx.afl
+    if afl is None or afl.counter is None:
+        raise UnsupportedSecurityError("mode 7 without an AFL message counter: the key "
+                                       "cannot be derived", h)
+    if kdf_id is None:
+        raise UnsupportedSecurityError("mode 7 needs the meter id for key derivation", h)
+    assert ctx.key is not None
+    kenc = security.oms_kdf(ctx.key, security.KDF_ENC_FROM_METER, afl.counter, kdf_id)
+    if afl.mac:
+        kmac = security.oms_kdf(ctx.key, security.KDF_MAC_FROM_METER, afl.counter, kdf_id)
+        msg = bytes((afl.mcl or 0,)) + afl.counter_raw + afl.ml + bytes(data[ci_pos:])
+        if security.aes_cmac(kmac, msg)[:len(afl.mac)] != afl.mac:
+            raise AuthError("decrypt failed: mode 7 AES-CMAC does not match (wrong key or "
+                            "altered telegram)", h)
+    return kenc
