@@ -288,3 +288,25 @@ def test_malformed_zcl_from_a_device_is_counted_not_fatal(run):
     sink.wait_for(lambda _: len(sink.readings(dev.meter_id)) > n + 2)
     assert drv.is_alive() and not sink.events("driver.crashed")
     assert drv.meter_stats()[dev.meter_id]["decode_errors"] >= 1
+
+
+def test_devices_that_joined_before_the_gateway_started_are_picked_up():
+    """After a gateway reboot the network is already formed: no device announces again, the
+    devices just keep reporting. Their first report must be enough to set them up."""
+    sim = simxbee.start(n_devices=6, report_interval_s=0.4, preconfigured=True)
+    try:
+        deadline = time.monotonic() + 10
+        while sim.stats["announces"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)  # every announce happens while nobody listens
+        sink = Sink()
+        drv = ZigbeeDriver("zb", {"serial": {"port": sim.device, "baud": 9600}, **FAST}, sink)
+        drv.start()
+        try:
+            got = sink.wait_for(lambda recs: {r.meter_id for r in recs if isinstance(r, Reading)
+                                              and r.quantity == "1-0:1.8.0"})
+            assert got
+            assert not sink.events("meter.joined")  # learnt from reports, not announces
+        finally:
+            drv.stop()
+    finally:
+        sim.stop()

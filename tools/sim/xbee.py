@@ -127,7 +127,12 @@ class XBeeSimulator:
 
     def __init__(self, devices: list[SimDevice], *, escaped: bool = True,
                  report_interval_s: float = 1.0, corrupt_every: int = 0,
-                 garbage_every: int = 0, join_delay_s: float = 0.3, seed: int = 0) -> None:
+                 garbage_every: int = 0, join_delay_s: float = 0.3, seed: int = 0,
+                 preconfigured: bool = False) -> None:
+        # preconfigured: the network existed before the gateway (re)started, so devices that
+        # support it already report (their bindings and reporting survive a coordinator
+        # restart) - the usual case in the field, and the demo's.
+        self.preconfigured = preconfigured
         self.devices = {d.ieee: d for d in devices}
         self.escaped = escaped
         self.report_interval_s = report_interval_s
@@ -227,6 +232,9 @@ class XBeeSimulator:
         self._from_device(dev, zdo.DEVICE_ANNCE, zdo.ZDO_PROFILE, msg.serialize(), 0, 0, 0x02)
         dev.joined = True
         self.stats["announces"] += 1
+        if self.preconfigured and dev.supports_reporting:
+            dev.reporting.update(c for c in (zcl.METERING, zcl.ELECTRICAL_MEASUREMENT)
+                                 if dev.attributes(c) is not None)
 
     def _silent(self, dev: SimDevice, now: float) -> bool:
         return dev.silent_after_s is not None and now - self.started >= dev.silent_after_s
