@@ -29,6 +29,7 @@ from ..config import (PATH, SERIAL_SCHEMA, Check, FieldSpec, Schema, any_mapping
                       one_of_keys, text)
 from ..model import Event, Reading, now_ms
 from .backoff import Backoff
+from .keys import key_from
 from .base import Driver, RecordSink
 
 TYPE = "dlms"
@@ -136,18 +137,6 @@ class MeterState:
         return self.opts["id"]
 
 
-def _read_key(inline: bytes | None, path: str | None) -> bytes | None:
-    if inline is not None:
-        return inline
-    if path is None:
-        return None
-    with open(path, encoding="ascii") as f:
-        key = bytes.fromhex(f.read().strip())
-    if len(key) != 16:
-        raise ValueError(f"{path}: a key is 16 bytes (32 hex digits)")
-    return key
-
-
 class SerialTransport:
     """Sends HDLC frames to one meter and returns its reply frames (the driver's I/O half
     of the sans-I/O session). Frames from other addresses are skipped, lost replies are
@@ -219,8 +208,8 @@ class DlmsDriver(Driver):
         self.port_backoff = Backoff(min_s=1, max_s=60)
         self.cycles = 0
         for m in self.meters:
-            m.opts["block_key"] = _read_key(m.opts.get("block_key"), m.opts.get("block_key_file"))
-            m.opts["auth_key"] = _read_key(m.opts.get("auth_key"), m.opts.get("auth_key_file"))
+            m.opts["block_key"] = key_from(m.opts.get("block_key"), m.opts.get("block_key_file"))
+            m.opts["auth_key"] = key_from(m.opts.get("auth_key"), m.opts.get("auth_key_file"))
 
     def meter_stats(self) -> dict[str, dict[str, Any]]:
         return {m.id: {**m.stats, "last_ok_ms": m.last_ok_ms} for m in self.meters}

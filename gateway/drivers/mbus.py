@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from ..config import (
-    ID, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, boolean, hex_bytes, integer, list_of, mapping,
+    ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, boolean, hex_bytes, integer, list_of, mapping,
     number, one_of_keys, text,
 )
 from ..model import QUALITY_METER_ERROR, Event, Reading, now_ms
 from .backoff import Backoff
+from .keys import key_from
 from .base import Driver, RecordSink
 
 SECONDARY_PATTERN = r"[0-9A-Fa-f]{8}|[0-9A-Fa-f]{16}"
@@ -47,7 +48,10 @@ METER_SCHEMA = Schema((
     FieldSpec("name", ID, None, help="meter id used in readings (default: the meter's id)"),
     FieldSpec("key", hex_bytes(16), None, secret=True,
               help="AES-128 key if the meter encrypts (security mode 5)"),
-), check=one_of_keys("primary", "secondary", required=True), help="one meter on the bus")
+    FieldSpec("key_file", PATH, None, secret=True, path=True, must_exist=True,
+              help="file holding the AES-128 key (hex), instead of key"),
+), check=(one_of_keys("primary", "secondary", required=True), one_of_keys("key", "key_file")),
+   help="one meter on the bus")
 
 SCHEMA = Schema((
     FieldSpec("serial", mapping(SERIAL_SCHEMA), help="the M-Bus level converter's port; M-Bus "
@@ -379,7 +383,7 @@ class MBusDriver(Driver):
         self.timeout_s = int(t) / 1000 if t else default_timeout_s(baud)
         self.meters = [WiredMeter(m.get("name"), m.get("primary"),
                                   SecondaryMask.parse(m["secondary"]) if m.get("secondary")
-                                  else None, m.get("key"))
+                                  else None, key_from(m.get("key"), m.get("key_file")))
                        for m in options["meters"]]
         self.events = EventGate(float(options.get("event_interval_s", 60)))
         self.cycles = 0

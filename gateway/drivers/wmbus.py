@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..config import (
-    ID, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, hex_bytes, integer, list_of, mapping, number,
-    one_of, text,
+    ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, hex_bytes, integer, list_of, mapping,
+    number, one_of, one_of_keys, text,
 )
 from ..model import Event, now_ms
 from .backoff import Backoff
+from .keys import key_from
 from .base import Driver, RecordSink
 from .mbus import EventGate, MeterStats, open_port, telegram_readings
 
@@ -46,7 +47,9 @@ METER_SCHEMA = Schema((
               help="manufacturer code, e.g. KAM; default: any"),
     FieldSpec("name", ID, None, help="meter id used in readings (default: the id)"),
     FieldSpec("key", hex_bytes(16), None, secret=True, help="AES-128 key (security mode 5/7, ELL)"),
-), help="one wireless meter")
+    FieldSpec("key_file", PATH, None, secret=True, path=True, must_exist=True,
+              help="file holding the AES-128 key (hex), instead of key"),
+), check=one_of_keys("key", "key_file"), help="one wireless meter")
 
 SCHEMA = Schema((
     FieldSpec("dongle", one_of("im871a", "amb8465"), help="the radio dongle"),
@@ -183,7 +186,8 @@ class WMBusDriver(Driver):
         self.events = EventGate(float(options.get("event_interval_s", 60)))
         self.meters: dict[str, list[RadioMeter]] = {}
         for m in options.get("meters") or []:
-            rm = RadioMeter(m["id"], m.get("manufacturer"), m.get("name"), m.get("key"))
+            rm = RadioMeter(m["id"], m.get("manufacturer"), m.get("name"),
+                            key_from(m.get("key"), m.get("key_file")))
             self.meters.setdefault(rm.ident, []).append(rm)
         self.unknown: dict[tuple[str, str], dict[str, Any]] = {}
         self.unknown_telegrams = 0
