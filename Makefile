@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 SUDO    := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 DEMO_SECONDS ?= 0
 
-.PHONY: install mosquitto demo test bench clean
+.PHONY: install mosquitto demo test bench install-service clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import venv' 2>/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv; }
@@ -18,11 +18,11 @@ install: $(VENV)/.installed
 
 # Mosquitto is only a test/demo dependency: the gateway itself talks to any MQTT 3.1.1 broker.
 mosquitto:
-	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then \
+	@if { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 && command -v mosquitto_sub >/dev/null 2>&1; then \
 	  echo "mosquitto: $$( (command -v mosquitto || echo /usr/sbin/mosquitto) )"; \
 	else \
-	  echo "mosquitto not found: installing it with apt-get"; \
-	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends mosquitto; \
+	  echo "mosquitto (or mosquitto-clients) not found: installing with apt-get"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends mosquitto mosquitto-clients; \
 	fi
 
 demo: install mosquitto
@@ -35,6 +35,13 @@ bench: install mosquitto
 	$(PY) -m tools.bench.store
 	$(PY) -m tools.bench.e2e
 	$(PY) -m tools.bench.rss
+	$(PY) -m tools.bench.dlms
+	$(PY) -m tools.bench.mbus
+	$(PY) -m tools.bench.edge
+
+# Install as a systemd service (unprivileged user, hardened unit, watchdog): BOARD=raspberry-pi
+install-service:
+	$(SUDO) tools/install.sh --board $(or $(BOARD),generic-linux)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .hypothesis *.egg-info
