@@ -16,6 +16,8 @@ EXIT_CONFIG = 2
 # `register(subparsers)`; adding one is one line here.
 COMMAND_MODULES: list[str] = [
     "gateway.commands.decode",
+    "gateway.commands.diag",
+    "gateway.commands.console",
     "gateway.commands.zigbee",
     "gateway.commands.scan",
 ]

@@ -611,12 +611,169 @@ LOGGING_SCHEMA = Schema((
     FieldSpec("level", one_of("debug", "info", "warning", "error"), "info", help="log level"),
 ))
 
+CONTROL_SCHEMA = Schema((
+    FieldSpec("socket", PATH, "/run/gateway/control.sock", path=True,
+              help="Unix socket of the field-tech console (`gateway console`); no TCP"),
+    FieldSpec("group", text("a group name", r"[A-Za-z_][A-Za-z0-9_.-]{0,31}"), None,
+              help="group allowed to use the console (socket mode 0660); default: the "
+                   "gateway user's group"),
+    FieldSpec("audit_log", PATH, None, path=True,
+              help="audit log of console changes; default: audit.log next to the store"),
+    FieldSpec("audit_max_bytes", size(4096), 1024**2, help="rotate the audit log beyond this"),
+    FieldSpec("audit_backups", integer(0, 100), 5, help="rotated audit logs kept"),
+    FieldSpec("keys_dir", PATH, None, path=True,
+              help="where `keys set` stores meter keys (mode 0600); default: keys/ next to "
+                   "the store"),
+), help="the local control socket")
+
+# --------------------------------------------------------------------------- edge section
+
+def _decimal_text(v: Any) -> str:
+    from decimal import Decimal, InvalidOperation
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise TypeError()
+    try:
+        d = Decimal(str(v).strip())
+    except InvalidOperation:
+        raise ValueError() from None
+    if not d.is_finite() or d <= 0:
+        raise ValueError()
+    return str(d)
+
+
+def _interval(v: Any) -> int:
+    n = integer(60, 86400).convert(v)
+    if 86400 % n:
+        raise ValueError("intervals must tile a day")
+    return n
+
+
+ROLLOVER_SCHEMA = Schema((
+    FieldSpec("register", text("a quantity or glob pattern such as 1-0:1.8.0 or 8-0:*"),
+              help="which registers (OBIS code or description; * and ? match)"),
+    FieldSpec("bus", ID, None, help="only readings of this driver instance"),
+    FieldSpec("meter", text("a meter id or glob pattern"), None, help="only these meters"),
+    FieldSpec("digits", integer(1, 38), None,
+              help="the register wraps after this many digits of its mantissa (99999.999 -> 8)"),
+    FieldSpec("bits", integer(1, 128), None, help="the raw counter wraps at 2**bits"),
+    FieldSpec("wrap_at", Check("a positive decimal number such as 100000", _decimal_text,
+                               as_text=True), None,
+              help="the value (in the register's unit) at which it wraps to zero"),
+), check=one_of_keys("digits", "bits", "wrap_at", required=True),
+    help="a register that wraps at a fixed width")
+
+RBE_SCHEMA = Schema((
+    FieldSpec("enabled", boolean(), False,
+              help="forward deltas, and register values only every N intervals or beyond the "
+                   "deadband, instead of every value read"),
+    FieldSpec("every_n_intervals", integer(1, 10000), 4,
+              help="forward each cumulative register at least once per this many intervals"),
+    FieldSpec("deadband", number(ge=0, le=1000, what="a fraction"), 0.05,
+              help="forward an instantaneous value when it moved by more than this fraction "
+                   "of the last forwarded one"),
+    FieldSpec("skip_zero_deltas", boolean(), True,
+              help="do not send deltas of zero: the register value sent every N intervals "
+                   "shows that the missing intervals had no consumption"),
+), help="report by exception (saves backhaul bytes)")
+
+CLOCK_SCHEMA = Schema((
+    FieldSpec("jump_threshold_ms", integer(100, 3_600_000), 2000,
+              help="a wall-clock step larger than this (against the monotonic clock) is a jump"),
+    FieldSpec("assume_synced", boolean(), False,
+              help="trust the wall clock even when the kernel says it is not synchronised "
+                   "(containers and test benches without NTP)"),
+), help="clock trust")
+
+DIAG_THRESHOLDS_SCHEMA = Schema((
+    FieldSpec("consecutive_failures", integer(1, 10000), 3, help="failed reads in a row"),
+    FieldSpec("min_success_ratio", number(ge=0, le=1, what="a fraction"), 0.8,
+              help="read success ratio below which a meter is flagged"),
+    FieldSpec("min_attempts", integer(1, 100000), 10,
+              help="reads needed before the success ratio is judged"),
+    FieldSpec("crc_errors", integer(1), 5, help="CRC/frame errors per diagnostics interval"),
+    FieldSpec("decrypt_failures", integer(1), 1, help="decryption/authentication failures "
+                                                      "per diagnostics interval"),
+    FieldSpec("min_rssi_dbm", number(what="a level in dBm"), -100,
+              help="mean RSSI below which the radio link is flagged"),
+    FieldSpec("max_clock_drift_s", number(gt=0, what="a number of seconds"), 120,
+              help="meter clock off the (synchronised) gateway clock by more than this"),
+    FieldSpec("silent_after_s", number(gt=0, what="a number of seconds"), 7200,
+              help="a meter not heard from for this long is flagged"),
+    FieldSpec("stuck_after_s", number(gt=0, what="a number of seconds"), 172800,
+              help="a cumulative register unchanged this long while the meter answers"),
+    FieldSpec("leak_hours", integer(2, 720), 24,
+              help="water/gas: no zero-flow hour within this many hours = suspected leak"),
+    FieldSpec("reverse_registers", list_of(text("a quantity or glob pattern")), [],
+              help="registers that count reverse flow (any increase is flagged)"),
+    FieldSpec("store_depth", integer(1), 100000, help="unsent records in the store"),
+    FieldSpec("oldest_unsent_s", number(gt=0, what="a number of seconds"), 3600,
+              help="age of the oldest unsent record"),
+    FieldSpec("disk_free_min", size(0), 50 * 1024**2, help="free space on the store's disk"),
+    FieldSpec("memory_available_min", size(0), 32 * 1024**2, help="available memory"),
+    FieldSpec("temperature_max_c", number(what="a temperature in Celsius"), 80,
+              help="SoC temperature"),
+), help="thresholds of the diagnostic events")
+
+EDGE_SCHEMA = Schema((
+    FieldSpec("enabled", boolean(), True, help="run the edge stage (deltas, diagnostics)"),
+    FieldSpec("interval_s", Check("a number of seconds 60-86400 that divides a day "
+                                  "(e.g. 900)", _interval), 900,
+              help="interval grid the deltas are aligned to"),
+    FieldSpec("gap_intervals", integer(1, 10000), 4,
+              help="reads further apart than this many intervals are a gap: reported, not "
+                   "interpolated across"),
+    FieldSpec("registers", list_of(text("a quantity or glob pattern")), None,
+              help="cumulative registers to compute deltas for; default: by unit (Wh, "
+                   "varh, m3, l, J...)"),
+    FieldSpec("rollover", list_of(ROLLOVER_SCHEMA), [], help="registers that wrap"),
+    FieldSpec("report_by_exception", mapping(RBE_SCHEMA), RBE_SCHEMA.defaults(),
+              help="report by exception"),
+    FieldSpec("diag_interval_s", number(ge=1, what="a number of seconds"), 900,
+              help="how often diagnostics snapshots are published on up/diag"),
+    FieldSpec("clock", mapping(CLOCK_SCHEMA), CLOCK_SCHEMA.defaults(), help="clock trust"),
+    FieldSpec("diagnostics", mapping(DIAG_THRESHOLDS_SCHEMA), DIAG_THRESHOLDS_SCHEMA.defaults(),
+              help="thresholds of the diagnostic events"),
+), help="edge computing: deltas, report by exception, diagnostics")
+
+# --------------------------------------------------------------------------- fleet section
+
+def _check_topic(v: str) -> None:
+    if not v or "+" in v or "#" in v or "\0" in v or "" in v.split("/"):
+        raise ValueError()
+
+
+FLEET_SCHEMA = Schema((
+    FieldSpec("command_keys", list_of(PATH), [], path=True, must_exist=True,
+              help="head-end public keys (Ed25519 PEM) whose signed downlink commands are "
+                   "obeyed; none = downlink commands disabled"),
+    FieldSpec("release_keys", list_of(PATH), [], path=True, must_exist=True,
+              help="release public keys (Ed25519 PEM) trusted to sign OTA bundles"),
+    FieldSpec("topic", text('an MQTT topic without "+" or "#"', validate=_check_topic), None,
+              help="fleet-wide command topic; default {topic_prefix}/fleet/down/cmd"),
+    FieldSpec("releases_dir", PATH, None, path=True,
+              help="A/B release root holding releases/A, releases/B and the current symlink "
+                   "(e.g. /opt/gateway); none = OTA disabled"),
+    FieldSpec("state_dir", PATH, None, path=True,
+              help="trial, outcome and download state; default: fleet/ next to the store"),
+    FieldSpec("health_deadline_s", number(gt=0, le=3600, what="a number of seconds"), 120,
+              help="a new release/config/certificate must pass its health checks within this"),
+    FieldSpec("health_settle_s", number(ge=0, le=600, what="a number of seconds"), 10,
+              help="drivers must stay up this long (broker reached) to count as healthy"),
+    FieldSpec("max_start_attempts", integer(1, 20), 3,
+              help="starts a new release gets before the launcher rolls it back"),
+    FieldSpec("reboot_command", list_of(text(), min_items=1), ["systemctl", "reboot"],
+              help="argv run by the reboot command with mode: system"),
+), help="fleet management: signed downlink commands, OTA updates")
+
 # Top-level sections: name -> (schema, required). "drivers" is a list, handled separately.
 SECTIONS: dict[str, tuple[Schema, bool]] = {
     "gateway": (GATEWAY_SCHEMA, True),
     "store": (STORE_SCHEMA, True),
     "uplink": (UPLINK_SCHEMA, True),
     "logging": (LOGGING_SCHEMA, False),
+    "control": (CONTROL_SCHEMA, False),
+    "edge": (EDGE_SCHEMA, False),
+    "fleet": (FLEET_SCHEMA, False),
 }
 TOP_LEVEL_KEYS = [*SECTIONS, "drivers"]
 
@@ -666,6 +823,20 @@ SERIAL_SCHEMA = Schema((
 # --------------------------------------------------------------------------- driver registry
 
 DRIVER_SCHEMAS: dict[str, DriverSchema] = {}
+
+
+def _driver_modules() -> dict[str, str]:
+    from .drivers.registry import DRIVER_MODULES  # late: driver modules import this module
+    return DRIVER_MODULES
+
+
+def _driver_schema(type_name: str) -> DriverSchema | None:
+    """The schema of a driver type, importing only that driver's module (a gateway with one
+    bus should not pay the memory of every driver)."""
+    if type_name not in DRIVER_SCHEMAS and type_name in _driver_modules():
+        from .drivers.registry import load_schema
+        load_schema(type_name)
+    return DRIVER_SCHEMAS.get(type_name)
 _DRIVER_COMMON = ("type", "name")
 
 
@@ -743,6 +914,88 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlConfig:
+    socket: str = "/run/gateway/control.sock"
+    group: str | None = None
+    audit_log: str | None = None  # filled in by the loader: next to the store
+    audit_max_bytes: int = 1024**2
+    audit_backups: int = 5
+    keys_dir: str | None = None  # filled in by the loader: next to the store
+
+
+@dataclass(frozen=True, slots=True)
+class RolloverRule:
+    register: str
+    bus: str | None = None
+    meter: str | None = None
+    digits: int | None = None
+    bits: int | None = None
+    wrap_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportByException:
+    enabled: bool = False
+    every_n_intervals: int = 4
+    deadband: float = 0.05
+    skip_zero_deltas: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ClockTrust:
+    jump_threshold_ms: int = 2000
+    assume_synced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DiagThresholds:
+    consecutive_failures: int = 3
+    min_success_ratio: float = 0.8
+    min_attempts: int = 10
+    crc_errors: int = 5
+    decrypt_failures: int = 1
+    min_rssi_dbm: float = -100
+    max_clock_drift_s: float = 120
+    silent_after_s: float = 7200
+    stuck_after_s: float = 172800
+    leak_hours: int = 24
+    reverse_registers: tuple[str, ...] = ()
+    store_depth: int = 100000
+    oldest_unsent_s: float = 3600
+    disk_free_min: int = 50 * 1024**2
+    memory_available_min: int = 32 * 1024**2
+    temperature_max_c: float = 80
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    """The ``edge:`` section (see EDGE_SCHEMA); the defaults equal the schema's."""
+
+    enabled: bool = True
+    interval_s: int = 900
+    gap_intervals: int = 4
+    registers: tuple[str, ...] | None = None
+    rollover: tuple[RolloverRule, ...] = ()
+    report_by_exception: ReportByException = ReportByException()
+    diag_interval_s: float = 900
+    clock: ClockTrust = ClockTrust()
+    diagnostics: DiagThresholds = DiagThresholds()
+
+    @classmethod
+    def from_values(cls, v: Mapping[str, Any]) -> "EdgeConfig":
+        d = {**EDGE_SCHEMA.defaults(), **{k: x for k, x in v.items() if x is not None}}
+        th = dict(d["diagnostics"])
+        th["reverse_registers"] = tuple(th.get("reverse_registers") or ())
+        return cls(
+            enabled=d["enabled"], interval_s=d["interval_s"], gap_intervals=d["gap_intervals"],
+            registers=None if d["registers"] is None else tuple(d["registers"]),
+            rollover=tuple(RolloverRule(**r) for r in d["rollover"]),
+            report_by_exception=ReportByException(**d["report_by_exception"]),
+            diag_interval_s=d["diag_interval_s"], clock=ClockTrust(**d["clock"]),
+            diagnostics=DiagThresholds(**th))
+
+
+@dataclass(frozen=True, slots=True)
 class DriverConfig:
     """One driver instance; options are validated and defaulted by its type's schema."""
 
@@ -750,6 +1003,27 @@ class DriverConfig:
     name: str
     options: dict[str, Any]
     line: int
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """The ``fleet:`` section (see FLEET_SCHEMA); the defaults equal the schema's."""
+
+    command_keys: tuple[str, ...] = ()
+    release_keys: tuple[str, ...] = ()
+    topic: str | None = None
+    releases_dir: str | None = None
+    state_dir: str | None = None
+    health_deadline_s: float = 120
+    health_settle_s: float = 10
+    max_start_attempts: int = 3
+    reboot_command: tuple[str, ...] = ("systemctl", "reboot")
+
+    @classmethod
+    def from_values(cls, v: Mapping[str, Any]) -> "FleetConfig":
+        v = {**FLEET_SCHEMA.defaults(), **v}
+        return cls(**{**v, **{k: tuple(v[k]) for k in
+                              ("command_keys", "release_keys", "reboot_command")}})
 
 
 @dataclass(frozen=True, slots=True)
@@ -762,6 +1036,10 @@ class Config:
     source_path: str
     config_hash: str
     warnings: list[ConfigIssue] = field(default_factory=list, compare=False)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    board: dict[str, Any] = field(default_factory=dict)  # the validated boards/NAME.yaml
 
     def summary(self) -> str:
         """A few human lines for ``gateway check-config``; secrets are masked."""
@@ -775,6 +1053,17 @@ class Config:
             f"uplink:  {u.host}:{u.port} (TLS >= {u.tls_version}), client id {u.client_id}, "
             f"topic prefix {_quote(u.topic_prefix)}",
             f"logging: {self.logging.level}",
+            f"control: {self.control.socket}"
+            + (f" (group {self.control.group})" if self.control.group else "")
+            + f", audit log {self.control.audit_log}",
+            f"edge:    " + (f"deltas on a {self.edge.interval_s} s grid, diagnostics every "
+                            f"{self.edge.diag_interval_s:g} s"
+                            + (", report by exception"
+                               if self.edge.report_by_exception.enabled else "")
+                            if self.edge.enabled else "off"),
+            f"fleet:   {len(self.fleet.command_keys)} command keys, "
+            f"{len(self.fleet.release_keys)} release keys, OTA "
+            + (f"into {self.fleet.releases_dir}" if self.fleet.releases_dir else "off"),
             f"drivers: {len(self.drivers)}",
         ]
         for d in self.drivers:
@@ -823,8 +1112,6 @@ _MAX_NODES = 100_000
 
 def load_config(path: Union[str, os.PathLike[str]]) -> Config:
     """Read, validate and default a config file. Raises ConfigError listing every problem."""
-    from .drivers.registry import load_schemas  # late: driver modules import this module
-    load_schemas()
     return _Loader(path).load()
 
 
@@ -892,6 +1179,8 @@ class _Loader:
             values[name] = None if entries is None else self._fields(schema, entries, name,
                                                                      key_node)
         drivers = self._drivers(top.get("drivers"), root)
+        from .fleet.boards import resolve_board  # late: it imports this module
+        board = resolve_board(self, top, values.get("gateway"), drivers)
         self._check_inline_secrets()
         if self.errors:
             raise self.fail()
@@ -900,10 +1189,18 @@ class _Loader:
         assert g is not None and s is not None and u is not None and lg is not None
         if u["client_id"] is None:
             u["client_id"] = g["id"]
+        ctl = dict(values.get("control") or {})
+        store_dir = os.path.dirname(s["path"])
+        if ctl.get("audit_log") is None:
+            ctl["audit_log"] = os.path.join(store_dir, "audit.log")
+        if ctl.get("keys_dir") is None:
+            ctl["keys_dir"] = os.path.join(store_dir, "keys")
         return Config(
             gateway=GatewayConfig(**g), store=StoreConfig(**s), uplink=UplinkConfig(**u),
             logging=LoggingConfig(**lg), drivers=tuple(drivers), source_path=self.abs,
-            config_hash=hashlib.sha256(data).hexdigest(), warnings=_tidy(self.warnings))
+            config_hash=hashlib.sha256(data).hexdigest(), warnings=_tidy(self.warnings),
+            control=ControlConfig(**ctl), edge=EdgeConfig.from_values(values.get("edge") or {}),
+            fleet=FleetConfig.from_values(values.get("fleet") or {}), board=board)
 
     def _read(self) -> bytes:
         try:
@@ -1217,7 +1514,7 @@ class _Loader:
         if not node.value:
             self.error(node, "drivers", "expected at least one driver, got an empty list")
             return []
-        types = sorted(DRIVER_SCHEMAS)
+        types = sorted(set(DRIVER_SCHEMAS) | set(_driver_modules()))
         type_check = Check("a registered driver type: " + ", ".join(_quote(t) for t in types),
                            lambda v: _driver_type(v, types), as_text=True)
         common = (FieldSpec("type", type_check, help="driver type, one of " + ", ".join(types)),
@@ -1232,7 +1529,7 @@ class _Loader:
             type_node = entries.get("type")
             schema = None
             if type_node is not None and isinstance(type_node[1], ScalarNode):
-                schema = DRIVER_SCHEMAS.get(type_node[1].value)
+                schema = _driver_schema(type_node[1].value)
             if schema is None:
                 # Unknown type: report it (and a bad name) but not options we cannot judge.
                 filtered = {k: v for k, v in entries.items() if k in _DRIVER_COMMON}

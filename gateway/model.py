@@ -126,13 +126,37 @@ class Gap:
         return cls(o[0], o[1], o[2], o[3], o[4])
 
 
-Record = Union[Reading, Event, Gap]
+@dataclass(frozen=True, slots=True)
+class Diag:
+    """A diagnostics snapshot: the health figures of the gateway or of one meter.
+
+    scope is ``gateway`` (meter_id None) or ``meter``; metrics holds CBOR-serialisable
+    facts (counters, ratios, flags; see gateway.edge.diagnostics). Published on ``up/diag``
+    through the store, like readings, so a snapshot taken during an outage is not lost.
+    """
+
+    ts_ms: int
+    scope: str
+    meter_id: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_obj(self) -> list[Any]:
+        return [self.ts_ms, self.scope, self.meter_id, self.metrics]
+
+    @classmethod
+    def from_obj(cls, o: list[Any]) -> "Diag":
+        _check_shape(o, 4, "diag")
+        return cls(o[0], o[1], o[2], dict(o[3]))
+
+
+Record = Union[Reading, Event, Gap, Diag]
 
 # Stable numeric tags used in the store and on the wire.
 KIND_READING = 0
 KIND_EVENT = 1
 KIND_GAP = 2
-KIND_OF = {Reading: KIND_READING, Event: KIND_EVENT, Gap: KIND_GAP}
+KIND_DIAG = 3
+KIND_OF = {Reading: KIND_READING, Event: KIND_EVENT, Gap: KIND_GAP, Diag: KIND_DIAG}
 CLASS_OF: dict[int, Any] = {v: k for k, v in KIND_OF.items()}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Iterable, Mapping
 
@@ -20,6 +21,8 @@ from .store import Store
 from .uplink.mqtt import Uplink
 
 log = logging.getLogger("gateway")
+
+EXIT_RESTART = 75  # "start me again" (OTA, new config/credentials); systemd Restart=always
 
 
 def load_signing_key(path: str) -> Ed25519PrivateKey:
@@ -37,20 +40,37 @@ class Runtime:
         self.store: Store | None = None
         self.uplink: Uplink | None = None
         self.drivers: list[Driver] = []
+        self.edge: Any = None  # gateway.edge.pipeline.EdgePipeline when edge.enabled
+        # Field-tech console (gateway/control): what went by, the socket, config apply.
+        from .control.monitor import Monitor
+        self.monitor = Monitor()
+        self.control: Any = None
+        self.started_monotonic = time.monotonic()
+        self._reconfig_lock = threading.Lock()
+        self.fleet: Any = None  # downlink commands, OTA, trials, systemd watchdog
+        self.exit_code = 0
 
     # The sink drivers write to. The edge stage (deltas, diagnostics) hooks in here.
     def submit(self, records: Iterable[Record],
                cursors: Mapping[tuple[str, str], Any] | None = None) -> "Future[list[int]]":
         assert self.store is not None
+        records = list(records)
+        self.monitor.observe(records)  # never blocks: feeds `meters` and `tail`
+        if self.edge is not None:  # deltas, flags, diagnostics; state commits with records
+            return self.edge.submit(records, cursors)
         return self.store.submit(records, cursors)
 
     def emit_event(self, event: Event) -> None:
         if self.store is not None:
+            self.monitor.observe([event])
             self.store.submit([event])
 
     def start(self) -> None:
         c = self.config
         s = c.store
+        from .fleet.keys import check_private_key_file
+        check_private_key_file(c.uplink.key, "uplink.key")  # refuse world-readable keys
+        check_private_key_file(c.uplink.signing_key, "uplink.signing_key")
         self.store = Store(s.path, max_bytes=s.max_bytes, max_rows=s.max_rows,
                            commit_interval_ms=s.commit_interval_ms,
                            commit_max_records=s.commit_max_records,
@@ -60,23 +80,43 @@ class Runtime:
         key = load_signing_key(c.uplink.signing_key)
         birth = {"firmware": __version__, "epoch": self.store.epoch, "config_hash": c.config_hash,
                  "board": c.gateway.board}
-        self.uplink = Uplink(c.uplink, c.gateway.id, self.store, key, birth, emit=self.emit_event)
+        from .fleet.service import Fleet
+        self.fleet = Fleet(self)
+        self.fleet.start()
+        self.uplink = Uplink(c.uplink, c.gateway.id, self.store, key, birth, emit=self.emit_event,
+                             on_command=self.fleet.on_command, command_topics=self.fleet.topics)
         self.emit_event(Event("gateway.started", now_ms(), "runtime", detail={
             "firmware": __version__, "config_hash": c.config_hash}))
+        if c.edge.enabled:
+            from .edge.pipeline import EdgePipeline
+            self.edge = EdgePipeline(c.edge, self.store)
+            self.edge.start(uplink=self.uplink, drivers=lambda: self.drivers)
         for d in c.drivers:
             self.drivers.append(make_driver(d.type, d.name, d.options, self))
         self.uplink.start()
         for drv in self.drivers:
             drv.start()
+        from .control.server import start_control
+        self.control = start_control(self)
+        self.fleet.started()
         log.info("gateway %s running: firmware %s, %d drivers, broker %s:%d",
                  c.gateway.id, __version__, len(self.drivers), c.uplink.host, c.uplink.port)
 
     def stop(self) -> None:
         """Stop drivers, commit what they produced, give in-flight messages a moment to be
         acknowledged, then close the store. Nothing committed is lost either way."""
+        if self.fleet is not None:
+            self.fleet.stop()
+        if self.control is not None:
+            self.control.stop()
         log.info("stopping: drivers")
+        locked = self._reconfig_lock.acquire(timeout=60)  # let a config apply finish
         for drv in self.drivers:
             drv.stop()
+        if locked:
+            self._reconfig_lock.release()
+        if self.edge is not None:
+            self.edge.stop()  # last diagnostics snapshot, clean-stop marker
         if self.store is not None:
             self.store.submit([Event("gateway.stopping", now_ms(), "runtime")])
             self.store.flush()
@@ -88,6 +128,19 @@ class Runtime:
             self.store.close()
             log.info("stopped cleanly: %d records left in the store for the next start (last seq %d)",
                      st.depth, st.last_seq)
+
+    def apply_config(self, new: Config) -> dict[str, Any]:
+        """Hot-reload: stop/start only the drivers that changed; the store and the uplink,
+        and so every buffered record, stay. Raises ReloadRefused keeping the old config."""
+        from .control.reload import hot_reload
+        with self._reconfig_lock:
+            return hot_reload(self, new)
+
+    def request_restart(self, reason: str) -> None:
+        """Stop cleanly and exit with EXIT_RESTART so that systemd starts us again."""
+        log.info("restart requested: %s", reason)
+        self.exit_code = EXIT_RESTART
+        self.stop_requested.set()
 
     def run_forever(self) -> int:
         def on_signal(signum: int, frame: Any) -> None:
@@ -102,4 +155,4 @@ class Runtime:
                 pass
         finally:
             self.stop()
-        return 0
+        return self.exit_code

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from gateway.drivers.registry import DRIVER_MODULES
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -273,7 +275,7 @@ def test_unknown_driver_type(write):
     p = write(replace("type: simulated", "type: simulted"))
     errs = errors(p)
     assert errs == [f'{p}:13:12: drivers[0].type: expected a registered driver type: '
-                    f'{", ".join(chr(34) + t + chr(34) for t in sorted(DRIVER_SCHEMAS))}, '
+                    f'{", ".join(chr(34) + t + chr(34) for t in sorted(set(DRIVER_SCHEMAS) | set(DRIVER_MODULES)))}, '
                     'got "simulted"; did you mean "simulated"?']
 
 

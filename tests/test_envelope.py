@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.model import Event, Gap, Reading, StoredRecord
+from gateway.model import Diag, Event, Gap, Reading, StoredRecord
 from gateway.uplink import envelope as envmod
 from gateway.uplink.envelope import (
     BadSignature,
@@ -48,6 +48,8 @@ def mixed_batch() -> list[StoredRecord]:
                                {"count": 3, "frames": [1, 2], "raw": b"\x00\xff", "ok": None})),
         StoredRecord(13, Event("uplink.connected", T0 + 9, "uplink", None)),
         StoredRecord(14, Reading("m2", "1-0:1.8.0", -(10**30), -3, "kWh", T0, T0 - 2, (), "bus0")),
+        StoredRecord(15, Diag(T0 + 20, "gateway", None, {"uptime_s": 12, "load": [0.5, 0.25]})),
+        StoredRecord(17, Diag(T0 + 21, "meter", "m1", {"reads_ok": 3, "rssi": {"last": -71}})),
     ]
 
 
@@ -72,11 +74,14 @@ events = st.builds(
     st.dictionaries(texts, json_like, max_size=5))
 gaps = st.builds(Gap, st.integers(1, 2**40), st.integers(1, 2**40), st.integers(0, 2**40),
                  texts, times)
+diags = st.builds(Diag, times, st.sampled_from(["gateway", "meter"]) | texts,
+                  st.none() | st.sampled_from(["m1", "m2"]) | texts,
+                  st.dictionaries(texts, json_like, max_size=5))
 
 
 @st.composite
 def stored_batches(draw: st.DrawFn) -> list[StoredRecord]:
-    recs = draw(st.lists(readings | events | gaps, min_size=1, max_size=30))
+    recs = draw(st.lists(readings | events | gaps | diags, min_size=1, max_size=30))
     seq = draw(st.integers(min_value=1, max_value=2**40))
     out = []
     for r in recs:
@@ -104,7 +109,7 @@ def test_round_trip_mixed_kinds_both_body_forms() -> None:
         env = decode_envelope(encode_envelope(GW, "ep", recs, T0 + 10_000, KEY,
                                               compress=compress), TRUSTED)
         assert env.records == recs
-        assert (env.first_seq, env.last_seq) == (7, 14)
+        assert (env.first_seq, env.last_seq) == (7, 17)
 
 
 def test_compressed_body_is_used_when_smaller() -> None:

@@ -21,6 +21,67 @@ from tools.devpki import make_pki
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _start_dlms():
+    from tools.sim import dlms
+    return dlms.start(3, security="none", period_s=900, history_s=7200)
+
+
+def _start_iec():
+    from tools.sim import iec62056_21
+    return iec62056_21.start(2)
+
+
+def _start_xbee():
+    from tools.sim import xbee
+    return xbee.start(n_devices=6, report_interval_s=5, preconfigured=True)
+
+
+def _start_mbus():
+    from tools.sim import mbus
+    return mbus.start()
+
+
+def _start_wmbus():
+    from tools.sim import wmbus
+    return wmbus.start("im871a")
+
+
+# driver type -> simulator factory (returns an object with .device and .stop())
+SIMULATORS = {"dlms": _start_dlms, "iec62056-21": _start_iec, "zigbee": _start_xbee,
+              "mbus": _start_mbus, "wmbus": _start_wmbus}
+
+
+def start_simulators(cfg: dict) -> list:
+    """Start one simulator per serial driver of the demo config and link its pty to the
+    port the config names, so the gateway opens a 'real' device path."""
+    sims = []
+    for drv in cfg.get("drivers") or []:
+        factory = SIMULATORS.get(drv.get("type"))
+        port = (drv.get("serial") or {}).get("port")
+        if factory is None or not port:
+            continue
+        sim = factory()
+        sims.append(sim)
+        link = Path(port)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(sim.device)
+        print(f"demo: simulated {drv['type']} bus '{drv.get('name', drv['type'])}' on "
+              f"{sim.device} (linked as {port})", flush=True)
+    return sims
+
+
+def write_demo_keys(keys: Path) -> None:
+    """The wM-Bus simulator's demo key, as a key file the config points at (0600)."""
+    from tools.sim import wmbus
+    keys.mkdir(parents=True, exist_ok=True)
+    path = keys / "wmbus.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(wmbus.DEMO_KEY.hex() + "\n")
+
+
 def _pump(stream, prefix: str) -> None:
     for raw in iter(stream.readline, b""):
         sys.stdout.write(f"{prefix} {raw.decode(errors='replace')}")
@@ -36,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = ROOT / "demo"
     pki = demo / "pki"
     make_pki(pki)
+    write_demo_keys(demo / "keys")
     config = Path(args.config)
     cfg = yaml.safe_load(config.read_text())
     port = int(cfg["uplink"]["port"])
@@ -48,12 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         broker = Broker(pki, port=port, data_dir=demo / "broker").start()
     if port != int(cfg["uplink"]["port"]):
         cfg["uplink"]["port"] = port
-        for k in ("ca", "cert", "key", "signing_key"):
-            cfg["uplink"][k] = str((config.parent / cfg["uplink"][k]).resolve())
-        cfg["store"]["path"] = str((config.parent / cfg["store"]["path"]).resolve())
-        config = demo / "demo-local.yaml"
+        # beside the original, so that its relative paths still resolve
+        config = config.parent / ".demo-local.yaml"
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     print(f"demo: broker on 127.0.0.1:{port} (mutual TLS); gateway config {config}", flush=True)
+    sims = start_simulators(cfg)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     head = subprocess.Popen([sys.executable, "-m", "tools.headend", "--host", "localhost",
                              "--port", str(port), "--pki", str(pki), "--print-readings", "--quiet"],
@@ -84,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     for t in threads:
         t.join(2)
     broker.stop()
+    for sim in sims:
+        sim.stop()
     return 0 if gw.returncode in (0, -signal.SIGTERM) else 1
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from ..logs import RateLimitedLog
 from ..model import Event, Record, now_ms
@@ -64,3 +64,60 @@ class Driver(threading.Thread):
         if exc is not None:
             self.refused += 1
             self._refused_log.error("driver %s: records not stored: %s", self.bus, exc)
+
+
+class ConsoleCapabilities(Protocol):
+    """Optional driver methods the field-tech console (``gateway console``) uses.
+
+    A driver is NOT required to have any of them and must not inherit stubs: the control
+    server looks each one up with ``getattr(driver, name, None)`` and, when it is missing,
+    answers "``COMMAND`` is not supported by driver NAME (type TYPE)". Every method is called
+    from a control-connection thread, never from the driver's own thread, so it must be
+    thread-safe: a driver that owns a serial port typically queues the request for its loop
+    and waits for the answer, bounded by its own reply timeouts. None may block for ever;
+    the console gives up waiting after a while, but the call's thread keeps running.
+    """
+
+    def meter_stats(self) -> dict[str, dict[str, Any]]:
+        """Per-meter counters (``success``, ``failures``, ``retries``, ``crc_errors``,
+        ``rssi_dbm``, ``lqi``, ``last_ok_ms``, ...) for ``meters``/``meter ID``/``diag``.
+        Its keys are also how the console finds which bus a meter belongs to."""
+        ...
+
+    def bus_state(self) -> dict[str, Any]:
+        """Bus-level state for ``status``: ``{"state": "open" | "reopening" | ..., "port":
+        ..., "error": ...}``; free-form, JSON-serialisable, no secrets."""
+        ...
+
+    def read_now(self, meter_id: str) -> list[Record]:
+        """``read ID``: read this meter now and return what was read. The readings are
+        real: the driver also emits them as usual, so they are stored and delivered.
+        Raise KeyError for a meter it does not have, any other exception for a failed read
+        (its message is shown to the technician)."""
+        ...
+
+    def listen(self, seconds: float, callback: Callable[[dict[str, Any]], Any]) -> None:
+        """``listen wmbus [SECONDS]``: call ``callback`` with a dict for every telegram heard
+        during ``seconds`` (``{"manufacturer", "id", "version", "device_type", "rssi_dbm",
+        "known": bool, "hex"?...}``), including meters that are not configured, then return.
+        ``callback`` never blocks; it returns False when the console has gone, and the
+        driver should then return early."""
+        ...
+
+    def scan(self, progress: Callable[[dict[str, Any]], Any] | None = None) -> list[dict[str, Any]]:
+        """``scan mbus``: search the bus (primary and/or secondary addresses) and return one
+        dict per device found (``{"address", "secondary", "manufacturer", "medium", ...}``).
+        ``progress``, if given, is called with each device as it is found and with
+        ``{"progress": "...", ...}`` updates; a False return means the console has gone."""
+        ...
+
+    def permit_join(self, seconds: int) -> dict[str, Any] | None:
+        """``zigbee permit-join SECONDS``: open the network for joining (0 closes it); returns
+        what the coordinator answered. A state change: the console audits it."""
+        ...
+
+    def set_key(self, meter_id: str, key: bytes) -> None:
+        """``keys set METER``: use this key for the meter from now on. The key has already
+        been written to ``control.keys_dir/<meter_id>.key`` (hex, mode 0600), where the
+        driver should also look for it at start-up. Never log the key."""
+        ...

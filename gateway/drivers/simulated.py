@@ -32,10 +32,26 @@ class SimulatedDriver(Driver):
 
     def readings_at(self, tick_ms: int) -> list[Reading]:
         rx = now_ms()
-        q = (QUALITY_SIMULATED,)
-        return [Reading(m, "1-0:1.8.0", base + load * tick_ms // 3_600_000, -3, "kWh",
-                        tick_ms, rx, q, self.bus)
-                for m, base, load in zip(self.meters, self.base, self.load_w)]
+        return [self._reading(i, tick_ms, rx) for i in range(self.n)]
+
+    def _reading(self, i: int, tick_ms: int, rx: int) -> Reading:
+        return Reading(self.meters[i], "1-0:1.8.0", self.base[i] + self.load_w[i] * tick_ms
+                       // 3_600_000, -3, "kWh", tick_ms, rx, (QUALITY_SIMULATED,), self.bus)
+
+    # Console capabilities (see drivers.base.ConsoleCapabilities).
+    def meter_stats(self) -> dict[str, dict[str, Any]]:
+        return {m: {"success": self.ticks, "failures": 0} for m in self.meters}
+
+    def read_now(self, meter_id: str) -> list[Reading]:
+        """``read ID``: the register right now; stored like any other reading."""
+        try:
+            i = self.meters.index(meter_id)
+        except ValueError:
+            raise KeyError(meter_id) from None
+        now = now_ms()
+        reading = self._reading(i, now, now)
+        self.emit([reading])
+        return [reading]
 
     def loop(self) -> None:
         self.log.info("simulated bus %s: %d meters every %.3f s", self.bus, self.n,

@@ -19,12 +19,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+import cbor2
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..model import KIND_READING, Event, now_ms
-from ..store import Store, decode_row
-from .envelope import encode_envelope
+from ..model import KIND_DIAG, KIND_EVENT, KIND_GAP, KIND_READING, Event, now_ms
+from ..store import Store
+from .envelope import encode_envelope_rows
 
 log = logging.getLogger("gateway.uplink")
 
@@ -53,7 +54,12 @@ class ConnectFailed(Exception):
 def topics(prefix: str, gateway_id: str) -> dict[str, str]:
     base = f"{prefix}/{gateway_id}"
     return {"readings": f"{base}/up/readings", "events": f"{base}/up/events",
-            "status": f"{base}/status"}
+            "diag": f"{base}/up/diag", "status": f"{base}/status"}
+
+
+# Which topic (key of topics()) a stored row goes to, by its kind.
+TOPIC_OF_KIND = {KIND_READING: "readings", KIND_EVENT: "events", KIND_GAP: "events",
+                 KIND_DIAG: "diag"}
 
 
 def tls_context(ca: str, cert: str, key: str, tls_version: str = "1.2") -> ssl.SSLContext:
@@ -107,8 +113,14 @@ class Uplink:
 
     def __init__(self, settings: UplinkSettings, gateway_id: str, store: Store,
                  signing_key: Ed25519PrivateKey, birth: dict[str, Any] | None = None,
-                 emit: Callable[[Event], None] | None = None) -> None:
+                 emit: Callable[[Event], None] | None = None,
+                 on_command: Callable[[str, bytes], None] | None = None,
+                 command_topics: list[str] | tuple[str, ...] = ()) -> None:
         self.s = settings
+        # Downlink: {prefix}/{id}/down/cmd and the fleet-wide topic, subscribed on every
+        # connect (clean sessions) and handed to on_command; it must not block.
+        self.on_command = on_command
+        self.command_topics = list(command_topics) if on_command is not None else []
         self.gateway_id = gateway_id
         self.store = store
         self.key = signing_key
@@ -183,6 +195,7 @@ class Uplink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         self._connack_event.clear()
         self._connack = None
         try:
@@ -267,9 +280,12 @@ class Uplink:
                     break
                 rows = _same_topic_run(rows)
                 first, last = rows[0][0], rows[-1][0]
-                topic = self.topics["readings" if rows[0][1] == KIND_READING else "events"]
-                payload = encode_envelope(self.gateway_id, self.store.epoch,
-                                          [decode_row(*r) for r in rows], now_ms(), self.key)
+                topic = self.topics[TOPIC_OF_KIND.get(rows[0][1], "events")]
+                # Straight from the stored CBOR to the envelope: no Reading objects in between.
+                loads = cbor2.loads
+                payload = encode_envelope_rows(self.gateway_id, self.store.epoch,
+                                               [(q, k, loads(p)) for q, k, p in rows],
+                                               now_ms(), self.key)
                 # Never call paho while holding our lock: paho calls on_publish holding its
                 # own mutex, and on_publish takes ours (lock-order inversion = deadlock).
                 info = client.publish(topic, payload, qos=1)
@@ -322,8 +338,18 @@ class Uplink:
         ok = not reason_code.is_failure
         self._connack = (ok, str(reason_code))
         if ok:
+            if self.command_topics:
+                client.subscribe([(t, 1) for t in self.command_topics])
             self._connected.set()
         self._connack_event.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self.on_command is None:
+            return
+        try:
+            self.on_command(msg.topic, msg.payload)
+        except Exception:  # a bad command must never take the network thread down
+            log.exception("uplink: command callback failed for %s", msg.topic)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
@@ -349,10 +375,11 @@ class Uplink:
 
 
 def _same_topic_run(rows: list[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
-    """Readings go to up/readings, events and gaps to up/events: a message carries one run of
-    consecutive rows of one topic, so that its seq range covers exactly its own rows."""
-    is_reading = rows[0][1] == KIND_READING
+    """Readings go to up/readings, events and gaps to up/events, diagnostics to up/diag: a
+    message carries one run of consecutive rows of one topic, so that its seq range covers
+    exactly its own rows."""
+    topic = TOPIC_OF_KIND.get(rows[0][1], "events")
     for i, row in enumerate(rows):
-        if (row[1] == KIND_READING) != is_reading:
+        if TOPIC_OF_KIND.get(row[1], "events") != topic:
             return rows[:i]
     return rows

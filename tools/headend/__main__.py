@@ -77,6 +77,10 @@ def _options(a: argparse.Namespace) -> HeadendOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    rest = list(sys.argv[1:] if argv is None else argv)
+    if rest[:1] == ["cmd"]:  # `python -m tools.headend cmd ...`: sign and send a command
+        from tools.headend.cmd import main as cmd_main
+        return cmd_main(rest[1:])
     args = _parse(argv)
     try:
         opts = _options(args)

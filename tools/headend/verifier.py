@@ -24,7 +24,7 @@ from typing import Any
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.model import Event, Gap, Reading, StoredRecord, kind_of
+from gateway.model import Diag, Event, Gap, Reading, StoredRecord, kind_of
 from gateway.uplink.envelope import (
     WILDCARD,
     EnvelopeError,
@@ -35,7 +35,8 @@ from gateway.uplink.envelope import (
 
 MAX_MISSING_RANGES = 20
 COUNTERS = ("accepted", "duplicates", "gaps", "gap_records", "replays", "bad_signatures",
-            "malformed", "conflicts", "messages", "readings", "events", "topic_mismatches")
+            "malformed", "conflicts", "messages", "readings", "events", "diag",
+            "topic_mismatches")
 
 RecordHook = Callable[[str, str, StoredRecord], None]  # (gateway_id, epoch, record)
 
@@ -166,6 +167,7 @@ class _Stats:
     messages: int = 0
     readings: int = 0
     events: int = 0
+    diag: int = 0
     topic_mismatches: int = 0
 
 
@@ -266,7 +268,7 @@ class Verifier:
             return res
 
         accepted = res.accepted
-        readings = events = gap_records = dups = conflicts = 0
+        readings = events = diag = gap_records = dups = conflicts = 0
         for sr in recs:
             s = sr.seq
             rec = sr.record
@@ -287,6 +289,8 @@ class Verifier:
                 readings += 1
             elif t is Event:
                 events += 1
+            elif t is Diag:
+                diag += 1
             elif t is Gap:
                 gap_records += 1
                 if 1 <= rec.first_seq <= rec.last_seq:
@@ -296,6 +300,7 @@ class Verifier:
             st.accepted += len(accepted)
             st.readings += readings
             st.events += events
+            st.diag += diag
             st.gap_records += gap_records
             st.duplicates += dups
             st.conflicts += conflicts

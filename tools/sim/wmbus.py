@@ -76,8 +76,11 @@ class SimRadioMeter:
         raise ValueError(f"unknown security {self.security!r}")
 
 
+DEMO_KEY = bytes(range(16))  # 000102...0F: the key every default meter encrypts with
+
+
 def default_meters() -> list[SimRadioMeter]:
-    k = bytes(range(16))
+    k = DEMO_KEY
     return [
         SimRadioMeter("11111111", "KAM", 0x1B, 0x16, k, "ell"),
         SimRadioMeter("22222222", "APA", 0x05, 0x07, k, "mode5"),

@@ -1,0 +1,797 @@
+"""What each console command answers: plain dicts, rendered by the client (or printed as JSON).
+
+Handlers run on the console's connection thread. They only read the runtime's state (stats
+snapshots, the monitor) or call a driver capability on a helper thread bounded by a timeout,
+so a slow meter or a hung console never holds anything a driver or the uplink waits for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import os
+import queue
+import re
+import sqlite3
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import __version__
+from ..model import now_ms
+from .audit import Peer
+from .monitor import record_to_dict
+
+if TYPE_CHECKING:
+    from ..drivers.base import Driver
+    from ..runtime import Runtime
+    from .server import ControlServer
+
+
+class CommandError(Exception):
+    """A command failed for a reason the technician can act on; shown as one line."""
+
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.extra = extra
+
+
+class Context:
+    """One request: the runtime, who asked, and (for streams) how to send items back."""
+
+    def __init__(self, runtime: "Runtime", server: "ControlServer", peer: Peer,
+                 send: Callable[[dict[str, Any]], None], cancelled: Callable[[], bool]) -> None:
+        self.runtime = runtime
+        self.server = server
+        self.peer = peer
+        self.send = send
+        self.cancelled = cancelled
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    run: Callable[[Context, dict[str, Any]], Any]
+    audited: bool = False   # changes state: written to the audit log
+    stream: bool = False    # sends items before its final reply
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, audited: bool = False, stream: bool = False):  # type: ignore[no-untyped-def]
+    def deco(fn: Callable[[Context, dict[str, Any]], Any]) -> Callable[[Context, dict[str, Any]], Any]:
+        COMMANDS[name] = Command(name, fn, audited, stream)
+        return fn
+    return deco
+
+
+# --------------------------------------------------------------------------- helpers
+
+CALL_TIMEOUT_S = 60.0
+METER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    v = args.get(name, default)
+    if v is ...:
+        raise CommandError("bad_request", f"missing argument {name!r}")
+    if v is not None and v is not default and not isinstance(v, kind):
+        raise CommandError("bad_request", f"argument {name!r} has the wrong type")
+    return v
+
+
+def _safe(fn: Callable[[], Any], default: Any = None) -> Any:
+    """A driver's optional report must never break a console command."""
+    try:
+        return fn()
+    except Exception:
+        return default
+
+
+def meter_stats(drv: "Driver") -> dict[str, dict[str, Any]]:
+    fn = getattr(drv, "meter_stats", None)
+    stats = _safe(fn, {}) if fn is not None else {}
+    return stats if isinstance(stats, dict) else {}
+
+
+def run_bounded(fn: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Run a driver call on its own thread and wait at most ``timeout``.
+
+    The call cannot be interrupted (it may be inside a serial read); on timeout it finishes
+    in the background and its result is dropped.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported to the console
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"console-{what}", daemon=True).start()
+    if not done.wait(timeout):
+        raise CommandError("timeout", f"{what}: no answer within {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+def find_meter(rt: "Runtime", meter_id: str) -> tuple["Driver" | None, dict[str, Any] | None]:
+    """The driver that has this meter (from its meter_stats, else the bus it was seen on)."""
+    drivers = list(rt.drivers)
+    for drv in drivers:
+        stats = meter_stats(drv)
+        if meter_id in stats:
+            return drv, stats[meter_id]
+    seen = rt.monitor.meter(meter_id)
+    if seen is not None:
+        for drv in drivers:
+            if drv.bus == seen["bus"]:
+                return drv, None
+    return None, None
+
+
+def all_meter_ids(rt: "Runtime") -> list[str]:
+    ids = set(rt.monitor.meters())
+    for drv in list(rt.drivers):
+        ids.update(meter_stats(drv))
+    return sorted(ids)
+
+
+def unknown_meter(rt: "Runtime", meter_id: str) -> CommandError:
+    near = difflib.get_close_matches(meter_id, all_meter_ids(rt), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(near)}?" if near else "; `meters` lists them"
+    return CommandError("unknown_meter", f"no meter {meter_id!r} on any bus{hint}")
+
+
+def resolve_bus(rt: "Runtime", word: str, capability: str, what: str) -> tuple["Driver", Callable]:
+    """A bus named ``word``, else the one bus of type ``word``; and its capability method."""
+    drivers = list(rt.drivers)
+    chosen = [d for d in drivers if d.bus == word] or [d for d in drivers if d.type_name == word]
+    buses = ", ".join(f"{d.bus} ({d.type_name})" for d in drivers) or "none"
+    if not chosen:
+        raise CommandError("no_such_bus", f"{what}: no {word} bus is configured "
+                           f"(buses: {buses})")
+    if len(chosen) > 1:
+        raise CommandError("ambiguous_bus", f"{what}: several {word} buses "
+                           f"({', '.join(d.bus for d in chosen)}); name one")
+    drv = chosen[0]
+    fn = getattr(drv, capability, None)
+    if not callable(fn):
+        raise CommandError("not_supported", f"{what} is not supported by driver {drv.bus} "
+                           f"(type {drv.type_name})")
+    return drv, fn
+
+
+def driver_state(drv: "Driver") -> str:
+    if drv.is_alive():
+        return "stopping" if drv.stopping.is_set() else "running"
+    if drv.stopping.is_set():
+        return "stopped"
+    return "dead" if drv.ident is not None else "not started"
+
+
+def bus_summary(drv: "Driver") -> dict[str, Any]:
+    out: dict[str, Any] = {"name": drv.bus, "type": drv.type_name, "state": driver_state(drv),
+                           "meters": len(meter_stats(drv)), "refused": drv.refused}
+    fn = getattr(drv, "bus_state", None)
+    if callable(fn):
+        extra = _safe(fn)
+        if isinstance(extra, dict):
+            out["bus"] = extra
+    return out
+
+
+def uplink_summary(rt: "Runtime") -> dict[str, Any]:
+    u = rt.uplink
+    c = rt.config.uplink
+    out: dict[str, Any] = {"broker": f"{c.host}:{c.port}", "client_id": c.client_id}
+    if u is None:
+        return {**out, "state": "not started", "connected": False}
+    s = u.state
+    alive = u._thread.is_alive()  # noqa: SLF001 - read-only health probe
+    state = "connected" if s.connected else ("disconnected" if alive else "stopped")
+    out.update(dataclasses.asdict(s))
+    out.pop("extra", None)
+    out["state"] = state
+    return out
+
+
+STALE_BACKLOG_S = 3600.0  # diag warns when the oldest unsent record is older than this
+
+
+def _human_age(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def _age_s(ts_ms: int | None, now: int) -> float | None:
+    return None if ts_ms is None else round(max(0, now - ts_ms) / 1000, 1)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@command("hello")
+def hello(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    rt = ctx.runtime
+    return {"firmware": __version__, "gateway_id": rt.config.gateway.id,
+            "commands": sorted(COMMANDS), "peer": {"uid": ctx.peer.uid, "user": ctx.peer.user}}
+
+
+@command("status")
+def status(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    rt = ctx.runtime
+    assert rt.store is not None
+    st = rt.store.stats()
+    now = now_ms()
+    return {
+        "gateway_id": rt.config.gateway.id, "board": rt.config.gateway.board,
+        "firmware": __version__,
+        "uptime_s": round(time.monotonic() - rt.started_monotonic, 1),
+        "config_hash": rt.config.config_hash,
+        "epoch": st.epoch, "last_seq": st.last_seq,
+        "store": {"depth": st.depth, "bytes": st.bytes, "max_bytes": rt.config.store.max_bytes,
+                  "oldest_unsent_seq": st.oldest_seq,
+                  "oldest_unsent_age_s": _age_s(st.oldest_ts_ms, now)},
+        "broker": uplink_summary(rt),
+        "buses": [bus_summary(d) for d in list(rt.drivers)],
+        "consoles": ctx.server.connection_count(),
+    }
+
+
+@command("meters")
+def meters(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    rt = ctx.runtime
+    want = _arg(args, "bus", str, None)
+    seen = rt.monitor.meters()
+    rows: dict[str, dict[str, Any]] = {}
+    for drv in list(rt.drivers):
+        if want and drv.bus != want:
+            continue
+        for mid, st in meter_stats(drv).items():
+            rows[mid] = _meter_row(mid, drv.bus, st, seen.get(mid))
+    for mid, s in seen.items():
+        if mid not in rows and (not want or s["bus"] == want):
+            rows[mid] = _meter_row(mid, s["bus"], {}, s)
+    return {"meters": [rows[k] for k in sorted(rows)]}
+
+
+def _meter_row(mid: str, bus: str, st: dict[str, Any], seen: dict[str, Any] | None) -> dict[str, Any]:
+    last = (seen or {}).get("last")
+    ok, bad = st.get("success"), st.get("failures")
+    ratio = None
+    if isinstance(ok, int) and isinstance(bad, int) and ok + bad > 0:
+        ratio = round(ok / (ok + bad), 3)
+    flags = list(last["quality"]) if last else ["never_read"]
+    ev = (seen or {}).get("last_event")
+    if ev and ev["severity"] in ("warning", "error"):
+        flags.append(ev["kind"].removeprefix("meter."))
+    last_seen = (seen or {}).get("last_seen_ms") or st.get("last_ok_ms")
+    return {"id": mid, "bus": bus, "last_seen_ms": last_seen,
+            "last_value": last["value"] if last else None,
+            "unit": last["unit"] if last else None,
+            "quantity": last["quantity"] if last else None,
+            "success": ok, "failures": bad, "success_ratio": ratio,
+            "rssi_dbm": st.get("rssi_dbm", st.get("rssi")), "lqi": st.get("lqi"),
+            "flags": flags}
+
+
+@command("meter")
+def meter(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    rt = ctx.runtime
+    mid = _arg(args, "id", str)
+    drv, stats = find_meter(rt, mid)
+    seen = rt.monitor.meter(mid)
+    if drv is None and seen is None:
+        raise unknown_meter(rt, mid)
+    out: dict[str, Any] = {"id": mid, "bus": drv.bus if drv else seen["bus"],  # type: ignore[index]
+                           "type": drv.type_name if drv else None, "stats": stats or {}}
+    out.update(seen or {"last_seen_ms": None, "readings_seen": 0, "events_seen": 0,
+                        "last_readings": [], "events": []})
+    out["key_stored"] = os.path.exists(key_path(rt, mid)) if METER_ID_RE.fullmatch(mid) else False
+    cfg = next((d for d in rt.config.drivers if drv and d.name == drv.bus), None)
+    if cfg is not None:
+        listed = cfg.options.get("meters")
+        entry = next((m for m in (listed if isinstance(listed, list) else [])
+                      if isinstance(m, dict) and m.get("id") == mid), None)
+        if entry is not None:
+            out["config"] = mask_options(entry, _meter_schema(cfg.type))
+    return out
+
+
+@command("read")
+def read(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    rt = ctx.runtime
+    mid = _arg(args, "id", str)
+    timeout = float(_arg(args, "timeout_s", (int, float), CALL_TIMEOUT_S))
+    drv, _ = find_meter(rt, mid)
+    if drv is None:
+        raise unknown_meter(rt, mid)
+    fn = getattr(drv, "read_now", None)
+    if not callable(fn):
+        raise CommandError("not_supported", f"read is not supported by driver {drv.bus} "
+                           f"(type {drv.type_name})")
+    t0 = time.monotonic()
+    try:
+        records = run_bounded(lambda: fn(mid), timeout, f"read {mid}")
+    except KeyError:
+        raise unknown_meter(rt, mid) from None
+    except CommandError:
+        raise
+    except Exception as exc:
+        raise CommandError("read_failed", f"read {mid} on {drv.bus} failed: {exc}") from None
+    return {"meter_id": mid, "bus": drv.bus, "duration_ms": int((time.monotonic() - t0) * 1000),
+            "records": [record_to_dict(r) for r in records or []]}
+
+
+def _matches(flt: str | None) -> Callable[[Any], bool]:
+    if not flt:
+        return lambda rec: True
+
+    def accept(rec: Any) -> bool:
+        return (getattr(rec, "meter_id", None) == flt or getattr(rec, "bus", None) == flt
+                or getattr(rec, "source", None) == flt)
+    return accept
+
+
+MAX_STREAM_S = 24 * 3600.0
+SYSTEM_SOURCES = frozenset({"runtime", "store", "uplink", "control", "edge"})
+RECENT_SOURCES = 200
+
+
+@command("tail", stream=True)
+def tail(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    rt = ctx.runtime
+    flt = _arg(args, "filter", str, None)
+    seconds = _arg(args, "seconds", (int, float), None)
+    sources = {d.bus for d in rt.drivers} | SYSTEM_SOURCES | \
+        {e.source for e in rt.monitor.recent_events(RECENT_SOURCES)}
+    if flt and flt not in sources and flt not in all_meter_ids(rt):
+        raise CommandError("unknown_filter", f"no bus, meter or event source {flt!r}; buses: "
+                           + ", ".join(d.bus for d in rt.drivers) + "; sources: "
+                           + ", ".join(sorted(SYSTEM_SOURCES)))
+    deadline = time.monotonic() + min(float(seconds) if seconds else MAX_STREAM_S, MAX_STREAM_S)
+    sub = rt.monitor.subscribe(_matches(flt))
+    sent = reported = 0
+    try:
+        while time.monotonic() < deadline and not ctx.cancelled():
+            try:
+                rec = sub.queue.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            if sub.dropped > reported:
+                ctx.send({"type": "dropped", "count": sub.dropped - reported})
+                reported = sub.dropped
+            ctx.send(record_to_dict(rec))
+            sent += 1
+    finally:
+        rt.monitor.unsubscribe(sub)
+    return {"sent": sent, "dropped": sub.dropped}
+
+
+def _stream_capability(ctx: Context, call: Callable[[Callable[[dict[str, Any]], bool]], Any],
+                       timeout: float, what: str) -> tuple[Any, int, int]:
+    """Run a driver call that reports items through a callback, forwarding them as stream
+    items from this thread. The callback never blocks the driver: a bounded queue."""
+    q: "queue.Queue[dict[str, Any]]" = queue.Queue(1000)
+    gone = threading.Event()
+    dropped = [0]
+
+    def callback(item: dict[str, Any]) -> bool:
+        if gone.is_set():
+            return False
+        try:
+            q.put_nowait(dict(item))
+        except queue.Full:
+            dropped[0] += 1
+        return True
+
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["result"] = call(callback)
+        except BaseException as exc:  # noqa: BLE001
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"console-{what}", daemon=True).start()
+    deadline = time.monotonic() + timeout
+    sent = 0
+    try:
+        while True:
+            if ctx.cancelled() or time.monotonic() > deadline:
+                gone.set()
+                break
+            try:
+                ctx.send(q.get(timeout=0.25))
+                sent += 1
+                continue
+            except queue.Empty:
+                pass
+            if done.is_set() and q.empty():
+                break
+    finally:
+        gone.set()
+    if "error" in box:
+        exc = box["error"]
+        raise CommandError("driver_error", f"{what} failed: {exc}") from None
+    return box.get("result"), sent, dropped[0]
+
+
+@command("listen", stream=True)
+def listen(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    word = _arg(args, "bus", str)
+    seconds = float(_arg(args, "seconds", (int, float), 60))
+    if not 0 < seconds <= 3600:
+        raise CommandError("bad_request", "listen: SECONDS must be 1-3600")
+    drv, fn = resolve_bus(ctx.runtime, word, "listen", f"listen {word}")
+    _, heard, dropped = _stream_capability(ctx, lambda cb: fn(seconds, cb), seconds + 10,
+                                           f"listen {drv.bus}")
+    return {"bus": drv.bus, "seconds": seconds, "heard": heard, "dropped": dropped}
+
+
+@command("scan", stream=True)
+def scan(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    word = _arg(args, "bus", str)
+    drv, fn = resolve_bus(ctx.runtime, word, "scan", f"scan {word}")
+    try:
+        takes_progress = "progress" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_progress = False
+    call = (lambda cb: fn(progress=cb)) if takes_progress else (lambda cb: fn())
+    found, sent, _ = _stream_capability(ctx, call, 3600, f"scan {drv.bus}")
+    return {"bus": drv.bus, "devices": list(found or [])}
+
+
+@command("permit-join", audited=True)
+def permit_join(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    word = _arg(args, "bus", str, "zigbee")
+    seconds = _arg(args, "seconds", int)
+    if not 0 <= seconds <= 254:
+        raise CommandError("bad_request", "permit-join: SECONDS must be 0-254 (0 closes)")
+    drv, fn = resolve_bus(ctx.runtime, word, "permit_join", f"{word} permit-join")
+    answer = run_bounded(lambda: fn(seconds), 30, f"permit-join on {drv.bus}")
+    return {"bus": drv.bus, "seconds": seconds, "answer": answer}
+
+
+@command("store")
+def store(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    rt = ctx.runtime
+    assert rt.store is not None
+    st = rt.store.stats()
+    now = now_ms()
+    path = rt.store.path
+    files = {}
+    for suffix in ("", "-wal", "-shm", ".reserve"):
+        try:
+            files[os.path.basename(path + suffix)] = os.path.getsize(path + suffix)
+        except OSError:
+            pass
+    out = dataclasses.asdict(st)
+    out.update(path=path, max_bytes=rt.config.store.max_bytes, max_rows=rt.config.store.max_rows,
+               used_pct=round(100 * st.bytes / rt.config.store.max_bytes, 1),
+               oldest_unsent_age_s=_age_s(st.oldest_ts_ms, now), files=files,
+               opened=list(rt.store.open_report),
+               integrity=quick_check(path, float(_arg(args, "check_s", (int, float), 5.0))))
+    return out
+
+
+def quick_check(path: str, budget_s: float) -> str:
+    """``PRAGMA quick_check`` on a read-only connection beside the writer, abandoned after
+    ``budget_s`` so a big store on slow flash cannot keep the console waiting."""
+    deadline = time.monotonic() + budget_s
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error as exc:
+        return f"cannot open: {exc}"
+    try:
+        conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10000)
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        return "ok" if rows == ["ok"] else "FAILED: " + "; ".join(rows[:3])
+    except sqlite3.OperationalError as exc:
+        if "interrupt" in str(exc):
+            return f"not finished within {budget_s:g} s"
+        return f"cannot check: {exc}"
+    finally:
+        conn.close()
+
+
+def certificates(path: str, role: str) -> list[dict[str, Any]]:
+    from cryptography import x509
+    try:
+        with open(path, "rb") as f:
+            certs = x509.load_pem_x509_certificates(f.read())
+    except (OSError, ValueError) as exc:
+        return [{"role": role, "file": path, "error": str(exc)}]
+    out = []
+    now = time.time()
+    for c in certs:
+        not_after = getattr(c, "not_valid_after_utc", None) or c.not_valid_after
+        not_before = getattr(c, "not_valid_before_utc", None) or c.not_valid_before
+        exp = not_after.timestamp() if not_after.tzinfo else \
+            not_after.replace(tzinfo=__import__("datetime").timezone.utc).timestamp()
+        out.append({"role": role, "file": path, "subject": c.subject.rfc4514_string(),
+                    "issuer": c.issuer.rfc4514_string(),
+                    "not_before": not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "not_after": not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "days_left": int((exp - now) // 86400)})
+    return out
+
+
+@command("uplink")
+def uplink(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    rt = ctx.runtime
+    c = rt.config.uplink
+    out = uplink_summary(rt)
+    out["tls_version"] = c.tls_version
+    out["topic_prefix"] = c.topic_prefix
+    out["certificates"] = certificates(c.cert, "client") + certificates(c.ca, "ca")
+    return out
+
+
+@command("diag")
+def diag(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    rt = ctx.runtime
+    assert rt.store is not None
+    checks: list[dict[str, Any]] = []
+
+    def add(level: str, what: str, detail: str) -> None:
+        checks.append({"level": level, "what": what, "detail": detail})
+
+    for drv in list(rt.drivers):
+        state = driver_state(drv)
+        if state != "running":
+            add("fail", f"bus {drv.bus}", f"driver {state} (type {drv.type_name}); see the log")
+        else:
+            stats = meter_stats(drv)
+            failing = sorted(m for m, s in stats.items()
+                             if (s.get("failures") or 0) > (s.get("success") or 0))
+            if failing:
+                add("warn", f"bus {drv.bus}", f"{len(failing)} meters fail more than they "
+                    f"succeed: {', '.join(failing[:5])}" + (" ..." if len(failing) > 5 else ""))
+            else:
+                add("ok", f"bus {drv.bus}", f"running, {len(stats)} meters")
+        if drv.refused:
+            add("fail", f"bus {drv.bus}", f"{drv.refused} batches refused by the store")
+    up = uplink_summary(rt)
+    if up["state"] == "connected":
+        add("ok", "uplink", f"connected to {up['broker']}")
+    else:
+        add("fail", "uplink", f"{up['state']}: {up.get('last_error') or 'no error recorded'}")
+    st = rt.store.stats()
+    used = 100 * st.bytes / rt.config.store.max_bytes
+    age = _age_s(st.oldest_ts_ms, now_ms())
+    stale = age is not None and age > STALE_BACKLOG_S
+    add("warn" if used > 80 or stale else "ok", "store", f"{st.depth} unsent, {used:.1f}% of "
+        "the cap" + (f", oldest {_human_age(age)} old" if age is not None else ""))
+    if st.evicted_records:
+        add("warn", "store", f"{st.evicted_records} unsent records evicted ({st.gap_records} gaps)")
+    if st.full_errors:
+        add("fail", "store", f"{st.full_errors} writes failed: filesystem full")
+    for cert in certificates(rt.config.uplink.cert, "client") + \
+            certificates(rt.config.uplink.ca, "ca"):
+        if "error" in cert:
+            add("fail", f"{cert['role']} certificate", cert["error"])
+        elif cert["days_left"] < 0:
+            add("fail", f"{cert['role']} certificate", f"expired {cert['not_after']}")
+        elif cert["days_left"] < 30:
+            add("warn", f"{cert['role']} certificate", f"expires {cert['not_after']} "
+                f"({cert['days_left']} days)")
+    for w in rt.config.warnings:
+        add("warn", "config", str(w))
+    if ctx.server.audit.write_errors:
+        add("warn", "audit log", f"{ctx.server.audit.write_errors} entries could not be written")
+    events = [record_to_dict(e) for e in rt.monitor.recent_events(50)
+              if e.severity in ("warning", "error")][-10:]
+    worst = "fail" if any(c["level"] == "fail" for c in checks) else \
+        "warn" if any(c["level"] == "warn" for c in checks) else "ok"
+    return {"overall": worst, "checks": checks, "recent_problems": events}
+
+
+# ----------------------------------------------------------------- config and keys
+
+
+def _config_path(ctx: Context, args: dict[str, Any]) -> str:
+    path = _arg(args, "file", str)
+    if not os.path.isabs(path):
+        raise CommandError("bad_request", "the console sends an absolute path")
+    if not peer_can_read(path, ctx.peer):
+        raise CommandError("permission_denied", f"{path}: you (uid {ctx.peer.uid}) cannot read "
+                           "this file, so the gateway will not read it for you")
+    return path
+
+
+def _load(path: str) -> Any:
+    from ..config import ConfigError, load_config
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CommandError("invalid_config", f"{path}: {len(exc.issues)} error(s); nothing "
+                           "was changed", issues=[str(i) for i in exc.issues],
+                           warnings=[str(w) for w in exc.warnings]) from None
+
+
+@command("config show")
+def config_show(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    cfg = ctx.runtime.config
+    return {"source_path": cfg.source_path, "config_hash": cfg.config_hash,
+            "summary": cfg.summary(), "config": config_to_dict(cfg),
+            "warnings": [str(w) for w in cfg.warnings]}
+
+
+@command("config check")
+def config_check(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    from .reload import plan_reload
+    path = _config_path(ctx, args)
+    cfg = _load(path)
+    return {"file": path, "valid": True, "summary": cfg.summary(),
+            "warnings": [str(w) for w in cfg.warnings],
+            "plan": plan_reload(ctx.runtime.config, cfg).to_dict()}
+
+
+@command("config apply", audited=True)
+def config_apply(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    from .reload import ReloadRefused
+    path = _config_path(ctx, args)
+    cfg = _load(path)
+    rt = ctx.runtime
+    startup = rt.config.source_path
+    try:
+        result = rt.apply_config(cfg)
+    except ReloadRefused as exc:
+        raise CommandError("not_applied", str(exc)) from None
+    result["file"] = path
+    result["config_hash"] = cfg.config_hash
+    result["warnings"] = [str(w) for w in cfg.warnings]
+    if os.path.realpath(path) != os.path.realpath(startup):
+        result["note"] = (f"the gateway starts from {startup} next time; copy {path} there "
+                          "to keep this change")
+    return result
+
+
+def key_path(rt: "Runtime", meter_id: str) -> str:
+    keys_dir = rt.config.control.keys_dir or os.path.join(
+        os.path.dirname(rt.config.store.path), "keys")
+    return os.path.join(keys_dir, f"{meter_id}.key")
+
+
+@command("keys set", audited=True)
+def keys_set(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    rt = ctx.runtime
+    mid = _arg(args, "meter_id", str)
+    key_hex = _arg(args, "key", str)
+    if not METER_ID_RE.fullmatch(mid):
+        raise CommandError("bad_request", "a meter id is 1-64 characters from A-Z a-z 0-9 . _ : -")
+    cleaned = key_hex.strip().replace(" ", "").replace(":", "").lower().removeprefix("0x")
+    try:
+        key = bytes.fromhex(cleaned)
+    except ValueError:
+        raise CommandError("bad_key", "the key must be hex digits (e.g. 32 for AES-128)") from None
+    if not 1 <= len(key) <= 64:
+        raise CommandError("bad_key", f"the key must be 1-64 bytes, got {len(key)}")
+    path = key_path(rt, mid)
+    write_secret(path, key.hex() + "\n")
+    out: dict[str, Any] = {"meter_id": mid, "file": path, "bytes": len(key)}
+    drv, _ = find_meter(rt, mid)
+    if drv is None:
+        out["driver"] = None
+        out["message"] = f"stored; no running bus has meter {mid} yet"
+        return out
+    out["driver"] = drv.bus
+    fn = getattr(drv, "set_key", None)
+    if not callable(fn):
+        out["message"] = (f"stored; driver {drv.bus} (type {drv.type_name}) cannot take a key "
+                          "while running (no set_key): it reads it at its next start")
+        out["applied"] = False
+        return out
+    try:
+        run_bounded(lambda: fn(mid, key), 30, f"set_key on {drv.bus}")
+    except CommandError:
+        raise
+    except Exception as exc:
+        raise CommandError("driver_error", f"stored, but driver {drv.bus} refused the key: "
+                           f"{exc}") from None
+    out["applied"] = True
+    out["message"] = f"stored and in use by {drv.bus}"
+    return out
+
+
+def write_secret(path: str, content: str) -> None:
+    """Atomically write a file that only its owner may read (mode 0600 from creation)."""
+    d = os.path.dirname(path)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, content.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def peer_can_read(path: str, peer: Peer) -> bool:
+    """Would the console user be allowed to read this file themselves?"""
+    if peer.uid == 0:
+        return os.path.exists(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == peer.uid:
+        return bool(mode & 0o400)
+    if st.st_gid == peer.gid or st.st_gid in peer.groups:
+        return bool(mode & 0o040)
+    return bool(mode & 0o004)
+
+
+# ----------------------------------------------------------------- masking
+
+
+def _meter_schema(type_name: str) -> Any:
+    from ..config import DRIVER_SCHEMAS
+    schema = DRIVER_SCHEMAS.get(type_name)
+    if schema is None:
+        return None
+    for f in schema.fields:
+        if f.name == "meters":
+            leaf = f.check.items
+            return leaf.schema if leaf is not None else None
+    return None
+
+
+def mask_options(values: dict[str, Any], schema: Any) -> dict[str, Any]:
+    """Options as JSON-friendly data with every secret field shown as ``***``."""
+    specs = {f.name: f for f in schema.fields} if schema is not None else {}
+    out = {}
+    for k, v in values.items():
+        spec = specs.get(k)
+        if spec is not None and spec.secret and v is not None:
+            out[k] = "***"
+            continue
+        check = spec.check if spec is not None else None
+        out[k] = _mask_value(v, check)
+    return out
+
+
+def _mask_value(v: Any, check: Any) -> Any:
+    if isinstance(v, dict):
+        sub = check.schema if check is not None else None
+        if sub is None and check is not None and check.values is not None:
+            sub = check.values.schema
+        return mask_options(v, sub)
+    if isinstance(v, list):
+        inner = check.items if check is not None else None
+        return [_mask_value(x, inner) for x in v]
+    if isinstance(v, (bytes, bytearray)):
+        return "***"  # binary option values are keys in practice
+    return v
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    from ..config import DRIVER_SCHEMAS
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if f.name in ("drivers", "warnings", "source_path", "config_hash"):
+            continue
+        v = getattr(cfg, f.name)
+        out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+    out["drivers"] = [{"type": d.type, "name": d.name,
+                       **mask_options(d.options, DRIVER_SCHEMAS.get(d.type))}
+                      for d in cfg.drivers]
+    return out
+
+
+__all__ = ["COMMANDS", "Command", "CommandError", "Context"]
