@@ -10,10 +10,11 @@ complement, dBm = value / 2 - 74).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
-from .errors import ChecksumError, FrameError, MBusError, TruncatedError
+from .dongle_stream import DongleStreamDecoder
+from .errors import ChecksumError, FrameError, TruncatedError
 
 SOF: Final = 0xFF
 CMD_DATA_REQ: Final = 0x00
@@ -95,55 +96,12 @@ def deserialize(buf: bytes, *, rssi: bool = True,
     return AmberMessage(cmd, payload, r), bytes(buf[total:])
 
 
-class AmberDecoder:
+class AmberDecoder(DongleStreamDecoder[AmberMessage]):
     """receive_data(bytes) / next_event() -> AmberMessage | None, resyncing on FF."""
 
-    MAX_BUFFER = 4096
-
     def __init__(self, rssi: bool = True) -> None:
+        super().__init__(SOF, deserialize, rssi=rssi)
         self.rssi = rssi
-        self._buf = bytearray()
-        self.skipped = 0
-        self.crc_errors = 0
-        self.errors = 0
-        self.last_error: MBusError | None = None
-
-    def receive_data(self, data: bytes) -> None:
-        self._buf += data
-        if len(self._buf) > self.MAX_BUFFER:
-            drop = len(self._buf) - self.MAX_BUFFER
-            del self._buf[:drop]
-            self.skipped += drop
-
-    def next_event(self) -> AmberMessage | None:
-        while self._buf:
-            if self._buf[0] != SOF:
-                i = self._buf.find(SOF)
-                n = len(self._buf) if i < 0 else i
-                del self._buf[:n]
-                self.skipped += n
-                continue
-            try:
-                msg, rest = deserialize(bytes(self._buf), rssi=self.rssi)
-            except TruncatedError:
-                return None
-            except ChecksumError as exc:
-                # complete but damaged: hand it out marked (attributable, never decoded)
-                self.errors += 1
-                self.crc_errors += 1
-                self.last_error = exc
-                msg, rest = deserialize(bytes(self._buf), rssi=self.rssi, check=False)
-                del self._buf[:len(self._buf) - len(rest)]
-                return replace(msg, damaged=str(exc))
-            except MBusError as exc:
-                self.errors += 1
-                self.last_error = exc
-                del self._buf[:1]
-                self.skipped += 1
-                continue
-            del self._buf[:len(self._buf) - len(rest)]
-            return msg
-        return None
 
 
 def set_mode(mode: str) -> bytes:

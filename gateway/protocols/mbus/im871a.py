@@ -10,11 +10,12 @@ L field (and without block CRCs): L = len.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
 from .crc import crc_x25
-from .errors import ChecksumError, FrameError, MBusError, TruncatedError
+from .dongle_stream import DongleStreamDecoder
+from .errors import ChecksumError, FrameError, TruncatedError
 
 SOF: Final = 0xA5
 CTRL_TIMESTAMP: Final = 0x2
@@ -134,56 +135,12 @@ def deserialize(buf: bytes, *, check: bool = True) -> tuple[HciMessage, bytes]:
     return HciMessage(endpoint, msg_id, payload, ts, rssi), bytes(buf[total:])
 
 
-class HciDecoder:
+class HciDecoder(DongleStreamDecoder[HciMessage]):
     """receive_data(bytes) / next_event() -> HciMessage | None; resyncs on A5 after
     garbage, counts skipped bytes and CRC errors."""
 
-    MAX_BUFFER = 4096
-
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self.skipped = 0
-        self.crc_errors = 0
-        self.errors = 0
-        self.last_error: MBusError | None = None
-
-    def receive_data(self, data: bytes) -> None:
-        self._buf += data
-        if len(self._buf) > self.MAX_BUFFER:
-            drop = len(self._buf) - self.MAX_BUFFER
-            del self._buf[:drop]
-            self.skipped += drop
-
-    def next_event(self) -> HciMessage | None:
-        while self._buf:
-            if self._buf[0] != SOF:
-                i = self._buf.find(SOF)
-                n = len(self._buf) if i < 0 else i
-                del self._buf[:n]
-                self.skipped += n
-                continue
-            try:
-                msg, rest = deserialize(bytes(self._buf))
-            except TruncatedError:
-                return None
-            except ChecksumError as exc:
-                # complete but damaged: hand it out marked, so a telegram can still be
-                # attributed to its meter (never decoded), and skip it by its length
-                self.errors += 1
-                self.crc_errors += 1
-                self.last_error = exc
-                msg, rest = deserialize(bytes(self._buf), check=False)
-                del self._buf[:len(self._buf) - len(rest)]
-                return replace(msg, damaged=str(exc))
-            except MBusError as exc:
-                self.errors += 1
-                self.last_error = exc
-                del self._buf[:1]
-                self.skipped += 1
-                continue
-            del self._buf[:len(self._buf) - len(rest)]
-            return msg
-        return None
+        super().__init__(SOF, deserialize)
 
 
 # --------------------------------------------------------------------------- requests
