@@ -1056,7 +1056,7 @@ class Config:
             f"control: {self.control.socket}"
             + (f" (group {self.control.group})" if self.control.group else "")
             + f", audit log {self.control.audit_log}",
-            f"edge:    " + (f"deltas on a {self.edge.interval_s} s grid, diagnostics every "
+            "edge:    " + (f"deltas on a {self.edge.interval_s} s grid, diagnostics every "
                             f"{self.edge.diag_interval_s:g} s"
                             + (", report by exception"
                                if self.edge.report_by_exception.enabled else "")

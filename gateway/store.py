@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import cbor2
 
 from .logs import RateLimitedLog
-from .model import KIND_GAP, KIND_OF, Event, Gap, Record, kind_of, now_ms, record_from_obj, StoredRecord
+from .model import KIND_GAP, KIND_OF, Event, Gap, Record, now_ms, record_from_obj, StoredRecord
 
 log = logging.getLogger("gateway.store")
 

@@ -7,7 +7,6 @@ load), so values keep rising across restarts, exactly as a real register would.
 from __future__ import annotations
 
 import random
-import time
 from typing import Any, Mapping
 
 from ..model import QUALITY_SIMULATED, Reading, now_ms
