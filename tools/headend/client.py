@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway.fleet.cose import load_public_key  # noqa: F401  (re-exported: one key-file reader)
 from gateway.model import Reading, StoredRecord, now_ms
 from tools.headend.verifier import FeedResult, Verifier
 
@@ -35,18 +35,6 @@ BACKOFF_MAX_S = 8.0
 EXIT_OK = 0
 EXIT_NEVER_CONNECTED = 1
 EXIT_CONFIG = 2
-
-
-def load_public_key(path: str | Path) -> Ed25519PublicKey:
-    """An Ed25519 public key from PEM (SubjectPublicKeyInfo), DER or the raw 32 bytes."""
-    data = Path(path).read_bytes()
-    if len(data) == 32:
-        return Ed25519PublicKey.from_public_bytes(data)
-    key = (serialization.load_pem_public_key(data) if data.lstrip().startswith(b"-----")
-           else serialization.load_der_public_key(data))
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"{path}: not an Ed25519 public key")
-    return key
 
 
 def tls_context(ca: str | Path, cert: str | Path, key: str | Path) -> ssl.SSLContext:
