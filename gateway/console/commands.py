@@ -198,10 +198,12 @@ def r_telegram(item: dict[str, Any], out: Out) -> None:
         return
     known = "known" if item.get("known") else "UNKNOWN"
     rssi = item.get("rssi_dbm")
+    result = item.get("result")
+    problem = f" {result}" if item.get("known") and result and result != "ok" else ""
     out.line(fit(f"{clock(item.get('ts_ms'))} {item.get('manufacturer', '?'):<4} "
                  f"{item.get('id', '?'):<10} ver {item.get('version', '-')} "
                  f"type {item.get('device_type', '-')} "
-                 f"{'' if rssi is None else f'{rssi} dBm '}{known}"))
+                 f"{'' if rssi is None else f'{rssi} dBm '}{known}{problem}"))
 
 
 def r_listen_end(res: dict[str, Any], out: Out) -> None:
@@ -447,7 +449,9 @@ SPECS: list[Spec] = [
          "config stays. Audited.", b_file("config apply"), r_config_apply, complete=("file",)),
     Spec(("keys", "set"), "METER", "store a meter key (asked without echo)",
          "Asks for the key (hex) twice without echoing it, stores it with mode 0600 where the "
-         "driver reads it and hands it to the running driver. Never logged. Audited.",
+         "driver reads it and hands it to the running driver. Never logged. Audited. "
+         "M-Bus/wM-Bus: 32 hex digits. DLMS: 32 (block key) or 64 (block key then "
+         "authentication key).",
          b_keys_set, r_keys_set, prompt_key=True, complete=("meter",)),
 ]
 

@@ -93,6 +93,16 @@ def _safe(fn: Callable[[], Any], default: Any = None) -> Any:
         return default
 
 
+def failure_count(st: dict[str, Any]) -> int | None:
+    """Failed reads from a driver's counters: ``failures`` when it is a number (M-Bus and
+    wM-Bus give a per-kind mapping there, and their total as ``reads_failed``)."""
+    v = st.get("failures")
+    if isinstance(v, int):
+        return v
+    v = st.get("reads_failed")
+    return v if isinstance(v, int) else None
+
+
 def meter_stats(drv: "Driver") -> dict[str, dict[str, Any]]:
     fn = getattr(drv, "meter_stats", None)
     stats = _safe(fn, {}) if fn is not None else {}
@@ -266,7 +276,7 @@ def meters(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 def _meter_row(mid: str, bus: str, st: dict[str, Any], seen: dict[str, Any] | None) -> dict[str, Any]:
     last = (seen or {}).get("last")
-    ok, bad = st.get("success"), st.get("failures")
+    ok, bad = st.get("success", st.get("reads_ok")), failure_count(st)
     ratio = None
     if isinstance(ok, int) and isinstance(bad, int) and ok + bad > 0:
         ratio = round(ok / (ok + bad), 3)
@@ -556,7 +566,8 @@ def diag(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         else:
             stats = meter_stats(drv)
             failing = sorted(m for m, s in stats.items()
-                             if (s.get("failures") or 0) > (s.get("success") or 0))
+                             if (failure_count(s) or 0) > (s.get("success", s.get("reads_ok"))
+                                                           or 0))
             if failing:
                 add("warn", f"bus {drv.bus}", f"{len(failing)} meters fail more than they "
                     f"succeed: {', '.join(failing[:5])}" + (" ..." if len(failing) > 5 else ""))

@@ -76,6 +76,8 @@ class ConsoleCapabilities(Protocol):
     thread-safe: a driver that owns a serial port typically queues the request for its loop
     and waits for the answer, bounded by its own reply timeouts. None may block for ever;
     the console gives up waiting after a while, but the call's thread keeps running.
+    :class:`gateway.drivers.handoff.WorkQueue` is that queue (the dlms, iec62056-21, mbus
+    and wmbus drivers service it between two meters and in their idle waits).
     """
 
     def meter_stats(self) -> dict[str, dict[str, Any]]:
@@ -93,7 +95,9 @@ class ConsoleCapabilities(Protocol):
         """``read ID``: read this meter now and return what was read. The readings are
         real: the driver also emits them as usual, so they are stored and delivered.
         Raise KeyError for a meter it does not have, any other exception for a failed read
-        (its message is shown to the technician)."""
+        (its message is shown to the technician). Meters that send on their own (wM-Bus,
+        DLMS push) cannot be asked: their last decoded values are returned (stored when
+        they came, not again), or the next ones if none came yet."""
         ...
 
     def listen(self, seconds: float, callback: Callable[[dict[str, Any]], Any]) -> None:
@@ -119,5 +123,9 @@ class ConsoleCapabilities(Protocol):
     def set_key(self, meter_id: str, key: bytes) -> None:
         """``keys set METER``: use this key for the meter from now on. The key has already
         been written to ``control.keys_dir/<meter_id>.key`` (hex, mode 0600), where the
-        driver should also look for it at start-up. Never log the key."""
+        driver should also look for it at start-up (it then wins over the config's key; the
+        driver finds the directory with :func:`gateway.drivers.handoff.keys_dir_of`).
+        Raise ValueError for a key of the wrong size. M-Bus/wM-Bus: 16 bytes. DLMS:
+        16 bytes = the block (encryption) key, 32 = the block key then the authentication
+        key. A meter that failed with the old key is retried at once. Never log the key."""
         ...

@@ -31,10 +31,13 @@ from ..model import Event, Reading, now_ms
 from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
+from .handoff import WorkQueue, keys_dir_of, stored_key
 
 TYPE = "dlms"
 IC_CURSOR = "dlms.invocation_counter"
 IC_BLOCK = 10_000  # frame counters reserved (persisted) ahead of use
+READ_NOW_TIMEOUT_S = 55.0  # below the console's 60 s, so the technician sees why
+PUSH_WAIT_S = 30.0  # read_now in push mode: wait this long for a first notification
 
 _OBIS = text("an OBIS code such as 1-0:1.8.0", r"\d{1,3}-\d{1,3}:\d{1,3}\.\d{1,3}\.\d{1,3}(\*\d{1,3})?")
 
@@ -131,6 +134,8 @@ class MeterState:
         "auth_failures": 0, "decrypt_failures": 0, "readings": 0, "profile_rows": 0,
         "events": 0, "clock_drift_s": None, "clock_sets": 0, "notifications": 0})
     last_ok_ms: int | None = None
+    last_error: str | None = None
+    last_readings: list[Any] = field(default_factory=list)  # push: of the last notification
 
     @property
     def id(self) -> str:
@@ -207,12 +212,97 @@ class DlmsDriver(Driver):
         self.ser: Any = None
         self.port_backoff = Backoff(min_s=1, max_s=60)
         self.cycles = 0
+        self.keys_dir = keys_dir_of(self.options, sink)
         for m in self.meters:
             m.opts["block_key"] = key_from(m.opts.get("block_key"), m.opts.get("block_key_file"))
             m.opts["auth_key"] = key_from(m.opts.get("auth_key"), m.opts.get("auth_key_file"))
+            stored = stored_key(self.keys_dir, (m.id,), (16, 32), self.log)
+            if stored is not None:  # set with `keys set` after the config was written
+                self._use_key(m, stored[0])
+                self.log.info("meter %s: using the key(s) stored in %s", m.id, stored[1])
+        self.work = WorkQueue(self, self.stopping)
+        self.state = "opening"  # opening | open | reopening (for the console)
+        self.last_port_error: str | None = None
 
     def meter_stats(self) -> dict[str, dict[str, Any]]:
-        return {m.id: {**m.stats, "last_ok_ms": m.last_ok_ms} for m in self.meters}
+        return {m.id: {**m.stats, "last_ok_ms": m.last_ok_ms, "last_error": m.last_error}
+                for m in self.meters}
+
+    # ------------------------------------------------------------------ console capabilities
+    # (drivers.base.ConsoleCapabilities); called from other threads, the port work is
+    # handed to the driver thread.
+
+    def bus_state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state, "mode": self.mode,
+                               "port": self.serial_opts.get("port"), "cycles": self.cycles}
+        if self.state != "open" and self.last_port_error:
+            out["error"] = self.last_port_error
+        return out
+
+    def read_now(self, meter_id: str) -> list[Any]:
+        """poll: associate and read the clock and the registers now (between two meters of
+        the cycle), emitted as usual and returned; profiles follow at the next poll.
+        push: the meter cannot be asked; the values of its last notification (stored when
+        it came), or of the next one within PUSH_WAIT_S."""
+        m = self._meter(meter_id)
+        if self.mode == "push":
+            deadline = time.monotonic() + PUSH_WAIT_S
+            while not m.last_readings:
+                if time.monotonic() > deadline or self.stopping.is_set() or not self.is_alive():
+                    raise TimeoutError(f"no notification from {m.id} decoded yet "
+                                       f"({m.last_error or 'nothing received'}); a push meter "
+                                       "sends on its own schedule")
+                self.stopping.wait(0.1)
+            return list(m.last_readings)
+
+        def read() -> list[Any]:
+            if self.ser is None:
+                raise RuntimeError(f"port {self.serial_opts['port']} is not open "
+                                   f"({self.last_port_error or self.state})")
+            records = self._poll(m, manual=True)
+            if records is None:
+                raise RuntimeError(m.last_error or "no answer")
+            return records
+
+        return self.work.call(f"read {m.id}", read, READ_NOW_TIMEOUT_S)
+
+    def set_key(self, meter_id: str, key: bytes) -> None:
+        """``keys set METER``: 16 bytes = the block cipher key (global unicast encryption
+        key; the authentication key stays as configured, in push mode it defaults to the
+        block key), 32 bytes = the block key followed by the authentication key. Used from
+        the next association/notification on; a meter backed off after a refused
+        association or a failed decryption is tried again at once."""
+        m = self._meter(meter_id)
+        if len(key) not in (16, 32):
+            raise ValueError("a DLMS key is 16 bytes (block key) or 32 (block key then "
+                             f"authentication key), got {len(key)}")
+
+        def apply() -> None:
+            self._use_key(m, key)
+            self.log.info("meter %s: new key(s) set from the console", m.id)
+            if m.backoff.failures:
+                m.backoff.ok()
+                m.next_due = 0.0
+
+        if self.is_alive():
+            self.work.call(f"set key of {m.id}", apply, 20.0)
+        else:
+            apply()
+
+    def _meter(self, meter_id: str) -> MeterState:
+        m = next((m for m in self.meters if m.id == meter_id), None)
+        if m is None:
+            raise KeyError(meter_id)
+        return m
+
+    def _use_key(self, m: MeterState, key: bytes) -> None:
+        m.opts["block_key"] = bytes(key[:16])
+        if len(key) == 32:
+            m.opts["auth_key"] = bytes(key[16:])
+        if m.parser is not None:  # push: decrypt the next notification with it
+            from ..protocols.dlms.notification import PushParser
+            bk = m.opts["block_key"]
+            m.parser = PushParser(bk, m.opts.get("auth_key") or bk, self.tz)
 
     # ------------------------------------------------------------------ store access
     def _cursor(self, meter_id: str, name: str, default: Any = None) -> Any:
@@ -240,8 +330,9 @@ class DlmsDriver(Driver):
                         self._open()
                     except SerialPortError as exc:
                         delay = self.port_backoff.fail()
+                        self.state, self.last_port_error = "reopening", str(exc)
                         self.log.error("%s; retrying in %.1f s", exc, delay)
-                        self.stopping.wait(delay)
+                        self.work.idle(delay)  # console work goes on: a read says the port is down
                         continue
                 try:
                     if self.mode == "push":
@@ -253,15 +344,18 @@ class DlmsDriver(Driver):
                     self._close()
         finally:
             self._close()
+            self.work.close()
 
     def _open(self) -> None:
         from .iec62056_21 import open_port
         self.ser = open_port(self.serial_opts, int(self.serial_opts.get("baud", 9600)))
         self.ser.timeout = 0.05
         self.port_backoff.ok()
+        self.state = "open"
 
     def _close(self) -> None:
         if self.ser is not None:
+            self.state = "reopening"
             try:
                 self.ser.close()
             except OSError:
@@ -276,43 +370,60 @@ class DlmsDriver(Driver):
                 return
             if m.next_due <= now:
                 self._poll(m)
+                self.work.service()  # a console read waits one meter at most
         self.cycles += 1
+        self.work.service()
         wait = min(m.next_due for m in self.meters) - time.monotonic()
-        self.stopping.wait(max(0.0, min(wait, 1.0)))
+        self.work.wait(max(0.0, min(wait, 1.0)))
 
-    def _poll(self, m: MeterState) -> None:
+    def _poll(self, m: MeterState, manual: bool = False) -> list[Any] | None:
+        """Read one meter; its clock and register records, or None when it failed (counted,
+        reported). ``manual``: a console read -- clock and registers only, a working
+        meter's schedule is left alone, a failing one's backoff ends when it succeeds."""
         from ..protocols.dlms import DlmsError
         from ..protocols.dlms.client import AssociationRefused
         session = None
+        records: list[Any] | None = None
         try:
             session = self._session(m)
             session.connect()
-            self._read_meter(m, session)
+            records = self._read_meter(m, session, profiles=not manual)
         except AssociationRefused as exc:
-            self._failed(m, "meter.auth_failed", str(exc), permanent=True)
             m.stats["auth_failures"] += 1
+            self._failed(m, "meter.auth_failed", str(exc), permanent=True, manual=manual)
         except TimeoutError as exc:
-            self._failed(m, "meter.read_failed", str(exc))
+            self._failed(m, "meter.read_failed", str(exc), manual=manual)
         except (DlmsError, ValueError) as exc:
-            self._failed(m, "meter.read_failed", f"{type(exc).__name__}: {exc}")
+            self._failed(m, "meter.read_failed", f"{type(exc).__name__}: {exc}", manual=manual)
         else:
+            was_failing = m.backoff.failures > 0
             m.backoff.ok()
             m.stats["success"] += 1
             m.last_ok_ms = now_ms()
-            m.next_due = time.monotonic() + float(m.opts.get("interval_s", 60))
+            m.last_error = None
+            if not manual:
+                m.next_due = time.monotonic() + float(m.opts.get("interval_s", 60))
+            elif was_failing:
+                m.next_due = 0.0  # it answers again: the full poll (profiles) follows
         finally:
             if session is not None:
                 if not self.stopping.is_set() and self.ser is not None:
                     session.close()
                 self._note_counter(m, session)
+        return records
 
-    def _failed(self, m: MeterState, kind: str, reason: str, permanent: bool = False) -> None:
+    def _failed(self, m: MeterState, kind: str, reason: str, permanent: bool = False,
+                manual: bool = False) -> None:
+        m.last_error = reason
         if self.stopping.is_set():
             return
         m.stats["failures"] += 1
-        delay = m.backoff.fail(permanent=permanent)
-        m.next_due = time.monotonic() + delay
-        self.log.warning("meter %s: %s (next try in %.0f s)", m.id, reason, delay)
+        if manual:  # a console read: reported, the poll schedule stays as it is
+            self.log.warning("meter %s: %s (read from the console)", m.id, reason)
+        else:
+            delay = m.backoff.fail(permanent=permanent)
+            m.next_due = time.monotonic() + delay
+            self.log.warning("meter %s: %s (next try in %.0f s)", m.id, reason, delay)
         detail = {"reason": reason, "address": f"{m.opts.get('logical', 1)}/{m.opts.get('physical')}",
                   "failures": m.stats["failures"], "crc_errors": m.stats["crc_errors"]}
         self.emit([Event(kind, now_ms(), self.bus, m.id, "warning", detail)])
@@ -346,7 +457,7 @@ class DlmsDriver(Driver):
         if m.opts.get("security") == "hls":
             m.ic_next = max(m.ic_next, session.invocation_counter)
 
-    def _read_meter(self, m: MeterState, s: Any) -> None:
+    def _read_meter(self, m: MeterState, s: Any, profiles: bool = True) -> list[Any]:
         o = m.opts
         rx = now_ms()
         meter_ts = None
@@ -379,11 +490,14 @@ class DlmsDriver(Driver):
         m.stats["readings"] += sum(1 for r in records if isinstance(r, Reading))
         if records:
             self._commit(records, {})
+        if not profiles:
+            return records
         meter_now = meter_ts if meter_ts is not None else now_ms()
         for obis in o.get("profiles") or []:
             self._read_profile(m, s, obis, meter_now, events=False)
         for obis in o.get("event_logs") or []:
             self._read_profile(m, s, obis, meter_now, events=True)
+        return records
 
     def _read_profile(self, m: MeterState, s: Any, obis: str, meter_now: int,
                       events: bool) -> None:
@@ -449,6 +563,7 @@ class DlmsDriver(Driver):
         assembler = hdlc.Reassembler()
         crc_seen = 0
         while not self.stopping.is_set():
+            self.work.service()
             data = self.ser.read(max(1, self.ser.in_waiting))
             if not data:
                 continue
@@ -495,8 +610,10 @@ class DlmsDriver(Driver):
                 m.stats["success"] += 1
                 m.stats["readings"] += len(readings)
                 m.last_ok_ms = rx
+                m.last_error = None
                 if readings:
                     self.emit(readings)
+                    m.last_readings = readings
 
     def _push_meter(self, system_title: bytes | None, src: Any) -> MeterState:
         for m in self.meters:
@@ -508,6 +625,7 @@ class DlmsDriver(Driver):
         return self.meters[0]
 
     def _push_error(self, m: MeterState, kind: str, reason: str) -> None:
+        m.last_error = reason
         m.stats["failures"] += 1
         n = m.stats["failures"]
         if n <= 3 or n % 100 == 0:  # a HAN port pushes every few seconds: do not flood

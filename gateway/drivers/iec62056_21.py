@@ -19,6 +19,7 @@ from ..config import (SERIAL_SCHEMA, FieldSpec, Schema, integer, list_of, mappin
 from ..model import Event, Reading, now_ms
 from .backoff import Backoff
 from .base import Driver, RecordSink
+from .handoff import WorkQueue
 
 TYPE = "iec62056-21"
 
@@ -78,6 +79,10 @@ class MeterState:
         "success": 0, "failures": 0, "retries": 0, "timeouts": 0, "bcc_errors": 0,
         "auth_failures": 0, "parity_errors": 0, "readings": 0})
     last_ok_ms: int | None = None
+    last_error: str | None = None
+
+
+READ_NOW_TIMEOUT_S = 55.0  # below the console's 60 s, so the technician sees why
 
 
 class Iec62056Driver(Driver):
@@ -100,9 +105,45 @@ class Iec62056Driver(Driver):
         self.ser: Any = None
         self.port_backoff = Backoff(min_s=1, max_s=60)
         self.cycles = 0
+        self.work = WorkQueue(self, self.stopping)
+        self.state = "opening"  # opening | open | reopening (for the console)
+        self.last_port_error: str | None = None
 
     def meter_stats(self) -> dict[str, dict[str, Any]]:
-        return {m.opts["id"]: {**m.stats, "last_ok_ms": m.last_ok_ms} for m in self.meters}
+        return {m.opts["id"]: {**m.stats, "last_ok_ms": m.last_ok_ms,
+                               "last_error": m.last_error} for m in self.meters}
+
+    # -- console capabilities (drivers.base.ConsoleCapabilities); any thread
+
+    def bus_state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state, "port": self.serial_opts.get("port"),
+                               "cycles": self.cycles}
+        if self.state != "open" and self.last_port_error:
+            out["error"] = self.last_port_error
+        return out
+
+    def read_now(self, meter_id: str) -> list[Reading]:
+        """Read this meter now, between two meters of the cycle; the readings are emitted
+        as usual and returned. A failed read raises with the reason."""
+        m = next((m for m in self.meters if m.opts["id"] == meter_id), None)
+        if m is None:
+            raise KeyError(meter_id)
+
+        def read() -> list[Reading]:
+            if self.ser is None:
+                raise RuntimeError(f"port {self.serial_opts['port']} is not open "
+                                   f"({self.last_port_error or self.state})")
+            try:
+                records = self._poll(m, manual=True)
+            except OSError as exc:
+                self.log.error("port %s failed: %s; reopening", self.serial_opts["port"], exc)
+                self._close()
+                raise RuntimeError(f"port {self.serial_opts['port']} failed: {exc}") from None
+            if records is None:
+                raise RuntimeError(m.last_error or "no answer")
+            return records
+
+        return self.work.call(f"read {meter_id}", read, READ_NOW_TIMEOUT_S)
 
     # ------------------------------------------------------------------ loop
     def loop(self) -> None:
@@ -116,13 +157,14 @@ class Iec62056Driver(Driver):
                         self._open()
                     except SerialPortError as exc:
                         delay = self.port_backoff.fail()
+                        self.state, self.last_port_error = "reopening", str(exc)
                         self.log.error("%s; retrying in %.1f s", exc, delay)
-                        self.stopping.wait(delay)
+                        self.work.idle(delay)  # console work goes on: a read says the port is down
                         continue
                 now = time.monotonic()
                 due = [m for m in self.meters if m.next_due <= now]
                 for m in due:
-                    if self.stopping.is_set():
+                    if self.stopping.is_set() or self.ser is None:
                         break
                     try:
                         self._poll(m)
@@ -130,50 +172,66 @@ class Iec62056Driver(Driver):
                         self.log.error("port %s failed: %s; reopening", self.serial_opts["port"], exc)
                         self._close()
                         break
+                    self.work.service()  # a console read waits one meter at most
                 self.cycles += 1
+                self.work.service()
                 if self.ser is not None:
                     wait = min(m.next_due for m in self.meters) - time.monotonic()
-                    self.stopping.wait(max(0.0, min(wait, 1.0)))
+                    self.work.wait(max(0.0, min(wait, 1.0)))
         finally:
             self._close()
+            self.work.close()
 
     def _open(self) -> None:
         self.ser = open_port(self.serial_opts, 300)
         self.ser.timeout = 0.05
         self.port_backoff.ok()
+        self.state = "open"
 
     def _close(self) -> None:
         if self.ser is not None:
+            self.state = "reopening"
             try:
                 self.ser.close()
             except OSError:
                 pass
             self.ser = None
 
-    def _poll(self, m: MeterState) -> None:
+    def _poll(self, m: MeterState, manual: bool = False) -> list[Reading] | None:
+        """Read one meter and emit its readings; them, or None when it failed (counted,
+        reported). ``manual``: a console read, which leaves a working meter's schedule
+        alone and ends a failing meter's backoff when it succeeds."""
         mid = m.opts["id"]
         try:
             records = self._read_meter(m)
         except ReadFailed as exc:
+            m.last_error = str(exc)
             if self.stopping.is_set():
-                return  # interrupted by shutdown: not the meter's fault
+                return None  # interrupted by shutdown: not the meter's fault
             m.stats["failures"] += 1
-            delay = m.backoff.fail(permanent=exc.kind == "meter.auth_failed")
-            m.next_due = time.monotonic() + max(delay, 0.0)
-            self.log.warning("meter %s: %s (next try in %.0f s)", mid, exc, delay)
+            if manual:
+                self.log.warning("meter %s: %s (read from the console)", mid, exc)
+            else:
+                delay = m.backoff.fail(permanent=exc.kind == "meter.auth_failed")
+                m.next_due = time.monotonic() + max(delay, 0.0)
+                self.log.warning("meter %s: %s (next try in %.0f s)", mid, exc, delay)
             self.emit([Event(exc.kind, now_ms(), self.bus, mid, "warning",
                              {"reason": str(exc), "address": m.opts.get("address", ""),
                               "failures": m.stats["failures"]})])
-            return
+            return None
         finally:
             self._reset_line()
+        was_failing = m.backoff.failures > 0
         m.backoff.ok()
         m.stats["success"] += 1
         m.stats["readings"] += len(records)
         m.last_ok_ms = now_ms()
-        m.next_due = time.monotonic() + self.interval_s
+        m.last_error = None
+        if not manual or was_failing:
+            m.next_due = time.monotonic() + self.interval_s
         if records:
             self.emit(records)
+        return records
 
     def _reset_line(self) -> None:
         if self.ser is not None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..config import (
     ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, boolean, hex_bytes, integer, list_of, mapping,
@@ -37,6 +37,7 @@ from ..model import QUALITY_METER_ERROR, Event, Reading, now_ms
 from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
+from .handoff import WorkQueue, keys_dir_of, stored_key
 
 SECONDARY_PATTERN = r"[0-9A-Fa-f]{8}|[0-9A-Fa-f]{16}"
 
@@ -250,43 +251,63 @@ class MBusMaster:
                        progress: Callable[[Any, str], None] | None = None) -> list[Any]:
         """Wildcard search (EN 13757-3 Annex... / libmbus style): select a mask; on a single
         answer read the meter; on a collision fix the next id digit to 0..9 and recurse."""
+        found: list[Any] = []
+        for mask_, result, item in self.walk_secondary(mask):
+            if progress:
+                progress(mask_, result)
+            if item is not None:
+                found.append(item)
+        return found
+
+    def walk_secondary(self, mask: Any = None) -> Iterator[tuple[Any, str, Any]]:
+        """The secondary scan one selection at a time: each step yields ``(mask, result,
+        found)`` where ``found`` is the telegram read after a single answer, a
+        ``("error"|"collision", mask, detail)`` tuple, or None. Between two steps the
+        caller may use the bus for something else (each step selects afresh)."""
+        from dataclasses import replace
+
         from ..protocols.mbus.wired import ADDRESS_BROADCAST, ADDRESS_NETWORK_LAYER, \
             SecondaryMask, encode, ShortFrame, C_SND_NKE
         if mask is None:
             mask = SecondaryMask()
-        found: list[Any] = []
         # deselect everyone first (SND_NKE to 253 and to broadcast, no answers expected)
         self.send(encode(ShortFrame(C_SND_NKE, ADDRESS_NETWORK_LAYER)))
         self.read_raw(min(self.timeout_s, 0.3))
         self.send(encode(ShortFrame(C_SND_NKE, ADDRESS_BROADCAST)))
         self.read_raw(0.05)
-        self._walk(mask, found, progress, depth=0)
-        return found
+        stack: list[tuple[Any, int]] = [(mask, 0)]
+        while stack:
+            m, depth = stack.pop()
+            result = self.select(m)
+            item: Any = None
+            if result == "single":
+                try:
+                    item = self.read_telegrams(ADDRESS_NETWORK_LAYER, first_only=True)[0]
+                except (NoAnswer, ValueError) as exc:
+                    item = ("error", str(m), str(exc))
+            elif result == "collision":
+                ident = m.id.upper()
+                pos = ident.find("F")
+                if pos < 0 or depth > 8:
+                    item = ("collision", str(m), "more than one meter has this address")
+                else:  # pushed in reverse: digits are tried 0..9, depth first
+                    for digit in "9876543210":
+                        stack.append((replace(m, id=ident[:pos] + digit + ident[pos + 1:]),
+                                      depth + 1))
+            yield m, result, item
 
-    def _walk(self, mask: Any, found: list[Any], progress: Any, depth: int) -> None:
-        from dataclasses import replace
 
-        from ..protocols.mbus.wired import ADDRESS_NETWORK_LAYER
-        result = self.select(mask)
-        if progress:
-            progress(mask, result)
-        if result == "none":
-            return
-        if result == "single":
-            try:
-                t = self.read_telegrams(ADDRESS_NETWORK_LAYER, first_only=True)[0]
-                found.append(t)
-            except (NoAnswer, ValueError) as exc:
-                found.append(("error", str(mask), str(exc)))
-            return
-        ident = mask.id.upper()
-        pos = ident.find("F")
-        if pos < 0 or depth > 8:
-            found.append(("collision", str(mask), "more than one meter has this address"))
-            return
-        for digit in "0123456789":
-            self._walk(replace(mask, id=ident[:pos] + digit + ident[pos + 1:]), found, progress,
-                       depth + 1)
+def describe_device(t: Any) -> dict[str, Any]:
+    """One device found by a scan, as the console and ``gateway scan mbus`` show it."""
+    from ..protocols.mbus.tables import manufacturer_value
+    try:  # manufacturer bytes in wire order, as libmbus prints secondary addresses
+        mfr = manufacturer_value(t.manufacturer).to_bytes(2, "little").hex().upper()
+    except ValueError:
+        mfr = "FFFF"
+    return {"secondary": f"{t.id}{mfr}{t.version:02X}{t.device_type:02X}", "id": t.id,
+            "manufacturer": t.manufacturer, "version": t.version,
+            "medium": t.device_type_name, "address": t.address,
+            "records": len(t.records), "status_flags": t.status_flags}
 
 
 # --------------------------------------------------------------------------- shared by mbus and wmbus
@@ -357,6 +378,8 @@ class WiredMeter:
     key: bytes | None
     stats: MeterStats = field(default_factory=MeterStats)
     last_flags: tuple[str, ...] = ()
+    reading_id: str | None = None  # the meter id its readings carry (name or its own id)
+    device_id: str | None = None  # the id the meter reports in its telegrams
 
     @property
     def label(self) -> str:
@@ -365,6 +388,27 @@ class WiredMeter:
         if self.secondary is not None:
             return self.secondary.id
         return f"primary-{self.primary}"
+
+    def known_as(self, meter_id: str) -> bool:
+        return meter_id in (self.label, self.name, self.reading_id, self.device_id,
+                            self.secondary.id if self.secondary is not None else None)
+
+
+@dataclass
+class ScanJob:
+    """A console ``scan``: walked one selection per step between the polls."""
+
+    progress: Callable[[dict[str, Any]], Any] | None
+    deadline: float
+    done: Any  # concurrent.futures.Future of the devices found
+    steps: Iterator[tuple[Any, str, Any]] | None = None
+    master: Any = None
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    selections: int = 0
+
+
+SCAN_MAX_S = 1800.0  # a full wildcard walk of a big bus at 300 baud fits; then it gives up
+READ_NOW_TIMEOUT_S = 55.0  # below the console's 60 s, so the technician sees why
 
 
 class MBusDriver(Driver):
@@ -385,17 +429,113 @@ class MBusDriver(Driver):
                                   SecondaryMask.parse(m["secondary"]) if m.get("secondary")
                                   else None, key_from(m.get("key"), m.get("key_file")))
                        for m in options["meters"]]
+        self.keys_dir = keys_dir_of(self.options, sink)
+        for meter in self.meters:
+            stored = stored_key(self.keys_dir, (meter.name, meter.label), (16,), self.log)
+            if stored is not None:  # set with `keys set` after the config was written
+                meter.key = stored[0]
+                self.log.info("M-Bus %s: meter %s uses the key stored in %s", self.bus,
+                              meter.label, stored[1])
         self.events = EventGate(float(options.get("event_interval_s", 60)))
         self.cycles = 0
         self.port_errors = 0
         self.link = LinkStats()
+        self.work = WorkQueue(self, self.stopping)
+        self.state = "opening"  # opening | open | reopening (for the console)
+        self.last_port_error: str | None = None
+        self._ser: Any = None
+        self._scan: ScanJob | None = None
+        self._read_soon: list[WiredMeter] = []  # failing meters given a new key
 
     def meter_stats(self) -> dict[str, dict[str, Any]]:
         return {m.label: m.stats.as_dict() for m in self.meters}
 
+    # -- console capabilities (drivers.base.ConsoleCapabilities); any thread
+
+    def bus_state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state, "port": self.serial_opts.get("port"),
+                               "baud": self.serial_opts.get("baud"), "cycles": self.cycles,
+                               "port_errors": self.port_errors}
+        if self.state != "open" and self.last_port_error:
+            out["error"] = self.last_port_error
+        if self._scan is not None:
+            out["scanning"] = True
+        return out
+
+    def read_now(self, meter_id: str) -> list[Any]:
+        """Read this meter now (between two polls of the bus); the readings are emitted as
+        usual and returned. A failed read raises with the reason."""
+        meter = self._find(meter_id)
+
+        def read() -> list[Any]:
+            if self._ser is None:
+                raise RuntimeError(f"port {self.serial_opts['port']} is not open "
+                                   f"({self.last_port_error or self.state})")
+            master = self._master(self._ser)
+            try:
+                records = self.read_meter(master, meter)
+            finally:
+                self._add_link(master)
+            if records is None:
+                raise RuntimeError(meter.stats.last_error or "no answer")
+            return records
+
+        return self.work.call(f"read {meter.label}", read, READ_NOW_TIMEOUT_S)
+
+    def set_key(self, meter_id: str, key: bytes) -> None:
+        """Use ``key`` for this meter from now on; a meter whose last read failed is read
+        again at once with it."""
+        meter = self._find(meter_id)
+        if len(key) != 16:
+            raise ValueError(f"an M-Bus key is 16 bytes (32 hex digits), got {len(key)}")
+
+        def apply() -> None:
+            meter.key = bytes(key)
+            self.log.info("M-Bus %s: meter %s: new key set from the console", self.bus,
+                          meter.label)
+            if meter.stats.consecutive_failures and meter not in self._read_soon:
+                self._read_soon.append(meter)
+
+        if self.is_alive():
+            self.work.call(f"set key of {meter.label}", apply, 20.0)
+        else:
+            meter.key = bytes(key)
+
+    def scan(self, progress: Callable[[dict[str, Any]], Any] | None = None) -> list[dict[str, Any]]:
+        """Secondary-address wildcard search of the bus while it is being polled: one
+        selection at a time, the polls due in between still run. Calls ``progress`` with
+        each device found and a line per selection; returns the devices."""
+        from concurrent.futures import Future
+        fut: Future = Future()
+        job = ScanJob(progress, time.monotonic() + SCAN_MAX_S, fut)
+
+        def begin() -> None:
+            if self._scan is not None:
+                raise RuntimeError("a scan of this bus is already running")
+            if self._ser is None:
+                raise RuntimeError(f"port {self.serial_opts['port']} is not open "
+                                   f"({self.last_port_error or self.state})")
+            self._scan = job
+
+        self.work.call("scan", begin, READ_NOW_TIMEOUT_S)
+        return fut.result(SCAN_MAX_S + 60)
+
+    def _find(self, meter_id: str) -> WiredMeter:
+        for m in self.meters:
+            if m.known_as(meter_id):
+                return m
+        raise KeyError(meter_id)
+
     # -- loop
 
     def loop(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._end_scan("the driver stopped")
+            self.work.close()
+
+    def _loop(self) -> None:
         from .serialport import SerialPortError
         backoff = Backoff(min_s=1.0, max_s=60.0)
         ser = None
@@ -408,16 +548,30 @@ class MBusDriver(Driver):
                                   self.serial_opts["port"], self.serial_opts.get("baud"),
                                   len(self.meters))
                     backoff.ok()
+                    self._ser = ser
+                    self.state = "open"
                 except SerialPortError as exc:
                     self._port_problem(str(exc), backoff)
                     continue
-            wait = next_cycle - time.monotonic()
-            if wait > 0 and self.stopping.wait(wait):
-                break
-            next_cycle = time.monotonic() + self.interval_s
             try:
+                self.work.service()
+                if self._read_soon:
+                    self._read_listed(ser)
+                if self._scan is not None:
+                    self._scan_step(ser)
+                    if time.monotonic() < next_cycle:
+                        continue
+                wait = next_cycle - time.monotonic()
+                if wait > 0:
+                    if self.work.wait(wait):
+                        break
+                    if time.monotonic() < next_cycle:
+                        continue  # woken for console work
+                next_cycle = time.monotonic() + self.interval_s
                 self.read_all(ser)
             except OSError as exc:  # serial.SerialException is an OSError
+                self._ser = None
+                self._end_scan(f"port failed: {exc}")
                 self._port_problem(f"{self.serial_opts['port']}: {exc}", backoff)
                 try:
                     ser.close()
@@ -425,29 +579,99 @@ class MBusDriver(Driver):
                     pass
                 ser = None
                 next_cycle = time.monotonic()
+        self._ser = None
         if ser is not None:
             ser.close()
 
     def _port_problem(self, message: str, backoff: Backoff) -> None:
         self.port_errors += 1
+        self.state = "reopening"
+        self.last_port_error = message
         delay = backoff.fail()
         self.log.warning("M-Bus %s: %s; retrying in %.1f s", self.bus, message, delay)
         self.emit([Event("bus.port_error", now_ms(), self.bus, severity="warning",
                          detail={"port": self.serial_opts["port"], "error": message})])
-        self.stopping.wait(delay)
+        self.work.idle(delay)  # set_key works with the port down; reads say it is not open
+
+    def _master(self, ser: Any) -> MBusMaster:
+        return MBusMaster(ser, self.serial_opts, timeout_s=self.timeout_s, retries=self.retries)
+
+    def _add_link(self, master: MBusMaster) -> None:
+        for k in self.link.__dict__:
+            setattr(self.link, k, getattr(self.link, k) + getattr(master.stats, k))
 
     def read_all(self, ser: Any) -> None:
-        master = MBusMaster(ser, self.serial_opts, timeout_s=self.timeout_s,
-                            retries=self.retries)
+        master = self._master(ser)
         for meter in self.meters:
             if self.stopping.is_set():
                 break
             self.read_meter(master, meter)
+            self.work.service()  # a console read waits one meter at most
         self.cycles += 1
-        for k in self.link.__dict__:
-            setattr(self.link, k, getattr(self.link, k) + getattr(master.stats, k))
+        self._add_link(master)
 
-    def read_meter(self, master: MBusMaster, meter: WiredMeter) -> None:
+    def _read_listed(self, ser: Any) -> None:
+        master = self._master(ser)
+        while self._read_soon and not self.stopping.is_set():
+            self.read_meter(master, self._read_soon.pop(0))
+        self._add_link(master)
+
+    # -- console scan, one selection per step
+
+    def _scan_step(self, ser: Any) -> None:
+        from ..protocols.mbus.errors import MBusError
+        job = self._scan
+        assert job is not None
+        if time.monotonic() > job.deadline:
+            self._end_scan(f"not finished within {SCAN_MAX_S:g} s")
+            return
+        if job.steps is None:
+            job.master = MBusMaster(ser, self.serial_opts, timeout_s=self.timeout_s, retries=0)
+            job.steps = job.master.walk_secondary()
+            self.log.info("M-Bus %s: secondary address scan started from the console",
+                          self.bus)
+        try:
+            mask, result, item = next(job.steps)
+        except StopIteration:
+            self.log.info("M-Bus %s: scan done: %d devices", self.bus, len(job.devices))
+            self._end_scan(None)
+            return
+        except MBusError as exc:
+            self._end_scan(f"{type(exc).__name__}: {exc}")
+            return
+        job.selections += 1
+        found: dict[str, Any] | None = None
+        if isinstance(item, tuple):
+            found = {"problem": item[0], "mask": item[1], "detail": item[2]}
+        elif item is not None:
+            found = describe_device(item)
+            found["configured"] = any(m.known_as(item.id) for m in self.meters)
+        if found is not None:
+            job.devices.append(found)
+        if job.progress is not None:
+            alive = job.progress({"progress": f"{mask.id}: {result}",
+                                  "selections": job.selections}) is not False
+            if found is not None:
+                alive = job.progress(found) is not False and alive
+            if not alive:  # the console has gone: stop using the bus for it
+                self._end_scan(None)
+
+    def _end_scan(self, error: str | None) -> None:
+        job, self._scan = self._scan, None
+        if job is None:
+            return
+        if job.master is not None:
+            self._add_link(job.master)
+        if error is None:
+            job.done.set_result(job.devices)
+        else:
+            job.done.set_exception(RuntimeError(f"scan stopped: {error}"))
+
+    # -- reading one meter
+
+    def read_meter(self, master: MBusMaster, meter: WiredMeter) -> list[Any] | None:
+        """Read one meter and emit what it said; its records, or None when it failed (the
+        failure is counted and reported)."""
         from ..protocols.mbus.errors import MBusError
         from ..protocols.mbus.wired import ADDRESS_NETWORK_LAYER
         st = meter.stats
@@ -467,14 +691,14 @@ class MBusDriver(Driver):
                                               max_telegrams=self.max_telegrams)
         except NoAnswer as exc:
             self._failed(meter, exc.kind, str(exc), {})
-            return
+            return None
         except MBusError as exc:
             self._failed(meter, exc.event, str(exc), exc.header)
-            return
+            return None
         finally:
             st.retries += master.stats.retries - before[0]
             st.crc_errors += master.stats.crc_errors - before[1]
-        self._succeeded(meter, telegrams)
+        return self._succeeded(meter, telegrams)
 
     def _failed(self, meter: WiredMeter, kind: str, message: str,
                 header: Mapping[str, Any]) -> None:
@@ -496,11 +720,13 @@ class MBusDriver(Driver):
             detail.update({k: v for k, v in header.items() if k in ("id", "manufacturer")})
             self.emit([Event(kind, now_ms(), self.bus, meter.label, "warning", detail)])
 
-    def _succeeded(self, meter: WiredMeter, telegrams: list[Any]) -> None:
+    def _succeeded(self, meter: WiredMeter, telegrams: list[Any]) -> list[Any]:
         st = meter.stats
         rx = now_ms()
         first = telegrams[0]
         meter_id = meter.name or (first.id if first.id else meter.label)
+        meter.reading_id = meter_id
+        meter.device_id = first.id or None
         records: list[Any] = []
         for t in telegrams:
             records.extend(telegram_readings(t, meter_id, self.bus, rx))
@@ -521,6 +747,7 @@ class MBusDriver(Driver):
         st.last_ok_ms = rx
         st.status_flags = list(flags)
         self.emit(events + records)
+        return events + records
 
 
 DRIVER = MBusDriver

@@ -26,10 +26,11 @@ closed and reopened. Each step is an event (``dongle.silent``, ``dongle.ping_fai
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..config import (
     ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, hex_bytes, integer, list_of, mapping,
@@ -39,6 +40,7 @@ from ..model import Event, now_ms
 from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
+from .handoff import Listeners, WorkQueue, keys_dir_of, stored_key
 from .mbus import EventGate, MeterStats, open_port, telegram_readings
 
 METER_SCHEMA = Schema((
@@ -157,6 +159,8 @@ class RadioMeter:
     stats: MeterStats = field(default_factory=MeterStats)
     recent: "OrderedDict[bytes, float]" = field(default_factory=OrderedDict)
     last_flags: tuple[str, ...] = ()
+    last_readings: list[Any] = field(default_factory=list)  # of the last decoded telegram
+    failed: tuple[bytes, int | None, int] | None = None  # last undecodable (frame, rssi, rx)
 
     @property
     def label(self) -> str:
@@ -185,10 +189,19 @@ class WMBusDriver(Driver):
         self.frame_format = fmt.upper() if fmt in ("a", "b") else fmt
         self.events = EventGate(float(options.get("event_interval_s", 60)))
         self.meters: dict[str, list[RadioMeter]] = {}
+        self.keys_dir = keys_dir_of(self.options, sink)
         for m in options.get("meters") or []:
             rm = RadioMeter(m["id"], m.get("manufacturer"), m.get("name"),
                             key_from(m.get("key"), m.get("key_file")))
+            stored = stored_key(self.keys_dir, (rm.name, rm.ident), (16,), self.log)
+            if stored is not None:  # set with `keys set` after the config was written
+                rm.key = stored[0]
+                self.log.info("wM-Bus %s: meter %s uses the key stored in %s", self.bus,
+                              rm.label, stored[1])
             self.meters.setdefault(rm.ident, []).append(rm)
+        self.work = WorkQueue(self, self.stopping)
+        self.listeners = Listeners()
+        self._decoded = threading.Condition()  # read_now waits here for a first telegram
         self.unknown: dict[tuple[str, str], dict[str, Any]] = {}
         self.unknown_telegrams = 0
         self.dongle_stats = {"inits": 0, "init_failures": 0, "reopens": 0, "silences": 0,
@@ -209,6 +222,75 @@ class WMBusDriver(Driver):
         return sorted(({"manufacturer": k[0], "id": k[1], **v} for k, v in self.unknown.items()),
                       key=lambda d: -d["count"])
 
+    # -- console capabilities (drivers.base.ConsoleCapabilities); any thread
+
+    def bus_state(self) -> dict[str, Any]:
+        return {"state": self.state, "port": self.serial_opts.get("port"),
+                "dongle": self.dongle_type, "mode": self.mode,
+                "telegrams": self.dongle_stats["telegrams"],
+                "unknown_meters": len(self.unknown), "reopens": self.dongle_stats["reopens"]}
+
+    def listen(self, seconds: float, callback: Callable[[dict[str, Any]], Any]) -> None:
+        """Every telegram heard for ``seconds``, configured meter or not (the installer's
+        tool). The driver thread calls ``callback`` as telegrams arrive; the port is not
+        touched from here."""
+        if not self.is_alive():
+            raise RuntimeError(f"wM-Bus {self.bus}: the driver is not running")
+        self.listeners.add(callback)
+        deadline = time.monotonic() + float(seconds)
+        try:
+            while time.monotonic() < deadline and not self.stopping.is_set():
+                if self.stopping.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
+                    break
+                if callback not in self.listeners:  # dropped: its console has gone
+                    break
+        finally:
+            self.listeners.remove(callback)
+
+    def read_now(self, meter_id: str, wait_s: float = 45.0) -> list[Any]:
+        """A radio meter cannot be asked: the readings of its last decoded telegram (they
+        were stored when it was heard), or of the next one within ``wait_s``."""
+        meter = self._find(meter_id)
+        deadline = time.monotonic() + wait_s
+        with self._decoded:
+            while not meter.last_readings:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stopping.is_set() or not self.is_alive():
+                    why = meter.stats.last_error or "nothing heard from it"
+                    raise TimeoutError(f"no telegram from {meter.label} decoded yet "
+                                       f"({why}); a radio meter sends on its own schedule")
+                self._decoded.wait(min(left, 0.5))
+            return list(meter.last_readings)
+
+    def set_key(self, meter_id: str, key: bytes) -> None:
+        """Use ``key`` for this meter at once; its last undecodable telegram is decoded
+        again with it (so a meter that sends every 15 min need not be waited for)."""
+        meter = self._find(meter_id)
+        if len(key) != 16:
+            raise ValueError(f"a wM-Bus key is 16 bytes (32 hex digits), got {len(key)}")
+
+        def apply() -> None:
+            meter.key = bytes(key)
+            meter.recent.clear()  # a repeat of a telegram that failed is decoded again
+            self.log.info("wM-Bus %s: meter %s: new key set from the console", self.bus,
+                          meter.label)
+            if meter.failed is not None:
+                frame, rssi, rx = meter.failed
+                meter.failed = None
+                self._decode(meter, frame, rssi, rx, retry=True)
+
+        if self.is_alive():
+            self.work.call(f"set key of {meter.label}", apply, 20.0)
+        else:
+            meter.key = bytes(key)
+
+    def _find(self, meter_id: str) -> RadioMeter:
+        for ms in self.meters.values():
+            for m in ms:
+                if meter_id in (m.label, m.ident, m.name):
+                    return m
+        raise KeyError(meter_id)
+
     # -- loop
 
     def loop(self) -> None:
@@ -220,7 +302,7 @@ class WMBusDriver(Driver):
                 self._ser = open_port(self.serial_opts)
             except SerialPortError as exc:
                 self._dongle_event("dongle.port_error", "warning", {"error": str(exc)})
-                if self.stopping.wait(backoff.fail()):
+                if self.work.idle(backoff.fail()):
                     break
                 continue
             self._ser.timeout = 0.05  # set once: every change is a tcsetattr
@@ -231,7 +313,7 @@ class WMBusDriver(Driver):
                     self._dongle_event("dongle.init_failed", "warning",
                                        {"mode": self.mode, "dongle": self.dongle_type})
                     self._reopen("initialisation failed")
-                    if self.stopping.wait(backoff.fail()):
+                    if self.work.idle(backoff.fail()):
                         break
                     continue
                 backoff.ok()
@@ -239,10 +321,11 @@ class WMBusDriver(Driver):
             except (OSError, DongleError) as exc:
                 self._dongle_event("dongle.port_error", "warning", {"error": str(exc)})
                 self._close()
-                if self.stopping.wait(backoff.fail()):
+                if self.work.idle(backoff.fail()):
                     break
                 continue
         self._close()
+        self.work.close()
 
     def _close(self) -> None:
         if self._ser is not None:
@@ -304,6 +387,8 @@ class WMBusDriver(Driver):
             hdr = dll_header(msg.telegram())
             meter = next((m for m in self.meters.get(hdr["id"], ())
                           if m.manufacturer in (None, hdr["manufacturer"])), None)
+            self._heard(hdr, msg.telegram(), msg.rssi_dbm, meter,
+                        f"damaged in transfer: {msg.damaged}")
         if meter is not None:
             meter.stats.telegrams += 1
             if msg.rssi_dbm is not None:
@@ -351,6 +436,7 @@ class WMBusDriver(Driver):
         next_ping = time.monotonic() + self.ping_s
         while not self.stopping.is_set():
             self._pump(0.1)
+            self.work.service()
             now = time.monotonic()
             problem = None
             if self.meters and now - self._last_telegram > self.silence_s:
@@ -375,18 +461,21 @@ class WMBusDriver(Driver):
     # -- telegrams
 
     def _on_telegram(self, frame: bytes, rssi_dbm: int | None) -> None:
-        from ..protocols.mbus.errors import MBusError
-        from ..protocols.mbus.wireless import decode_wmbus, dll_header
+        from ..protocols.mbus.wireless import dll_header
         self._last_telegram = time.monotonic()
         self.dongle_stats["telegrams"] += 1
         if len(frame) < 11:
             self.dongle_stats["frame_errors"] += 1
+            if self.listeners:
+                self.listeners.notify({"ts_ms": now_ms(), "rssi_dbm": rssi_dbm, "known": False,
+                                       "result": "too short", "hex": frame.hex()})
             return
         hdr = dll_header(frame)
         meter = next((m for m in self.meters.get(hdr["id"], ())
                       if m.manufacturer in (None, hdr["manufacturer"])), None)
         if meter is None:
             self._unknown(hdr, rssi_dbm)
+            self._heard(hdr, frame, rssi_dbm, None, "not configured")
             return
         st = meter.stats
         st.telegrams += 1
@@ -394,18 +483,47 @@ class WMBusDriver(Driver):
             st.rssi_dbm = rssi_dbm
         if self._duplicate(meter, frame):
             st.duplicates += 1
+            self._heard(hdr, frame, rssi_dbm, meter, "duplicate")
             return
+        result = self._decode(meter, frame, rssi_dbm, now_ms())
+        self._heard(hdr, frame, rssi_dbm, meter, result)
+
+    def _heard(self, hdr: dict[str, Any], frame: bytes, rssi_dbm: int | None,
+               meter: RadioMeter | None, result: str) -> None:
+        """Tell console ``listen`` sessions (if any) what was heard and what became of it."""
+        if not self.listeners:
+            return
+        from ..protocols.mbus.tables import device_type_name
+        item: dict[str, Any] = {
+            "ts_ms": now_ms(), "manufacturer": hdr["manufacturer"], "id": hdr["id"],
+            "version": hdr["version"], "device_type": device_type_name(hdr["device_type"]),
+            "rssi_dbm": rssi_dbm, "known": meter is not None, "result": result,
+            "length": len(frame), "hex": frame.hex()}
+        if meter is not None:
+            item["meter"] = meter.label
+        self.listeners.notify(item)
+
+    def _decode(self, meter: RadioMeter, frame: bytes, rssi_dbm: int | None, rx: int,
+                retry: bool = False) -> str:
+        """Decode a configured meter's telegram and emit its readings; "ok" or the error
+        event kind."""
+        from ..protocols.mbus.errors import MBusError
+        from ..protocols.mbus.wireless import decode_wmbus
+        st = meter.stats
         try:
             t = decode_wmbus(frame, meter.key, fmt=self.frame_format)
         except MBusError as exc:
+            meter.failed = (frame, rssi_dbm, rx)
             self._failed(meter, exc.event, str(exc), rssi_dbm)
-            return
-        rx = now_ms()
+            return exc.event
+        meter.failed = None
         meter_id = meter.name or t.id
         events: list[Any] = []
         if st.consecutive_failures:
-            events.append(Event("meter.recovered", rx, self.bus, meter_id, "info",
-                                {"after_failures": st.consecutive_failures}))
+            detail: dict[str, Any] = {"after_failures": st.consecutive_failures}
+            if retry:
+                detail["retried_with_new_key"] = True
+            events.append(Event("meter.recovered", now_ms(), self.bus, meter_id, "info", detail))
         flags = tuple(t.status_flags)
         if flags != meter.last_flags:
             events.append(Event("meter.status", rx, self.bus, meter_id,
@@ -415,9 +533,14 @@ class WMBusDriver(Driver):
             meter.last_flags = flags
         st.reads_ok += 1
         st.consecutive_failures = 0
-        st.last_ok_ms = rx
+        st.last_ok_ms = max(rx, st.last_ok_ms or 0)
         st.status_flags = list(flags)
-        self.emit(events + telegram_readings(t, meter_id, self.bus, rx))
+        readings = telegram_readings(t, meter_id, self.bus, rx)
+        self.emit(events + readings)
+        with self._decoded:
+            meter.last_readings = readings
+            self._decoded.notify_all()
+        return "ok"
 
     def _duplicate(self, meter: RadioMeter, frame: bytes) -> bool:
         now = time.monotonic()
