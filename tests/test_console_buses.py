@@ -11,7 +11,6 @@ import json
 import os
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,32 +18,10 @@ import pytest
 
 from gateway.model import Event, Reading
 from tools.broker import Broker
+from tests.sinks import Sink
 
 KEY = bytes(range(16))
 WRONG = bytes(16)
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.records: list[Any] = []
-        self.lock = threading.Lock()
-
-    def submit(self, records: Any, cursors: Any = None) -> "Future[list[int]]":
-        with self.lock:
-            self.records.extend(records)
-        f: Future[list[int]] = Future()
-        f.set_result([])
-        return f
-
-    def readings(self, meter: str | None = None) -> list[Reading]:
-        with self.lock:
-            return [r for r in self.records if isinstance(r, Reading)
-                    and (meter is None or r.meter_id == meter)]
-
-    def events(self, kind: str, meter: str | None = None) -> list[Event]:
-        with self.lock:
-            return [r for r in self.records if isinstance(r, Event) and r.kind == kind
-                    and (meter is None or r.meter_id == meter)]
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 20.0) -> bool:

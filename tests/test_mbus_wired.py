@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,10 +17,10 @@ from hypothesis import strategies as st
 
 from gateway.cli import main as cli_main
 from gateway.drivers.mbus import MBusDriver, MBusMaster, open_port
-from gateway.model import Event, Reading
 from gateway.protocols.mbus import wired
 from gateway.protocols.mbus.errors import ChecksumError, FrameError, MBusError, TruncatedError
 from tools.sim.mbus import MBusBusSimulator, start
+from tests.sinks import Sink
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "mbus.json").read_text())
@@ -218,29 +216,6 @@ def test_decode_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # --------------------------------------------------------------------------- the driver
-
-class Sink:
-    def __init__(self) -> None:
-        self.records: list[Any] = []
-        self.lock = threading.Lock()
-
-    def submit(self, records: Any, cursors: Any = None) -> "Future[list[int]]":
-        with self.lock:
-            self.records.extend(records)
-        f: Future[list[int]] = Future()
-        f.set_result([])
-        return f
-
-    def readings(self, meter: str | None = None) -> list[Reading]:
-        with self.lock:
-            return [r for r in self.records if isinstance(r, Reading)
-                    and (meter is None or r.meter_id == meter)]
-
-    def events(self, kind: str | None = None) -> list[Event]:
-        with self.lock:
-            return [r for r in self.records if isinstance(r, Event)
-                    and (kind is None or r.kind == kind)]
-
 
 def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout

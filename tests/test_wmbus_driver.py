@@ -5,45 +5,19 @@ and a dongle that goes silent re-initialised and then reopened."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from gateway.drivers.wmbus import WMBusDriver
-from gateway.model import Event, Reading
 from tools.sim.wmbus import SimRadioMeter, WMBusDongleSimulator, start
+from tests.sinks import Sink
 
 KEY = bytes(range(16))
 OTHER = bytes(16)
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.records: list[Any] = []
-        self.lock = threading.Lock()
-
-    def submit(self, records: Any, cursors: Any = None) -> "Future[list[int]]":
-        with self.lock:
-            self.records.extend(records)
-        f: Future[list[int]] = Future()
-        f.set_result([])
-        return f
-
-    def readings(self, meter: str | None = None) -> list[Reading]:
-        with self.lock:
-            return [r for r in self.records if isinstance(r, Reading)
-                    and (meter is None or r.meter_id == meter)]
-
-    def events(self, kind: str | None = None, meter: str | None = None) -> list[Event]:
-        with self.lock:
-            return [r for r in self.records if isinstance(r, Event)
-                    and (kind is None or r.kind == kind)
-                    and (meter is None or r.meter_id == meter)]
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 20.0) -> bool:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from concurrent.futures import Future
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -14,49 +12,10 @@ from gateway.drivers.zigbee import ZigbeeDriver
 from gateway.model import Event, Reading
 from gateway.protocols import zcl
 from tools.sim import xbee as simxbee
+from tests.sinks import Sink
 
 FAST = {"poll_interval_s": 1, "report_min_s": 0, "report_max_s": 1, "response_timeout_s": 1,
         "retries": 1, "rssi_interval_s": 0.3}
-
-
-class Sink:
-    """Collects what the driver emits; lets a test wait for a condition, not for a time."""
-
-    def __init__(self) -> None:
-        self.records: list[Any] = []
-        self.cond = threading.Condition()
-
-    def submit(self, records, cursors=None) -> Future:
-        with self.cond:
-            self.records.extend(records)
-            self.cond.notify_all()
-        fut: Future = Future()
-        fut.set_result([])
-        return fut
-
-    def wait_for(self, pred: Callable[[list[Any]], Any], timeout: float = 30.0) -> Any:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                got = pred(list(self.records))
-                if got:
-                    return got
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    kinds = sorted({getattr(r, "kind", getattr(r, "quantity", "?"))
-                                    for r in self.records})
-                    raise AssertionError(f"condition not met in {timeout} s; got {kinds}")
-                self.cond.wait(min(left, 0.2))
-
-    def readings(self, meter: str | None = None, quantity: str | None = None) -> list[Reading]:
-        with self.cond:
-            return [r for r in self.records if isinstance(r, Reading)
-                    and (meter is None or r.meter_id == meter)
-                    and (quantity is None or r.quantity == quantity)]
-
-    def events(self, kind: str) -> list[Event]:
-        with self.cond:
-            return [r for r in self.records if isinstance(r, Event) and r.kind == kind]
 
 
 @pytest.fixture
