@@ -4,6 +4,7 @@ cursor atomicity, a full disk, a corrupt file."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,12 @@ from gateway.store import Store, StoreClosed, StoreFull
 def reading(i: int, meter: str = "m1") -> Reading:
     return Reading(meter, "1-0:1.8.0", 1000 + i, -3, "kWh", 1_700_000_000_000 + i, 1_700_000_000_100 + i,
                    (), "test")
+
+
+def pad(n: int, seed: int) -> str:
+    """Incompressible filler: chunk bodies are DEFLATEd, so a run of one letter would take
+    almost no room and never fill a store."""
+    return random.Random(seed).randbytes(n // 2).hex()
 
 
 def test_seq_strictly_increasing_and_survives_reopen(tmp_path):
@@ -46,8 +53,13 @@ def test_records_round_trip_and_fetch_limits(tmp_path):
         got = s.read_records()
         assert [g.record for g in got] == recs
         assert [g.seq for g in got] == [1, 2, 3]
-        assert [r[0] for r in s.fetch(1, 10)] == [2, 3]
-        assert len(s.fetch(0, 10, max_bytes=1)) == 1  # at least one row even if larger
+        assert [sr.seq for sr in s.read_records(1, 10)] == [2, 3]
+        assert [sr.seq for sr in s.read_records(0, 2)] == [1, 2]
+        # One chunk per run of one kind: reading / event / reading.
+        assert [c[:4] for c in s.fetch_chunks(0, 10)] == [(1, 1, 0, 1), (2, 2, 1, 1), (3, 3, 0, 1)]
+        assert [c[0] for c in s.fetch_chunks(1, 10)] == [2, 3]
+        assert len(s.fetch_chunks(0, 10, max_bytes=1)) == 1  # at least one chunk even if larger
+        assert len(s.fetch_chunks(0, 2)) == 2
 
 
 def test_cursor_commits_with_readings(tmp_path):
@@ -60,7 +72,7 @@ def test_cursor_commits_with_readings(tmp_path):
 def test_cursor_rolls_back_with_readings_when_refused(tmp_path):
     path = tmp_path / "s.db"
     with Store(path, max_page_count=20) as s:
-        big = [Event("blob", 0, "t", detail={"x": "y" * 3000}) for _ in range(200)]
+        big = [Event("blob", 0, "t", detail={"x": pad(3000, i)}) for i in range(200)]
         with pytest.raises(StoreFull):
             s.append(big, cursors={("m1", "profile"): 42})
         assert s.get_cursor("m1", "profile") is None
@@ -68,11 +80,12 @@ def test_cursor_rolls_back_with_readings_when_refused(tmp_path):
 
 
 def test_cap_evicts_oldest_with_gap_record(tmp_path):
-    with Store(tmp_path / "s.db", max_bytes=64 * 1024) as s:
+    # 2,000 such readings take ~14 KB in chunks (they took ~160 KB as one row each).
+    with Store(tmp_path / "s.db", max_bytes=8 * 1024) as s:
         for i in range(100):
             s.append([reading(j) for j in range(i * 20, i * 20 + 20)])
         st = s.stats()
-        assert st.bytes <= 64 * 1024
+        assert st.bytes <= 8 * 1024
         assert st.evicted_records > 0 and st.gap_records > 0
         recs = s.read_records(limit=100000)
         gaps = [r.record for r in recs if isinstance(r.record, Gap)]
@@ -99,7 +112,8 @@ def test_disk_full_evicts_then_keeps_accepting(tmp_path):
         ok = refused = 0
         for i in range(200):
             try:
-                s.append([Event("e", i, "t", detail={"pad": "x" * 400}) for _ in range(5)])
+                s.append([Event("e", i, "t", detail={"pad": pad(400, i * 5 + j)})
+                          for j in range(5)])
                 ok += 1
             except StoreFull:
                 refused += 1
