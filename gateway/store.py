@@ -38,6 +38,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import Future
+from itertools import groupby, islice
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -634,17 +635,14 @@ class Store:
         # bodies do not depend on the absolute seqs (consecutive seqs need no delta), so they
         # are encoded before an eviction may take a seq for its gap record.
         runs: list[tuple[int, int, int, bytes]] = []  # kind, count, time_base, body
-        objs: list[Any] = []
-        kind = -1
-        for r in records:
-            k = kinds[type(r)]
-            if k != kind or len(objs) >= cmax:
-                if objs:
-                    runs.append((kind, len(objs), *encode_chunk(1, kind, objs)))
-                objs = []
-                kind = k
-            objs.append(r.to_obj())
-        runs.append((kind, len(objs), *encode_chunk(1, kind, objs)))
+        for cls, group in groupby(records, type):
+            kind = kinds[cls]
+            while True:
+                # to_obj per chunk, not per commit: fewer live objects, cheaper GC passes.
+                part = [r.to_obj() for r in islice(group, cmax)]
+                if not part:
+                    break
+                runs.append((kind, len(part), *encode_chunk(1, kind, part)))
         n = len(records)
         new_bytes = sum([len(run[3]) for run in runs]) + ROW_OVERHEAD * len(runs)
         over_bytes = self._bytes + new_bytes - self.max_bytes

@@ -239,7 +239,9 @@ def _encode_items(rows: Sequence[tuple[int, int, Any]], first_seq: int,
                 ext((p << 3 | 4, d))
             i = strings.get(m)
             if i is None:
-                strings[m] = _new_string(m, len(strings))
+                if type(m) is not str:
+                    raise TypeError(f"expected a str, got {m!r}")
+                strings[m] = len(strings)
                 i = m
             if type(mant) is not int or type(rx) is not int:
                 raise TypeError(f"mantissa and rx_ts_ms must be int: {o!r}")
