@@ -138,8 +138,16 @@ def _encodable(records: Sequence[Record]) -> bool:
 
 def encode_chunk(first_seq: int, kind: int, objs: Sequence[Any]) -> tuple[int, bytes]:
     """(time_base_ms, body) of consecutive records of one kind starting at first_seq."""
-    base = first_ts(kind, objs[0])
-    return base, encode_body([(q, kind, o) for q, o in enumerate(objs, first_seq)], base)
+    try:
+        base = first_ts(kind, objs[0])
+        return base, encode_body([(q, kind, o) for q, o in enumerate(objs, first_seq)], base)
+    except TypeError:
+        # The body encoder takes exact ints and strs only; a driver may hand over subclasses
+        # (a codec's int type, an IntEnum): normalise them through CBOR, as the
+        # one-row-per-record store did, and encode again (a real type error raises again).
+        objs = cbor2.loads(cbor2.dumps(list(objs)))
+        base = first_ts(kind, objs[0])
+        return base, encode_body([(q, kind, o) for q, o in enumerate(objs, first_seq)], base)
 
 
 def decode_chunk_row(first_seq: int, time_base_ms: int, body: bytes) -> list[StoredRecord]:

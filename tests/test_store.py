@@ -259,3 +259,22 @@ def test_schema_1_database_is_migrated_in_place(tmp_path):
         assert s.append([reading(0)]) == [40]
     with Store(path) as s:
         assert "integrity ok" in s.open_report[0] and s.stats().depth == len(old) + 1
+
+
+def test_int_and_str_subclasses_are_stored_as_plain_values(tmp_path):
+    """Codecs may hand over int subclasses (IntEnum, their own integer types): stored as
+    the plain values, as CBOR always did."""
+    import enum
+
+    class Code(enum.IntEnum):
+        X = 1234
+
+    class Name(str):
+        pass
+
+    with Store(tmp_path / "s.db") as s:
+        r = Reading(Name("m1"), "1-0:1.8.0", Code.X, -3, "kWh", Code.X, Code.X + 1, (), "b")
+        assert s.append([r]) == [1]
+        got = s.read_records()[0].record
+        assert got == Reading("m1", "1-0:1.8.0", 1234, -3, "kWh", 1234, 1235, (), "b")
+        assert type(got.mantissa) is int and type(got.meter_id) is str
