@@ -46,8 +46,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import cbor2
 
 from .logs import RateLimitedLog
-from .model import KIND_GAP, KIND_OF, Event, Gap, Reading, Record, StoredRecord, now_ms
-from .uplink.envelope import decode_chunk, encode_body, first_ts
+from .model import KIND_GAP, KIND_OF, KIND_READING, Event, Gap, Reading, Record, StoredRecord, now_ms
+from .uplink.envelope import decode_chunk, encode_body, encode_readings_body, first_ts
 
 log = logging.getLogger("gateway.store")
 
@@ -146,6 +146,8 @@ def encode_chunk(first_seq: int, kind: int, objs: Sequence[Any]) -> tuple[int, b
     """(time_base_ms, body) of consecutive records of one kind starting at first_seq."""
     try:
         base = first_ts(kind, objs[0])
+        if kind == KIND_READING:
+            return base, encode_readings_body(objs, base)
         return base, encode_body([(q, kind, o) for q, o in enumerate(objs, first_seq)], base)
     except TypeError:
         # The body encoder takes exact ints and strs only; a driver may hand over subclasses

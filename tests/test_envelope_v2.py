@@ -16,12 +16,14 @@ from gateway.uplink.envelope import (
     decode_chunk,
     decode_envelope,
     encode_body,
+    encode_readings_body,
     first_ts,
     seal,
 )
 from tests.test_envelope import (
     GW, KEY, OTHER, T0, TRUSTED, _only_envelope_errors, _sign_payload, cbor_values, mixed_batch,
     register_batch, stored_batches, times)
+from tests.test_envelope import readings as readings_st
 
 
 def rows_of(recs: list[StoredRecord]) -> list[tuple[int, int, object]]:
@@ -134,3 +136,14 @@ def test_mutated_v2_envelopes_raise_only_envelope_errors(data: st.DataObject) ->
     for _ in range(data.draw(st.integers(1, 8))):
         bad[data.draw(st.integers(0, len(bad) - 1))] = data.draw(st.integers(0, 255))
     _only_envelope_errors(bytes(bad), {"*": KEY.public_key()})
+
+
+@settings(max_examples=300)
+@given(st.lists(readings_st, min_size=1, max_size=40), times, st.booleans(), st.booleans())
+def test_readings_fast_path_makes_the_same_bytes(recs, base, compress, as_tuples) -> None:
+    objs = [r.to_obj() for r in recs]
+    if as_tuples:  # the store hands over attrgetter tuples (quality stays a tuple)
+        objs = [tuple(o[:7]) + (tuple(o[7]), o[8]) for o in objs]
+    rows = [(q, 0, o) for q, o in enumerate(objs, 5)]
+    assert encode_readings_body(objs, base, compress=compress) == \
+        encode_body(rows, base, compress=compress)

@@ -168,6 +168,49 @@ def encode_body(rows: Sequence[tuple[int, int, Any]], time_base_ms: int, *,
     return _pack_body(cbor2.dumps([profiles, items]), compress)
 
 
+def encode_readings_body(objs: Sequence[Sequence[Any]], time_base_ms: int, *,
+                         compress: bool = True) -> bytes:
+    """:func:`encode_body` for readings with consecutive seqs (``to_obj()``-shaped field
+    sequences): the same bytes with less work per reading (no seq deltas, no kind dispatch,
+    the profile looked up only when it changes). The store's hot path."""
+    if not objs:
+        raise ValueError("a chunk needs at least one record")
+    if type(time_base_ms) is not int:
+        raise TypeError("time_base_ms must be an int")
+    strings: dict[str, int] = {}
+    profiles: dict[tuple[Any, ...], int] = {}
+    items: list[Any] = []
+    ext = items.extend
+    cursor = time_base_ms
+    lq = le = lu = lb = lql = head = None
+    for m, q, mant, e, u, mt, rx, ql, b in objs:
+        if not (q is lq and ql is lql and u is lu and b is lb and e == le):
+            pk = (q, e, u, b, tuple(ql))
+            p = profiles.get(pk)
+            if p is None:
+                p = profiles[pk] = _new_profile(pk, len(profiles))
+            head = p << 3
+            lq, le, lu, lb, lql = q, e, u, b, ql
+        i = strings.get(m)
+        if i is None:
+            if type(m) is not str:
+                raise TypeError(f"expected a str, got {m!r}")
+            strings[m] = len(strings)
+            i = m
+        if type(mant) is not int or type(rx) is not int:
+            raise TypeError(f"mantissa and rx_ts_ms must be int: {m!r}")
+        if mt is None:
+            ext((head, i, mant, None, rx - cursor))
+            cursor = rx
+        elif type(mt) is int:
+            ext((head, i, mant, mt - cursor, rx - mt))
+            cursor = mt
+        else:
+            raise TypeError(f"meter_ts_ms must be int or None: {mt!r}")
+    plist = [[q, e, u, b, list(ql)] for q, e, u, b, ql in profiles]
+    return _pack_body(cbor2.dumps([plist, items]), compress)
+
+
 def _pack_body(body: bytes, compress: bool) -> bytes:
     # Level 1: on chunk-sized register bodies as small as level 6 (within 1 %), 30 % less CPU.
     if compress and len(body) >= _COMPRESS_MIN:
