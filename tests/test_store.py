@@ -278,3 +278,15 @@ def test_int_and_str_subclasses_are_stored_as_plain_values(tmp_path):
         got = s.read_records()[0].record
         assert got == Reading("m1", "1-0:1.8.0", 1234, -3, "kWh", 1234, 1235, (), "b")
         assert type(got.mantissa) is int and type(got.meter_id) is str
+
+
+def test_acks_merged_in_a_group_commit_never_cover_an_unacked_chunk(tmp_path):
+    with Store(tmp_path / "s.db", chunk_max_records=4) as s:
+        s.append([reading(i) for i in range(4)])                         # chunk 1..4
+        s.append([Event("e", 1, "t")])                                   # chunk 5 (events)
+        s.append([reading(i) for i in range(12)])                        # 6..9, 10..13, 14..17
+        for first, last in ((1, 4), (10, 13), (6, 9), (14, 15)):        # 5 is never acked
+            s.ack(first, last)
+        s.flush()
+        assert [r.seq for r in s.read_records()] == [5, 14, 15, 16, 17]
+        assert s.stats().acked_records == 12
