@@ -149,6 +149,7 @@ def pipeline_round(env: Env, readings: Sequence[Reading], r: int, batch: int, in
                 th1 = thread_cpu_s()
                 st = uplink.state
                 msgs, acked = st.messages_acked, st.records_acked
+                commits = store.stats().commits
             finally:
                 uplink.stop(drain_timeout=1.0)
                 store.close()
@@ -166,6 +167,7 @@ def pipeline_round(env: Env, readings: Sequence[Reading], r: int, batch: int, in
                           {"stored_s": t_stored - t0, "threads": threads})
         out(f"  pipeline  round {r}: {fmt_rate(res.rate):>9} readings/s  "
             f"({res.seconds:.2f} s, all durable after {t_stored - t0:.2f} s; {msgs} msgs, "
+            f"{commits} store commits, "
             f"{nbytes / n:.2f} B/reading, {res.cpu_us_per_reading:.1f} us CPU/reading"
             + (", verified" if verify_pub is not None else "") + ")")
         out("            CPU us/reading by thread: " + ", ".join(
