@@ -597,7 +597,7 @@ UPLINK_SCHEMA = Schema((
     FieldSpec("keepalive_s", integer(5, 3600, "a whole number of seconds"), 30,
               help="MQTT keepalive interval"),
     FieldSpec("inflight", integer(1, 1000), 20, help="most unacknowledged messages in flight"),
-    FieldSpec("batch_max_records", integer(1, 10000), 200, help="most records per message"),
+    FieldSpec("batch_max_records", integer(1, 10000), 64, help="most records per message"),
     FieldSpec("batch_max_bytes", size(256, 268435455), 65536, help="largest message payload"),
     FieldSpec("reconnect_min_s", number(gt=0, what="a number of seconds"), 1,
               help="first reconnect back-off"),

@@ -113,7 +113,7 @@ def test_valid_config_defaults_and_resolved_paths(write, tmp_path):
     assert (u.port, u.topic_prefix, u.client_id, u.keepalive_s, u.inflight) == \
         (8883, "meters", "gw-0001", 30, 20)
     assert (u.batch_max_records, u.batch_max_bytes, u.reconnect_min_s, u.reconnect_max_s) == \
-        (200, 65536, 1, 60)
+        (64, 65536, 1, 60)
     assert u.tls_version == "1.2"
     assert c.logging.level == "info"
     assert len(c.drivers) == 1

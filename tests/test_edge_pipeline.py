@@ -223,8 +223,9 @@ def test_events_pass_through_after_readings_and_cursors_of_drivers_commit(tmp_pa
 def test_topics_route_diag_to_up_diag_in_single_topic_runs() -> None:
     t = topics("meters", "gw-1")
     assert t["diag"] == "meters/gw-1/up/diag" and t["readings"] == "meters/gw-1/up/readings"
-    rows = [(1, KIND_READING, b""), (2, KIND_READING, b""), (3, KIND_DIAG, b""),
-            (4, KIND_DIAG, b""), (5, KIND_EVENT, b""), (6, KIND_GAP, b""), (7, KIND_DIAG, b"")]
+    # Stored chunks: (first_seq, last_seq, kind, count, time_base_ms, body).
+    kinds = [KIND_READING, KIND_READING, KIND_DIAG, KIND_DIAG, KIND_EVENT, KIND_GAP, KIND_DIAG]
+    rows = [(q, q, k, 1, 0, b"") for q, k in enumerate(kinds, 1)]
     runs = []
     while rows:
         run = _same_topic_run(rows)

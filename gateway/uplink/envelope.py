@@ -26,6 +26,19 @@ The time cursor starts at sent_ms and moves to each record's main timestamp, so 
 readings of the same quarter hour costs one byte per meter timestamp. Strings shown in the record
 fields (meter, event kind/source/severity, gap reason, diag scope) are interned per envelope: the first
 occurrence is the text itself, later ones the uint index into the order of first occurrence.
+
+Format version 2 carries the records as a list of self-contained CHUNK bodies, so that the
+store can encode each body once, when it commits the records, and the uplink only has to put
+a header and a signature around stored bytes::
+
+    [2, gateway_id, epoch, sent_ms, first_seq, last_seq, count, [chunk, ...]]
+    chunk = [skip, base_dt, body]
+
+``body`` is exactly a version-1 body (profiles, strings and seq deltas local to the chunk).
+Its first record's seq is the previous chunk's last seq + 1 + ``skip`` (``first_seq`` for the
+first chunk, whose skip is 0), and its time cursor starts at ``sent_ms + base_dt`` (the
+chunk's time base, normally its first record's own timestamp). The header's first/last/count
+cover all chunks. Version 1 is still decoded.
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.model import Diag, Event, Gap, Reading, StoredRecord
 
 FORMAT_VERSION = 1
+FORMAT_VERSION_CHUNKED = 2
 COSE_SIGN1_TAG = 18
 WILDCARD = "*"  # key in `trusted` that vouches for any kid (single-key test and demo set-ups)
 
@@ -127,6 +141,121 @@ def encode_envelope_rows(gateway_id: str, epoch: str, rows: Sequence[tuple[int, 
 _KIND_OF = {Reading: 0, Event: 1, Gap: 2, Diag: 3}
 
 
+def first_ts(kind: int, obj: Sequence[Any]) -> int:
+    """The timestamp the time cursor moves to at this record (a good chunk time base)."""
+    if kind == 0:
+        return obj[5] if obj[5] is not None else obj[6]
+    if kind == 1:
+        return obj[1]
+    if kind == 2:
+        return obj[4]
+    return obj[0]
+
+
+def encode_body(rows: Sequence[tuple[int, int, Any]], time_base_ms: int, *,
+                compress: bool = True) -> bytes:
+    """One self-contained chunk body (the CBOR item, array or DEFLATE bstr) of ``(seq, kind,
+    obj)`` rows, seq deltas starting at the first row's seq and the time cursor at
+    ``time_base_ms``: what the store keeps, and what :func:`seal` puts into a message."""
+    if not rows:
+        raise ValueError("a chunk needs at least one record")
+    first_seq = rows[0][0]
+    if type(first_seq) is not int or first_seq < 1:
+        raise ValueError(f"seq must be a positive int, got {first_seq!r}")
+    if type(time_base_ms) is not int:
+        raise TypeError("time_base_ms must be an int")
+    profiles, items, _ = _encode_items(rows, first_seq, time_base_ms)
+    return _pack_body(cbor2.dumps([profiles, items]), compress)
+
+
+def encode_readings_body(objs: Sequence[Sequence[Any]], time_base_ms: int, *,
+                         compress: bool = True) -> bytes:
+    """:func:`encode_body` for readings with consecutive seqs (``to_obj()``-shaped field
+    sequences): the same bytes with less work per reading (no seq deltas, no kind dispatch,
+    the profile looked up only when it changes). The store's hot path."""
+    if not objs:
+        raise ValueError("a chunk needs at least one record")
+    if type(time_base_ms) is not int:
+        raise TypeError("time_base_ms must be an int")
+    strings: dict[str, int] = {}
+    profiles: dict[tuple[Any, ...], int] = {}
+    items: list[Any] = []
+    ext = items.extend
+    cursor = time_base_ms
+    lq = le = lu = lb = lql = head = None
+    for m, q, mant, e, u, mt, rx, ql, b in objs:
+        if not (q is lq and ql is lql and u is lu and b is lb and e == le):
+            pk = (q, e, u, b, tuple(ql))
+            p = profiles.get(pk)
+            if p is None:
+                p = profiles[pk] = _new_profile(pk, len(profiles))
+            head = p << 3
+            lq, le, lu, lb, lql = q, e, u, b, ql
+        i = strings.get(m)
+        if i is None:
+            if type(m) is not str:
+                raise TypeError(f"expected a str, got {m!r}")
+            strings[m] = len(strings)
+            i = m
+        if type(mant) is not int or type(rx) is not int:
+            raise TypeError(f"mantissa and rx_ts_ms must be int: {m!r}")
+        if mt is None:
+            ext((head, i, mant, None, rx - cursor))
+            cursor = rx
+        elif type(mt) is int:
+            ext((head, i, mant, mt - cursor, rx - mt))
+            cursor = mt
+        else:
+            raise TypeError(f"meter_ts_ms must be int or None: {mt!r}")
+    plist = [[q, e, u, b, list(ql)] for q, e, u, b, ql in profiles]
+    return _pack_body(cbor2.dumps([plist, items]), compress)
+
+
+def _pack_body(body: bytes, compress: bool) -> bytes:
+    # Level 1: on chunk-sized register bodies as small as level 6 (within 1 %), 30 % less CPU.
+    if compress and len(body) >= _COMPRESS_MIN:
+        packed = zlib.compress(body, 1, -15)
+        if len(packed) < len(body):
+            return _bstr_head(len(packed)) + packed
+    return body
+
+
+Chunk = tuple[int, int, int, int, bytes]  # first_seq, last_seq, count, time_base_ms, body
+
+
+def seal(gateway_id: str, epoch: str, sent_ms: int, chunks: Sequence[Chunk],
+         key: Ed25519PrivateKey) -> bytes:
+    """A signed version-2 envelope around pre-encoded chunk bodies (see the module doc):
+    no record is re-encoded, so its cost is the header, the signature and a copy."""
+    if not chunks:
+        raise ValueError("an envelope needs at least one chunk")
+    if type(gateway_id) is not str or type(epoch) is not str or type(sent_ms) is not int:
+        raise TypeError("gateway_id and epoch must be str, sent_ms int")
+    dumps = cbor2.dumps
+    parts = []
+    prev = chunks[0][0] - 1
+    count = 0
+    for first, last, n, base, body in chunks:
+        skip = first - prev - 1
+        if skip < 0 or last < first or n < 1 or n > last - first + 1:
+            raise ValueError(f"chunks must be non-empty and in increasing seq order: "
+                             f"{first}..{last} ({n}) after {prev}")
+        parts.append(b"\x83" + dumps(skip) + dumps(base - sent_ms) + body)
+        prev = last
+        count += n
+    first_seq = chunks[0][0]
+    if type(first_seq) is not int or first_seq < 1:
+        raise ValueError(f"seq must be a positive int, got {first_seq!r}")
+    head = dumps([FORMAT_VERSION_CHUNKED, gateway_id, epoch, sent_ms, first_seq, prev, count])
+    nch = len(parts)
+    arr = bytes((0x80 | nch,)) if nch < 24 else b"\x98" + bytes((nch,)) if nch < 0x100 \
+        else b"\x99" + nch.to_bytes(2, "big")
+    payload = b"\x88" + head[1:] + arr + b"".join(parts)
+    signature = key.sign(_SIG1_PREFIX + _bstr_head(len(payload)) + payload)
+    return b"".join((b"\xd2\x84", dumps(_PROTECTED), dumps({4: gateway_id.encode()}),
+                     _bstr_head(len(payload)), payload, _bstr_head(len(signature)), signature))
+
+
 def _encode_items(rows: Sequence[tuple[int, int, Any]], first_seq: int,
                   cursor: int) -> tuple[list[list[Any]], list[Any], int]:
     """The hot loop: one flat list, no per-record containers. A row is (seq, kind, obj)
@@ -154,7 +283,9 @@ def _encode_items(rows: Sequence[tuple[int, int, Any]], first_seq: int,
                 ext((p << 3 | 4, d))
             i = strings.get(m)
             if i is None:
-                strings[m] = _new_string(m, len(strings))
+                if type(m) is not str:
+                    raise TypeError(f"expected a str, got {m!r}")
+                strings[m] = len(strings)
                 i = m
             if type(mant) is not int or type(rx) is not int:
                 raise TypeError(f"mantissa and rx_ts_ms must be int: {o!r}")
@@ -320,12 +451,41 @@ def _kid(unprotected: Mapping[Any, Any]) -> str:
 
 def _decode_payload(payload: bytes) -> Envelope:
     p = _loads_exact(payload)
-    if type(p) is not list or len(p) != 8 or p[0] != FORMAT_VERSION:
+    if type(p) is not list or len(p) != 8 or p[0] not in (FORMAT_VERSION, FORMAT_VERSION_CHUNKED):
         raise MalformedEnvelope("unknown payload format")
-    _, gateway_id, epoch, sent_ms, first_seq, last_seq, count, body = p
+    version, gateway_id, epoch, sent_ms, first_seq, last_seq, count, body = p
     if not (type(gateway_id) is str and type(epoch) is str and type(sent_ms) is int
             and type(first_seq) is int and type(last_seq) is int and type(count) is int):
         raise MalformedEnvelope("payload header types")
+    if version == FORMAT_VERSION_CHUNKED:
+        if type(body) is not list or not body:
+            raise MalformedEnvelope("chunks must be a non-empty array")
+        records: list[StoredRecord] = []
+        prev = first_seq - 1
+        for ch in body:
+            if type(ch) is not list or len(ch) != 3:
+                raise MalformedEnvelope("a chunk must be [skip, base_dt, body]")
+            skip, base_dt, cbody = ch
+            if type(skip) is not int or skip < 0 or type(base_dt) is not int:
+                raise MalformedEnvelope("chunk skip/base types")
+            recs = decode_body(cbody, prev + 1 + skip, sent_ms + base_dt)
+            if not recs:
+                raise MalformedEnvelope("empty chunk")
+            records += recs
+            prev = recs[-1].seq
+        if len(records) != count or records[0].seq != first_seq or prev != last_seq:
+            raise MalformedEnvelope("record count or seq range does not match the header")
+        return Envelope(gateway_id, epoch, first_seq, last_seq, sent_ms, records)
+    records = decode_body(body, first_seq, sent_ms)
+    if len(records) != count or not records or records[-1].seq != last_seq:
+        raise MalformedEnvelope("record count or last seq does not match the header")
+    return Envelope(gateway_id, epoch, first_seq, last_seq, sent_ms, records)
+
+
+def decode_body(body: Any, first_seq: int, cursor: int) -> list[StoredRecord]:
+    """Records of one body (CBOR-decoded: an array, or the DEFLATE bstr); the first record's
+    seq is first_seq unless it carries a delta, the time cursor starts at cursor.
+    Raises MalformedEnvelope (or TypeError etc. on wrong shapes, which callers wrap)."""
     if type(body) is bytes:
         d = zlib.decompressobj(-15)
         raw = d.decompress(body, _MAX_INFLATED)
@@ -339,10 +499,12 @@ def _decode_payload(payload: bytes) -> Envelope:
         if not (type(q) is str and type(e) is int and type(u) is str and type(b) is str
                 and all(type(f) is str for f in ql)):
             raise MalformedEnvelope("bad profile")
-    records = _decode_items(body[1], profiles, first_seq, sent_ms)
-    if len(records) != count or not records or records[-1].seq != last_seq:
-        raise MalformedEnvelope("record count or last seq does not match the header")
-    return Envelope(gateway_id, epoch, first_seq, last_seq, sent_ms, records)
+    return _decode_items(body[1], profiles, first_seq, cursor)
+
+
+def decode_chunk(body: bytes, first_seq: int, time_base_ms: int) -> list[StoredRecord]:
+    """A stored chunk body (bytes as encode_body made them) back to records (store reads)."""
+    return decode_body(_loads_exact(body), first_seq, time_base_ms)
 
 
 def _decode_items(items: list[Any], profiles: list[tuple[Any, ...]], first_seq: int,

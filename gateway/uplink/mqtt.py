@@ -19,13 +19,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-import cbor2
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..model import KIND_DIAG, KIND_EVENT, KIND_GAP, KIND_READING, Event, now_ms
-from ..store import Store
-from .envelope import encode_envelope_rows
+from ..store import ChunkRow, Store
+from .envelope import seal
 
 log = logging.getLogger("gateway.uplink")
 
@@ -275,17 +274,17 @@ class Uplink:
                 return
             published = False
             while len(self._inflight) < s.inflight and self._connected.is_set():
-                rows = self.store.fetch(hwm, s.batch_max_records, s.batch_max_bytes)
-                if not rows:
+                chunks = self.store.fetch_chunks(hwm, s.batch_max_records, s.batch_max_bytes)
+                if not chunks:
                     break
-                rows = _same_topic_run(rows)
-                first, last = rows[0][0], rows[-1][0]
-                topic = self.topics[TOPIC_OF_KIND.get(rows[0][1], "events")]
-                # Straight from the stored CBOR to the envelope: no Reading objects in between.
-                loads = cbor2.loads
-                payload = encode_envelope_rows(self.gateway_id, self.store.epoch,
-                                               [(q, k, loads(p)) for q, k, p in rows],
-                                               now_ms(), self.key)
+                chunks = _same_topic_run(chunks)
+                first, last = chunks[0][0], chunks[-1][1]
+                count = sum([c[3] for c in chunks])
+                topic = self.topics[TOPIC_OF_KIND.get(chunks[0][2], "events")]
+                # The bodies were encoded when the records were stored: only seal them.
+                payload = seal(self.gateway_id, self.store.epoch, now_ms(),
+                               [(f, la, n, base, body) for f, la, _, n, base, body in chunks],
+                               self.key)
                 # Never call paho while holding our lock: paho calls on_publish holding its
                 # own mutex, and on_publish takes ours (lock-order inversion = deadlock).
                 info = client.publish(topic, payload, qos=1)
@@ -295,9 +294,9 @@ class Uplink:
                 with self._lock:
                     if info.mid in self._early_acks:
                         self._early_acks.discard(info.mid)
-                        self._acked(first, last, len(rows))
+                        self._acked(first, last, count)
                     else:
-                        self._inflight[info.mid] = (first, last, len(rows))
+                        self._inflight[info.mid] = (first, last, count)
                     self.state.in_flight = len(self._inflight)
                 self.state.messages_published += 1
                 hwm = last
@@ -374,12 +373,12 @@ class Uplink:
         self._wake.set()
 
 
-def _same_topic_run(rows: list[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
+def _same_topic_run(chunks: list[ChunkRow]) -> list[ChunkRow]:
     """Readings go to up/readings, events and gaps to up/events, diagnostics to up/diag: a
-    message carries one run of consecutive rows of one topic, so that its seq range covers
-    exactly its own rows."""
-    topic = TOPIC_OF_KIND.get(rows[0][1], "events")
-    for i, row in enumerate(rows):
-        if TOPIC_OF_KIND.get(row[1], "events") != topic:
-            return rows[:i]
-    return rows
+    message carries one run of consecutive chunks of one topic, so that its seq range covers
+    exactly its own chunks (and its ack deletes nothing else)."""
+    topic = TOPIC_OF_KIND.get(chunks[0][2], "events")
+    for i, ch in enumerate(chunks):
+        if TOPIC_OF_KIND.get(ch[2], "events") != topic:
+            return chunks[:i]
+    return chunks

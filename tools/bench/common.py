@@ -71,7 +71,7 @@ class UplinkCfg:
     client_id: str | None = None
     keepalive_s: int = 30
     inflight: int = 20
-    batch_max_records: int = 200
+    batch_max_records: int = 64
     batch_max_bytes: int = 65536
     reconnect_min_s: float = 0.2
     reconnect_max_s: float = 1.0

@@ -39,17 +39,17 @@ from typing import Any, Callable, Sequence
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.model import Reading, StoredRecord
+from gateway.model import Reading
 from gateway.runtime import load_signing_key
-from gateway.store import Store
-from gateway.uplink.envelope import decode_envelope, encode_envelope
+from gateway.store import CHUNK_MAX_RECORDS, Store, encode_chunk
+from gateway.uplink.envelope import decode_envelope, seal
 from gateway.uplink.mqtt import Uplink
 
 from .common import (Env, PubackCounter, Subscriber, UplinkCfg, bench_env, chunks, close_client,
                      fmt_rate, make_readings, median, paho_publisher, thread_cpu_s, wait_until)
 
 GATEWAY_ID = "gw-0001"
-DEFAULT_BATCH = 200  # = the gateway's default uplink.batch_max_records
+DEFAULT_BATCH = 64  # = the gateway's default uplink.batch_max_records
 TARGET_VS_NAIVE = 10.0
 TARGET_VS_RAW = 0.25
 TARGET_BYTES = 30.0
@@ -149,6 +149,7 @@ def pipeline_round(env: Env, readings: Sequence[Reading], r: int, batch: int, in
                 th1 = thread_cpu_s()
                 st = uplink.state
                 msgs, acked = st.messages_acked, st.records_acked
+                commits = store.stats().commits
             finally:
                 uplink.stop(drain_timeout=1.0)
                 store.close()
@@ -166,6 +167,7 @@ def pipeline_round(env: Env, readings: Sequence[Reading], r: int, batch: int, in
                           {"stored_s": t_stored - t0, "threads": threads})
         out(f"  pipeline  round {r}: {fmt_rate(res.rate):>9} readings/s  "
             f"({res.seconds:.2f} s, all durable after {t_stored - t0:.2f} s; {msgs} msgs, "
+            f"{commits} store commits, "
             f"{nbytes / n:.2f} B/reading, {res.cpu_us_per_reading:.1f} us CPU/reading"
             + (", verified" if verify_pub is not None else "") + ")")
         out("            CPU us/reading by thread: " + ", ".join(
@@ -289,10 +291,31 @@ def raw_round(env: Env, envelopes: Sequence[bytes], n: int, r: int, inflight: in
 
 
 def build_envelopes(readings: Sequence[Reading], batch: int, key: Ed25519PrivateKey,
-                    epoch: str = "0123456789abcdef") -> list[bytes]:
-    srs = [StoredRecord(i + 1, rd) for i, rd in enumerate(readings)]
+                    epoch: str = "0123456789abcdef", tick: int = 1000,
+                    chunk_max: int = CHUNK_MAX_RECORDS) -> list[bytes]:
+    """The envelopes the pipeline sends for these readings, same shape and size: chunks of
+    at most chunk_max records within each tick (store submit), as many whole chunks per
+    message as fit in batch records (at least one), format 2."""
+    stored = []
+    seq = 1
+    for t in chunks(list(readings), tick):
+        for run in chunks(t, chunk_max):
+            base, body = encode_chunk(seq, 0, [rd.to_obj() for rd in run])
+            stored.append((seq, seq + len(run) - 1, len(run), base, body))
+            seq += len(run)
     sent = readings[-1].rx_ts_ms if readings else 0
-    return [encode_envelope(GATEWAY_ID, epoch, list(c), sent, key) for c in chunks(srs, batch)]
+    out: list[bytes] = []
+    msg: list[Any] = []
+    n = 0
+    for ch in stored:
+        if msg and n + ch[2] > batch:
+            out.append(seal(GATEWAY_ID, epoch, sent, msg, key))
+            msg, n = [], 0
+        msg.append(ch)
+        n += ch[2]
+    if msg:
+        out.append(seal(GATEWAY_ID, epoch, sent, msg, key))
+    return out
 
 
 # ---------------------------------------------------------------------------------- main
@@ -310,7 +333,7 @@ def run(n: int = 100_000, rounds: int = 3, batch: int = DEFAULT_BATCH, naive_n: 
         key = load_signing_key(str(env.pki / "gateway-sign.key"))
         pub = serialization.load_pem_public_key((env.pki / "gateway-sign.pub").read_bytes()) \
             if verify else None
-        envelopes = build_envelopes(readings, batch, key)
+        envelopes = build_envelopes(readings, batch, key, tick=meters)
         out(f"  raw: {len(envelopes)} envelopes pre-encoded, "
             f"{sum(map(len, envelopes)) / n:.2f} B/reading; broker {env.host}:{env.port} "
             f"(mTLS), store in {env.tmp}")

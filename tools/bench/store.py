@@ -73,8 +73,14 @@ def store_round(tmp: Path, readings: Sequence[Reading], r: int, submit_size: int
         first = seqs[0]
         c2 = _cpu()
         t2 = time.perf_counter()
-        for lo in range(first, first + n, ack_size):
-            store.ack(lo, min(lo + ack_size, first + n) - 1)
+        # Ack as the uplink does: whole chunks, about ack_size records per message.
+        hwm = first - 1
+        while True:
+            got = store.fetch_chunks(hwm, ack_size)
+            if not got:
+                break
+            store.ack(got[0][0], got[-1][1])
+            hwm = got[-1][1]
         store.flush(max(0.1, deadline - time.monotonic()))
         t3 = time.perf_counter()
         c3 = _cpu()
