@@ -204,8 +204,8 @@ def test_other_algorithm_is_rejected() -> None:
 
 def _sign_payload(payload: bytes, kid: str = GW) -> bytes:
     """A correctly signed COSE_Sign1 around an arbitrary payload (to fuzz past the signature)."""
-    sig = KEY.sign(cbor2.dumps(["Signature1", envmod._PROTECTED, b"", payload]))
-    return cbor2.dumps(cbor2.CBORTag(18, [envmod._PROTECTED, {4: kid.encode()}, payload, sig]))
+    sig = KEY.sign(cbor2.dumps(["Signature1", envmod.COSE_PROTECTED, b"", payload]))
+    return cbor2.dumps(cbor2.CBORTag(18, [envmod.COSE_PROTECTED, {4: kid.encode()}, payload, sig]))
 
 
 def test_sig_structure_matches_rfc9052() -> None:
@@ -240,7 +240,7 @@ cbor_values = st.recursive(
 @given(cbor_values, cbor_values, cbor_values, cbor_values)
 def test_random_cose_structures_raise_only_envelope_errors(a, b, c, d) -> None:
     _only_envelope_errors(cbor2.dumps(cbor2.CBORTag(18, [a, b, c, d])))
-    _only_envelope_errors(cbor2.dumps(cbor2.CBORTag(18, [envmod._PROTECTED, {4: b"gw-0001"},
+    _only_envelope_errors(cbor2.dumps(cbor2.CBORTag(18, [envmod.COSE_PROTECTED, {4: b"gw-0001"},
                                                          cbor2.dumps(a), b"\x00" * 64])))
 
 

@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.uplink.envelope import (  # the shared COSE_Sign1 primitives
-    _PROTECTED,
-    _SIG1_PREFIX,
+    COSE_PROTECTED,
+    SIG1_PREFIX,
     COSE_SIGN1_TAG,
-    _bstr_head,
-    _loads_exact,
-    _split_cose,
+    bstr_head,
+    loads_exact,
+    split_cose,
 )
 
 MAX_MESSAGE = 64 * 1024  # a command or manifest is small; refuse to parse anything bigger
@@ -83,9 +83,9 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 def sign1(payload_obj: Any, key: Ed25519PrivateKey) -> bytes:
     """COSE_Sign1 of ``cbor(payload_obj)`` with kid = the key's fingerprint."""
     payload = cbor2.dumps(payload_obj, canonical=True)
-    signature = key.sign(_SIG1_PREFIX + _bstr_head(len(payload)) + payload)
+    signature = key.sign(SIG1_PREFIX + bstr_head(len(payload)) + payload)
     return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [
-        _PROTECTED, {4: key_id(key.public_key())}, payload, signature]))
+        COSE_PROTECTED, {4: key_id(key.public_key())}, payload, signature]))
 
 
 def verify1(data: bytes, trusted: Mapping[bytes, Ed25519PublicKey]) -> tuple[bytes, Any]:
@@ -93,9 +93,9 @@ def verify1(data: bytes, trusted: Mapping[bytes, Ed25519PublicKey]) -> tuple[byt
     if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_MESSAGE:
         raise Malformed(f"not a signed message of at most {MAX_MESSAGE} bytes")
     try:
-        protected, unprotected, payload, signature = _split_cose(bytes(data))
+        protected, unprotected, payload, signature = split_cose(bytes(data))
         kid = unprotected.get(4)
-        if protected != _PROTECTED:
+        if protected != COSE_PROTECTED:
             raise Malformed("unsupported protected header; need alg EdDSA")
         if type(kid) is not bytes:
             raise Malformed("missing kid")
@@ -107,10 +107,10 @@ def verify1(data: bytes, trusted: Mapping[bytes, Ed25519PublicKey]) -> tuple[byt
     if pub is None:
         raise UnknownKey(f"no trusted key with id {kid.hex()}")
     try:
-        pub.verify(signature, _SIG1_PREFIX + _bstr_head(len(payload)) + payload)
+        pub.verify(signature, SIG1_PREFIX + bstr_head(len(payload)) + payload)
     except InvalidSignature:
         raise BadSignature(f"signature by key {kid.hex()} does not verify") from None
     try:
-        return kid, _loads_exact(payload)
+        return kid, loads_exact(payload)
     except Exception as e:  # noqa: BLE001
         raise Malformed(f"signed payload is not CBOR: {e}") from None

@@ -60,8 +60,8 @@ FORMAT_VERSION_CHUNKED = 2
 COSE_SIGN1_TAG = 18
 WILDCARD = "*"  # key in `trusted` that vouches for any kid (single-key test and demo set-ups)
 
-_PROTECTED = cbor2.dumps({1: -8})  # alg: EdDSA
-_SIG1_PREFIX = b"\x84\x6aSignature1" + cbor2.dumps(_PROTECTED) + b"\x40"  # array(4), ctx, prot, aad
+COSE_PROTECTED = cbor2.dumps({1: -8})  # alg: EdDSA
+SIG1_PREFIX = b"\x84\x6aSignature1" + cbor2.dumps(COSE_PROTECTED) + b"\x40"  # array(4), ctx, prot, aad
 _MAX_INFLATED = 16 * 1024 * 1024  # a compressed body may not inflate beyond this (zip bombs)
 _COMPRESS_MIN = 128  # below this DEFLATE cannot win enough to matter
 
@@ -128,14 +128,14 @@ def encode_envelope_rows(gateway_id: str, epoch: str, rows: Sequence[tuple[int, 
     if compress and len(body) >= _COMPRESS_MIN:
         packed = zlib.compress(body, 6, -15)
         if len(packed) < len(body):
-            body = _bstr_head(len(packed)) + packed
+            body = bstr_head(len(packed)) + packed
     # The header is a 7-array; re-tag it as an 8-array and append the pre-encoded body.
     head = cbor2.dumps([FORMAT_VERSION, gateway_id, epoch, sent_ms, first_seq, last_seq,
                         len(rows)])
     payload = b"\x88" + head[1:] + body
-    signature = key.sign(_SIG1_PREFIX + _bstr_head(len(payload)) + payload)
+    signature = key.sign(SIG1_PREFIX + bstr_head(len(payload)) + payload)
     return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [
-        _PROTECTED, {4: gateway_id.encode()}, payload, signature]))
+        COSE_PROTECTED, {4: gateway_id.encode()}, payload, signature]))
 
 
 _KIND_OF = {Reading: 0, Event: 1, Gap: 2, Diag: 3}
@@ -216,7 +216,7 @@ def _pack_body(body: bytes, compress: bool) -> bytes:
     if compress and len(body) >= _COMPRESS_MIN:
         packed = zlib.compress(body, 1, -15)
         if len(packed) < len(body):
-            return _bstr_head(len(packed)) + packed
+            return bstr_head(len(packed)) + packed
     return body
 
 
@@ -251,9 +251,9 @@ def seal(gateway_id: str, epoch: str, sent_ms: int, chunks: Sequence[Chunk],
     arr = bytes((0x80 | nch,)) if nch < 24 else b"\x98" + bytes((nch,)) if nch < 0x100 \
         else b"\x99" + nch.to_bytes(2, "big")
     payload = b"\x88" + head[1:] + arr + b"".join(parts)
-    signature = key.sign(_SIG1_PREFIX + _bstr_head(len(payload)) + payload)
-    return b"".join((b"\xd2\x84", dumps(_PROTECTED), dumps({4: gateway_id.encode()}),
-                     _bstr_head(len(payload)), payload, _bstr_head(len(signature)), signature))
+    signature = key.sign(SIG1_PREFIX + bstr_head(len(payload)) + payload)
+    return b"".join((b"\xd2\x84", dumps(COSE_PROTECTED), dumps({4: gateway_id.encode()}),
+                     bstr_head(len(payload)), payload, bstr_head(len(signature)), signature))
 
 
 def _encode_items(rows: Sequence[tuple[int, int, Any]], first_seq: int,
@@ -356,7 +356,7 @@ def _new_string(s: Any, index: int) -> int:
     return index
 
 
-def _bstr_head(n: int) -> bytes:
+def bstr_head(n: int) -> bytes:
     """CBOR major type 2 header for a byte string of length n."""
     if n < 24:
         return bytes((0x40 | n,))
@@ -375,7 +375,7 @@ def _bstr_head(n: int) -> bytes:
 def peek_gateway_id(data: bytes) -> str | None:
     """The kid of an envelope WITHOUT verifying anything (for routing and logging only)."""
     try:
-        _, unprotected, _, _ = _split_cose(data)
+        _, unprotected, _, _ = split_cose(data)
         return _kid(unprotected)
     except Exception:  # noqa: BLE001 - peeking never raises
         return None
@@ -387,9 +387,9 @@ def decode_envelope(data: bytes, trusted: Mapping[str, Ed25519PublicKey]) -> Env
     ``trusted`` maps gateway id -> public key; a ``"*"`` entry is used for ids not listed.
     """
     try:
-        protected, unprotected, payload, signature = _split_cose(data)
+        protected, unprotected, payload, signature = split_cose(data)
         kid = _kid(unprotected)
-        if protected != _PROTECTED:
+        if protected != COSE_PROTECTED:
             alg = cbor2.loads(protected).get(1) if protected else None
             raise MalformedEnvelope(f"unsupported protected header (alg {alg!r}), need EdDSA")
     except EnvelopeError:
@@ -402,7 +402,7 @@ def decode_envelope(data: bytes, trusted: Mapping[str, Ed25519PublicKey]) -> Env
         if pub is None:
             raise UnknownSigner(f"no trusted key for gateway {kid!r}")
     try:
-        pub.verify(signature, _SIG1_PREFIX + _bstr_head(len(payload)) + payload)
+        pub.verify(signature, SIG1_PREFIX + bstr_head(len(payload)) + payload)
     except InvalidSignature:
         raise BadSignature(f"signature of gateway {kid!r} does not verify") from None
     try:
@@ -416,7 +416,7 @@ def decode_envelope(data: bytes, trusted: Mapping[str, Ed25519PublicKey]) -> Env
     return env
 
 
-def _loads_exact(data: bytes) -> Any:
+def loads_exact(data: bytes) -> Any:
     """cbor2.loads that rejects trailing bytes (loads silently ignores them)."""
     fp = io.BytesIO(data)
     obj = cbor2.CBORDecoder(fp).decode()
@@ -425,8 +425,8 @@ def _loads_exact(data: bytes) -> Any:
     return obj
 
 
-def _split_cose(data: bytes) -> tuple[bytes, Mapping[Any, Any], bytes, bytes]:
-    obj = _loads_exact(data)
+def split_cose(data: bytes) -> tuple[bytes, Mapping[Any, Any], bytes, bytes]:
+    obj = loads_exact(data)
     if not isinstance(obj, cbor2.CBORTag) or obj.tag != COSE_SIGN1_TAG:
         raise MalformedEnvelope("not a tagged COSE_Sign1")
     v = obj.value
@@ -450,7 +450,7 @@ def _kid(unprotected: Mapping[Any, Any]) -> str:
 
 
 def _decode_payload(payload: bytes) -> Envelope:
-    p = _loads_exact(payload)
+    p = loads_exact(payload)
     if type(p) is not list or len(p) != 8 or p[0] not in (FORMAT_VERSION, FORMAT_VERSION_CHUNKED):
         raise MalformedEnvelope("unknown payload format")
     version, gateway_id, epoch, sent_ms, first_seq, last_seq, count, body = p
@@ -491,7 +491,7 @@ def decode_body(body: Any, first_seq: int, cursor: int) -> list[StoredRecord]:
         raw = d.decompress(body, _MAX_INFLATED)
         if d.unconsumed_tail or not d.eof:
             raise MalformedEnvelope("compressed body truncated or too large")
-        body = _loads_exact(raw)
+        body = loads_exact(raw)
     if type(body) is not list or len(body) != 2:
         raise MalformedEnvelope("body must be [profiles, items]")
     profiles = [(q, e, u, b, tuple(ql)) for q, e, u, b, ql in body[0]]
@@ -504,7 +504,7 @@ def decode_body(body: Any, first_seq: int, cursor: int) -> list[StoredRecord]:
 
 def decode_chunk(body: bytes, first_seq: int, time_base_ms: int) -> list[StoredRecord]:
     """A stored chunk body (bytes as encode_body made them) back to records (store reads)."""
-    return decode_body(_loads_exact(body), first_seq, time_base_ms)
+    return decode_body(loads_exact(body), first_seq, time_base_ms)
 
 
 def _decode_items(items: list[Any], profiles: list[tuple[Any, ...]], first_seq: int,
