@@ -448,7 +448,9 @@ class MBusDriver(Driver):
         self._read_soon: list[WiredMeter] = []  # failing meters given a new key
 
     def meter_stats(self) -> dict[str, dict[str, Any]]:
-        return {m.label: m.stats.as_dict() for m in self.meters}
+        # keyed by the id the meter's readings carry once it has answered, so the console
+        # shows one row per meter (not "primary-5" beside its real id)
+        return {(m.reading_id or m.label): m.stats.as_dict() for m in self.meters}
 
     # -- console capabilities (drivers.base.ConsoleCapabilities); any thread
 
