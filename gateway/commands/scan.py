@@ -45,24 +45,12 @@ def _add_mbus(p: argparse.ArgumentParser) -> None:
                    help="how the RS-485 transmitter is switched")
 
 
-def _describe(t: Any) -> dict[str, Any]:
-    from ..protocols.mbus.tables import manufacturer_value
-    try:  # manufacturer bytes in wire order, as libmbus prints secondary addresses
-        mfr = manufacturer_value(t.manufacturer).to_bytes(2, "little").hex().upper()
-    except ValueError:
-        mfr = "FFFF"
-    return {"secondary": f"{t.id}{mfr}{t.version:02X}{t.device_type:02X}", "id": t.id,
-            "manufacturer": t.manufacturer, "version": t.version,
-            "device_type": t.device_type_name, "primary": t.address,
-            "records": len(t.records), "status_flags": t.status_flags}
-
-
 def _show_progress(*what: Any) -> None:
     print(f"\rprobing {what[0]} ", end="", file=sys.stderr, flush=True)
 
 
 def _run_mbus(args: argparse.Namespace) -> int:
-    from ..drivers.mbus import MBusMaster, default_timeout_s, open_port
+    from ..drivers.mbus import MBusMaster, default_timeout_s, describe_device, open_port
     from ..drivers.serialport import SerialPortError
     from ..protocols.mbus.wired import SecondaryMask
     try:
@@ -94,7 +82,7 @@ def _run_mbus(args: argparse.Namespace) -> int:
         ser.close()
         if progress:
             print("\r", end="", file=sys.stderr)
-    found = [_describe(r) for r in results if not isinstance(r, tuple)]
+    found = [describe_device(r) for r in results if not isinstance(r, tuple)]
     problems = [{"kind": r[0], "address": str(r[1]), "detail": r[2] if len(r) > 2 else ""}
                 for r in results if isinstance(r, tuple)]
     if args.json:

@@ -306,7 +306,7 @@ def describe_device(t: Any) -> dict[str, Any]:
         mfr = "FFFF"
     return {"secondary": f"{t.id}{mfr}{t.version:02X}{t.device_type:02X}", "id": t.id,
             "manufacturer": t.manufacturer, "version": t.version,
-            "medium": t.device_type_name, "address": t.address,
+            "device_type": t.device_type_name, "primary": t.address,
             "records": len(t.records), "status_flags": t.status_flags}
 
 

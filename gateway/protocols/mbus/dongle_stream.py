@@ -1,5 +1,6 @@
-"""The byte-stream half shared by the dongle decoders (iM871A HCI, AMB8465): buffer, resync
-on the start-of-frame byte after garbage, and hand out complete messages.
+"""The byte-stream half shared by the M-Bus decoders: a bounded buffer with its counters (wired
+frames too), and for the dongle framings (iM871A HCI, AMB8465) the resync on the
+start-of-frame byte after garbage that hands out complete messages.
 
 A message whose checksum fails is still handed out, marked ``damaged``, so the driver can
 attribute it to its meter as a CRC error (it is never decoded); other bad frames are
@@ -16,16 +17,13 @@ from .errors import ChecksumError, MBusError, TruncatedError
 M = TypeVar("M")
 
 
-class DongleStreamDecoder(Generic[M]):
-    """receive_data(bytes) / next_event() -> message | None (None: need more bytes)."""
+class BoundedStreamBuffer:
+    """The receive side every M-Bus stream decoder shares: a bounded byte buffer (a line
+    that never stops sending garbage cannot grow memory) and the counters diagnostics read."""
 
     MAX_BUFFER = 4096
 
-    def __init__(self, sof: int, deserialize: Callable[..., tuple[M, bytes]],
-                 **deserialize_kw: Any) -> None:
-        self._sof = sof
-        self._deserialize = deserialize
-        self._kw = deserialize_kw
+    def __init__(self) -> None:
         self._buf = bytearray()
         self.skipped = 0
         self.crc_errors = 0
@@ -38,6 +36,17 @@ class DongleStreamDecoder(Generic[M]):
             drop = len(self._buf) - self.MAX_BUFFER
             del self._buf[:drop]
             self.skipped += drop
+
+
+class DongleStreamDecoder(BoundedStreamBuffer, Generic[M]):
+    """receive_data(bytes) / next_event() -> message | None (None: need more bytes)."""
+
+    def __init__(self, sof: int, deserialize: Callable[..., tuple[M, bytes]],
+                 **deserialize_kw: Any) -> None:
+        super().__init__()
+        self._sof = sof
+        self._deserialize = deserialize
+        self._kw = deserialize_kw
 
     def next_event(self) -> M | None:
         while self._buf:

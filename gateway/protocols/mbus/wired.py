@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from .dongle_stream import BoundedStreamBuffer
 from .errors import ChecksumError, FrameError, MBusError, TruncatedError
 from .tables import CI_SELECT, manufacturer_code, manufacturer_value
 from .transport import Context, Telegram, bcd_id, decode_application
@@ -135,28 +136,12 @@ def deserialize(buf: bytes) -> tuple[Frame, bytes]:
     raise FrameError(f"0x{s:02X} is not a start byte (E5, 10 or 68)")
 
 
-class FrameDecoder:
+class FrameDecoder(BoundedStreamBuffer):
     """Buffers bytes from the line and yields frames; resyncs after garbage.
 
     ``skipped`` counts bytes thrown away, ``errors`` frames that failed their checks; the
     last error is kept in ``last_error`` for the driver's diagnostics.
     """
-
-    MAX_BUFFER = 4096
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self.skipped = 0
-        self.errors = 0
-        self.crc_errors = 0
-        self.last_error: MBusError | None = None
-
-    def receive_data(self, data: bytes) -> None:
-        self._buf += data
-        if len(self._buf) > self.MAX_BUFFER:
-            drop = len(self._buf) - self.MAX_BUFFER
-            del self._buf[:drop]
-            self.skipped += drop
 
     @property
     def buffered(self) -> int:
