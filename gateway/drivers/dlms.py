@@ -31,6 +31,7 @@ from ..model import Event, Reading, now_ms
 from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
+from .serialport import OwnsSerialPort
 from .handoff import WorkQueue, keys_dir_of, stored_key
 
 TYPE = "dlms"
@@ -195,7 +196,7 @@ class SerialTransport:
                 self.decoder.receive_data(data)
 
 
-class DlmsDriver(Driver):
+class DlmsDriver(OwnsSerialPort, Driver):
     type_name = TYPE
 
     def __init__(self, name: str, options: Mapping[str, Any], sink: RecordSink) -> None:
@@ -347,20 +348,7 @@ class DlmsDriver(Driver):
             self.work.close()
 
     def _open(self) -> None:
-        from .iec62056_21 import open_port
-        self.ser = open_port(self.serial_opts, int(self.serial_opts.get("baud", 9600)))
-        self.ser.timeout = 0.05
-        self.port_backoff.ok()
-        self.state = "open"
-
-    def _close(self) -> None:
-        if self.ser is not None:
-            self.state = "reopening"
-            try:
-                self.ser.close()
-            except OSError:
-                pass
-            self.ser = None
+        self._open_port(int(self.serial_opts.get("baud", 9600)))
 
     # ------------------------------------------------------------------ poll
     def _poll_cycle(self) -> None:

@@ -19,6 +19,7 @@ from ..config import (SERIAL_SCHEMA, FieldSpec, Schema, integer, list_of, mappin
 from ..model import Event, Reading, now_ms
 from .backoff import Backoff
 from .base import Driver, RecordSink
+from .serialport import OwnsSerialPort
 from .handoff import WorkQueue
 
 TYPE = "iec62056-21"
@@ -58,12 +59,6 @@ SCHEMA = Schema((
 ), help="IEC 62056-21 meters (optical head or RS-485)")
 
 
-def open_port(opts: Mapping[str, Any], baud: int) -> Any:
-    """Short read timeout: the driver assembles replies itself with its own deadlines."""
-    from .serialport import open_serial
-    return open_serial(opts, baud=baud, timeout_s=0.05)
-
-
 class ReadFailed(Exception):
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
@@ -85,7 +80,7 @@ class MeterState:
 READ_NOW_TIMEOUT_S = 55.0  # below the console's 60 s, so the technician sees why
 
 
-class Iec62056Driver(Driver):
+class Iec62056Driver(OwnsSerialPort, Driver):
     type_name = TYPE
 
     def __init__(self, name: str, options: Mapping[str, Any], sink: RecordSink) -> None:
@@ -183,19 +178,7 @@ class Iec62056Driver(Driver):
             self.work.close()
 
     def _open(self) -> None:
-        self.ser = open_port(self.serial_opts, 300)
-        self.ser.timeout = 0.05
-        self.port_backoff.ok()
-        self.state = "open"
-
-    def _close(self) -> None:
-        if self.ser is not None:
-            self.state = "reopening"
-            try:
-                self.ser.close()
-            except OSError:
-                pass
-            self.ser = None
+        self._open_port(300)
 
     def _poll(self, m: MeterState, manual: bool = False) -> list[Reading] | None:
         """Read one meter and emit its readings; them, or None when it failed (counted,

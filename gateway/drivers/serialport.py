@@ -70,3 +70,27 @@ def write_frame(ser: serial.Serial, data: bytes, opts: Mapping[str, Any]) -> Non
     else:
         ser.write(data)
         ser.flush()
+
+
+class OwnsSerialPort:
+    """Mixin for a driver thread that owns one port: open it (short read timeout: the driver
+    keeps its own deadlines), close it, and say which in ``state`` for the console."""
+
+    ser: Any = None
+    state: str = "closed"
+    serial_opts: Mapping[str, Any]
+    port_backoff: Any
+
+    def _open_port(self, baud: int) -> None:
+        self.ser = open_serial(self.serial_opts, baud=baud, timeout_s=0.05)
+        self.port_backoff.ok()
+        self.state = "open"
+
+    def _close(self) -> None:
+        if self.ser is not None:
+            self.state = "reopening"
+            try:
+                self.ser.close()
+            except OSError:
+                pass
+            self.ser = None
