@@ -13,7 +13,7 @@ from gateway.edge.pipeline import CURSOR_REG
 from gateway.model import (KIND_DIAG, KIND_EVENT, KIND_GAP, KIND_READING, Diag, Event,
                            Reading, StoredRecord)
 from gateway.store import StoreClosed
-from gateway.uplink.mqtt import _same_topic_run, topics
+from gateway.uplink.mqtt import split_messages, topics
 from tests.test_edge_support import (MIN, Q, T0, FakeTime, deltas, diags, events,
                                      make_pipeline, open_store, raw, reading, stored)
 
@@ -226,12 +226,22 @@ def test_topics_route_diag_to_up_diag_in_single_topic_runs() -> None:
     # Stored chunks: (first_seq, last_seq, kind, count, time_base_ms, body).
     kinds = [KIND_READING, KIND_READING, KIND_DIAG, KIND_DIAG, KIND_EVENT, KIND_GAP, KIND_DIAG]
     rows = [(q, q, k, 1, 0, b"") for q, k in enumerate(kinds, 1)]
-    runs = []
-    while rows:
-        run = _same_topic_run(rows)
-        runs.append([r[0] for r in run])
-        rows = rows[len(run):]
+    runs = [[r[0] for r in run] for run in split_messages(rows, 100, None)]
     assert runs == [[1, 2], [3, 4], [5, 6], [7]]
+
+
+def test_messages_are_bounded_by_records_and_bytes_but_hold_at_least_one_chunk() -> None:
+    # (first_seq, last_seq, kind, count, time_base_ms, body)
+    rows = [(1, 64, KIND_READING, 64, 0, b"x" * 500), (65, 80, KIND_READING, 16, 0, b"x" * 100),
+            (81, 200, KIND_READING, 120, 0, b"x" * 900), (201, 210, KIND_READING, 10, 0,
+                                                           b"x" * 100)]
+    assert [[r[0] for r in m] for m in split_messages(rows, 64, None)] == \
+        [[1], [65], [81], [201]]
+    assert [[r[0] for r in m] for m in split_messages(rows, 100, None)] == \
+        [[1, 65], [81], [201]]
+    assert [[r[0] for r in m] for m in split_messages(rows, 1000, 1000)] == \
+        [[1, 65], [81, 201]]
+    assert split_messages([], 64, None) == []
 
 
 def test_verifier_counts_diag_records() -> None:
