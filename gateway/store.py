@@ -39,7 +39,6 @@ import threading
 import time
 from concurrent.futures import Future
 from itertools import groupby, islice
-from operator import attrgetter
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -47,7 +46,7 @@ import cbor2
 
 from .logs import RateLimitedLog
 from .model import KIND_GAP, KIND_OF, KIND_READING, Event, Gap, Reading, Record, StoredRecord, now_ms
-from .uplink.envelope import decode_chunk, encode_body, encode_readings_body, first_ts
+from .uplink.envelope import decode_chunk, encode_body, encode_readings, first_ts
 
 log = logging.getLogger("gateway.store")
 
@@ -128,11 +127,6 @@ def _is_full(exc: BaseException) -> bool:
     return code == 13 or "full" in str(exc).lower()  # SQLITE_FULL
 
 
-# A Reading's fields in to_obj() order (quality stays a tuple; the encoder takes either).
-_reading_fields = attrgetter("meter_id", "quantity", "mantissa", "exponent", "unit",
-                             "meter_ts_ms", "rx_ts_ms", "quality", "bus")
-
-
 def _encodable(records: Sequence[Record]) -> bool:
     try:
         for r in records:
@@ -146,8 +140,6 @@ def encode_chunk(first_seq: int, kind: int, objs: Sequence[Any]) -> tuple[int, b
     """(time_base_ms, body) of consecutive records of one kind starting at first_seq."""
     try:
         base = first_ts(kind, objs[0])
-        if kind == KIND_READING:
-            return base, encode_readings_body(objs, base)
         return base, encode_body([(q, kind, o) for q, o in enumerate(objs, first_seq)], base)
     except TypeError:
         # The body encoder takes exact ints and strs only; a driver may hand over subclasses
@@ -156,6 +148,17 @@ def encode_chunk(first_seq: int, kind: int, objs: Sequence[Any]) -> tuple[int, b
         objs = cbor2.loads(cbor2.dumps(list(objs)))
         base = first_ts(kind, objs[0])
         return base, encode_body([(q, kind, o) for q, o in enumerate(objs, first_seq)], base)
+
+
+def encode_reading_chunk(readings: Sequence[Reading]) -> tuple[int, bytes]:
+    """encode_chunk for a run of Reading objects, read straight from the objects (the hot
+    path: no field lists); anything the fast encoder refuses goes the general way."""
+    r0 = readings[0]
+    base = r0.meter_ts_ms if r0.meter_ts_ms is not None else r0.rx_ts_ms
+    try:
+        return base, encode_readings(readings, base)
+    except TypeError:
+        return encode_chunk(1, KIND_READING, [r.to_obj() for r in readings])
 
 
 def decode_chunk_row(first_seq: int, time_base_ms: int, body: bytes) -> list[StoredRecord]:
@@ -664,12 +667,14 @@ class Store:
         for cls, group in groupby(records, type):
             kind = kinds[cls]
             while True:
-                # Per chunk, not per commit: fewer live objects, cheaper GC passes. Readings
-                # (the bulk) as field tuples made in C, laid out like to_obj().
+                # Per chunk, not per commit: fewer live objects, cheaper GC passes.
                 if cls is Reading:
-                    part = list(map(_reading_fields, islice(group, cmax)))
-                else:
-                    part = [r.to_obj() for r in islice(group, cmax)]
+                    readings = list(islice(group, cmax))
+                    if not readings:
+                        break
+                    runs.append((kind, len(readings), *encode_reading_chunk(readings)))
+                    continue
+                part = [r.to_obj() for r in islice(group, cmax)]
                 if not part:
                     break
                 runs.append((kind, len(part), *encode_chunk(1, kind, part)))

@@ -1,22 +1,28 @@
-"""Envelope format 2 (pre-encoded chunk bodies sealed together): exact round trip, the same
-signature and tamper evidence as format 1, only EnvelopeError on bad input, size budget."""
+"""Envelope formats 2 and 3 (pre-encoded chunk bodies sealed together; 3 may carry zstd
+bodies): exact round trip, the same signature and tamper evidence as format 1, only
+EnvelopeError on bad input, size budget."""
 
 from __future__ import annotations
 
+import zlib
+
 import cbor2
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.model import KIND_OF, StoredRecord
 from gateway.uplink.envelope import (
     FORMAT_VERSION_CHUNKED,
+    FORMAT_VERSION_CHUNKED_DEFLATE,
+    ZSTD_MAGIC,
     EnvelopeError,
     MalformedEnvelope,
     decode_chunk,
     decode_envelope,
     encode_body,
-    encode_readings_body,
+    encode_readings,
     first_ts,
     seal,
 )
@@ -139,11 +145,68 @@ def test_mutated_v2_envelopes_raise_only_envelope_errors(data: st.DataObject) ->
 
 
 @settings(max_examples=300)
-@given(st.lists(readings_st, min_size=1, max_size=40), times, st.booleans(), st.booleans())
-def test_readings_fast_path_makes_the_same_bytes(recs, base, compress, as_tuples) -> None:
-    objs = [r.to_obj() for r in recs]
-    if as_tuples:  # the store hands over attrgetter tuples (quality stays a tuple)
-        objs = [tuple(o[:7]) + (tuple(o[7]), o[8]) for o in objs]
-    rows = [(q, 0, o) for q, o in enumerate(objs, 5)]
-    assert encode_readings_body(objs, base, compress=compress) == \
+@given(st.lists(readings_st, min_size=1, max_size=40), times, st.booleans())
+def test_readings_fast_path_makes_the_same_bytes(recs, base, compress) -> None:
+    rows = [(q, 0, r.to_obj()) for q, r in enumerate(recs, 5)]
+    assert encode_readings(recs, base, compress=compress) == \
         encode_body(rows, base, compress=compress)
+
+
+def test_readings_fast_path_on_a_bus_poll_and_its_refusals() -> None:
+    recs = [sr.record for sr in register_batch(64)]
+    base = recs[0].meter_ts_ms
+    body = encode_readings(recs, base)
+    assert cbor2.loads(body)[:4] == ZSTD_MAGIC  # a bus poll compresses, and with zstd
+    assert decode_chunk(body, 1, base) == [StoredRecord(q, r) for q, r in enumerate(recs, 1)]
+    bad = [recs[0], type(recs[0])(**{**_fields(recs[1]), "mantissa": True})]
+    with pytest.raises(TypeError):  # bool is not an exact int: the general path decides
+        encode_readings(bad, base)
+    with pytest.raises(ValueError):
+        encode_readings([], base)
+
+
+def _fields(r):
+    return {f: getattr(r, f) for f in r.__slots__}
+
+
+def _chunk_with_body(recs: list[StoredRecord], body: bytes):
+    base = first_ts(0, recs[0].record.to_obj())
+    return (recs[0].seq, recs[-1].seq, len(recs), base, body)
+
+
+def test_format_2_deflate_chunks_still_decode() -> None:
+    recs = register_batch(64)
+    rows = rows_of(recs)
+    base = first_ts(0, rows[0][2])
+    raw = encode_body(rows, base, compress=False)
+    deflated = zlib.compress(raw, 1, -15)
+    body = cbor2.dumps(deflated)
+    data = seal(GW, "ep", T0, [_chunk_with_body(recs, body)], KEY)
+    assert decode_envelope(data, TRUSTED).records == recs  # v3 header, DEFLATE body (old store)
+    payload = cbor2.loads(cbor2.loads(data).value[2])
+    payload[0] = FORMAT_VERSION_CHUNKED_DEFLATE
+    assert decode_envelope(_sign_payload(cbor2.dumps(payload)), TRUSTED).records == recs
+
+
+def test_bad_zstd_bodies_are_malformed_envelopes() -> None:
+    recs = register_batch(64)
+    rows = rows_of(recs)
+    base = first_ts(0, rows[0][2])
+    raw = encode_body(rows, base, compress=False)
+    good = zstandard.ZstdCompressor(level=1).compress(raw)
+    no_size = zstandard.ZstdCompressor(level=1, write_content_size=False).compress(raw)
+    bomb = zstandard.ZstdCompressor(level=19).compress(b"\x00" * (17 * 1024 * 1024))
+    assert decode_chunk(cbor2.dumps(good), recs[0].seq, base) == recs
+    for frame in (good + b"\x00", good[:-2], no_size, bomb, ZSTD_MAGIC + b"\x00" * 8,
+                  good[:4] + bytes([good[4] ^ 0xFF]) + good[5:]):
+        data = seal(GW, "ep", T0, [_chunk_with_body(recs, cbor2.dumps(frame))], KEY)
+        with pytest.raises(MalformedEnvelope):
+            decode_envelope(data, TRUSTED)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=64))
+def test_random_zstd_looking_bodies_raise_only_envelope_errors(tail) -> None:
+    recs = register_batch(2)
+    data = seal(GW, "ep", T0, [_chunk_with_body(recs, cbor2.dumps(ZSTD_MAGIC + tail))], KEY)
+    _only_envelope_errors(data, TRUSTED)

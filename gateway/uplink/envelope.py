@@ -8,7 +8,7 @@ signed over ``["Signature1", protected, h'', payload]``. The payload is CBOR and
 for cellular backhaul, where every byte is paid for::
 
     [1, gateway_id, epoch, sent_ms, first_seq, last_seq, count, body]
-    body  = [profiles, items]  or  bstr = raw DEFLATE of that array's CBOR (when smaller)
+    body  = [profiles, items]  or  bstr = that array's CBOR compressed (when smaller)
     profiles = [[quantity, exponent, unit, bus, [quality...]], ...]
 
 ``items`` is one flat array; each record is a head int followed by its fields::
@@ -38,32 +38,45 @@ a header and a signature around stored bytes::
 Its first record's seq is the previous chunk's last seq + 1 + ``skip`` (``first_seq`` for the
 first chunk, whose skip is 0), and its time cursor starts at ``sent_ms + base_dt`` (the
 chunk's time base, normally its first record's own timestamp). The header's first/last/count
-cover all chunks. Version 1 is still decoded.
+cover all chunks.
+
+A compressed body (the bstr form) is a Zstandard frame (RFC 8878) with its content size in
+the frame header when it starts with the zstd magic number ``28 B5 2F FD``, else raw DEFLATE
+(RFC 1951). Version 3, what the gateway sends now, differs from version 2 only in that its
+bodies may be Zstandard: at the same size as DEFLATE level 1 it costs a quarter of the CPU.
+Stored chunks keep the bodies they were encoded with, so a version-3 message may carry both.
+Versions 1 and 2 are still decoded.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import threading
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
+import zstandard
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.model import Diag, Event, Gap, Reading, StoredRecord
 
 FORMAT_VERSION = 1
-FORMAT_VERSION_CHUNKED = 2
+FORMAT_VERSION_CHUNKED = 3
+FORMAT_VERSION_CHUNKED_DEFLATE = 2  # the same layout, written before bodies could be zstd
 COSE_SIGN1_TAG = 18
 WILDCARD = "*"  # key in `trusted` that vouches for any kid (single-key test and demo set-ups)
 
 COSE_PROTECTED = cbor2.dumps({1: -8})  # alg: EdDSA
 SIG1_PREFIX = b"\x84\x6aSignature1" + cbor2.dumps(COSE_PROTECTED) + b"\x40"  # array(4), ctx, prot, aad
 _MAX_INFLATED = 16 * 1024 * 1024  # a compressed body may not inflate beyond this (zip bombs)
-_COMPRESS_MIN = 128  # below this DEFLATE cannot win enough to matter
+_COMPRESS_MIN = 128  # below this compression cannot win enough to matter
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_zstd = threading.local()  # zstandard contexts are not thread-safe: one pair per thread
 
 
 class EnvelopeError(ValueError):
@@ -168,12 +181,12 @@ def encode_body(rows: Sequence[tuple[int, int, Any]], time_base_ms: int, *,
     return _pack_body(cbor2.dumps([profiles, items]), compress)
 
 
-def encode_readings_body(objs: Sequence[Sequence[Any]], time_base_ms: int, *,
-                         compress: bool = True) -> bytes:
-    """:func:`encode_body` for readings with consecutive seqs (``to_obj()``-shaped field
-    sequences): the same bytes with less work per reading (no seq deltas, no kind dispatch,
-    the profile looked up only when it changes). The store's hot path."""
-    if not objs:
+def encode_readings(readings: Sequence[Reading], time_base_ms: int, *,
+                    compress: bool = True) -> bytes:
+    """:func:`encode_body` for Reading objects with consecutive seqs: the same bytes with
+    less work per reading (no field lists, no seq deltas, no kind dispatch, the profile
+    looked up only when it changes). The store's hot path."""
+    if not readings:
         raise ValueError("a chunk needs at least one record")
     if type(time_base_ms) is not int:
         raise TypeError("time_base_ms must be an int")
@@ -183,7 +196,8 @@ def encode_readings_body(objs: Sequence[Sequence[Any]], time_base_ms: int, *,
     ext = items.extend
     cursor = time_base_ms
     lq = le = lu = lb = lql = head = None
-    for m, q, mant, e, u, mt, rx, ql, b in objs:
+    for r in readings:
+        q, ql, u, b, e = r.quantity, r.quality, r.unit, r.bus, r.exponent
         if not (q is lq and ql is lql and u is lu and b is lb and e == le):
             pk = (q, e, u, b, tuple(ql))
             p = profiles.get(pk)
@@ -191,12 +205,14 @@ def encode_readings_body(objs: Sequence[Sequence[Any]], time_base_ms: int, *,
                 p = profiles[pk] = _new_profile(pk, len(profiles))
             head = p << 3
             lq, le, lu, lb, lql = q, e, u, b, ql
+        m = r.meter_id
         i = strings.get(m)
         if i is None:
             if type(m) is not str:
                 raise TypeError(f"expected a str, got {m!r}")
             strings[m] = len(strings)
             i = m
+        mant, mt, rx = r.mantissa, r.meter_ts_ms, r.rx_ts_ms
         if type(mant) is not int or type(rx) is not int:
             raise TypeError(f"mantissa and rx_ts_ms must be int: {m!r}")
         if mt is None:
@@ -212,12 +228,46 @@ def encode_readings_body(objs: Sequence[Sequence[Any]], time_base_ms: int, *,
 
 
 def _pack_body(body: bytes, compress: bool) -> bytes:
-    # Level 1: on chunk-sized register bodies as small as level 6 (within 1 %), 30 % less CPU.
+    # Zstandard level 1: on chunk-sized register bodies as small as DEFLATE level 1 (within
+    # 2 %) for a quarter of its CPU (measured over 1,563 distinct 64-reading bodies: 14 us
+    # against 49 us each), and it decompresses faster at the head-end too.
     if compress and len(body) >= _COMPRESS_MIN:
-        packed = zlib.compress(body, 1, -15)
+        packed = _compressor().compress(body)
         if len(packed) < len(body):
             return bstr_head(len(packed)) + packed
     return body
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_zstd, "c", None)
+    if c is None:  # content size in the header: the decoder can bound its output exactly
+        c = _zstd.c = zstandard.ZstdCompressor(level=1, write_checksum=False,
+                                               write_content_size=True)
+    return c
+
+
+def _decompress(body: bytes) -> bytes:
+    """A compressed body: a zstd frame (by its magic number) or raw DEFLATE; either may
+    inflate to at most _MAX_INFLATED bytes (no zip bombs)."""
+    if body[:4] == ZSTD_MAGIC:
+        size = zstandard.frame_content_size(body)
+        if size < 0 or size > _MAX_INFLATED:
+            raise MalformedEnvelope("zstd body without a valid content size, or too large")
+        d = getattr(_zstd, "d", None)
+        if d is None:
+            d = _zstd.d = zstandard.ZstdDecompressor(max_window_size=_MAX_INFLATED)
+        try:
+            return d.decompress(body, max_output_size=_MAX_INFLATED, allow_extra_data=False)
+        except zstandard.ZstdError as exc:
+            raise MalformedEnvelope(f"zstd body: {exc}") from None
+    d = zlib.decompressobj(-15)
+    try:
+        raw = d.decompress(body, _MAX_INFLATED)
+    except zlib.error as exc:
+        raise MalformedEnvelope(f"DEFLATE body: {exc}") from None
+    if d.unconsumed_tail or not d.eof:
+        raise MalformedEnvelope("compressed body truncated or too large")
+    return raw
 
 
 Chunk = tuple[int, int, int, int, bytes]  # first_seq, last_seq, count, time_base_ms, body
@@ -225,7 +275,7 @@ Chunk = tuple[int, int, int, int, bytes]  # first_seq, last_seq, count, time_bas
 
 def seal(gateway_id: str, epoch: str, sent_ms: int, chunks: Sequence[Chunk],
          key: Ed25519PrivateKey) -> bytes:
-    """A signed version-2 envelope around pre-encoded chunk bodies (see the module doc):
+    """A signed version-3 envelope around pre-encoded chunk bodies (see the module doc):
     no record is re-encoded, so its cost is the header, the signature and a copy."""
     if not chunks:
         raise ValueError("an envelope needs at least one chunk")
@@ -252,8 +302,14 @@ def seal(gateway_id: str, epoch: str, sent_ms: int, chunks: Sequence[Chunk],
         else b"\x99" + nch.to_bytes(2, "big")
     payload = b"\x88" + head[1:] + arr + b"".join(parts)
     signature = key.sign(SIG1_PREFIX + bstr_head(len(payload)) + payload)
-    return b"".join((b"\xd2\x84", dumps(COSE_PROTECTED), dumps({4: gateway_id.encode()}),
-                     bstr_head(len(payload)), payload, bstr_head(len(signature)), signature))
+    return b"".join((_cose_head(gateway_id), bstr_head(len(payload)), payload,
+                     bstr_head(len(signature)), signature))
+
+
+@functools.lru_cache(maxsize=16)
+def _cose_head(gateway_id: str) -> bytes:
+    """Tag 18, array(4), the protected and unprotected headers: the same for every message."""
+    return b"\xd2\x84" + cbor2.dumps(COSE_PROTECTED) + cbor2.dumps({4: gateway_id.encode()})
 
 
 def _encode_items(rows: Sequence[tuple[int, int, Any]], first_seq: int,
@@ -451,13 +507,14 @@ def _kid(unprotected: Mapping[Any, Any]) -> str:
 
 def _decode_payload(payload: bytes) -> Envelope:
     p = loads_exact(payload)
-    if type(p) is not list or len(p) != 8 or p[0] not in (FORMAT_VERSION, FORMAT_VERSION_CHUNKED):
+    if type(p) is not list or len(p) != 8 or p[0] not in (
+            FORMAT_VERSION, FORMAT_VERSION_CHUNKED_DEFLATE, FORMAT_VERSION_CHUNKED):
         raise MalformedEnvelope("unknown payload format")
     version, gateway_id, epoch, sent_ms, first_seq, last_seq, count, body = p
     if not (type(gateway_id) is str and type(epoch) is str and type(sent_ms) is int
             and type(first_seq) is int and type(last_seq) is int and type(count) is int):
         raise MalformedEnvelope("payload header types")
-    if version == FORMAT_VERSION_CHUNKED:
+    if version != FORMAT_VERSION:
         if type(body) is not list or not body:
             raise MalformedEnvelope("chunks must be a non-empty array")
         records: list[StoredRecord] = []
@@ -483,15 +540,11 @@ def _decode_payload(payload: bytes) -> Envelope:
 
 
 def decode_body(body: Any, first_seq: int, cursor: int) -> list[StoredRecord]:
-    """Records of one body (CBOR-decoded: an array, or the DEFLATE bstr); the first record's
-    seq is first_seq unless it carries a delta, the time cursor starts at cursor.
+    """Records of one body (CBOR-decoded: an array, or the compressed bstr); the first
+    record's seq is first_seq unless it carries a delta, the time cursor starts at cursor.
     Raises MalformedEnvelope (or TypeError etc. on wrong shapes, which callers wrap)."""
     if type(body) is bytes:
-        d = zlib.decompressobj(-15)
-        raw = d.decompress(body, _MAX_INFLATED)
-        if d.unconsumed_tail or not d.eof:
-            raise MalformedEnvelope("compressed body truncated or too large")
-        body = loads_exact(raw)
+        body = loads_exact(_decompress(body))
     if type(body) is not list or len(body) != 2:
         raise MalformedEnvelope("body must be [profiles, items]")
     profiles = [(q, e, u, b, tuple(ql)) for q, e, u, b, ql in body[0]]
