@@ -103,6 +103,10 @@ class Env:
     tmp: Path
     pki: Path
     broker: Broker | None
+    # CPUs of the broker and the subscriber (the head-end's side) when the benchmark keeps
+    # them apart from the process under test; None when nothing is pinned.
+    server_cpus: set[int] | None = None
+    client_cpus: set[int] | None = None
 
     @property
     def host(self) -> str:
@@ -115,20 +119,58 @@ class Env:
         return self.broker.port
 
 
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """(CPU for the process under test, CPUs for the broker side), or None on one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def set_affinity(pid: int, cpus: set[int] | None) -> None:
+    if cpus:
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except OSError:  # the process is gone, or the container forbids it: run unpinned
+            pass
+
+
+def pin_this_process(cpus: set[int]) -> None:
+    """Every thread of this process (sched_setaffinity(0) moves only the calling thread;
+    threads and children started later inherit the mask)."""
+    for tid in os.listdir("/proc/self/task"):
+        set_affinity(int(tid), cpus)
+
+
 @contextlib.contextmanager
 def bench_env(prefix: str, broker: bool = True, keep: bool = False,
-              base_dir: str | None = None) -> Iterator[Env]:
-    """A temp dir holding a fresh dev PKI (and a started mTLS broker), removed afterwards."""
+              base_dir: str | None = None, pin: bool = False) -> Iterator[Env]:
+    """A temp dir holding a fresh dev PKI (and a started mTLS broker), removed afterwards.
+
+    pin=True (with 2+ CPUs) runs this process, the one under test, on the first CPU and the
+    broker and subscribers on the others: in the field the broker is another machine, and
+    on a 2-core box sharing a CPU with it makes every figure depend on the scheduler.
+    """
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=base_dir))
     b: Broker | None = None
+    saved = os.sched_getaffinity(0)
+    split = split_cpus() if pin else None
     try:
         pki = tmp / "pki"
         make_pki(pki)
         if broker:
             b = Broker(pki, data_dir=tmp / "broker")
             b.start()
-        yield Env(tmp, pki, b)
+        env = Env(tmp, pki, b)
+        if split is not None:
+            env.client_cpus, env.server_cpus = split
+            if b is not None and b.proc is not None:
+                set_affinity(b.proc.pid, env.server_cpus)
+            pin_this_process(env.client_cpus)
+        yield env
     finally:
+        if split is not None:
+            pin_this_process(saved)
         if b is not None:
             b.stop()
         if not keep:
@@ -209,6 +251,7 @@ class Subscriber:
              "-q", "1", "-i", f"bench-sub-{uuid.uuid4().hex[:8]}", "-F", fmt,
              "-t", topic_filter, "-t", "bench-probe/" + out.name],
             stdin=subprocess.DEVNULL, stdout=self._f, stderr=subprocess.DEVNULL)
+        set_affinity(self.proc.pid, env.server_cpus)
         self._probe = "bench-probe/" + out.name
 
     def wait_ready(self, env: Env, timeout: float = 10.0) -> None:
