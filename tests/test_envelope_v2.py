@@ -210,3 +210,19 @@ def test_random_zstd_looking_bodies_raise_only_envelope_errors(tail) -> None:
     recs = register_batch(2)
     data = seal(GW, "ep", T0, [_chunk_with_body(recs, cbor2.dumps(ZSTD_MAGIC + tail))], KEY)
     _only_envelope_errors(data, TRUSTED)
+
+
+def test_without_zstandard_bodies_are_deflate_and_zstd_bodies_are_refused_clearly(
+        monkeypatch) -> None:
+    """An OTA release on a venv made before zstandard was a dependency keeps working."""
+    import gateway.uplink.envelope as envmod
+    recs = register_batch(64)
+    zstd_body = make_chunk(recs)[4]
+    assert cbor2.loads(zstd_body).startswith(ZSTD_MAGIC)
+    monkeypatch.setattr(envmod, "zstandard", None)
+    assert envmod.body_compression() == "deflate"
+    chunk = make_chunk(recs)
+    assert not cbor2.loads(chunk[4]).startswith(ZSTD_MAGIC)
+    assert decode_envelope(seal(GW, "ep", T0, [chunk], KEY), TRUSTED).records == recs
+    with pytest.raises(MalformedEnvelope, match="zstandard package is not installed"):
+        decode_envelope(seal(GW, "ep", T0, [(*chunk[:4], zstd_body)], KEY), TRUSTED)
