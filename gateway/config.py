@@ -344,6 +344,18 @@ def text(expected: str = "a string", pattern: str | None = None,
     return Check(expected, convert, as_text=True)
 
 
+def time_zone() -> Check:
+    """An IANA time zone name (Europe/Oslo, UTC), checked against the system's tz database."""
+    def validate(v: str) -> None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone (is the tzdata package installed?)") from None
+
+    return text("an IANA time zone such as Europe/Oslo", validate=validate)
+
+
 def one_of(*choices: str) -> Check:
     """One of a fixed set of words (case-insensitive), with a did-you-mean hint."""
     expected = "one of " + ", ".join(_quote(c) for c in choices)

@@ -20,6 +20,9 @@ QUALITY_ESTIMATED = "estimated"
 QUALITY_CLOCK_UNSYNCED = "clock_unsynced"
 QUALITY_METER_ERROR = "meter_error"
 QUALITY_SIMULATED = "simulated"
+# A stored value (a load-profile row, an M-Bus storage number >= 1): its meter_ts is when the
+# meter captured it, not the meter's clock now, so it says nothing about clock drift.
+QUALITY_HISTORIC = "historic"
 
 SEVERITIES = ("debug", "info", "warning", "error")
 

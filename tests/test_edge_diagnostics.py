@@ -11,7 +11,7 @@ import yaml
 from gateway.config import DiagThresholds
 from gateway.edge.clock import STA_UNSYNC, TIME_ERROR, Clock, KernelClock, read_kernel_clock
 from gateway.edge.diagnostics import Diagnostics, boot_reason, board_metrics
-from gateway.model import Event
+from gateway.model import QUALITY_HISTORIC, Event
 from tests.test_edge_support import (MIN, Q, T0, FakeTime, diags, events, make_pipeline,
                                      open_store, reading, stored)
 
@@ -138,6 +138,23 @@ def test_meter_clock_drift_only_judged_on_a_synced_gateway_clock(tmp_path) -> No
     ft.synced = True
     ft.advance(Q)
     pipe.submit([reading("m1", 2, ft.w - 10 * MIN, ft.w)]).result(10)
+    (ev,) = events(stored(store), "diag.clock_drift")
+    assert ev.detail["evidence"]["drift_ms"] == -10 * MIN
+    store.close()
+
+
+def test_stored_values_with_their_own_old_timestamps_are_not_clock_drift(tmp_path) -> None:
+    """A load-profile row or an M-Bus due-date value is stamped when the meter captured it:
+    old by design, flagged historic, never a clock alarm (the meter's current time is)."""
+    ft = FakeTime()
+    store = open_store(tmp_path)
+    pipe = make_pipeline(store, ft)
+    pipe.submit([reading("m1", 5, ft.w - 40 * 24 * 60 * MIN, ft.w, q="1-0:1.8.0/storage=1",
+                         quality=(QUALITY_HISTORIC,)),
+                 reading("m1", 7, ft.w - 15 * MIN, ft.w, q="1-0:1.8.0",
+                         quality=(QUALITY_HISTORIC,))]).result(10)
+    assert events(stored(store), "diag.clock_drift") == []
+    pipe.submit([reading("m1", 9, ft.w - 10 * MIN, ft.w)]).result(10)  # the meter clock now
     (ev,) = events(stored(store), "diag.clock_drift")
     assert ev.detail["evidence"]["drift_ms"] == -10 * MIN
     store.close()

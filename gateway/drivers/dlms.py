@@ -26,8 +26,8 @@ from typing import Any, Mapping
 
 from ..config import (PATH, SERIAL_SCHEMA, Check, FieldSpec, Schema, any_mapping, boolean,
                       hex_bytes, integer, list_of, mapping, number, one_of, one_of_ints,
-                      one_of_keys, text)
-from ..model import Event, Reading, now_ms
+                      one_of_keys, text, time_zone)
+from ..model import QUALITY_HISTORIC, Event, Reading, now_ms
 from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
@@ -109,7 +109,7 @@ SCHEMA = Schema((
     FieldSpec("backoff_max_s", number(gt=0, what="a number of seconds"), 300,
               help="longest wait before retrying a failing meter"),
     FieldSpec("max_info", integer(32, 2030), 128, help="HDLC max information field length"),
-    FieldSpec("default_tz", text("an IANA time zone such as Europe/Oslo"), "UTC",
+    FieldSpec("default_tz", time_zone(), "UTC",
               help="time zone of meter times sent without deviation"),
     FieldSpec("meters", list_of(METER_SCHEMA, min_items=1, unique_key="id"),
               help="the meters on this port"),
@@ -521,8 +521,8 @@ class DlmsDriver(OwnsSerialPort, Driver):
                         continue
                     ex = scaled(value, su[0])
                     if ex is not None:
-                        records.append(Reading(m.id, col, ex[0], ex[1], su[1], ts, rx, (),
-                                               self.bus))
+                        records.append(Reading(m.id, col, ex[0], ex[1], su[1], ts, rx,
+                                               (QUALITY_HISTORIC,), self.bus))
             if not rows or newest == cursor:
                 # nothing after the cursor in this span: move past it once it is safely in
                 # the past (rows cannot appear there later), else wait for the next poll

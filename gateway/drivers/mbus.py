@@ -25,21 +25,25 @@ again next cycle like any other; a vanished port is closed, backed off and reope
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..config import (
     ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, boolean, hex_bytes, integer, list_of, mapping,
-    number, one_of_keys, text,
+    number, one_of_keys, text, time_zone,
 )
-from ..model import QUALITY_METER_ERROR, Event, Reading, now_ms
+from ..model import QUALITY_HISTORIC, QUALITY_METER_ERROR, Event, Reading, now_ms
 from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
 from .handoff import WorkQueue, keys_dir_of, stored_key
 
 SECONDARY_PATTERN = r"[0-9A-Fa-f]{8}|[0-9A-Fa-f]{16}"
+TZ_HELP = ("time zone of the meters' clocks: M-Bus date/time records carry none, and the "
+           "readings' meter timestamps are read in it")
 
 METER_SCHEMA = Schema((
     FieldSpec("primary", integer(0, 250), None, help="primary address 0-250"),
@@ -67,6 +71,7 @@ SCHEMA = Schema((
     FieldSpec("reset", boolean(), True, help="send SND_NKE before reading a primary address"),
     FieldSpec("event_interval_s", number(ge=0, what="a number of seconds"), 60,
               help="at most one failure event per meter and kind in this time"),
+    FieldSpec("default_tz", time_zone(), "UTC", help=TZ_HELP),
     FieldSpec("meters", list_of(METER_SCHEMA, min_items=1), REQUIRED, help="the meters to read"),
 ), help="wired M-Bus master (EN 13757-2/-3)")
 
@@ -335,16 +340,56 @@ class MeterStats:
                 for k, v in self.__dict__.items()}
 
 
-def telegram_readings(t: Any, meter_id: str, bus: str, rx_ms: int) -> list[Reading]:
+def meter_times(t: Any, tz: dt.tzinfo) -> dict[tuple[int, int], int]:
+    """Epoch ms of a telegram's own date/time records, by (storage, subunit).
+
+    Storage 0: the meter's clock when it made the telegram ("Date and time", type F or I).
+    Storage n >= 1: the date the stored values belong to (the due date); a date-only record
+    (type G) stands for 00:00 of that day. M-Bus times carry no zone: read in ``tz``.
+    Invalid dates (the IV bit, impossible fields) were already refused by the decoder."""
+    best: dict[tuple[int, int], tuple[int, int]] = {}
+    for r in t.records:
+        if r.error is not None or type(r.value) is not str or r.tariff \
+                or r.function != "instantaneous":
+            continue
+        if r.kind == "datetime" and r.quantity == "Date and time":
+            rank = 0
+        elif r.kind == "date" and r.quantity == "Date" and r.storage:
+            rank = 1  # a date alone cannot be the meter's clock now
+        else:
+            continue
+        try:
+            ms = int(dt.datetime.fromisoformat(r.value).replace(tzinfo=tz).timestamp() * 1000)
+        except ValueError:
+            continue
+        key = (r.storage, r.subunit)
+        if key not in best or rank < best[key][0]:
+            best[key] = (rank, ms)
+    return {k: ms for k, (_, ms) in best.items()}
+
+
+UTC = ZoneInfo("UTC")
+
+
+def telegram_readings(t: Any, meter_id: str, bus: str, rx_ms: int,
+                      tz: dt.tzinfo = UTC) -> list[Reading]:
     """Numeric records as Readings: quantity = the record key (quantity plus function,
-    storage, tariff, subunit when not the defaults), value exact."""
+    storage, tariff, subunit when not the defaults), value exact, meter timestamp from the
+    telegram's date/time record of the same storage number (see :func:`meter_times`).
+    Stored values (storage >= 1) are flagged historic."""
     s = t.status or 0
     # application error / abnormal condition (bits 0-1 = 2, 3), permanent or temporary error
     quality = (QUALITY_METER_ERROR,) if (s & 0x18 or s & 0x03 >= 2) else ()
-    return [Reading(meter_id, r.key, r.value, r.exponent, r.unit, None, rx_ms, quality, bus)
-            for r in t.records
-            if r.value is not None and r.error is None and (r.kind == "number"
-                                                           or r.kind == "flags")]
+    stored = quality + (QUALITY_HISTORIC,)
+    times = meter_times(t, tz)
+    out = []
+    for r in t.records:
+        if r.value is None or r.error is not None or r.kind not in ("number", "flags"):
+            continue
+        ts = times.get((r.storage, r.subunit), times.get((r.storage, 0)))
+        out.append(Reading(meter_id, r.key, r.value, r.exponent, r.unit, ts, rx_ms,
+                           stored if r.storage else quality, bus))
+    return out
 
 
 class EventGate:
@@ -421,6 +466,7 @@ class MBusDriver(Driver):
         self.interval_s = float(options.get("interval_s", 900))
         self.retries = int(options.get("retries", 2))
         self.max_telegrams = int(options.get("max_telegrams", 16))
+        self.tz = ZoneInfo(str(options.get("default_tz", "UTC")))
         self.reset = bool(options.get("reset", True))
         baud = int(self.serial_opts.get("baud", 2400))
         t = options.get("response_timeout_ms")
@@ -731,7 +777,7 @@ class MBusDriver(Driver):
         meter.device_id = first.id or None
         records: list[Any] = []
         for t in telegrams:
-            records.extend(telegram_readings(t, meter_id, self.bus, rx))
+            records.extend(telegram_readings(t, meter_id, self.bus, rx, self.tz))
         events: list[Any] = []
         if st.consecutive_failures:
             events.append(Event("meter.recovered", rx, self.bus, meter_id, "info",

@@ -28,20 +28,21 @@ from __future__ import annotations
 
 import threading
 import time
+from zoneinfo import ZoneInfo
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..config import (
     ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, hex_bytes, integer, list_of, mapping,
-    number, one_of, one_of_keys, text,
+    number, one_of, one_of_keys, text, time_zone,
 )
 from ..model import Event, now_ms
 from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
 from .handoff import Listeners, WorkQueue, keys_dir_of, stored_key
-from .mbus import EventGate, MeterStats, open_port, telegram_readings
+from .mbus import TZ_HELP, EventGate, MeterStats, open_port, telegram_readings
 
 METER_SCHEMA = Schema((
     FieldSpec("id", text("the 8-digit meter id", r"[0-9]{8}"), help="meter id (on its label)"),
@@ -72,6 +73,7 @@ SCHEMA = Schema((
     FieldSpec("frame_format", one_of("none", "auto", "a", "b"), "none",
               help="block CRCs in delivered telegrams: none (stripped, as dongles deliver "
                    "them), a, b, or auto (guess)"),
+    FieldSpec("default_tz", time_zone(), "UTC", help=TZ_HELP),
     FieldSpec("meters", list_of(METER_SCHEMA, min_items=0, unique_key="id"), REQUIRED,
               help="the meters to receive"),
 ), help="wireless M-Bus receiver (EN 13757-4) through an iM871A or AMB8465 dongle")
@@ -190,6 +192,7 @@ class WMBusDriver(Driver):
         self.events = EventGate(float(options.get("event_interval_s", 60)))
         self.meters: dict[str, list[RadioMeter]] = {}
         self.keys_dir = keys_dir_of(self.options, sink)
+        self.tz = ZoneInfo(str(self.options.get("default_tz", "UTC")))
         for m in options.get("meters") or []:
             rm = RadioMeter(m["id"], m.get("manufacturer"), m.get("name"),
                             key_from(m.get("key"), m.get("key_file")))
@@ -535,7 +538,7 @@ class WMBusDriver(Driver):
         st.consecutive_failures = 0
         st.last_ok_ms = max(rx, st.last_ok_ms or 0)
         st.status_flags = list(flags)
-        readings = telegram_readings(t, meter_id, self.bus, rx)
+        readings = telegram_readings(t, meter_id, self.bus, rx, self.tz)
         self.emit(events + readings)
         with self._decoded:
             meter.last_readings = readings

@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any, Callable, Iterable, Mapping
 
 from ..config import DiagThresholds
-from ..model import QUALITY_METER_ERROR, Diag, Event, Reading
+from ..model import QUALITY_HISTORIC, QUALITY_METER_ERROR, Diag, Event, Reading
 from .deltas import VOLUME_UNITS, RegisterState, matches
 
 FAILURE_KINDS = {
@@ -225,7 +225,7 @@ class Diagnostics:
                 run.add(v)
         if QUALITY_METER_ERROR in r.quality:
             h.flags["meter_error"] = True
-        if r.meter_ts_ms is not None and clock_synced:
+        if r.meter_ts_ms is not None and clock_synced and QUALITY_HISTORIC not in r.quality:
             h.clock_drift_ms = r.meter_ts_ms - r.rx_ts_ms
             limit = int(self.th.max_clock_drift_s * 1000)
             holds = abs(h.clock_drift_ms) > limit

@@ -143,6 +143,11 @@ class SimMeter:
         t = time.time() if now is None else now
         return self.energy_base_kwh * 1000 + int(self.power_w * (t % 10_000_000) / 3600)
 
+    def clock(self) -> tuple[int, bytes]:
+        """The meter's clock as a type F record value: UTC, to the minute."""
+        t = time.gmtime(time.time())
+        return rec.encode_datetime_f(t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min)
+
     def records(self, part: int) -> bytes:
         """Records of telegram ``part``; all but the last end with DIF 0x1F."""
         wh = self.energy_wh()
@@ -152,7 +157,7 @@ class SimMeter:
                     + rec.encode_record(b"\x2b", *rec.encode_int(self.power_w, 3))     # W
                     + rec.encode_record(b"\x5a", *rec.encode_int(654, 2))              # 0.1 C
                     + rec.encode_record(b"\x5e", *rec.encode_int(421, 2))
-                    + rec.encode_record(b"\x6d", 0x4, bytes.fromhex("1A2F6511")))     # date
+                    + rec.encode_record(b"\x6d", *self.clock()))                       # now
         else:
             body = b"".join(rec.encode_record(b"\x06", *rec.encode_bcd(
                 max(0, wh // 1000 - 100 * (part * 4 + s)), 4), storage=part * 4 + s)

@@ -530,5 +530,16 @@ def encode_bcd(value: int, size: int) -> tuple[int, bytes]:
     return _BCD_LENGTHS[size], bytes.fromhex(s)[::-1]
 
 
+def encode_datetime_f(year: int, month: int, day: int, hour: int, minute: int,
+                      summer: bool = False) -> tuple[int, bytes]:
+    """(data field, bytes) of a type F date and time (to the minute; 2000-2080)."""
+    if not (2000 <= year <= 2080 and _valid_date(year, month, day) and hour < 24
+            and minute < 60):
+        raise ValueError(f"not a type F date and time: {year}-{month}-{day} {hour}:{minute}")
+    y = year - 2000
+    return 0x4, bytes((minute, hour | (0x80 if summer else 0), day | (y & 0x07) << 5,
+                       month | (y >> 3) << 4))
+
+
 def encode_record(vib: bytes, data_field: int, data: bytes, **dib: int) -> bytes:
     return encode_dib(data_field, **dib) + bytes(vib) + bytes(data)
