@@ -175,6 +175,22 @@ def test_stuck_register_while_the_meter_answers(tmp_path) -> None:
     store.close()
 
 
+def test_undated_stored_values_are_neither_stuck_nor_delta_sources(tmp_path) -> None:
+    """An M-Bus storage-1 value without a date record stays constant until the next due
+    date by design: forwarded as it is, no deltas, no stuck alarm."""
+    ft = FakeTime()
+    store = open_store(tmp_path)
+    pipe = make_pipeline(store, ft, diagnostics=replace(DiagThresholds(), stuck_after_s=3600))
+    for i in range(12):  # 3 h of reads of the same stored value
+        pipe.submit([reading("m1", 500, None, T0 + i * Q, q="Energy/storage=1",
+                             quality=(QUALITY_HISTORIC,))]).result(10)
+    recs = stored(store)
+    assert events(recs, "diag.stuck_register") == []
+    assert not [r for r in recs if "/delta/" in getattr(r, "quantity", "")]
+    assert len([r for r in recs if getattr(r, "quantity", "") == "Energy/storage=1"]) >= 1
+    store.close()
+
+
 def test_leak_no_zero_flow_hour_in_24_hours(tmp_path) -> None:
     ft = FakeTime()
     store = open_store(tmp_path)

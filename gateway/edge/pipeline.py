@@ -27,8 +27,8 @@ from fractions import Fraction
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 from ..config import EdgeConfig
-from ..model import (QUALITY_CLOCK_UNSYNCED, QUALITY_ESTIMATED, QUALITY_METER_ERROR,
-                     QUALITY_SIMULATED, Event, Reading, Record)
+from ..model import (QUALITY_CLOCK_UNSYNCED, QUALITY_ESTIMATED, QUALITY_HISTORIC,
+                     QUALITY_METER_ERROR, QUALITY_SIMULATED, Event, Reading, Record)
 from . import deltas as dl
 from .clock import Clock
 from .diagnostics import GATEWAY, Diagnostics, boot_id, boot_reason, gateway_metrics
@@ -128,8 +128,11 @@ class EdgePipeline:
             self.flagged += 1
         others += self.diag.reading(r, self.clock.synced, now)
         key = (r.meter_id, r.quantity)
+        # A stored value with no date of its own (an M-Bus storage number whose telegram has
+        # no date record) cannot be placed on a time line: no deltas, no stuck alarms.
         if dl.is_cumulative(r.quantity, r.unit, self.cfg.registers) \
-                and QUALITY_METER_ERROR not in r.quality:
+                and QUALITY_METER_ERROR not in r.quality \
+                and (r.meter_ts_ms is not None or QUALITY_HISTORIC not in r.quality):
             if r.meter_ts_ms is None and not self.clock.synced:
                 # Stamped by a clock we know is wrong: keep it by its monotonic time and
                 # compute its deltas once the clock syncs. The reading itself is stored now.
