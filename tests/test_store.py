@@ -143,6 +143,22 @@ def test_corrupt_file_is_moved_aside_and_reported(tmp_path):
     assert any(p.name.startswith("s.db.corrupt-") for p in tmp_path.iterdir())
 
 
+def _committed_until_killed(script: str, lines: int = 300) -> dict[int, int]:
+    """Run a writer script printing "seq i" per committed record; SIGKILL it after `lines`
+    lines; return {seq: i} of what it reported committed."""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=os.getcwd())
+    committed = {}
+    try:
+        for _ in range(lines):
+            seq, i = map(int, proc.stdout.readline().split())
+            committed[seq] = i
+    finally:
+        proc.kill()
+        proc.wait(10)
+    return committed
+
+
 def test_sigkill_never_reuses_a_committed_seq(tmp_path):
     """A writer killed with SIGKILL mid-stream: every seq that was reported committed is in
     the file with its content, and the next seq is beyond all of them."""
@@ -158,14 +174,7 @@ def test_sigkill_never_reuses_a_committed_seq(tmp_path):
             print(seqs[0], i, flush=True)
             i += 1
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                            cwd=os.getcwd())
-    committed = {}
-    for _ in range(300):
-        seq, i = map(int, proc.stdout.readline().split())
-        committed[seq] = i
-    proc.kill()
-    proc.wait(10)
+    committed = _committed_until_killed(script)
     with Store(path) as s:
         rows = {r.seq: r.record.detail["i"] for r in s.read_records(limit=10**6)}
         for seq, i in committed.items():
@@ -314,14 +323,7 @@ def test_ack_only_commits_restore_full_sync_and_never_lose_unacked_records(tmp_p
             print(seq, i, flush=True)
             i += 1
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                            cwd=os.getcwd())
-    committed = {}
-    for _ in range(300):
-        seq, i = map(int, proc.stdout.readline().split())
-        committed[seq] = i
-    proc.kill()
-    proc.wait(10)
+    committed = _committed_until_killed(script)
     with Store(path) as s:
         rows = {r.seq: r.record.detail["i"] for r in s.read_records(limit=10**6)}
         for seq, i in committed.items():
