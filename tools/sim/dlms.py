@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.protocols.hdlc import HdlcDecoder
-from tools.sim.iec62056_21 import PtySimulator
+from tools.sim.pty import PtySimulator
 
 log = logging.getLogger("sim.dlms")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from gateway.protocols.dlms.cipher import encrypt
 from gateway.protocols.hdlc import LLC_RESPONSE, Address, HdlcFrame
-from tools.sim.iec62056_21 import PtySimulator
+from tools.sim.pty import PtySimulator
 
 DEFAULT_SYSTEM_TITLE = b"SIMPUSH1"
 

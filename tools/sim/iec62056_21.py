@@ -6,92 +6,17 @@ Several meters share one pty like meters on one RS-485 bus: each answers only a 
 carrying its own address (an empty address is answered by the first meter). Registers
 rise with wall-clock time, so successive readouts differ like a real meter's.
 Faults: ``silent`` (never answers), ``bad_bcc`` (corrupts every readout's BCC), ``delay_s``.
-
-Also home of :class:`PtySimulator`, the pty plumbing the DLMS simulators share.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import select
-import threading
 import time
-import tty
 from dataclasses import dataclass, field
-from typing import Callable
 
 from gateway.protocols import iec62056_21 as iec
 
-log = logging.getLogger("sim.iec62056_21")
-
-
-class PtySimulator:
-    """A pty whose master end is served by ``handle(data) -> reply bytes`` in a thread.
-
-    The simulator keeps the slave fd open itself, so the pty outlives any client that opens
-    and closes (or is killed while holding) the slave path: exactly like a real bus.
-    """
-
-    def __init__(self, handle: Callable[[bytes], bytes | None], name: str = "sim") -> None:
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        self.device = os.ttyname(self._slave)
-        self._handle = handle
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.rx_bytes = 0
-        self.tx_bytes = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def write(self, data: bytes) -> None:
-        with self._lock:
-            view = memoryview(data)
-            while view:
-                try:
-                    n = os.write(self.master, view)
-                except BlockingIOError:
-                    time.sleep(0.001)
-                    continue
-                view = view[n:]
-            self.tx_bytes += len(data)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                r, _, _ = select.select([self.master], [], [], 0.05)
-            except (OSError, ValueError):
-                return
-            if not r:
-                self.idle()
-                continue
-            try:
-                data = os.read(self.master, 4096)
-            except OSError:
-                time.sleep(0.01)
-                continue
-            self.rx_bytes += len(data)
-            try:
-                reply = self._handle(data)
-            except Exception:  # noqa: BLE001 - a simulator bug must be visible, not fatal
-                log.exception("simulator handler failed")
-                continue
-            if reply:
-                self.write(reply)
-
-    def idle(self) -> None:
-        """Called when nothing arrived for 50 ms (push simulators send from here)."""
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        for fd in (self.master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+from .pty import PtySimulator
 
 
 @dataclass

@@ -10,102 +10,18 @@ several telegrams (DIF 0x1F "more records follow"). Registers rise with wall-clo
 
 Faults per meter: ``silent`` (never answers), ``drop`` (ignore the next n requests: the
 master must repeat with the same FCB), ``corrupt`` (next n answers with a bad checksum).
-
-Also home of :class:`PtyEndpoint`, the pty plumbing shared with :mod:`tools.sim.wmbus`.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
-import os
-import select
-import threading
 import time
-import tty
 from dataclasses import dataclass, field
-from typing import Callable
 
 from gateway.protocols.mbus import records as rec
 from gateway.protocols.mbus import wired
 
-
-class PtyEndpoint:
-    """A pty whose master end is served by ``handle(data)`` in a thread; ``tick()`` runs
-    every ``tick_s``. The slave fd stays open here, so clients can close and reopen the
-    path; writes never block (a full buffer drops bytes, like a radio nobody hears)."""
-
-    def __init__(self, handle: Callable[[bytes], None], tick: Callable[[], None] | None = None,
-                 tick_s: float = 0.05, name: str = "sim") -> None:
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        os.set_blocking(self.master, False)
-        self.device = os.ttyname(self._slave)
-        self._handle = handle
-        self._tick = tick
-        self._tick_s = tick_s
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.dropped = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def write(self, data: bytes) -> None:
-        with self._lock:
-            view = memoryview(data)
-            deadline = time.monotonic() + 0.5
-            while view:
-                try:
-                    n = os.write(self.master, view)
-                    view = view[n:]
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        self.dropped += len(view)
-                        return
-                    time.sleep(0.002)
-                except OSError:
-                    return
-
-    def _run(self) -> None:
-        next_tick = time.monotonic()
-        while not self._stop.is_set():
-            timeout = max(0.0, min(0.05, next_tick - time.monotonic()))
-            try:
-                r, _, _ = select.select([self.master], [], [], timeout)
-            except (OSError, ValueError):
-                return
-            if r:
-                try:
-                    data = os.read(self.master, 4096)
-                except BlockingIOError:
-                    data = b""
-                except OSError as exc:
-                    if exc.errno == errno.EIO:
-                        time.sleep(0.01)
-                        continue
-                    return
-                if data:
-                    try:
-                        self._handle(data)
-                    except Exception:  # noqa: BLE001 - keep serving; a test sees the effect
-                        import logging
-                        logging.getLogger("sim").exception("simulator handler failed")
-            if self._tick and time.monotonic() >= next_tick:
-                next_tick = time.monotonic() + self._tick_s
-                try:
-                    self._tick()
-                except Exception:  # noqa: BLE001
-                    import logging
-                    logging.getLogger("sim").exception("simulator tick failed")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        for fd in (self.master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+from .pty import PtyEndpoint
 
 
 # --------------------------------------------------------------------------- meters

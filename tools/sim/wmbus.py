@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from gateway.protocols.mbus import amb8465, im871a, wireless
 from gateway.protocols.mbus import records as rec
 
-from .mbus import PtyEndpoint
+from .pty import PtyEndpoint
 
 
 @dataclass

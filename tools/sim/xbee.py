@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import random
-import select
 import sys
 import threading
 import time
-import tty
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.protocols import xbee, zcl, zdo
+
+from .pty import PtyEndpoint
 
 COORDINATOR_IEEE = 0x0013A20041A2B3C4
 EXT_PAN_ID = 0x00000000000A5E11
@@ -140,10 +139,10 @@ class XBeeSimulator:
         self.garbage_every = garbage_every
         self.join_delay_s = join_delay_s
         self.rng = random.Random(seed)
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)   # no echo, no CR/LF or XON/XOFF translation, before anyone
-        os.set_blocking(self.master, False)
-        self.device = os.ttyname(self.slave)
+        # A write with no room is dropped at once, like a UART overrun nobody reads.
+        self.pty = PtyEndpoint(self._on_data, self._on_tick, 0.02, name="sim-xbee",
+                               drop_after_s=0.0, start=False)
+        self.device = self.pty.device
         self.decoder = xbee.FrameDecoder(escaped=escaped)
         self.lock = threading.RLock()
         self.stats: collections.Counter = collections.Counter()
@@ -157,21 +156,13 @@ class XBeeSimulator:
         self._zdo_seq = 0
         self._report_seq = 0
         self._frames_out = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sim-xbee", daemon=True)
 
     def start(self) -> "XBeeSimulator":
-        self._thread.start()
+        self.pty.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for fd in (self.master, self.slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self.pty.stop()
 
     # -- controls (any thread) ---------------------------------------------------------
 
@@ -198,11 +189,12 @@ class XBeeSimulator:
     # -- output ------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        try:
-            os.write(self.master, data)
-            self.stats["bytes_out"] += len(data)
-        except (BlockingIOError, OSError):
+        dropped = self.pty.dropped
+        self.pty.write(data)
+        if self.pty.dropped != dropped:
             self.stats["dropped_writes"] += 1  # nobody reading: like a UART overrun
+        else:
+            self.stats["bytes_out"] += len(data)
 
     def _send(self, frame: xbee.Frame, corruptible: bool = False) -> None:
         data = frame.serialize()
@@ -241,26 +233,14 @@ class XBeeSimulator:
 
     # -- loop --------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                readable, _, _ = select.select([self.master], [], [], 0.02)
-            except (OSError, ValueError):
-                return
-            if readable:
-                try:
-                    data = os.read(self.master, 4096)
-                except BlockingIOError:
-                    data = b""
-                except OSError:
-                    data = b""
-                    time.sleep(0.02)
-                if data:
-                    self.decoder.receive_data(data)
-                    with self.lock:
-                        self._drain()
-            with self.lock:
-                self._timers(time.monotonic())
+    def _on_data(self, data: bytes) -> None:
+        self.decoder.receive_data(data)
+        with self.lock:
+            self._drain()
+
+    def _on_tick(self) -> None:
+        with self.lock:
+            self._timers(time.monotonic())
 
     def _drain(self) -> None:
         while True:
