@@ -26,6 +26,7 @@ again next cycle like any other; a vanished port is closed, backed off and reope
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
@@ -340,7 +341,8 @@ class MeterStats:
                 for k, v in self.__dict__.items()}
 
 
-def meter_times(t: Any, tz: dt.tzinfo) -> dict[tuple[int, int], int]:
+def meter_times(t: Any, tz: dt.tzinfo, records: Iterable[Any] | None = None
+                ) -> dict[tuple[int, int], int]:
     """Epoch ms of a telegram's own date/time records, by (storage, subunit).
 
     Storage 0: the meter's clock when it made the telegram ("Date and time", type F or I).
@@ -348,7 +350,7 @@ def meter_times(t: Any, tz: dt.tzinfo) -> dict[tuple[int, int], int]:
     (type G) stands for 00:00 of that day. M-Bus times carry no zone: read in ``tz``.
     Invalid dates (the IV bit, impossible fields) were already refused by the decoder."""
     best: dict[tuple[int, int], tuple[int, int]] = {}
-    for r in t.records:
+    for r in (t.records if records is None else records):
         if r.error is not None or type(r.value) is not str or r.tariff \
                 or r.function != "instantaneous":
             continue
@@ -358,14 +360,23 @@ def meter_times(t: Any, tz: dt.tzinfo) -> dict[tuple[int, int], int]:
             rank = 1  # a date alone cannot be the meter's clock now
         else:
             continue
-        try:
-            ms = int(dt.datetime.fromisoformat(r.value).replace(tzinfo=tz).timestamp() * 1000)
-        except ValueError:
+        ms = local_ms(r.value, tz)
+        if ms is None:
             continue
         key = (r.storage, r.subunit)
         if key not in best or rank < best[key][0]:
             best[key] = (rank, ms)
     return {k: ms for k, (_, ms) in best.items()}
+
+
+@functools.lru_cache(maxsize=4096)
+def local_ms(text: str, tz: dt.tzinfo) -> int | None:
+    """An ISO date or date-time without zone, in tz, as epoch ms. Cached: the meters of a
+    bus share the current minute, and a meter repeats its due dates for a whole period."""
+    try:
+        return int(dt.datetime.fromisoformat(text).replace(tzinfo=tz).timestamp() * 1000)
+    except (ValueError, OverflowError):
+        return None
 
 
 UTC = ZoneInfo("UTC")
@@ -381,15 +392,27 @@ def telegram_readings(t: Any, meter_id: str, bus: str, rx_ms: int,
     # application error / abnormal condition (bits 0-1 = 2, 3), permanent or temporary error
     quality = (QUALITY_METER_ERROR,) if (s & 0x18 or s & 0x03 >= 2) else ()
     stored = quality + (QUALITY_HISTORIC,)
-    times = meter_times(t, tz)
-    out = []
+    nums = []
+    dates = []
     for r in t.records:
-        if r.value is None or r.error is not None or r.kind not in ("number", "flags"):
-            continue
-        ts = times.get((r.storage, r.subunit), times.get((r.storage, 0)))
-        out.append(Reading(meter_id, r.key, r.value, r.exponent, r.unit, ts, rx_ms,
-                           stored if r.storage else quality, bus))
-    return out
+        k = r.kind
+        if k == "number" or k == "flags":
+            if r.value is not None and r.error is None:
+                nums.append(r)
+        elif k == "datetime" or k == "date":
+            dates.append(r)
+    times = meter_times(t, tz, dates) if dates else None
+    if not times:
+        return [Reading(meter_id, r.key, r.value, r.exponent, r.unit, None, rx_ms,
+                        stored if r.storage else quality, bus) for r in nums]
+    if all(sub == 0 for _, sub in times):  # the usual case: one date per storage number
+        by_storage = {storage: ms for (storage, _), ms in times.items()}
+        return [Reading(meter_id, r.key, r.value, r.exponent, r.unit,
+                        by_storage.get(r.storage), rx_ms, stored if r.storage else quality,
+                        bus) for r in nums]
+    return [Reading(meter_id, r.key, r.value, r.exponent, r.unit,
+                    times.get((r.storage, r.subunit), times.get((r.storage, 0))), rx_ms,
+                    stored if r.storage else quality, bus) for r in nums]
 
 
 class EventGate:
