@@ -120,3 +120,25 @@ def test_uplink_sends_bursts_wakes_for_new_records_and_stops_promptly(
     assert all(len(e.records) <= 10 for e in envs)
     assert [s["state"] for s in status] == ["online", "offline"]
     assert status[1]["reason"] == "shutdown"
+
+
+def test_idle_uplink_keeps_its_connection_alive_with_pings(broker, pki: Path,
+                                                           tmp_path: Path) -> None:
+    """paho's keepalive runs in our loop now (loop_misc): an idle uplink must still ping,
+    or the broker drops it after 1.5 x keepalive and every reconnect costs a handshake."""
+    key = load_signing_key(str(pki / "gateway-sign.key"))
+    store = Store(tmp_path / "store.db")
+    up = Uplink(_settings(broker, pki, "k", keepalive_s=1), "gw-0001", store, key)
+    try:
+        up.start()
+        assert _wait(lambda: up.state.connected, 10)
+        # Idle well past 1.5 x keepalive (mosquitto checks keepalives only every few
+        # seconds: measured, an uplink that never pings is dropped after ~6 s here).
+        time.sleep(7.5)
+        assert up.state.connected and up.state.connect_attempts == 1, up.state
+        store.append(_readings(3))
+        assert _wait(lambda: up.state.records_acked == 3, 5)
+        assert up.state.connect_attempts == 1
+    finally:
+        up.stop(drain_timeout=1.0)
+        store.close()
