@@ -185,3 +185,100 @@ def test_driver_modes_a_and_b(baud_char, mode):
     finally:
         sim.stop()
     assert any(x.quantity == "1-0:1.8.0" for x in sink.records if isinstance(x, Reading))
+
+
+# --------------------------------------------------------------------------- mode D (push)
+
+def test_push_splitter_cuts_the_p1_vector_out_of_noise_with_or_without_a_line_end():
+    data = bytes.fromhex(VECTORS[1]["hex"])  # ends "!A077", no CR LF after the CRC
+    for tail in (b"", b"\r\n"):
+        sp = iec.PushSplitter()
+        sp.receive_data(b"\x00\x7fnoise\r\n" + data + tail + b"/LGF5E360\r\n")  # next one starts
+        t = sp.next_telegram()
+        assert t == data + tail and iec.parse_readout(t).check == "crc16"
+        assert sp.garbage_bytes == 7 and sp.next_telegram() is None
+    sp = iec.PushSplitter()
+    sp.receive_data(data)
+    assert sp.next_telegram() is None  # "!A077" may still be followed by CR LF...
+    assert sp.flush() == data          # ...until the line goes quiet
+
+
+@given(st.binary(max_size=400), st.integers(1, 50))
+def test_push_splitter_never_raises_and_parse_only_raises_the_codec_error(data, chunk):
+    sp = iec.PushSplitter()
+    for i in range(0, len(data), chunk):
+        sp.receive_data(data[i:i + chunk])
+        for t in (sp.next_telegram(), sp.flush()):
+            if t is not None:
+                assert t.startswith(b"/")
+                try:
+                    iec.parse_readout(t)
+                except iec.Iec62056Error:
+                    pass
+
+
+@pytest.mark.parametrize("fmt", ["crc", "bcc", "plain"])
+def test_driver_listens_to_a_mode_d_meter(fmt):
+    from tools.sim.iec62056_21 import start
+    sim = start(1, push_s=0.2, push_format=fmt)
+    try:
+        d, sink = _run(sim, [{"id": "d1", "mode": "d"}],
+                       lambda d: d.meter_stats()["d1"]["success"] >= 3,
+                       interval_s=0.2, serial={"port": sim.device, "baud": 9600})
+    finally:
+        sim.stop()
+    assert d.meter_stats()["d1"]["success"] >= 3 and sim.sign_ons == 0  # never asked
+    r = [x for x in sink.records if isinstance(x, Reading) and x.quantity == "1-0:1.8.0"]
+    assert len(r) >= 3 and r[0].unit == "kWh" and r[0].meter_id == "d1"
+    assert not [x for x in sink.records if isinstance(x, Event)]
+
+
+def test_mode_d_bad_checks_are_counted_and_silence_is_reported_once():
+    from tools.sim.iec62056_21 import start
+    sim = start(1, push_s=0.1, bad_bcc=True)
+    try:
+        d, sink = _run(sim, [{"id": "d1", "mode": "d"}],
+                       lambda d: d.meter_stats()["d1"]["bcc_errors"] >= 5,
+                       interval_s=0.1, serial={"port": sim.device, "baud": 9600})
+        assert d.meter_stats()["d1"]["success"] == 0
+        crc = [e for e in sink.records if isinstance(e, Event) and e.kind == "meter.crc_error"]
+        assert len(crc) == 1 and "CRC mismatch" in crc[0].detail["reason"]  # once a minute
+        sim.meters[0].silent = True
+        d2, sink2 = _run(sim, [{"id": "d1", "mode": "d"}],
+                         lambda d: d.meter_stats()["d1"]["timeouts"] >= 1,
+                         interval_s=0.1, serial={"port": sim.device, "baud": 9600})
+    finally:
+        sim.stop()
+    silent = [e for e in sink2.records if isinstance(e, Event)]
+    assert [e.kind for e in silent] == ["meter.read_failed"]
+    assert "no push telegram" in silent[0].detail["reason"]
+
+
+def test_a_mode_d_meter_must_be_alone_on_its_port(tmp_path):
+    from gateway.config import ConfigError, load_config
+    from tests.configs import config_with_driver
+    p = config_with_driver(tmp_path, "  - type: iec62056-21\n"
+                                     "    name: d0\n"
+                                     "    serial: {port: /dev/ttyUSB0, baud: 9600}\n"
+                                     "    meters: [{id: a, mode: d}, {id: b}]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "drivers[0].meters" in str(e.value) and "only meter on its port" in str(e.value)
+
+
+def test_console_read_of_a_mode_d_meter_returns_its_next_telegram():
+    from gateway.drivers.iec62056_21 import Iec62056Driver
+    from tools.sim.iec62056_21 import start
+    sim = start(1, push_s=0.3)
+    d = Iec62056Driver("iec", {"serial": {"port": sim.device, "baud": 9600}, "interval_s": 0.3,
+                               "meters": [{"id": "d1", "mode": "d"}]}, ListSink())
+    d.start()
+    try:
+        got = d.read_now("d1")
+        assert {r.quantity for r in got} >= {"1-0:1.8.0", "1-0:32.7.0"}
+        sim.meters[0].silent = True
+        with pytest.raises(RuntimeError, match="pushed nothing valid"):
+            d.read_now("d1")
+    finally:
+        d.stop()
+        sim.stop()

@@ -15,6 +15,7 @@ from gateway.config import ConfigError, load_config
 from gateway.drivers.mbus import meter_times, telegram_readings
 from gateway.model import QUALITY_HISTORIC
 from gateway.protocols.mbus.wired import decode_rsp_ud
+from tests.configs import config_with_driver
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "mbus.json").read_text())
 BY_NAME = {v["name"]: v for v in VECTORS["vectors"]}
@@ -56,18 +57,11 @@ def test_telegrams_without_date_records_keep_meter_ts_empty() -> None:
 
 def test_default_tz_is_checked_with_its_line(tmp_path) -> None:
     def cfg(tz: str) -> Path:
-        p = tmp_path / "c.yaml"
-        p.write_text(
-            "gateway: {id: gw-1}\n"
-            f"store: {{path: {tmp_path / 's.db'}}}\n"
-            "uplink: {host: localhost, ca: ca.pem, cert: c.pem, key: k.pem, signing_key: s.key}\n"
-            "drivers:\n"
-            "  - type: mbus\n"
-            "    name: m\n"
-            "    serial: {port: /dev/ttyUSB0, baud: 2400}\n"
-            f"    default_tz: {tz}\n"
-            "    meters: [{primary: 1}]\n")
-        return p
+        return config_with_driver(tmp_path, "  - type: mbus\n"
+                                            "    name: m\n"
+                                            "    serial: {port: /dev/ttyUSB0, baud: 2400}\n"
+                                            f"    default_tz: {tz}\n"
+                                            "    meters: [{primary: 1}]\n")
     with pytest.raises(ConfigError) as e:
         load_config(cfg("Europe/Olso"))
     assert ":8:17: drivers[0].default_tz: expected an IANA time zone" in str(e.value)

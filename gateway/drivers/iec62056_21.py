@@ -1,4 +1,5 @@
-"""Driver ``type: iec62056-21``: meters read with IEC 62056-21 (modes A, B, C) on one port.
+"""Driver ``type: iec62056-21``: meters read with IEC 62056-21 (modes A, B, C) on one port,
+or a meter that pushes its data unasked (mode D, P1-like telegrams) listened to.
 
 Each cycle reads every meter in turn: sign-on at 300 baud 7E1 with the meter's address,
 identification, then (mode C) an option select to the agreed baud rate and either a data
@@ -6,10 +7,17 @@ readout or, when a P1 password is configured, programming mode with R1 reads of 
 configured registers. A silent meter costs one bounded timeout and is backed off, so it
 never stalls the others on the bus. Values stay exact decimal text until they become
 Readings (mantissa, exponent).
+
+Mode D: the port is opened at its configured baud and only listened to; each telegram
+(``/ident ... !`` with an optional CRC16, or ``/ident ... STX data ETX BCC``) becomes
+readings. ``interval_s`` is then the meter's push interval: three missed pushes raise one
+``meter.read_failed``; a telegram failing its check is counted (``meter.crc_error`` at most
+once a minute).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -29,7 +37,9 @@ METER_SCHEMA = Schema((
               help="meter id used in readings"),
     FieldSpec("address", text("a device address of 0-32 characters", r"[A-Za-z0-9 ._-]{0,32}"),
               "", help="device address sent in the sign-on /?address!; empty = point to point"),
-    FieldSpec("mode", one_of("a", "b", "c"), "c", help="protocol mode: C (baud switch), A or B"),
+    FieldSpec("mode", one_of("a", "b", "c", "d"), "c",
+              help="protocol mode: C (baud switch), A or B; D: the meter pushes (listen only, "
+                   "alone on its port, at serial.baud)"),
     FieldSpec("max_baud", one_of_ints(300, 600, 1200, 2400, 4800, 9600, 19200), 9600,
               help="highest baud rate to switch to in mode C"),
     FieldSpec("password", text("a password of 1-32 characters", r"[ -~]{1,32}"), None,
@@ -40,13 +50,23 @@ METER_SCHEMA = Schema((
               "1-0:", help="prefix for short C.D.E addresses"),
 ))
 
+
+def _mode_d_alone(v: dict[str, Any]) -> list[tuple[str, str]]:
+    meters = v.get("meters") or []
+    if len(meters) > 1 and any(m.get("mode") == "d" for m in meters):
+        return [("meters", "a mode D meter pushes unasked: it must be the only meter on its "
+                           f"port, got {len(meters)} meters")]
+    return []
+
+
 SCHEMA = Schema((
     FieldSpec("serial", mapping(SERIAL_SCHEMA), help="the serial port (sign-on is always "
               "300 baud; bytesize/parity are taken from data_format)"),
     FieldSpec("data_format", one_of("7e1", "8n1"), "7e1",
               help="character format: 7E1 as the standard says, 8N1 for odd adapters"),
     FieldSpec("interval_s", number(gt=0, what="a number of seconds"), 60,
-              help="seconds between two readouts of the same meter"),
+              help="seconds between two readouts of the same meter (mode D: the meter's "
+                   "push interval)"),
     FieldSpec("reply_timeout_ms", integer(50, 60000), 2000,
               help="longest wait for a meter's reply"),
     FieldSpec("retries", integer(0, 10), 2, help="NAK retries of a block with a bad BCC"),
@@ -56,7 +76,8 @@ SCHEMA = Schema((
               help="longest wait before retrying a failing meter"),
     FieldSpec("meters", list_of(METER_SCHEMA, min_items=1, unique_key="id"),
               help="the meters on this port"),
-), help="IEC 62056-21 meters (optical head or RS-485)")
+), check=_mode_d_alone, help="IEC 62056-21 meters (optical head or RS-485)")
+
 
 
 class ReadFailed(Exception):
@@ -103,6 +124,12 @@ class Iec62056Driver(OwnsSerialPort, Driver):
         self.work = WorkQueue(self, self.stopping)
         self.state = "opening"  # opening | open | reopening (for the console)
         self.last_port_error: str | None = None
+        self.listen = self.meters[0].opts.get("mode") == "d"  # alone on its port (schema)
+        self._pushed = threading.Condition()
+        self._push_count = 0
+        self._push_readings: list[Reading] = []
+        self._last_push_error_at = 0.0
+        self._silent_reported = False
 
     def meter_stats(self) -> dict[str, dict[str, Any]]:
         return {m.opts["id"]: {**m.stats, "last_ok_ms": m.last_ok_ms,
@@ -123,6 +150,8 @@ class Iec62056Driver(OwnsSerialPort, Driver):
         m = next((m for m in self.meters if m.opts["id"] == meter_id), None)
         if m is None:
             raise KeyError(meter_id)
+        if self.listen:
+            return self._next_push(m)
 
         def read() -> list[Reading]:
             if self.ser is None:
@@ -156,6 +185,9 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                         self.log.error("%s; retrying in %.1f s", exc, delay)
                         self.work.idle(delay)  # console work goes on: a read says the port is down
                         continue
+                if self.listen:
+                    self._listen(self.meters[0])
+                    continue
                 now = time.monotonic()
                 due = [m for m in self.meters if m.next_due <= now]
                 for m in due:
@@ -178,7 +210,84 @@ class Iec62056Driver(OwnsSerialPort, Driver):
             self.work.close()
 
     def _open(self) -> None:
-        self._open_port(300)
+        self._open_port(int(self.serial_opts.get("baud", 2400)) if self.listen else 300)
+
+    # ------------------------------------------------------------------ mode D
+    def _listen(self, m: MeterState) -> None:
+        """Read what the meter pushes until the port fails or the driver stops."""
+        from ..protocols import iec62056_21 as iec
+        split = iec.PushSplitter()
+        last_ok = time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                data = self.ser.read(max(1, self.ser.in_waiting))
+            except OSError as exc:  # the port vanished (USB adapter unplugged)
+                self.log.error("port %s failed: %s; reopening", self.serial_opts["port"], exc)
+                self._close()
+                return
+            if data:
+                if self.soft_parity:
+                    m.stats["parity_errors"] += iec.parity_errors(data)
+                split.receive_data(data)
+                telegram = split.next_telegram()
+            else:
+                telegram = split.flush()  # quiet line: a telegram without a final CR LF
+            while telegram is not None:
+                if self._push_telegram(m, telegram):
+                    last_ok = time.monotonic()
+                telegram = split.next_telegram()
+            silent = time.monotonic() - last_ok
+            if silent > 3 * self.interval_s and not self._silent_reported:
+                self._silent_reported = True
+                m.stats["failures"] += 1
+                m.stats["timeouts"] += 1
+                m.last_error = f"no push telegram for {silent:.0f} s"
+                self.log.warning("meter %s: %s (expected every %.0f s)", m.opts["id"],
+                                 m.last_error, self.interval_s)
+                self.emit([Event("meter.read_failed", now_ms(), self.bus, m.opts["id"],
+                                 "warning", {"reason": m.last_error, "mode": "d",
+                                             "failures": m.stats["failures"]})])
+            self.cycles += 1
+            self.work.service()
+
+    def _push_telegram(self, m: MeterState, telegram: bytes) -> bool:
+        from ..protocols import iec62056_21 as iec
+        rx = now_ms()
+        try:
+            readout = iec.parse_readout(telegram)
+        except iec.Iec62056Error as exc:
+            crc = isinstance(exc, iec.BccError)
+            m.stats["bcc_errors" if crc else "failures"] += 1
+            m.last_error = str(exc)
+            now = time.monotonic()
+            if now - self._last_push_error_at >= 60:  # a meter pushing every second...
+                self._last_push_error_at = now
+                self.log.warning("meter %s: %s", m.opts["id"], exc)
+                self.emit([Event("meter.crc_error" if crc else "meter.read_failed", rx,
+                                 self.bus, m.opts["id"], "warning",
+                                 {"reason": str(exc), "mode": "d",
+                                  "bcc_errors": m.stats["bcc_errors"]})])
+            return False
+        records = self._to_readings(m, readout.data_sets, rx)
+        if self._silent_reported:
+            self.log.info("meter %s: pushing again", m.opts["id"])
+        self._silent_reported = False
+        self._succeeded(m, records)
+        with self._pushed:
+            self._push_count += 1
+            self._push_readings = records
+            self._pushed.notify_all()
+        return True
+
+    def _next_push(self, m: MeterState) -> list[Reading]:
+        """A console read of a mode D meter: the readings of its next telegram."""
+        wait = min(READ_NOW_TIMEOUT_S, max(5.0, 2.5 * self.interval_s))
+        with self._pushed:
+            seen = self._push_count
+            if not self._pushed.wait_for(lambda: self._push_count != seen, wait):
+                raise RuntimeError(f"mode D meter {m.opts['id']} pushed nothing valid within "
+                                   f"{wait:.0f} s ({m.last_error or 'no telegram'})")
+            return list(self._push_readings)
 
     def _poll(self, m: MeterState, manual: bool = False) -> list[Reading] | None:
         """Read one meter and emit its readings; them, or None when it failed (counted,
@@ -206,15 +315,18 @@ class Iec62056Driver(OwnsSerialPort, Driver):
             self._reset_line()
         was_failing = m.backoff.failures > 0
         m.backoff.ok()
+        if not manual or was_failing:
+            m.next_due = time.monotonic() + self.interval_s
+        self._succeeded(m, records)
+        return records
+
+    def _succeeded(self, m: MeterState, records: list[Reading]) -> None:
         m.stats["success"] += 1
         m.stats["readings"] += len(records)
         m.last_ok_ms = now_ms()
         m.last_error = None
-        if not manual or was_failing:
-            m.next_due = time.monotonic() + self.interval_s
         if records:
             self.emit(records)
-        return records
 
     def _reset_line(self) -> None:
         if self.ser is not None:
@@ -247,6 +359,11 @@ class Iec62056Driver(OwnsSerialPort, Driver):
             sets = self._programming_read(m, dec, password)
         else:
             sets = self._readout(m, dec)
+        return self._to_readings(m, sets, rx)
+
+    def _to_readings(self, m: MeterState, sets: Any, rx: int) -> list[Reading]:
+        from ..protocols import iec62056_21 as iec
+        o = m.opts
         prefix = o.get("obis_prefix", "1-0:")
         out = []
         for ds in sets:

@@ -441,6 +441,89 @@ def parse_readout(data: bytes) -> Readout:
     return Readout(ident, tuple(parse_data_sets(rest[:bang])), check)
 
 
+class PushSplitter:
+    """Cuts the byte stream of a meter that pushes (mode D, P1-like) into telegrams for
+    :func:`parse_readout`: ``/ident CRLF ... STX data ETX BCC`` or ``/ident CRLF ... ! [CRC]
+    CRLF``. Bytes before a ``/`` are skipped and counted; a telegram that outgrows
+    MAX_BLOCK is dropped (counted) and the search starts again."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.garbage_bytes = 0
+        self.oversized = 0
+
+    def receive_data(self, data: bytes) -> None:
+        self._buf += bytes(b & 0x7F for b in data)
+
+    def next_telegram(self) -> bytes | None:
+        buf = self._buf
+        start = buf.find(b"/")
+        if start < 0:
+            self.garbage_bytes += len(buf.strip(b"\r\n"))
+            buf.clear()
+            return None
+        if start:
+            self.garbage_bytes += len(buf[:start].strip(b"\r\n"))  # line ends are not noise
+            del buf[:start]
+        head_end = buf.find(CRLF)
+        end = -1
+        if head_end >= 0:
+            stx = buf.find(bytes([STX]), head_end)
+            bang = buf.find(b"!", head_end)
+            if stx >= 0 and (bang < 0 or stx < bang):
+                etx = _find_end(buf[stx:])
+                end = stx + etx + 2 if etx >= 0 else -1
+            elif bang >= 0:
+                end = _push_end(buf, bang)
+        if end < 0:
+            if len(buf) > MAX_BLOCK:
+                self.oversized += 1
+                del buf[:1]  # the next '/' may start a good telegram
+            return None
+        telegram = bytes(buf[:end])
+        del buf[:end]
+        return telegram
+
+    def flush(self) -> bytes | None:
+        """The line went quiet: a push telegram that ends in '!' or '!CRC' with no line end
+        after it is complete (a meter may send no CR LF after the CRC)."""
+        t = self.next_telegram()
+        if t is not None:
+            return t
+        buf = self._buf
+        head_end = buf.find(CRLF)
+        if not buf.startswith(b"/") or head_end < 0 or buf.find(bytes([STX]), head_end) >= 0:
+            return None
+        bang = buf.find(b"!", head_end)
+        if bang < 0:
+            return None
+        crc = bytes(buf[bang + 1:bang + 5])
+        end = bang + 1 + (4 if len(crc) == 4 and all(c in _HEX for c in crc) else 0)
+        telegram = bytes(buf[:end])
+        del buf[:end]
+        return telegram
+
+
+_HEX = frozenset(b"0123456789ABCDEFabcdef")
+
+
+def _push_end(buf: bytearray, bang: int) -> int:
+    """End of a push telegram whose '!' is at bang: '!' [4 hex digits of CRC] [CR LF].
+    -1 while the bytes after '!' could still be the start of a CRC or a line end."""
+    tail = bytes(buf[bang + 1:bang + 7])
+    if tail[:2] == CRLF:
+        return bang + 3
+    crc = 0
+    while crc < min(4, len(tail)) and tail[crc] in _HEX:
+        crc += 1
+    if crc == 4:
+        return bang + 5 + (2 if tail[4:6] == CRLF else 0) if len(tail) >= 6 or \
+            tail[4:5] not in (b"", b"\r") else -1
+    if crc == len(tail) or tail[:1] == b"\r" and len(tail) < 2:
+        return -1  # more may come
+    return bang + 1
+
+
 def normalise_obis(address: str, prefix: str = "1-0:") -> str:
     """``1.8.0`` -> ``1-0:1.8.0`` (short C.D.E codes get the configured A-B prefix)."""
     if re.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,3}(\*\d{1,3})?", address) and prefix:

@@ -59,13 +59,43 @@ class SimIecMeter:
 class IecBusSimulator(PtySimulator):
     """Meter-side state machine for every meter on the simulated bus."""
 
-    def __init__(self, meters: list[SimIecMeter]) -> None:
+    def __init__(self, meters: list[SimIecMeter], push_s: float | None = None,
+                 push_format: str = "crc") -> None:
+        """push_s: the first meter pushes a telegram this often (mode D), unasked, as
+        ``crc`` (``/ident CRLF CRLF data !CRC16 CRLF``, P1-like), ``bcc`` (ident, then
+        ``STX data ! CRLF ETX BCC``) or ``plain`` (no check)."""
         self.meters = meters
         self.decoder = iec.Iec62056Decoder(meter_side=True)
         self.active: SimIecMeter | None = None
         self.state = "idle"
         self.sign_ons = 0
+        self.push_s = push_s
+        self.push_format = push_format
+        self.pushes = 0
+        self._next_push = time.monotonic()
         super().__init__(self._on_data, name="sim-iec62056-21")
+
+    def idle(self) -> None:
+        if self.push_s is None or time.monotonic() < self._next_push:
+            return
+        self._next_push = time.monotonic() + self.push_s
+        m = self.meters[0]
+        if m.silent:
+            return
+        self.pushes += 1
+        self.write(iec.add_even_parity(self.push_telegram(m)))
+
+    def push_telegram(self, m: SimIecMeter) -> bytes:
+        ident = iec.Identification(m.manufacturer, m.baud_char, m.ident).serialize()
+        text = m.readout_text().encode()
+        if self.push_format == "bcc":
+            body = iec.data_message(m.readout_text())
+            return ident + (body[:-1] + bytes([body[-1] ^ 0x55]) if m.bad_bcc else body)
+        if self.push_format == "plain":
+            return ident + b"\r\n" + text + b"!\r\n"
+        head = ident + b"\r\n" + text + b"!"
+        crc = iec.crc16_arc(head) ^ (0x5555 if m.bad_bcc else 0)
+        return head + f"{crc:04X}".encode() + b"\r\n"
 
     def _reply(self, m: SimIecMeter, data: bytes) -> bytes:
         if m.delay_s:
@@ -133,13 +163,14 @@ class IecBusSimulator(PtySimulator):
 
 def start(meters: int = 1, *, addresses: list[str] | None = None, baud_char: str = "5",
           password: str | None = None, silent: tuple[str, ...] = (), bad_bcc: bool = False,
-          delay_s: float = 0.0) -> IecBusSimulator:
+          delay_s: float = 0.0, push_s: float | None = None,
+          push_format: str = "crc") -> IecBusSimulator:
     """Start a bus of ``meters`` simulated meters; ``.device`` is the pty path."""
     addrs = addresses or [f"{10000001 + i}" for i in range(meters)]
     sims = [SimIecMeter(a, baud_char=baud_char, password=password, silent=a in silent,
                         bad_bcc=bad_bcc, delay_s=delay_s, base_wh=1_000_000 * (i + 1),
                         ident=f"SIM{i + 1}") for i, a in enumerate(addrs)]
-    return IecBusSimulator(sims)
+    return IecBusSimulator(sims, push_s, push_format)
 
 
 def main() -> None:
