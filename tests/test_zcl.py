@@ -199,7 +199,39 @@ def test_bind_request_and_status_response():
     assert zdo.parse_zdo(zdo.BIND_REQ, req.serialize()) == req
     assert req.serialize()[12] == 0x03
     assert zdo.parse_zdo(zdo.BIND_RSP, b"\x05\x84") == zdo.StatusResponse(5, 0x84)
-    assert zdo.parse_zdo(0x8031, b"\x00") is None  # not modelled: ignored, not an error
+    assert zdo.parse_zdo(0x8034, b"\x00\x00") == zdo.StatusResponse(0, 0)
+    assert zdo.parse_zdo(0x8002, b"\x00") is None  # not modelled: ignored, not an error
+
+
+# A public Mgmt_Lqi_rsp capture: 3 of 8 neighbors (a coordinator, two routers).
+LQI_RSP = bytes.fromhex(
+    "6e00080003"
+    "50533a0d00df6615" "e9a6c917006f0d00" "0000" "240200cf"
+    "50533a0d00df6615" "80bfca6b6a38c1a4" "4a16" "05020fcd"
+    "50533a0d00df6615" "d3fae125004b1200" "6417" "25020f36")
+
+
+def test_mgmt_lqi_response_vector_and_round_trip():
+    r = zdo.parse_zdo(zdo.MGMT_LQI_RSP, LQI_RSP)
+    assert (r.seq, r.status, r.total, r.start) == (0x6E, 0, 8, 0)
+    assert [(n.ieee, n.nwk, n.lqi, n.depth) for n in r.neighbors] == [
+        (0x000D6F0017C9A6E9, 0x0000, 207, 0), (0xA4C1386A6BCABF80, 0x164A, 205, 15),
+        (0x00124B0025E1FAD3, 0x1764, 54, 15)]
+    c, r1, r2 = r.neighbors
+    assert (zdo.DEVICE_TYPES[c.device_type], zdo.RELATIONSHIPS[c.relationship]) == \
+        ("coordinator", "sibling")
+    assert (zdo.DEVICE_TYPES[r1.device_type], zdo.RELATIONSHIPS[r1.relationship]) == \
+        ("router", "parent")
+    assert all(n.extended_pan == 0x1566DF000D3A5350 for n in r.neighbors)
+    assert r.serialize() == LQI_RSP
+    assert zdo.parse_zdo(zdo.MGMT_LQI_REQ, b"\x07\x03") == zdo.LqiRequest(7, 3)
+    assert zdo.LqiRequest(7, 3).serialize() == b"\x07\x03"
+    assert zdo.parse_zdo(zdo.MGMT_LQI_RSP, b"\x07\x84") == \
+        zdo.LqiResponse(7, 0x84, 0, 0, ())  # NOT_SUPPORTED: no table fields
+    with pytest.raises(zdo.ZDODecodeError):
+        zdo.parse_zdo(zdo.MGMT_LQI_RSP, LQI_RSP[:-1])  # truncated last record
+    with pytest.raises(zdo.ZDODecodeError):
+        zdo.parse_zdo(zdo.MGMT_LQI_RSP, LQI_RSP[:2] + b"\x02" + LQI_RSP[3:])  # 3 of 2?
 
 
 @given(st.integers(0, 0xFFFF), st.binary(max_size=40))

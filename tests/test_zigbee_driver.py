@@ -269,3 +269,20 @@ def test_devices_that_joined_before_the_gateway_started_are_picked_up():
             drv.stop()
     finally:
         sim.stop()
+
+
+def test_lqi_of_each_device_from_the_coordinators_neighbor_table(run):
+    # Seven devices: the simulator answers 3 neighbors per Mgmt_Lqi_rsp, so the driver
+    # must page (0, 3, 6) to learn all of them.
+    devices = [_dev(20 + i, lqi=250 - 20 * i) for i in range(7)]
+    sim, drv, sink = run(devices, lqi_interval_s=0.5)
+    want = {d.meter_id: d.lqi for d in devices}
+
+    def learnt(_: Any) -> bool:
+        stats = drv.meter_stats()
+        return all(stats.get(m, {}).get("lqi") == v for m, v in want.items())
+    sink.wait_for(learnt)
+    assert drv.bus_state()["lqi_scans"]["ok"] >= 1
+    assert sim.stats["lqi_requests"] >= 3
+    devices[0].lqi = 31  # the link degrades: the next scan says so
+    sink.wait_for(lambda _: drv.meter_stats()[devices[0].meter_id]["lqi"] == 31)

@@ -95,6 +95,9 @@ SCHEMA = DriverSchema((
               help="a device is silent after this many expected intervals without a frame"),
     FieldSpec("rssi_interval_s", number(gt=0, what="a number of seconds"), 60,
               help="least time between two RSSI (AT DB) samples of one device"),
+    FieldSpec("lqi_interval_s", number(gt=0, what="a number of seconds"), 300,
+              help="how often the coordinator's neighbor table (Mgmt_Lqi_req) is read for "
+                   "each device's LQI"),
     FieldSpec("devices", list_of(DEVICE_SCHEMA, unique_key="ieee"), [],
               help="devices known in advance, to name them or force polling"),
 ), check=_report_rule, help="Digi XBee Zigbee coordinator: Smart Energy / HA metering")
@@ -290,6 +293,7 @@ class Device:
     last_status: int | None = None
     held: list = field(default_factory=list)
     rssi_dbm: int | None = None
+    lqi: int | None = None  # as the coordinator's neighbor table rates the link (0-255)
     stats: collections.Counter = field(default_factory=collections.Counter)
 
     def restart_setup(self, now: float) -> None:
@@ -354,6 +358,10 @@ class ZigbeeDriver(Driver):
         self.retries = int(o.get("retries", 2))
         self.silence_factor = float(o.get("silence_factor", 2))
         self.rssi_interval = float(o.get("rssi_interval_s", 60))
+        self.lqi_interval = float(o.get("lqi_interval_s", 300))
+        self._lqi_next_at = 0.0
+        self._lqi_pending: tuple[int, float] | None = None  # (seq, deadline) of a page
+        self.lqi_scans = {"ok": 0, "timeouts": 0, "refused": 0}
         self.configured: dict[int, dict[str, Any]] = {
             parse_ieee(d["ieee"]): d for d in (o.get("devices") or [])}
         self.devices: dict[int, Device] = {}
@@ -382,7 +390,7 @@ class ZigbeeDriver(Driver):
                 m = d.metering
                 out[d.meter_id] = {
                     **dict(d.stats), "ieee": xbee.eui64_hex(d.ieee), "nwk": d.nwk,
-                    "rssi_dbm": d.rssi_dbm, "last_seen_ms": d.last_seen_ms,
+                    "rssi_dbm": d.rssi_dbm, "lqi": d.lqi, "last_seen_ms": d.last_seen_ms,
                     "silent": d.silent, "manufacturer": d.manufacturer, "model": d.model,
                     "scaling_known": m is not None,
                     "unit": m.units[0] if m else None,
@@ -412,7 +420,7 @@ class ZigbeeDriver(Driver):
         return {"connected": self.link is not None, "coordinator": dict(self.module),
                 "sessions": self.sessions, "bad_frames": self.frame_errors,
                 "checksum_errors": dec.checksum_errors if dec else None,
-                "devices": len(self.devices)}
+                "devices": len(self.devices), "lqi_scans": dict(self.lqi_scans)}
 
     # -- thread ------------------------------------------------------------------------
 
@@ -599,7 +607,55 @@ class ZigbeeDriver(Driver):
                     self._setup_step(dev, now)
             elif now >= dev.next_poll_at and dev.polled_clusters():
                 self._poll(dev, now)
+        self._lqi_scan(now)
         self._frame_error_event(now)
+
+    # -- link quality ----------------------------------------------------------------------
+
+    def _lqi_scan(self, now: float) -> None:
+        """Every lqi_interval, page through the coordinator's neighbor table. Devices behind
+        a router are not in it (their LQI is the router's to tell): they keep lqi None."""
+        pending = self._lqi_pending
+        if pending is not None:
+            if now < pending[1]:
+                return
+            self._lqi_pending = None
+            self.lqi_scans["timeouts"] += 1
+            self.log.debug("zigbee %s: no Mgmt_Lqi_rsp from the coordinator", self.bus)
+            self._lqi_next_at = now + self.lqi_interval
+        if now >= self._lqi_next_at and self.link is not None and self.coordinator_ieee \
+                and self.devices:
+            self._lqi_next_at = now + self.lqi_interval
+            self._send_lqi(0, now)
+
+    def _send_lqi(self, start: int, now: float) -> None:
+        assert self.link is not None
+        seq = self._next_seq()
+        self._lqi_pending = (seq, now + self.timeout)
+        self.link.send(xbee.ExplicitAddressingCommand(
+            0, self.coordinator_ieee, 0x0000, zdo.ZDO_ENDPOINT, zdo.ZDO_ENDPOINT,
+            zdo.MGMT_LQI_REQ, zdo.ZDO_PROFILE, 0, 0, zdo.LqiRequest(seq, start).serialize()))
+
+    def _on_lqi(self, msg: zdo.LqiResponse, now: float) -> None:
+        if self._lqi_pending is None or msg.seq != self._lqi_pending[0]:
+            return  # late or not ours
+        self._lqi_pending = None
+        if msg.status != 0:
+            self.lqi_scans["refused"] += 1
+            if self.lqi_scans["refused"] == 1:
+                self.log.info("zigbee %s: the coordinator refused Mgmt_Lqi_req (%s): no LQI",
+                              self.bus, zdo.ZDO_STATUS.get(msg.status, msg.status))
+            return
+        with self._lock:
+            for n in msg.neighbors:
+                dev = self.devices.get(n.ieee)
+                if dev is not None:
+                    dev.lqi = n.lqi
+        following = msg.start + len(msg.neighbors)
+        if msg.neighbors and following < msg.total:
+            self._send_lqi(following, now)
+        else:
+            self.lqi_scans["ok"] += 1
 
     def _run_commands(self) -> None:
         while True:
@@ -864,6 +920,9 @@ class ZigbeeDriver(Driver):
         if isinstance(msg, zdo.DeviceAnnounce):
             self._on_join(msg.ieee, msg.nwk, now, capability=zdo.capability_names(
                 msg.capability), via="device announce")
+            return
+        if isinstance(msg, zdo.LqiResponse):
+            self._on_lqi(msg, now)
             return
         dev = self.devices.get(f.source64)
         if dev is None or not isinstance(msg, zdo.StatusResponse):

@@ -31,6 +31,8 @@ ZDO_CLUSTERS: dict[int, str] = {
 DEVICE_ANNCE = 0x0013
 BIND_REQ = 0x0021
 BIND_RSP = 0x8021
+MGMT_LQI_REQ = 0x0031
+MGMT_LQI_RSP = 0x8031
 MGMT_PERMIT_JOINING_REQ = 0x0036
 MGMT_PERMIT_JOINING_RSP = 0x8036
 
@@ -128,6 +130,91 @@ class PermitJoiningRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class LqiRequest:
+    """Mgmt_Lqi_req (2.4.3.3.2): a page of the receiver's neighbor table from ``start``."""
+
+    CLUSTER: ClassVar[int] = MGMT_LQI_REQ
+    seq: int
+    start: int = 0
+
+    def serialize(self) -> bytes:
+        return bytes((self.seq, self.start))
+
+    @classmethod
+    def deserialize(cls, data: bytes) -> tuple["LqiRequest", bytes]:
+        _need(data, 2, "Mgmt_Lqi_req")
+        return cls(data[0], data[1]), bytes(data[2:])
+
+
+DEVICE_TYPES = {0: "coordinator", 1: "router", 2: "end_device", 3: "unknown"}
+RELATIONSHIPS = {0: "parent", 1: "child", 2: "sibling", 3: "none", 4: "previous_child"}
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbor:
+    """One neighbor table record (Table 2.128, 22 bytes): ``lqi`` is the link quality the
+    table's owner measures for this neighbor (0-255, higher is better)."""
+
+    extended_pan: int
+    ieee: int
+    nwk: int
+    device_type: int
+    rx_on_when_idle: int
+    relationship: int
+    permit_joining: int
+    depth: int
+    lqi: int
+
+    SIZE: ClassVar[int] = 22
+
+    def serialize(self) -> bytes:
+        return self.extended_pan.to_bytes(8, "little") + self.ieee.to_bytes(8, "little") \
+            + self.nwk.to_bytes(2, "little") + bytes((
+                self.device_type & 3 | (self.rx_on_when_idle & 3) << 2
+                | (self.relationship & 7) << 4, self.permit_joining & 3, self.depth, self.lqi))
+
+    @classmethod
+    def deserialize(cls, d: bytes) -> "Neighbor":
+        flags = d[18]
+        return cls(int.from_bytes(d[0:8], "little"), int.from_bytes(d[8:16], "little"),
+                   int.from_bytes(d[16:18], "little"), flags & 3, flags >> 2 & 3,
+                   flags >> 4 & 7, d[19] & 3, d[20], d[21])
+
+
+@dataclass(frozen=True, slots=True)
+class LqiResponse:
+    """Mgmt_Lqi_rsp (2.4.4.3.2): ``total`` entries in the table, ``neighbors`` from
+    ``start``; a caller pages on with start + len(neighbors) while that is below total."""
+
+    CLUSTER: ClassVar[int] = MGMT_LQI_RSP
+    seq: int
+    status: int
+    total: int
+    start: int
+    neighbors: tuple[Neighbor, ...]
+
+    def serialize(self) -> bytes:
+        return bytes((self.seq, self.status, self.total, self.start, len(self.neighbors))) \
+            + b"".join(n.serialize() for n in self.neighbors)
+
+    @classmethod
+    def deserialize(cls, data: bytes) -> tuple["LqiResponse", bytes]:
+        _need(data, 2, "Mgmt_Lqi_rsp")
+        if data[1] != 0:  # a refusal carries no table fields
+            return cls(data[0], data[1], 0, 0, ()), bytes(data[2:])
+        _need(data, 5, "Mgmt_Lqi_rsp")
+        count = data[4]
+        end = 5 + count * Neighbor.SIZE
+        _need(data, end, f"Mgmt_Lqi_rsp with {count} neighbors")
+        if data[3] + count > data[2]:
+            raise ZDODecodeError(f"Mgmt_Lqi_rsp: entries {data[3]}..{data[3] + count - 1} "
+                                 f"beyond the table's {data[2]}")
+        return cls(data[0], 0, data[2], data[3], tuple(
+            Neighbor.deserialize(data[i:i + Neighbor.SIZE])
+            for i in range(5, end, Neighbor.SIZE))), bytes(data[end:])
+
+
+@dataclass(frozen=True, slots=True)
 class StatusResponse:
     """Any response made of a sequence number and a status (Bind_rsp, Mgmt_*_rsp...)."""
 
@@ -147,6 +234,7 @@ class StatusResponse:
 ZDO_MESSAGES: dict[int, Any] = {
     DEVICE_ANNCE: DeviceAnnounce, BIND_REQ: BindRequest,
     MGMT_PERMIT_JOINING_REQ: PermitJoiningRequest,
+    MGMT_LQI_REQ: LqiRequest, MGMT_LQI_RSP: LqiResponse,
     BIND_RSP: StatusResponse, 0x8022: StatusResponse, 0x8034: StatusResponse,
     MGMT_PERMIT_JOINING_RSP: StatusResponse,
 }

@@ -62,6 +62,7 @@ class SimDevice:
     manufacturer: str = "SimMeter Co"
     model: str = "SIM-EM1"
     rssi: int = 48                  # what AT DB answers after its frames (-dBm)
+    lqi: int = 200                  # its link in the coordinator's neighbor table
     # state
     joined: bool = False
     reporting: set = field(default_factory=set)
@@ -355,6 +356,11 @@ class XBeeSimulator:
                 self.join_open_until = now + req.duration
                 self.requests.append(("broadcast", f.cluster, "permit joining"))
             return
+        if f.dest64 == COORDINATOR_IEEE or f.dest16 == 0x0000:
+            self._tx_status(f, 0)
+            if f.profile == zdo.ZDO_PROFILE and f.cluster == zdo.MGMT_LQI_REQ:
+                self._neighbor_table(zdo.parse_zdo(f.cluster, f.data))
+            return
         dev = self.devices.get(f.dest64)
         if dev is None or not dev.joined or self._silent(dev, now):
             self._tx_status(f, 0x21)  # network ACK failure: nobody answered
@@ -408,6 +414,18 @@ class XBeeSimulator:
                     for r in p.records)))
         else:
             reply(zcl.DefaultResponse(hdr.command, zcl.UNSUP_GENERAL_COMMAND))
+
+    LQI_PAGE = 3  # neighbors per Mgmt_Lqi_rsp, as small stacks answer: makes callers page
+
+    def _neighbor_table(self, req: zdo.LqiRequest) -> None:
+        """The coordinator answers its own Mgmt_Lqi_req: its joined devices as children."""
+        self.stats["lqi_requests"] += 1
+        table = [zdo.Neighbor(EXT_PAN_ID, d.ieee, d.nwk, 2, 1, 1, 0, 1, d.lqi)
+                 for d in self.devices.values() if d.joined]
+        page = tuple(table[req.start:req.start + self.LQI_PAGE])
+        rsp = zdo.LqiResponse(req.seq, 0, len(table), req.start, page)
+        self._send(xbee.ExplicitRxIndicator(COORDINATOR_IEEE, 0x0000, 0, 0, zdo.MGMT_LQI_RSP,
+                                            zdo.ZDO_PROFILE, 0x01, rsp.serialize()))
 
     def _on_zdo(self, dev: SimDevice, f: xbee.ExplicitAddressingCommand) -> None:
         if f.cluster == zdo.BIND_REQ:
