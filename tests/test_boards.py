@@ -92,6 +92,29 @@ def test_default_board_works_without_any_boards_directory(tmp_path, monkeypatch)
     import gateway.fleet.boards as boards
     monkeypatch.setattr(boards, "SHIPPED_DIR", tmp_path / "nowhere")
     monkeypatch.setattr(boards, "SYSTEM_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(boards.sys, "prefix", str(tmp_path / "no-prefix"))
     assert load_config(write_config(tmp_path, "generic-linux")).board["source"] == "built-in"
     with pytest.raises(ConfigError, match="no boards/ directory"):
         load_config(write_config(tmp_path, "raspberry-pi"))
+
+
+def test_profiles_installed_by_pip_under_the_prefix_are_found(tmp_path, monkeypatch):
+    """A plain `pip install .` has no source tree: the profiles come as data files."""
+    import shutil
+
+    import gateway.fleet.boards as boards
+    monkeypatch.setattr(boards, "SHIPPED_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(boards, "SYSTEM_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(boards.sys, "prefix", str(tmp_path / "venv"))
+    share = tmp_path / "venv" / "share" / "meter-gateway" / "boards"
+    share.mkdir(parents=True)
+    shutil.copy(SHIPPED_DIR / "raspberry-pi.yaml", share)
+    assert load_config(write_config(tmp_path, "raspberry-pi")).board["name"] == "raspberry-pi"
+
+
+def test_setup_cfg_ships_every_board_profile_as_data_files():
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(SHIPPED_DIR.parent / "setup.cfg")
+    pattern = cfg["options.data_files"]["share/meter-gateway/boards"].strip()
+    assert sorted(SHIPPED_DIR.parent.glob(pattern)) == BOARDS and BOARDS

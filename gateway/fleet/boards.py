@@ -9,13 +9,15 @@ defaults are merged into the config: a driver whose ``serial.port`` is one of th
 devices and that gives no ``rs485:`` of its own gets the board's RS-485 settings.
 
 Profiles are looked up in ``boards/`` next to the config file, then ``/etc/gateway/boards``,
-then the ``boards/`` shipped with the release.
+then the ``boards/`` shipped with the release, then ``<prefix>/share/meter-gateway/boards``
+(where a plain ``pip install .`` puts them).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,11 @@ from ..config import ID as _ID
 
 SYSTEM_DIR = "/etc/gateway/boards"
 SHIPPED_DIR = Path(__file__).resolve().parent.parent.parent / "boards"
+
+
+def installed_dir() -> Path:
+    """Where `pip install .` puts the shipped profiles (setup.cfg data_files)."""
+    return Path(sys.prefix) / "share" / "meter-gateway" / "boards"
 
 
 def _absolute(v: str) -> None:
@@ -73,7 +80,7 @@ BUILTIN_DEFAULT: dict[str, Any] = {"name": DEFAULT_BOARD, "description": "generi
 
 
 def search_dirs(config_dir: str) -> list[Path]:
-    return [Path(config_dir) / "boards", Path(SYSTEM_DIR), SHIPPED_DIR]
+    return [Path(config_dir) / "boards", Path(SYSTEM_DIR), SHIPPED_DIR, installed_dir()]
 
 
 def available(dirs: list[Path]) -> list[str]:
