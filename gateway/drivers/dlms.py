@@ -319,22 +319,14 @@ class DlmsDriver(OwnsSerialPort, Driver):
 
     # ------------------------------------------------------------------ loop
     def loop(self) -> None:
-        from .serialport import SerialPortError
         from ..protocols.dlms import load_gurux
         load_gurux()  # imported here, not at module import: the driver registry stays cheap
         self.log.info("dlms bus %s (%s): %d meters on %s", self.bus, self.mode,
                       len(self.meters), self.serial_opts["port"])
         try:
             while not self.stopping.is_set():
-                if self.ser is None:
-                    try:
-                        self._open()
-                    except SerialPortError as exc:
-                        delay = self.port_backoff.fail()
-                        self.state, self.last_port_error = "reopening", str(exc)
-                        self.log.error("%s; retrying in %.1f s", exc, delay)
-                        self.work.idle(delay)  # console work goes on: a read says the port is down
-                        continue
+                if not self._open_or_back_off():
+                    continue
                 try:
                     if self.mode == "push":
                         self._listen()

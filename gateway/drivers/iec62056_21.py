@@ -171,20 +171,12 @@ class Iec62056Driver(OwnsSerialPort, Driver):
 
     # ------------------------------------------------------------------ loop
     def loop(self) -> None:
-        from .serialport import SerialPortError
         self.log.info("iec62056-21 bus %s: %d meters on %s every %.1f s", self.bus,
                       len(self.meters), self.serial_opts["port"], self.interval_s)
         try:
             while not self.stopping.is_set():
-                if self.ser is None:
-                    try:
-                        self._open()
-                    except SerialPortError as exc:
-                        delay = self.port_backoff.fail()
-                        self.state, self.last_port_error = "reopening", str(exc)
-                        self.log.error("%s; retrying in %.1f s", exc, delay)
-                        self.work.idle(delay)  # console work goes on: a read says the port is down
-                        continue
+                if not self._open_or_back_off():
+                    continue
                 if self.listen:
                     self._listen(self.meters[0])
                     continue

@@ -80,6 +80,27 @@ class OwnsSerialPort:
     state: str = "closed"
     serial_opts: Mapping[str, Any]
     port_backoff: Any
+    last_port_error: str | None = None
+    log: Any
+    work: Any  # the driver's handoff.WorkQueue
+
+    def _open(self) -> None:
+        raise NotImplementedError  # the driver opens at its own baud (_open_port)
+
+    def _open_or_back_off(self) -> bool:
+        """True once the port is open. If opening fails: say why, wait the backoff (console
+        work still runs, a read then says the port is down) and return False."""
+        if self.ser is not None:
+            return True
+        try:
+            self._open()
+        except SerialPortError as exc:
+            delay = self.port_backoff.fail()
+            self.state, self.last_port_error = "reopening", str(exc)
+            self.log.error("%s; retrying in %.1f s", exc, delay)
+            self.work.idle(delay)
+            return False
+        return True
 
     def _open_port(self, baud: int) -> None:
         self.ser = open_serial(self.serial_opts, baud=baud, timeout_s=0.05)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.protocols.hdlc import HdlcDecoder
-from tools.sim.pty import PtySimulator
+from tools.sim.pty import PtySimulator, serve_forever
 
 log = logging.getLogger("sim.dlms")
 
@@ -506,11 +506,7 @@ def main() -> None:
     print(sim.device, flush=True)
     print("meters (logical/physical): " + " ".join(f"{s.logical}/{s.physical}"
                                                   for s in sim.specs), flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        sim.stop()
+    serve_forever(sim)
 
 
 if __name__ == "__main__":

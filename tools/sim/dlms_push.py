@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from gateway.protocols.dlms.cipher import encrypt
 from gateway.protocols.hdlc import LLC_RESPONSE, Address, HdlcFrame
-from tools.sim.pty import PtySimulator
+from tools.sim.pty import PtySimulator, serve_forever
 
 DEFAULT_SYSTEM_TITLE = b"SIMPUSH1"
 
@@ -126,11 +126,7 @@ def main() -> None:
     sim = start(key=bytes.fromhex(a.key) if a.key else None, interval_s=a.interval_s,
                 segment=a.segment, wrong_key=a.wrong_key)
     print(sim.device, flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        sim.stop()
+    serve_forever(sim)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.protocols import iec62056_21 as iec
 
-from .pty import PtySimulator
+from .pty import PtySimulator, serve_forever
 
 
 @dataclass
@@ -186,11 +186,7 @@ def main() -> None:
                 bad_bcc=a.bad_bcc, delay_s=a.delay_s)
     print(sim.device, flush=True)
     print("addresses: " + " ".join(m.address for m in sim.meters), flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        sim.stop()
+    serve_forever(sim)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from gateway.protocols.mbus import records as rec
 from gateway.protocols.mbus import wired
 
-from .pty import PtyEndpoint
+from .pty import PtyEndpoint, serve_forever
 
 
 # --------------------------------------------------------------------------- meters
@@ -208,13 +208,7 @@ def main() -> None:
     for m in sim.meters:
         print(f"  primary {m.primary}  secondary {m.ident}  {m.manufacturer}  "
               f"{m.parts} telegram(s)", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sim.stop()
+    serve_forever(sim)
 
 
 if __name__ == "__main__":

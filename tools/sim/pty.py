@@ -126,3 +126,14 @@ class PtySimulator(PtyEndpoint):
 
     def idle(self) -> None:
         """Called every 50 ms."""
+
+
+def serve_forever(sim: object) -> None:
+    """A simulator's command line: its path was printed; serve until Ctrl-C, then stop."""
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()  # type: ignore[attr-defined]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from gateway.protocols.mbus import amb8465, im871a, wireless
 from gateway.protocols.mbus import records as rec
 
-from .pty import PtyEndpoint
+from .pty import PtyEndpoint, serve_forever
 
 
 @dataclass
@@ -248,13 +248,7 @@ def main() -> None:
     for m in meters:
         key = m.key.hex().upper() if m.key else "-"
         print(f"  {m.manufacturer} {m.ident}  {m.link_mode}  {m.security}  key {key}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sim.stop()
+    serve_forever(sim)
 
 
 if __name__ == "__main__":
