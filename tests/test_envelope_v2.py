@@ -27,8 +27,8 @@ from gateway.uplink.envelope import (
     seal,
 )
 from tests.test_envelope import (
-    GW, KEY, OTHER, T0, TRUSTED, _only_envelope_errors, _sign_payload, cbor_values, mixed_batch,
-    register_batch, stored_batches, times)
+    GW, KEY, OTHER, T0, TRUSTED, _only_envelope_errors, _sign_payload, assert_tamper_evident,
+    cbor_values, mixed_batch, register_batch, stored_batches, times)
 from tests.test_envelope import readings as readings_st
 
 
@@ -94,19 +94,9 @@ def test_chunks_may_skip_seqs_but_not_go_back() -> None:
 def test_tampering_any_byte_is_detected() -> None:
     recs = mixed_batch()
     for compress in (False, True):
-        data = seal(GW, "ep", T0, [make_chunk(recs[:4], compress=compress),
-                                   make_chunk(recs[4:], compress=compress)], KEY)
-        for i in range(len(data)):
-            for flip in (0x01, 0x80, 0xFF):
-                bad = bytearray(data)
-                bad[i] ^= flip
-                with pytest.raises(EnvelopeError):
-                    decode_envelope(bytes(bad), TRUSTED)
-        for n in range(len(data)):
-            with pytest.raises(EnvelopeError):
-                decode_envelope(data[:n], TRUSTED)
-        with pytest.raises(MalformedEnvelope):
-            decode_envelope(data + b"\x00", TRUSTED)
+        assert_tamper_evident(seal(GW, "ep", T0, [make_chunk(recs[:4], compress=compress),
+                                                  make_chunk(recs[4:], compress=compress)],
+                                   KEY))
 
 
 def test_wrong_key_and_header_mismatches() -> None:

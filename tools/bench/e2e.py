@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -219,40 +219,52 @@ def naive_json(rd: Reading) -> bytes:
                        "rx": rd.rx_ts_ms, "quality": list(rd.quality)}).encode()
 
 
-def naive_round(env: Env, readings: Sequence[Reading], r: int, inflight: int, out: Out,
-                timeout: float) -> RoundResult:
-    n = len(readings)
-    prefix = f"bench{r}n"
-    sub = Subscriber(env, f"{prefix}/#", env.tmp / f"sub-naive-{r}.txt")
+def _paho_round(env: Env, name: str, r: int, inflight: int, timeout: float,
+                messages: Iterable[tuple[str, bytes]], expected: int,
+                delivered_prefix: str) -> tuple[float, float, int]:
+    """Publish (topic, payload) pairs with plain paho at QoS 1 and wait for every PUBACK and
+    for the subscriber to see them all: (seconds, CPU seconds, payload bytes)."""
+    prefix = f"bench{r}{name[0]}"
+    sub = Subscriber(env, f"{prefix}/#", env.tmp / f"sub-{name}-{r}.txt")
     try:
         sub.wait_ready(env)
-        c = paho_publisher(env, "gateway", inflight, client_id=f"bench-naive-{r}")
+        c = paho_publisher(env, "gateway", inflight, client_id=f"bench-{name}-{r}")
         acks = PubackCounter(c)
         try:
             nbytes = 0
             c0 = _cpu()
             t0 = time.perf_counter()
-            for rd in readings:
-                payload = naive_json(rd)
+            for topic, payload in messages:
                 nbytes += len(payload)
-                c.publish(f"{prefix}/{GATEWAY_ID}/{rd.meter_id}", payload, qos=1)
-            acks.expect(n)
+                c.publish(f"{prefix}/{topic}", payload, qos=1)
+            acks.expect(expected)
             if not acks.done.wait(timeout):
-                raise RuntimeError(f"naive: {acks.n} of {n} PUBACKs after {timeout:.0f} s")
+                raise RuntimeError(f"{name}: {acks.n} of {expected} PUBACKs after "
+                                   f"{timeout:.0f} s")
             t1 = time.perf_counter()
             c1 = _cpu()
         finally:
             close_client(c)
-        got = sub.wait_count(f"{prefix}/{GATEWAY_ID}/", n, 15)
-        if got != n:
-            raise RuntimeError(f"naive: subscriber got {got} of {n} messages")
-        res = RoundResult(n / (t1 - t0), t1 - t0, (c1 - c0) / n * 1e6, n, nbytes)
-        out(f"  naive     round {r}: {fmt_rate(res.rate):>9} readings/s  "
-            f"({n} msgs in {res.seconds:.2f} s, {nbytes / n:.0f} B/reading, "
-            f"{res.cpu_us_per_reading:.1f} us CPU/reading)")
-        return res
+        got = sub.wait_count(f"{prefix}/{delivered_prefix}", expected, 15)
+        if got != expected:
+            raise RuntimeError(f"{name}: subscriber got {got} of {expected} messages")
+        return t1 - t0, c1 - c0, nbytes
     finally:
         sub.close()
+
+
+def naive_round(env: Env, readings: Sequence[Reading], r: int, inflight: int, out: Out,
+                timeout: float) -> RoundResult:
+    n = len(readings)
+    seconds, cpu, nbytes = _paho_round(
+        env, "naive", r, inflight, timeout,
+        ((f"{GATEWAY_ID}/{rd.meter_id}", naive_json(rd)) for rd in readings), n,
+        f"{GATEWAY_ID}/")
+    res = RoundResult(n / seconds, seconds, cpu / n * 1e6, n, nbytes)
+    out(f"  naive     round {r}: {fmt_rate(res.rate):>9} readings/s  "
+        f"({n} msgs in {res.seconds:.2f} s, {nbytes / n:.0f} B/reading, "
+        f"{res.cpu_us_per_reading:.1f} us CPU/reading)")
+    return res
 
 
 def raw_round(env: Env, envelopes: Sequence[bytes], n: int, r: int, inflight: int, out: Out,
@@ -261,38 +273,15 @@ def raw_round(env: Env, envelopes: Sequence[bytes], n: int, r: int, inflight: in
     timed window is not a few milliseconds long) and wait for every PUBACK."""
     passes = max(1, -(-min_msgs // len(envelopes)))
     total = passes * len(envelopes)
-    prefix = f"bench{r}r"
-    topic = f"{prefix}/{GATEWAY_ID}/up/readings"
-    sub = Subscriber(env, f"{prefix}/#", env.tmp / f"sub-raw-{r}.txt")
-    try:
-        sub.wait_ready(env)
-        c = paho_publisher(env, "gateway", inflight, client_id=f"bench-raw-{r}")
-        acks = PubackCounter(c)
-        try:
-            c0 = _cpu()
-            t0 = time.perf_counter()
-            for _ in range(passes):
-                for payload in envelopes:
-                    c.publish(topic, payload, qos=1)
-            acks.expect(total)
-            if not acks.done.wait(timeout):
-                raise RuntimeError(f"raw: {acks.n} of {total} PUBACKs")
-            t1 = time.perf_counter()
-            c1 = _cpu()
-        finally:
-            close_client(c)
-        got = sub.wait_count(topic, total, 15)
-        if got != total:
-            raise RuntimeError(f"raw: subscriber got {got} of {total} messages")
-        nbytes = sum(map(len, envelopes)) * passes
-        res = RoundResult(n * passes / (t1 - t0), t1 - t0, (c1 - c0) / (n * passes) * 1e6,
-                          total, nbytes)
-        out(f"  raw       round {r}: {fmt_rate(res.rate):>9} readings/s  "
-            f"({total} msgs{f' ({passes} passes)' if passes > 1 else ''} in {res.seconds:.2f} s"
-            f" = {fmt_rate(total / res.seconds)} msgs/s)")
-        return res
-    finally:
-        sub.close()
+    topic = f"{GATEWAY_ID}/up/readings"
+    seconds, cpu, nbytes = _paho_round(
+        env, "raw", r, inflight, timeout,
+        ((topic, payload) for _ in range(passes) for payload in envelopes), total, topic)
+    res = RoundResult(n * passes / seconds, seconds, cpu / (n * passes) * 1e6, total, nbytes)
+    out(f"  raw       round {r}: {fmt_rate(res.rate):>9} readings/s  "
+        f"({total} msgs{f' ({passes} passes)' if passes > 1 else ''} in {res.seconds:.2f} s"
+        f" = {fmt_rate(total / res.seconds)} msgs/s)")
+    return res
 
 
 def build_envelopes(readings: Sequence[Reading], batch: int, key: Ed25519PrivateKey,
