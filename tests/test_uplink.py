@@ -142,3 +142,31 @@ def test_idle_uplink_keeps_its_connection_alive_with_pings(broker, pki: Path,
     finally:
         up.stop(drain_timeout=1.0)
         store.close()
+
+
+def test_a_client_certificate_the_broker_refuses_is_named_not_a_hang(broker, pki: Path,
+                                                                     tmp_path: Path) -> None:
+    """TLS 1.3 finishes the client's side of the handshake before the broker judges our
+    certificate: the refusal arrives as a closed connection, and the error says what to
+    check instead of waiting 15 s for a CONNACK."""
+    from tools.devpki import make_pki
+    other = tmp_path / "other-pki"
+    make_pki(other)  # a gateway certificate from a CA the broker does not trust
+    key = load_signing_key(str(pki / "gateway-sign.key"))
+    store = Store(tmp_path / "store.db")
+    cfg = UplinkCfg(host=broker.host, port=broker.port, ca=str(pki / "ca.pem"),
+                    cert=str(other / "gateway.pem"), key=str(other / "gateway.key"),
+                    topic_prefix="x", client_id="gw-0001", reconnect_min_s=5.0,
+                    reconnect_max_s=5.0)
+    up = Uplink(cfg, "gw-0001", store, key)
+    t0 = time.monotonic()
+    try:
+        up.start()
+        assert _wait(lambda: up.state.connect_failures >= 1, 10)
+        assert time.monotonic() - t0 < 5  # not the 15 s CONNACK timeout
+        err = up.state.last_error or ""
+        assert "certificate" in err and f"{broker.host}:{broker.port}" in err, err
+        assert not up.state.connected
+    finally:
+        up.stop(drain_timeout=0.5)
+        store.close()

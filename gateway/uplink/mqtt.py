@@ -204,6 +204,8 @@ class Uplink:
                 try:
                     client = self._connect()
                 except ConnectFailed as exc:
+                    if self._stopping.is_set():
+                        break  # not a failure: stop() came while we were connecting
                     self.state.connect_failures += 1
                     msg = str(exc)
                     if msg != self.state.last_error:
@@ -247,9 +249,13 @@ class Uplink:
             client.connect(s.host, s.port, keepalive=s.keepalive_s)
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConnectFailed(explain_connect_error(exc, s.host, s.port)) from exc
-        if not self._run_until(client, lambda: self._connack is not None, 15.0):
+        if not self._run_until(client, lambda: self._connack is not None
+                               or self._stopping.is_set(), 15.0) or self._connack is None:
+            closed = client.socket() is None  # the broker hung up (before our teardown does)
             self._teardown(client)
-            if client.socket() is None or self._stopping.is_set():
+            if self._stopping.is_set():
+                raise ConnectFailed("stopped while connecting")
+            if closed:
                 raise ConnectFailed(f"{s.host}:{s.port} closed the connection before its "
                                     "CONNACK (client certificate or client id refused?)")
             raise ConnectFailed(f"no CONNACK from {s.host}:{s.port} within 15 s "
