@@ -211,6 +211,36 @@ LQI_RSP = bytes.fromhex(
     "50533a0d00df6615" "d3fae125004b1200" "6417" "25020f36")
 
 
+# A public Simple_Desc_rsp capture: endpoint 3, HA, in 0000/0003/FC80, out 0003/0004/FC80.
+SIMPLE_DESC_RSP = bytes.fromhex("b700184a14" "03" "0401" "0600" "01"
+                                "03" "0000" "0300" "80fc" "03" "0300" "0400" "80fc")
+
+
+def test_endpoint_discovery_messages():
+    r = zdo.parse_zdo(zdo.SIMPLE_DESC_RSP, SIMPLE_DESC_RSP)
+    assert (r.seq, r.status, r.nwk, r.endpoint, r.profile, r.device_id, r.version) == \
+        (0xB7, 0, 0x4A18, 3, 0x0104, 0x0006, 1)
+    assert r.in_clusters == (0x0000, 0x0003, 0xFC80) and r.out_clusters == (0x0003, 0x0004,
+                                                                             0xFC80)
+    assert r.serialize() == SIMPLE_DESC_RSP
+    assert zdo.parse_zdo(zdo.SIMPLE_DESC_RSP, b"\xb7\x82\x18\x4a\x00") == \
+        zdo.SimpleDescResponse(0xB7, 0x82, 0x4A18)  # INVALID_EP
+    with pytest.raises(zdo.ZDODecodeError):
+        zdo.parse_zdo(zdo.SIMPLE_DESC_RSP, SIMPLE_DESC_RSP[:-1])
+    with pytest.raises(zdo.ZDODecodeError):  # cluster count beyond the descriptor length
+        zdo.parse_zdo(zdo.SIMPLE_DESC_RSP, SIMPLE_DESC_RSP[:11] + b"\x09" + SIMPLE_DESC_RSP[12:])
+    req = zdo.SimpleDescRequest(9, 0x4A18, 3)
+    assert req.serialize() == bytes.fromhex("09184a03") and \
+        zdo.parse_zdo(zdo.SIMPLE_DESC_REQ, req.serialize()) == req
+    a = zdo.ActiveEpResponse(7, 0, 0x4A18, (1, 3, 0xF2))
+    assert a.serialize() == bytes.fromhex("0700184a030103f2")
+    assert zdo.parse_zdo(zdo.ACTIVE_EP_RSP, a.serialize()) == a
+    assert zdo.parse_zdo(zdo.ACTIVE_EP_REQ, bytes.fromhex("07184a")) == \
+        zdo.ActiveEpRequest(7, 0x4A18)
+    with pytest.raises(zdo.ZDODecodeError):
+        zdo.parse_zdo(zdo.ACTIVE_EP_RSP, bytes.fromhex("0700184a0301"))  # 3 said, 1 given
+
+
 def test_mgmt_lqi_response_vector_and_round_trip():
     r = zdo.parse_zdo(zdo.MGMT_LQI_RSP, LQI_RSP)
     assert (r.seq, r.status, r.total, r.start) == (0x6E, 0, 8, 0)

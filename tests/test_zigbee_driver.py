@@ -10,7 +10,7 @@ import pytest
 
 from gateway.drivers.zigbee import ZigbeeDriver
 from gateway.model import Event, Reading
-from gateway.protocols import zcl
+from gateway.protocols import zcl, zdo
 from tools.sim import xbee as simxbee
 from tests.sinks import Sink
 
@@ -20,11 +20,11 @@ FAST = {"poll_interval_s": 1, "report_min_s": 0, "report_max_s": 1, "response_ti
 
 @pytest.fixture
 def run():
-    """run(devices, sim_kw, driver_kw) -> (sim, driver, sink); everything stopped after."""
+    """run(sim_devices, sim_kw, **driver_options) -> (sim, driver, sink); all stopped after."""
     started: list[Any] = []
 
-    def start(devices=None, sim_kw=None, **driver_kw):
-        sim = simxbee.start(devices, **{"report_interval_s": 0.4, **(sim_kw or {})})
+    def start(sim_devices=None, sim_kw=None, **driver_kw):
+        sim = simxbee.start(sim_devices, **{"report_interval_s": 0.4, **(sim_kw or {})})
         started.append(sim)
         sink = Sink()
         opts = {"serial": {"port": sim.device, "baud": 9600}, **FAST, **driver_kw}
@@ -286,3 +286,23 @@ def test_lqi_of_each_device_from_the_coordinators_neighbor_table(run):
     assert sim.stats["lqi_requests"] >= 3
     devices[0].lqi = 31  # the link degrades: the next scan says so
     sink.wait_for(lambda _: drv.meter_stats()[devices[0].meter_id]["lqi"] == 31)
+
+
+def test_metering_endpoint_is_discovered_when_not_configured(run):
+    """A polled meter with Metering on endpoint 2 (endpoint 1 is an on/off light): the
+    driver asks Active_EP_req and Simple_Desc_req, skips endpoint 1 and reads endpoint 2."""
+    dev = _dev(40, endpoint=2, other_endpoints=(1,), supports_reporting=False)
+    sim, drv, sink = run([dev])
+    sink.wait_for(lambda _: len(sink.readings(dev.meter_id, "1-0:1.8.0")) >= 2)
+    asked = [(ep, what) for m, ep, what in sim.requests if m == dev.meter_id
+             and what in ("active endpoints", "simple descriptor")]
+    assert asked[:3] == [(zdo.ACTIVE_EP_REQ, "active endpoints"), (1, "simple descriptor"),
+                         (2, "simple descriptor")]
+    assert sim.stats["wrong_endpoint"] == 0
+
+
+def test_a_configured_endpoint_is_not_discovered(run):
+    dev = _dev(41, endpoint=2, supports_reporting=False)
+    sim, drv, sink = run([dev], devices=[{"ieee": f"{dev.ieee:016x}", "endpoint": 2}])
+    sink.wait_for(lambda _: len(sink.readings()) >= 2)
+    assert not [r for r in sim.requests if r[2] in ("active endpoints", "simple descriptor")]

@@ -263,7 +263,7 @@ METERING_SCALE_ATTRS = (0x0300, 0x0301, 0x0302, 0x0303, 0x0304, 0x0306)
 AC_SCALE_ATTRS = (0x0600, 0x0601, 0x0602, 0x0603, 0x0604, 0x0605)
 METERING_POLL_ATTRS = (0x0000, 0x0001, 0x0400, 0x0200)
 AC_POLL_ATTRS = (0x0505, 0x0508, 0x050B)
-SETUP_STEPS = ("metering_scale", "ac_scale", "basic", "bind_metering", "configure_metering",
+SETUP_STEPS = ("discover", "metering_scale", "ac_scale", "basic", "bind_metering", "configure_metering",
                "bind_ac", "configure_ac")
 
 
@@ -294,9 +294,13 @@ class Device:
     held: list = field(default_factory=list)
     rssi_dbm: int | None = None
     lqi: int | None = None  # as the coordinator's neighbor table rates the link (0-255)
+    endpoint_configured: bool = False  # the config names the Metering endpoint
+    endpoint_known: bool = False       # configured, discovered or seen in a Metering frame
+    ep_candidates: list = field(default_factory=list)  # endpoints still to describe
     stats: collections.Counter = field(default_factory=collections.Counter)
 
     def restart_setup(self, now: float) -> None:
+        self.endpoint_known = self.endpoint_configured  # a rejoined device may be another
         self.metering = self.ac = None
         self.has_ac = None
         self.reporting = {}
@@ -548,6 +552,7 @@ class ZigbeeDriver(Driver):
             dev = Device(ieee, cfg.get("id") or xbee.eui64_hex(ieee),
                          cfg.get("endpoint") or self.default_endpoint, self.default_profile,
                          bool(cfg.get("poll", False)), cfg.get("expected_interval_s"))
+            dev.endpoint_configured = bool(cfg.get("endpoint"))
             dev.last_seen = now
             dev.restart_setup(now)
             with self._lock:
@@ -688,6 +693,15 @@ class ZigbeeDriver(Driver):
         if step.startswith("configure") and \
                 dev.reporting.get(M if step.endswith("metering") else AC) == "polled":
             dev.setup.popleft()  # its bind failed: polled already
+            return
+        if step == "discover":
+            if dev.endpoint_known:
+                dev.setup.popleft()
+                return
+            dev.busy = True
+            self._send_request(dev, Request(
+                dev.ieee, "discover_endpoints", zdo.ACTIVE_EP_REQ, True,
+                lambda seq: zdo.ActiveEpRequest(seq, dev.nwk).serialize()), now)
             return
         dev.busy = True
         if step == "metering_scale":
@@ -837,6 +851,7 @@ class ZigbeeDriver(Driver):
         self._heard(dev, f.source16, now, rx)
         if f.cluster in (zcl.METERING, zcl.ELECTRICAL_MEASUREMENT):
             dev.endpoint, dev.profile = f.src_endpoint, f.profile
+            dev.endpoint_known = True
         try:
             frame = zcl.parse_zcl(f.data)
         except zcl.ZCLDecodeError as exc:
@@ -925,7 +940,8 @@ class ZigbeeDriver(Driver):
             self._on_lqi(msg, now)
             return
         dev = self.devices.get(f.source64)
-        if dev is None or not isinstance(msg, zdo.StatusResponse):
+        if dev is None or not isinstance(msg, (zdo.StatusResponse, zdo.ActiveEpResponse,
+                                               zdo.SimpleDescResponse)):
             return
         self._heard(dev, f.source16, now, now_ms())
         req = self._requests.pop((dev.ieee, msg.seq), None)
@@ -933,12 +949,49 @@ class ZigbeeDriver(Driver):
             if req is not None:
                 self._requests[(dev.ieee, msg.seq)] = req
             return
-        if msg.status == 0:
+        if isinstance(msg, zdo.ActiveEpResponse):
+            self._on_endpoints(dev, msg, now)
+        elif isinstance(msg, zdo.SimpleDescResponse):
+            self._on_descriptor(dev, msg, now)
+        elif msg.status == 0:
             self._step_done(dev, now)
         else:
             self.log.info("zigbee %s: %s refused %s (%s): polling it", self.bus,
                           dev.meter_id, req.kind, zdo.ZDO_STATUS.get(msg.status, msg.status))
             self._step_failed(dev, req.kind, now)
+
+    # -- endpoint discovery (setup step "discover") ----------------------------------------
+
+    def _on_endpoints(self, dev: Device, msg: zdo.ActiveEpResponse, now: float) -> None:
+        if msg.status != 0 or not msg.endpoints:
+            self.log.info("zigbee %s: %s lists no endpoints (%s): using endpoint %d",
+                          self.bus, dev.meter_id, zdo.ZDO_STATUS.get(msg.status, msg.status),
+                          dev.endpoint)
+            self._step_done(dev, now)
+            return
+        dev.ep_candidates = [e for e in msg.endpoints if 1 <= e <= 240]  # 0, 241+: not apps
+        self._describe_next(dev, now)
+
+    def _describe_next(self, dev: Device, now: float) -> None:
+        if not dev.ep_candidates:
+            self.log.info("zigbee %s: %s has no Metering cluster on its endpoints: using "
+                          "endpoint %d", self.bus, dev.meter_id, dev.endpoint)
+            self._step_done(dev, now)
+            return
+        ep = dev.ep_candidates.pop(0)
+        self._send_request(dev, Request(
+            dev.ieee, "discover_descriptor", zdo.SIMPLE_DESC_REQ, True,
+            lambda seq: zdo.SimpleDescRequest(seq, dev.nwk, ep).serialize()), now)
+
+    def _on_descriptor(self, dev: Device, msg: zdo.SimpleDescResponse, now: float) -> None:
+        if msg.status == 0 and zcl.METERING in msg.in_clusters:
+            dev.endpoint, dev.profile, dev.endpoint_known = msg.endpoint, msg.profile, True
+            dev.ep_candidates = []
+            self.log.info("zigbee %s: %s: Metering on endpoint %d (profile 0x%04X)", self.bus,
+                          dev.meter_id, msg.endpoint, msg.profile)
+            self._step_done(dev, now)
+            return
+        self._describe_next(dev, now)
 
     def _on_join(self, ieee: int, nwk: int, now: float, via: str, **detail: Any) -> None:
         known = ieee in self.devices

@@ -28,6 +28,10 @@ ZDO_CLUSTERS: dict[int, str] = {
     0x8021: "Bind_rsp", 0x8022: "Unbind_rsp", 0x8031: "Mgmt_Lqi_rsp",
     0x8034: "Mgmt_Leave_rsp", 0x8036: "Mgmt_Permit_Joining_rsp",
 }
+SIMPLE_DESC_REQ = 0x0004
+SIMPLE_DESC_RSP = 0x8004
+ACTIVE_EP_REQ = 0x0005
+ACTIVE_EP_RSP = 0x8005
 DEVICE_ANNCE = 0x0013
 BIND_REQ = 0x0021
 BIND_RSP = 0x8021
@@ -127,6 +131,119 @@ class PermitJoiningRequest:
     def deserialize(cls, data: bytes) -> tuple["PermitJoiningRequest", bytes]:
         _need(data, 3, "Mgmt_Permit_Joining_req")
         return cls(data[0], data[1], data[2]), bytes(data[3:])
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveEpRequest:
+    """Active_EP_req (2.4.3.1.6): which endpoints does the device at ``nwk`` have?"""
+
+    CLUSTER: ClassVar[int] = ACTIVE_EP_REQ
+    seq: int
+    nwk: int
+
+    def serialize(self) -> bytes:
+        return bytes((self.seq,)) + self.nwk.to_bytes(2, "little")
+
+    @classmethod
+    def deserialize(cls, data: bytes) -> tuple["ActiveEpRequest", bytes]:
+        _need(data, 3, "Active_EP_req")
+        return cls(data[0], int.from_bytes(data[1:3], "little")), bytes(data[3:])
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveEpResponse:
+    """Active_EP_rsp (2.4.4.2.6): status, the device's NWK address and its endpoints."""
+
+    CLUSTER: ClassVar[int] = ACTIVE_EP_RSP
+    seq: int
+    status: int
+    nwk: int
+    endpoints: tuple[int, ...]
+
+    def serialize(self) -> bytes:
+        return bytes((self.seq, self.status)) + self.nwk.to_bytes(2, "little") \
+            + bytes((len(self.endpoints), *self.endpoints))
+
+    @classmethod
+    def deserialize(cls, data: bytes) -> tuple["ActiveEpResponse", bytes]:
+        _need(data, 2, "Active_EP_rsp")
+        if data[1] != 0:  # a refusal may stop after the status
+            nwk = int.from_bytes(data[2:4], "little") if len(data) >= 4 else 0
+            return cls(data[0], data[1], nwk, ()), b""
+        _need(data, 5, "Active_EP_rsp")
+        n = data[4]
+        _need(data, 5 + n, f"Active_EP_rsp with {n} endpoints")
+        return cls(data[0], 0, int.from_bytes(data[2:4], "little"),
+                   tuple(data[5:5 + n])), bytes(data[5 + n:])
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleDescRequest:
+    """Simple_Desc_req (2.4.3.1.5): the profile and clusters of one endpoint."""
+
+    CLUSTER: ClassVar[int] = SIMPLE_DESC_REQ
+    seq: int
+    nwk: int
+    endpoint: int
+
+    def serialize(self) -> bytes:
+        return bytes((self.seq,)) + self.nwk.to_bytes(2, "little") + bytes((self.endpoint,))
+
+    @classmethod
+    def deserialize(cls, data: bytes) -> tuple["SimpleDescRequest", bytes]:
+        _need(data, 4, "Simple_Desc_req")
+        return cls(data[0], int.from_bytes(data[1:3], "little"), data[3]), bytes(data[4:])
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleDescResponse:
+    """Simple_Desc_rsp (2.4.4.2.5) with its simple descriptor (2.3.2.5)."""
+
+    CLUSTER: ClassVar[int] = SIMPLE_DESC_RSP
+    seq: int
+    status: int
+    nwk: int
+    endpoint: int = 0
+    profile: int = 0
+    device_id: int = 0
+    version: int = 0
+    in_clusters: tuple[int, ...] = ()
+    out_clusters: tuple[int, ...] = ()
+
+    def serialize(self) -> bytes:
+        head = bytes((self.seq, self.status)) + self.nwk.to_bytes(2, "little")
+        if self.status != 0:
+            return head + b"\x00"
+        d = bytes((self.endpoint,)) + self.profile.to_bytes(2, "little") \
+            + self.device_id.to_bytes(2, "little") + bytes((self.version & 0x0F,)) \
+            + bytes((len(self.in_clusters),)) \
+            + b"".join(c.to_bytes(2, "little") for c in self.in_clusters) \
+            + bytes((len(self.out_clusters),)) \
+            + b"".join(c.to_bytes(2, "little") for c in self.out_clusters)
+        return head + bytes((len(d),)) + d
+
+    @classmethod
+    def deserialize(cls, data: bytes) -> tuple["SimpleDescResponse", bytes]:
+        _need(data, 2, "Simple_Desc_rsp")
+        if data[1] != 0:
+            nwk = int.from_bytes(data[2:4], "little") if len(data) >= 4 else 0
+            return cls(data[0], data[1], nwk), b""
+        _need(data, 5, "Simple_Desc_rsp")
+        length = data[4]
+        _need(data, 5 + length, "Simple_Desc_rsp descriptor")
+        d = bytes(data[5:5 + length])
+        _need(d, 7, "simple descriptor")
+        n_in = d[6]
+        _need(d, 8 + 2 * n_in, "simple descriptor input clusters")
+        ins = tuple(int.from_bytes(d[7 + 2 * i:9 + 2 * i], "little") for i in range(n_in))
+        p = 7 + 2 * n_in
+        n_out = d[p]
+        _need(d, p + 1 + 2 * n_out, "simple descriptor output clusters")
+        outs = tuple(int.from_bytes(d[p + 1 + 2 * i:p + 3 + 2 * i], "little")
+                     for i in range(n_out))
+        return cls(data[0], 0, int.from_bytes(data[2:4], "little"), d[0],
+                   int.from_bytes(d[1:3], "little"), int.from_bytes(d[3:5], "little"),
+                   d[5] & 0x0F, ins, outs), bytes(data[5 + length:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +352,8 @@ ZDO_MESSAGES: dict[int, Any] = {
     DEVICE_ANNCE: DeviceAnnounce, BIND_REQ: BindRequest,
     MGMT_PERMIT_JOINING_REQ: PermitJoiningRequest,
     MGMT_LQI_REQ: LqiRequest, MGMT_LQI_RSP: LqiResponse,
+    ACTIVE_EP_REQ: ActiveEpRequest, ACTIVE_EP_RSP: ActiveEpResponse,
+    SIMPLE_DESC_REQ: SimpleDescRequest, SIMPLE_DESC_RSP: SimpleDescResponse,
     BIND_RSP: StatusResponse, 0x8022: StatusResponse, 0x8034: StatusResponse,
     MGMT_PERMIT_JOINING_RSP: StatusResponse,
 }

@@ -63,6 +63,7 @@ class SimDevice:
     model: str = "SIM-EM1"
     rssi: int = 48                  # what AT DB answers after its frames (-dBm)
     lqi: int = 200                  # its link in the coordinator's neighbor table
+    other_endpoints: tuple = ()     # endpoints without Metering (listed before its own)
     # state
     joined: bool = False
     reporting: set = field(default_factory=set)
@@ -369,6 +370,9 @@ class XBeeSimulator:
         if f.profile == zdo.ZDO_PROFILE:
             self._on_zdo(dev, f)
             return
+        if f.dst_endpoint not in (dev.endpoint, *dev.other_endpoints):
+            self.stats["wrong_endpoint"] += 1  # the APS layer drops it: no answer at all
+            return
         try:
             frame = zcl.parse_zcl(f.data)
         except zcl.ZCLDecodeError:
@@ -379,11 +383,14 @@ class XBeeSimulator:
             return
         cluster = f.cluster
         attrs = dev.attributes(cluster)
+        if f.dst_endpoint != dev.endpoint and cluster != zcl.BASIC:
+            attrs = None  # its other endpoints have no Metering: UNSUPPORTED_CLUSTER
 
         def reply(payload: zcl.Payload) -> None:
             data = zcl.general_frame(payload, hdr.seq, to_client=True,
                                      disable_default_response=True)
-            self._from_device(dev, cluster, f.profile, data, dst_ep=f.src_endpoint)
+            self._from_device(dev, cluster, f.profile, data, src_ep=f.dst_endpoint,
+                              dst_ep=f.src_endpoint)  # the addressed endpoint answers
 
         if isinstance(p, zcl.DefaultResponse):
             self.stats["default_responses_in"] += 1
@@ -428,6 +435,28 @@ class XBeeSimulator:
                                             zdo.ZDO_PROFILE, 0x01, rsp.serialize()))
 
     def _on_zdo(self, dev: SimDevice, f: xbee.ExplicitAddressingCommand) -> None:
+        if f.cluster == zdo.ACTIVE_EP_REQ:
+            req = zdo.parse_zdo(f.cluster, f.data)
+            self.requests.append((dev.meter_id, f.cluster, "active endpoints"))
+            rsp: Any = zdo.ActiveEpResponse(req.seq, 0, dev.nwk,
+                                            (*dev.other_endpoints, dev.endpoint))
+            self._from_device(dev, zdo.ACTIVE_EP_RSP, zdo.ZDO_PROFILE, rsp.serialize(), 0, 0)
+            return
+        if f.cluster == zdo.SIMPLE_DESC_REQ:
+            req = zdo.parse_zdo(f.cluster, f.data)
+            self.requests.append((dev.meter_id, req.endpoint, "simple descriptor"))
+            if req.endpoint == dev.endpoint:
+                clusters = (zcl.BASIC, zcl.METERING) + ((zcl.ELECTRICAL_MEASUREMENT,)
+                                                        if dev.ac else ())
+                rsp = zdo.SimpleDescResponse(req.seq, 0, dev.nwk, dev.endpoint, dev.profile,
+                                             0x0501, 1, clusters, ())
+            elif req.endpoint in dev.other_endpoints:
+                rsp = zdo.SimpleDescResponse(req.seq, 0, dev.nwk, req.endpoint, dev.profile,
+                                             0x0002, 1, (zcl.BASIC, 0x0006), ())
+            else:
+                rsp = zdo.SimpleDescResponse(req.seq, 0x82, dev.nwk)  # INVALID_EP
+            self._from_device(dev, zdo.SIMPLE_DESC_RSP, zdo.ZDO_PROFILE, rsp.serialize(), 0, 0)
+            return
         if f.cluster == zdo.BIND_REQ:
             req = zdo.parse_zdo(f.cluster, f.data)
             self.requests.append((dev.meter_id, req.cluster, "bind"))
