@@ -88,6 +88,21 @@ def _pump(stream, prefix: str) -> None:
         sys.stdout.flush()
 
 
+def fresh_store(path: Path) -> None:
+    """Each demo starts with an empty store: the head-end verifier starts empty too, and a
+    store kept from the last run would begin at that run's last seq + 1, which a fresh
+    verifier must report as missing (it never saw them)."""
+    removed = False
+    for suffix in ("", "-wal", "-shm", ".reserve"):
+        try:
+            os.unlink(str(path) + suffix)
+            removed = True
+        except FileNotFoundError:
+            pass
+    if removed:
+        print(f"demo: removed the previous run's store {path.resolve()}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__)
     ap.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"))
@@ -114,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config.parent / ".demo-local.yaml"
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     print(f"demo: broker on 127.0.0.1:{port} (mutual TLS); gateway config {config}", flush=True)
+    fresh_store(Path(args.config).parent / cfg["store"]["path"])
     sims = start_simulators(cfg)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     head = subprocess.Popen([sys.executable, "-m", "tools.headend", "--host", "localhost",
