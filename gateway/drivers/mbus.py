@@ -341,6 +341,22 @@ class MeterStats:
                 for k, v in self.__dict__.items()}
 
 
+def read_ok_events(meter: Any, st: MeterStats, flags: tuple[str, ...], status: Any,
+                   bus: str, meter_id: str, rx: int, **recovered: Any) -> list[Event]:
+    """What a good read says besides its readings, each once: the meter recovered after
+    failures, its status flags changed (``meter.last_flags`` is updated here)."""
+    events = []
+    if st.consecutive_failures:
+        events.append(Event("meter.recovered", rx, bus, meter_id, "info",
+                            {"after_failures": st.consecutive_failures, **recovered}))
+    if flags != meter.last_flags:
+        events.append(Event("meter.status", rx, bus, meter_id, "warning" if flags else "info",
+                            {"flags": list(flags), "status": status,
+                             "previous": list(meter.last_flags)}))
+        meter.last_flags = flags
+    return events
+
+
 def meter_times(t: Any, tz: dt.tzinfo, records: Iterable[Any] | None = None
                 ) -> dict[tuple[int, int], int]:
     """Epoch ms of a telegram's own date/time records, by (storage, subunit).
@@ -801,17 +817,8 @@ class MBusDriver(Driver):
         records: list[Any] = []
         for t in telegrams:
             records.extend(telegram_readings(t, meter_id, self.bus, rx, self.tz))
-        events: list[Any] = []
-        if st.consecutive_failures:
-            events.append(Event("meter.recovered", rx, self.bus, meter_id, "info",
-                                {"after_failures": st.consecutive_failures}))
         flags = tuple(first.status_flags)
-        if flags != meter.last_flags:
-            events.append(Event("meter.status", rx, self.bus, meter_id,
-                                "warning" if flags else "info",
-                                {"flags": list(flags), "status": first.status,
-                                 "previous": list(meter.last_flags)}))
-            meter.last_flags = flags
+        events = read_ok_events(meter, st, flags, first.status, self.bus, meter_id, rx)
         st.reads_ok += 1
         st.telegrams += len(telegrams)
         st.consecutive_failures = 0

@@ -42,7 +42,8 @@ from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
 from .handoff import Listeners, WorkQueue, keys_dir_of, stored_key
-from .mbus import TZ_HELP, EventGate, MeterStats, open_port, telegram_readings
+from .mbus import (TZ_HELP, EventGate, MeterStats, open_port, read_ok_events,
+                   telegram_readings)
 
 METER_SCHEMA = Schema((
     FieldSpec("id", text("the 8-digit meter id", r"[0-9]{8}"), help="meter id (on its label)"),
@@ -521,19 +522,9 @@ class WMBusDriver(Driver):
             return exc.event
         meter.failed = None
         meter_id = meter.name or t.id
-        events: list[Any] = []
-        if st.consecutive_failures:
-            detail: dict[str, Any] = {"after_failures": st.consecutive_failures}
-            if retry:
-                detail["retried_with_new_key"] = True
-            events.append(Event("meter.recovered", now_ms(), self.bus, meter_id, "info", detail))
         flags = tuple(t.status_flags)
-        if flags != meter.last_flags:
-            events.append(Event("meter.status", rx, self.bus, meter_id,
-                                "warning" if flags else "info",
-                                {"flags": list(flags), "status": t.status,
-                                 "previous": list(meter.last_flags)}))
-            meter.last_flags = flags
+        events = read_ok_events(meter, st, flags, t.status, self.bus, meter_id, rx,
+                                **({"retried_with_new_key": True} if retry else {}))
         st.reads_ok += 1
         st.consecutive_failures = 0
         st.last_ok_ms = max(rx, st.last_ok_ms or 0)
