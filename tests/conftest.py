@@ -39,6 +39,17 @@ def broker(pki: Path, tmp_path: Path) -> Iterator[Broker]:
         b.stop()
 
 
+@pytest.fixture(scope="module")
+def module_broker(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One broker shared by a module's tests (for modules that start a long-lived gateway)."""
+    b = Broker(pki, data_dir=tmp_path_factory.mktemp("broker"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
 @pytest.fixture
 def mqtt_client_factory(broker: Broker, pki: Path) -> Iterator[ClientFactory]:
     """`make(name='headend', **kw)` -> connected, looping paho client using `{name}.pem/.key`.

@@ -101,20 +101,11 @@ def _stop(gw: Gateway) -> None:
 
 
 @pytest.fixture(scope="module")
-def broker_m(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = Broker(pki, data_dir=tmp_path_factory.mktemp("broker"))
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
-@pytest.fixture(scope="module")
-def gw(pki: Path, broker_m: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gw(pki: Path, module_broker: Broker,
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """One running gateway for the read-only commands: 3 meters on `sim`, 100 on `bulk`."""
     tmp = tmp_path_factory.mktemp("gw")
-    g = _start(tmp, pki, broker_m.port, [
+    g = _start(tmp, pki, module_broker.port, [
         {"type": "simulated", "name": "sim", "meters": 3, "interval_s": 0.2},
         {"type": "simulated", "name": "bulk", "meters": 100, "interval_s": 0.2,
          "meter_prefix": "bulk-"}], group=GROUP)
@@ -510,8 +501,8 @@ def test_keys_set_prompts_without_echo_and_never_logs(gw, term):
 # --------------------------------------------------------------------------- config apply
 
 
-def test_config_apply_hot_reloads_changed_drivers_only(tmp_path, pki, broker_m):
-    g = _start(tmp_path, pki, broker_m.port, [
+def test_config_apply_hot_reloads_changed_drivers_only(tmp_path, pki, module_broker):
+    g = _start(tmp_path, pki, module_broker.port, [
         {"type": "simulated", "name": "keep", "meters": 2, "interval_s": 0.2,
          "meter_prefix": "keep-"},
         {"type": "simulated", "name": "grow", "meters": 2, "interval_s": 0.2,

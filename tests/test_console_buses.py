@@ -19,18 +19,10 @@ import pytest
 from gateway.model import Event, Reading
 from tools.broker import Broker
 from tests.sinks import Sink
+from tests.waiting import wait_for
 
 KEY = bytes(range(16))
 WRONG = bytes(16)
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return bool(cond())
 
 
 def in_thread(fn: Callable[[], Any], timeout: float = 60.0) -> Any:
@@ -267,17 +259,7 @@ def test_wmbus_reads_the_key_stored_by_the_console(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def broker_b(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = Broker(pki, data_dir=tmp_path_factory.mktemp("broker"))
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
-@pytest.fixture(scope="module")
-def buses(pki: Path, broker_b: Broker,
+def buses(pki: Path, module_broker: Broker,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real gateway reading a simulated M-Bus, a wM-Bus dongle (one meter configured with
     a wrong key) and an IEC 62056-21 meter."""
@@ -298,7 +280,7 @@ def buses(pki: Path, broker_b: Broker,
          "baud_switch_delay_ms": 20, "serial": {"port": optical.device},
          "meters": [{"id": "elec-1", "address": "10000001"}]},
     ]
-    gw = _start(tmp, pki, broker_b.port, drivers)
+    gw = _start(tmp, pki, module_broker.port, drivers)
     try:
         assert gw.proc.wait_for_log("uplink: connected", 30), gw.proc.text()
         yield gw

@@ -26,6 +26,7 @@ from gateway.control.reload import plan_reload
 from gateway.model import Event
 from gateway.runtime import Runtime
 from tests.gwproc import write_config
+from tests.waiting import wait_for as _wait
 
 # --------------------------------------------------------------------------- framing
 
@@ -160,15 +161,6 @@ def _connect(rt: Runtime) -> socket.socket:
 def _call(s: socket.socket, cmd: str, **args):
     send_message(s, {"v": PROTOCOL_VERSION, "id": 1, "cmd": cmd, "args": args})
     return recv_message(s, 10, 10)
-
-
-def _wait(pred, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_socket_mode_and_cleanup(runtime):

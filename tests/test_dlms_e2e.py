@@ -12,6 +12,7 @@ import time
 import cbor2
 
 from tests.gwproc import start_gateway, start_headend, write_config
+from tests.waiting import wait_for as _wait
 
 PERIOD_S = 60
 HISTORY_S = 4 * 3600
@@ -28,16 +29,6 @@ def _cursor(db, name="profile:1-0:99.1.0"):
     except sqlite3.Error:
         return None
     return cbor2.loads(row[0]) if row else None
-
-
-def _wait(pred, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    return None
 
 
 def test_sigkill_mid_profile_read_no_duplicate_no_hole(tmp_path, pki, broker):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 from hypothesis import given
@@ -21,6 +21,7 @@ from gateway.protocols.mbus import wired
 from gateway.protocols.mbus.errors import ChecksumError, FrameError, MBusError, TruncatedError
 from tools.sim.mbus import MBusBusSimulator, start
 from tests.sinks import Sink
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "mbus.json").read_text())
@@ -219,14 +220,6 @@ def test_decode_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # --------------------------------------------------------------------------- the driver
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def test_driver_reads_all_meters_and_recovers_a_failed_one(sim: MBusBusSimulator) -> None:

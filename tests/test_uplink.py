@@ -17,6 +17,7 @@ from gateway.store import Store
 from gateway.uplink.envelope import decode_envelope
 from gateway.uplink.mqtt import Doorbell, Uplink
 from tools.bench.common import UplinkCfg
+from tests.waiting import wait_for as _wait
 
 T0 = 1_704_067_200_000
 
@@ -63,15 +64,6 @@ def _settings(broker, pki: Path, prefix: str, **kw) -> UplinkCfg:
     return UplinkCfg(host=broker.host, port=broker.port, ca=str(pki / "ca.pem"),
                      cert=str(pki / "gateway.pem"), key=str(pki / "gateway.key"),
                      topic_prefix=prefix, client_id="gw-0001", **kw)
-
-
-def _wait(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return pred()
 
 
 def test_uplink_sends_bursts_wakes_for_new_records_and_stops_promptly(

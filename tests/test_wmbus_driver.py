@@ -5,28 +5,19 @@ and a dongle that goes silent re-initialised and then reopened."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from gateway.drivers.wmbus import WMBusDriver
 from tools.sim.wmbus import SimRadioMeter, WMBusDongleSimulator, start
 from tests.sinks import Sink
+from tests.waiting import wait_for
 
 KEY = bytes(range(16))
 OTHER = bytes(16)
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return bool(cond())
 
 
 def radio_meters() -> list[SimRadioMeter]:
