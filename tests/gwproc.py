@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,42 @@ def headend_summary(proc: Proc, timeout: float = 90.0) -> dict[str, Any]:
     lines = [l for l in out.splitlines() if l.strip()]
     assert lines, f"head-end printed nothing; its log:\n{proc.text()[-3000:]}"
     return json.loads(lines[-1])
+
+
+class Restarter:
+    """Runs ``argv`` again whenever it exits (systemd's Restart=always), at most 12 times;
+    each run logs to tmp/gw-N.log."""
+
+    def __init__(self, argv: list[str], tmp: Path, pause_s: float = 0.2) -> None:
+        self.argv, self.tmp, self.pause_s = argv, tmp, pause_s
+        self.starts = 0
+        self.exits: list[int] = []
+        self.proc: Proc | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.starts < 12:
+            self.starts += 1
+            self.proc = Proc(self.argv, self.tmp / f"gw-{self.starts}.log")
+            self.exits.append(self.proc.p.wait())
+            self._stop.wait(self.pause_s)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.p.send_signal(signal.SIGKILL)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted(self.tmp.glob("gw-*.log")))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.proc is not None and self.proc.p.poll() is None:
+            self.proc.p.send_signal(signal.SIGTERM)
+            try:
+                self.proc.p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.p.kill()
+        self._thread.join(40)

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,38 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.model import now_ms
-from tests.gwproc import Proc
+from tests.gwproc import Restarter
 from tests.test_fleet_commands import EventWatcher, fleet_config, sign
 from tools.ota import keygen
-
-
-class Restarter:
-    """Runs ``gateway run`` again whenever it exits (systemd's Restart=always)."""
-
-    def __init__(self, cfg: Path, tmp: Path) -> None:
-        self.argv = [sys.executable, "-m", "gateway", "run", "-c", str(cfg)]
-        self.tmp, self.exits, self.proc = tmp, [], None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set() and n < 12:
-            n += 1
-            self.proc = Proc(self.argv, self.tmp / f"gw-{n}.log")
-            self.exits.append(self.proc.p.wait())
-            self._stop.wait(0.2)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.proc is not None and self.proc.p.poll() is None:
-            self.proc.p.send_signal(signal.SIGTERM)
-            try:
-                self.proc.p.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.p.kill()
-        self._thread.join(40)
 
 
 def issue(csr_pem: str, pki: Path) -> str:
@@ -96,7 +64,7 @@ def test_credentials_restart_and_config_rollback(tmp_path, pki, broker, mqtt_cli
         assert ev.detail["ok"], ev.detail
         return ev.detail["result"]
 
-    sup = Restarter(cfg, tmp_path)
+    sup = Restarter([sys.executable, "-m", "gateway", "run", "-c", str(cfg)], tmp_path)
     try:
         watch.kind("uplink.connected")
         # 1. client certificate: the key never leaves the gateway

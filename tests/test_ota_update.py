@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,53 +29,18 @@ from gateway.fleet.bundle import build_release, make_manifest, sign_bundle
 from gateway.fleet.cose import load_private_key
 from gateway.fleet.delivery import chunk_count, chunk_topic
 from gateway.model import now_ms
-from tests.gwproc import ROOT, Proc
+from tests.gwproc import ROOT, Restarter
 from tests.test_fleet_commands import EventWatcher, fleet_config, sign
 from tools.ota import keygen
 
 CHUNK = 16 * 1024
 
 
-class Supervisor:
+def Supervisor(tmp: Path, root: Path, state: Path, cfg: Path) -> Restarter:
     """Restarts the launcher whenever it exits, like systemd's Restart=always."""
-
-    def __init__(self, tmp: Path, root: Path, state: Path, cfg: Path) -> None:
-        self.argv = [sys.executable, str(root / "launcher.py"), "--root", str(root),
-                     "--state-dir", str(state), "--python", sys.executable, "--",
-                     "run", "-c", str(cfg)]
-        self.tmp = tmp
-        self.starts = 0
-        self.exits: list[int] = []
-        self.proc: Proc | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set() and self.starts < 12:
-            self.starts += 1
-            self.proc = Proc(self.argv, self.tmp / f"gw-{self.starts}.log")
-            rc = self.proc.p.wait()
-            self.exits.append(rc)
-            self._stop.wait(0.3)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.p.send_signal(signal.SIGKILL)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                         for p in sorted(self.tmp.glob("gw-*.log")))
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.proc is not None and self.proc.p.poll() is None:
-            self.proc.p.send_signal(signal.SIGTERM)
-            try:
-                self.proc.p.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.p.kill()
-        self._thread.join(40)
+    return Restarter([sys.executable, str(root / "launcher.py"), "--root", str(root),
+                      "--state-dir", str(state), "--python", sys.executable, "--",
+                      "run", "-c", str(cfg)], tmp, pause_s=0.3)
 
 
 @pytest.fixture
