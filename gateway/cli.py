@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_or_report(args.config)
     if cfg is None:
         return EXIT_CONFIG
-    setup_logging(args.log_level or cfg.logging.level)
+    setup_logging(args.log_level or cfg.logging.level, cfg.logging.format)
     from .runtime import Runtime
     try:
         return Runtime(cfg).run_forever()

@@ -621,6 +621,10 @@ UPLINK_SCHEMA = Schema((
 
 LOGGING_SCHEMA = Schema((
     FieldSpec("level", one_of("debug", "info", "warning", "error"), "info", help="log level"),
+    FieldSpec("format", one_of("text", "json"), "text",
+              help="text: logfmt lines (ts level=… comp=… msg=…); json: one JSON object per "
+                   "line. Under systemd both drop their own timestamp where journald adds one "
+                   "and carry journald priorities"),
 ))
 
 CONTROL_SCHEMA = Schema((
@@ -923,6 +927,7 @@ class UplinkConfig:
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "info"
+    format: str = "text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1064,7 +1069,7 @@ class Config:
             + f", group commit {s.commit_interval_ms} ms / {s.commit_max_records} records",
             f"uplink:  {u.host}:{u.port} (TLS >= {u.tls_version}), client id {u.client_id}, "
             f"topic prefix {_quote(u.topic_prefix)}",
-            f"logging: {self.logging.level}",
+            f"logging: {self.logging.level} ({self.logging.format})",
             f"control: {self.control.socket}"
             + (f" (group {self.control.group})" if self.control.group else "")
             + f", audit log {self.control.audit_log}",

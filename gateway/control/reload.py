@@ -113,7 +113,8 @@ def hot_reload(rt: "Runtime", new: Config) -> dict[str, Any]:
     rt.drivers = [keep[d.name] for d in new.drivers]
     rt.config = new
     if plan.logging_changed:
-        logging.getLogger().setLevel(getattr(logging, new.logging.level.upper(), logging.INFO))
+        from ..logs import apply_logging
+        apply_logging(new.logging.level, new.logging.format)
     if stuck:
         result["stuck"] = stuck
         log.warning("config apply: drivers %s did not stop within their timeout", stuck)
