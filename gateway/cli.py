@@ -23,11 +23,11 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
-def load_or_report(path: str):  # -> Config | None
+def load_or_report(path: str, check_files: bool = True):  # -> Config | None
     """Load a config, printing errors and warnings to stderr; None when invalid."""
     from .config import ConfigError, load_config
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, check_files=check_files)
     except ConfigError as exc:
         for issue in exc.issues:
             print(f"error: {issue}", file=sys.stderr)
@@ -38,10 +38,39 @@ def load_or_report(path: str):  # -> Config | None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = load_or_report(args.file)
+    path = args.config or args.file
+    if not path or (args.config and args.file and args.config != args.file):
+        print("error: check-config takes one config file: -c FILE (or FILE)", file=sys.stderr)
+        return EXIT_CONFIG
+    cfg = load_or_report(path, check_files=not args.no_file_checks)
     if cfg is None:
         return EXIT_CONFIG
     print(cfg.summary())
+    if args.no_file_checks:
+        print("files:   not checked (--no-file-checks): key, certificate and CA files must "
+              "exist on the gateway itself")
+    return EXIT_OK
+
+
+def example_config_path():  # -> Path | None
+    """config/example.yaml of the source tree, else the copy a pip install put under
+    <prefix>/share/meter-gateway/config."""
+    from pathlib import Path
+    for p in (Path(__file__).resolve().parent.parent / "config" / "example.yaml",
+              Path(sys.prefix) / "share" / "meter-gateway" / "config" / "example.yaml"):
+        if p.is_file():
+            return p
+    return None
+
+
+def cmd_example_config(args: argparse.Namespace) -> int:
+    path = example_config_path()
+    if path is None:
+        print("error: example.yaml is not installed with this package "
+              f"(looked in the source tree and {sys.prefix}/share/meter-gateway/config)",
+              file=sys.stderr)
+        return 1
+    sys.stdout.write(path.read_text())
     return EXIT_OK
 
 
@@ -68,8 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=cmd_run)
     chk = sub.add_parser("check-config", help="validate a config file; exit 2 on errors")
-    chk.add_argument("file")
+    chk.add_argument("file", nargs="?", help="config file (YAML); or -c FILE")
+    chk.add_argument("-c", "--config", help="config file (YAML)")
+    chk.add_argument("--no-file-checks", action="store_true",
+                     help="do not require the key, certificate and CA files to exist here "
+                          "(a config prepared for another machine)")
     chk.set_defaults(func=cmd_check_config)
+    ex = sub.add_parser("example-config", help="print a production-shaped example config")
+    ex.set_defaults(func=cmd_example_config)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
     return p

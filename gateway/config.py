@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -642,6 +643,32 @@ CONTROL_SCHEMA = Schema((
                    "the store"),
 ), help="the local control socket")
 
+def _listen(v: Any) -> tuple[str, int]:
+    """``9105``, ``"127.0.0.1:9105"`` or ``"[::1]:9105"`` -> (host, port); host defaults to
+    loopback so that turning metrics on never exposes meter data by itself."""
+    if isinstance(v, bool):
+        raise TypeError()
+    text_v = str(v).strip()
+    host, sep, port_s = text_v.rpartition(":")
+    if not sep:
+        host, port_s = "127.0.0.1", text_v
+    host = host.strip("[]") if host.startswith("[") else host
+    if not host or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise ValueError()
+    if ":" in host:
+        ipaddress.IPv6Address(host)
+    elif host != "localhost":
+        ipaddress.IPv4Address(host)
+    return host, int(port_s)
+
+
+METRICS_SCHEMA = Schema((
+    FieldSpec("listen", Check('a port or "address:port", e.g. 127.0.0.1:9105 or [::1]:9105',
+                              _listen, as_text=True), None,
+              help="serve Prometheus text format on http://ADDRESS:PORT/metrics; off when "
+                   "unset; a bare port listens on 127.0.0.1 only"),
+), help="the Prometheus metrics endpoint")
+
 # --------------------------------------------------------------------------- edge section
 
 def _decimal_text(v: Any) -> str:
@@ -790,6 +817,7 @@ SECTIONS: dict[str, tuple[Schema, bool]] = {
     "control": (CONTROL_SCHEMA, False),
     "edge": (EDGE_SCHEMA, False),
     "fleet": (FLEET_SCHEMA, False),
+    "metrics": (METRICS_SCHEMA, False),
 }
 TOP_LEVEL_KEYS = [*SECTIONS, "drivers"]
 
@@ -931,6 +959,11 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ControlConfig:
     socket: str = "/run/gateway/control.sock"
     group: str | None = None
@@ -1056,6 +1089,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     board: dict[str, Any] = field(default_factory=dict)  # the validated boards/NAME.yaml
 
     def summary(self) -> str:
@@ -1073,6 +1107,10 @@ class Config:
             f"control: {self.control.socket}"
             + (f" (group {self.control.group})" if self.control.group else "")
             + f", audit log {self.control.audit_log}",
+            "metrics: " + ("off" if self.metrics.listen is None else
+                           "http://%s/metrics" % (f"[{self.metrics.listen[0]}]:{self.metrics.listen[1]}"
+                                                  if ":" in self.metrics.listen[0] else
+                                                  f"{self.metrics.listen[0]}:{self.metrics.listen[1]}")),
             "edge:    " + (f"deltas on a {self.edge.interval_s} s grid, diagnostics every "
                             f"{self.edge.diag_interval_s:g} s"
                             + (", report by exception"
@@ -1127,9 +1165,13 @@ _MAX_DEPTH = 64
 _MAX_NODES = 100_000
 
 
-def load_config(path: Union[str, os.PathLike[str]]) -> Config:
-    """Read, validate and default a config file. Raises ConfigError listing every problem."""
-    return _Loader(path).load()
+def load_config(path: Union[str, os.PathLike[str]], *, check_files: bool = True) -> Config:
+    """Read, validate and default a config file. Raises ConfigError listing every problem.
+
+    ``check_files=False`` skips the existence and mode checks of key, certificate and CA
+    files (``gateway check-config --no-file-checks``: a config prepared for another machine).
+    """
+    return _Loader(path, check_files=check_files).load()
 
 
 _Entries = dict[str, tuple[Node, Node]]
@@ -1142,7 +1184,8 @@ class _TooComplex(Exception):
 class _Loader:
     """One pass over one file; collects issues instead of raising on the first."""
 
-    def __init__(self, path: Union[str, os.PathLike[str]]):
+    def __init__(self, path: Union[str, os.PathLike[str]], check_files: bool = True):
+        self.check_files = check_files
         self.file = os.fspath(path)
         self.abs = os.path.abspath(self.file)
         self.base = os.path.dirname(self.abs)
@@ -1217,7 +1260,8 @@ class _Loader:
             logging=LoggingConfig(**lg), drivers=tuple(drivers), source_path=self.abs,
             config_hash=hashlib.sha256(data).hexdigest(), warnings=_tidy(self.warnings),
             control=ControlConfig(**ctl), edge=EdgeConfig.from_values(values.get("edge") or {}),
-            fleet=FleetConfig.from_values(values.get("fleet") or {}), board=board)
+            fleet=FleetConfig.from_values(values.get("fleet") or {}), board=board,
+            metrics=MetricsConfig(**(values.get("metrics") or {})))
 
     def _read(self) -> bytes:
         try:
@@ -1449,7 +1493,8 @@ class _Loader:
             return _BAD
         if f.path:
             value = os.path.normpath(os.path.join(self.base, value))
-            if f.must_exist and not self._check_file(node, kp, value, f.secret):
+            if f.must_exist and self.check_files and not self._check_file(node, kp, value,
+                                                                        f.secret):
                 return _BAD
         elif f.secret:
             self.inline_secrets.append((node, kp))

@@ -46,6 +46,7 @@ class Runtime:
         from .control.monitor import Monitor
         self.monitor = Monitor()
         self.control: Any = None
+        self.metrics: Any = None  # gateway.metrics.MetricsServer when metrics.listen is set
         self.started_monotonic = time.monotonic()
         self._reconfig_lock = threading.Lock()
         self.fleet: Any = None  # downlink commands, OTA, trials, systemd watchdog
@@ -99,6 +100,15 @@ class Runtime:
             drv.start()
         from .control.server import start_control
         self.control = start_control(self)
+        if c.metrics.listen is not None:
+            from .metrics import MetricsServer
+            try:
+                self.metrics = MetricsServer(self, *c.metrics.listen)
+                self.metrics.start()
+            except OSError as exc:  # a taken port must not keep the meters from being read
+                log.error("metrics: cannot listen on %s:%d: %s; running without metrics",
+                          *c.metrics.listen, exc.strerror or exc)
+                self.metrics = None
         self.fleet.started()
         log.info("gateway %s running: firmware %s, %d drivers, broker %s:%d",
                  c.gateway.id, __version__, len(self.drivers), c.uplink.host, c.uplink.port)
@@ -114,6 +124,8 @@ class Runtime:
             self.fleet.stop()
         if self.control is not None:
             self.control.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("stopping: drivers")
         locked = self._reconfig_lock.acquire(timeout=60)  # let a config apply finish
         for drv in self.drivers:

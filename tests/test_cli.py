@@ -50,3 +50,56 @@ def test_run_with_bad_config_exits_2_without_traceback(tmp_path):
 def test_no_command_prints_help_and_exits_2():
     r = gateway()
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_check_config_takes_dash_c_like_run(tmp_path, pki):
+    cfg = write_config(tmp_path, pki, 8883)
+    r = gateway("check-config", "-c", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert "gw-0001" in r.stdout and "metrics: off" in r.stdout
+
+
+def test_check_config_needs_exactly_one_file(tmp_path, pki):
+    cfg = write_config(tmp_path, pki, 8883)
+    assert gateway("check-config").returncode == 2
+    r = gateway("check-config", str(cfg), "-c", str(tmp_path / "other.yaml"))
+    assert r.returncode == 2 and "one config file" in r.stderr
+
+
+def test_example_config_checks_without_its_key_files():
+    example = str(ROOT / "config" / "example.yaml")
+    r = gateway("check-config", "-c", example)
+    assert r.returncode == 2 and "file not found: /etc/gateway/pki/ca.pem" in r.stderr
+    r = gateway("check-config", "-c", example, "--no-file-checks")
+    assert r.returncode == 0, r.stderr
+    assert "not checked (--no-file-checks)" in r.stdout
+    # still a real check: a typo is an error with or without file checks
+    bad = (ROOT / "config" / "example.yaml").read_text().replace("topic_prefix", "topic_prefx")
+    p = ROOT / "config" / ".example-typo-test.yaml"
+    try:
+        p.write_text(bad)
+        r = gateway("check-config", "--no-file-checks", str(p))
+        assert r.returncode == 2 and 'did you mean "topic_prefix"' in r.stderr
+    finally:
+        p.unlink()
+
+
+def test_example_config_is_printed_and_valid(tmp_path):
+    r = gateway("example-config")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (ROOT / "config" / "example.yaml").read_text()
+    p = tmp_path / "example.yaml"
+    p.write_text(r.stdout)
+    assert gateway("check-config", "--no-file-checks", str(p)).returncode == 0
+
+
+def test_wheel_ships_example_config(tmp_path):
+    """`gateway example-config` after a plain pip install: the wheel carries the file."""
+    import zipfile
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    wheel = next(tmp_path.glob("meter_gateway-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.endswith(".data/data/share/meter-gateway/config/example.yaml") for n in names)
