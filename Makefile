@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 SUDO    := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 DEMO_SECONDS ?= 0
 
-.PHONY: install mosquitto demo test bench install-service clean
+.PHONY: install mosquitto demo console test bench install-service clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import venv' 2>/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv; }
@@ -27,6 +27,10 @@ mosquitto:
 
 demo: install mosquitto
 	$(PY) -m tools.demo --seconds $(DEMO_SECONDS)
+
+# The field-tech console on the running demo (in a second terminal).
+console: install
+	$(PY) -m gateway console -c $(or $(CONFIG),config/demo.yaml)
 
 test: install mosquitto
 	$(PY) -m pytest
