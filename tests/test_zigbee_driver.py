@@ -306,3 +306,27 @@ def test_a_configured_endpoint_is_not_discovered(run):
     sim, drv, sink = run([dev], devices=[{"ieee": f"{dev.ieee:016x}", "endpoint": 2}])
     sink.wait_for(lambda _: len(sink.readings()) >= 2)
     assert not [r for r in sim.requests if r[2] in ("active endpoints", "simple descriptor")]
+
+
+def test_polled_device_that_joined_before_the_gateway_is_found_in_the_neighbor_table():
+    """A water meter that refuses reporting never speaks unasked: after a gateway reboot
+    only the coordinator's neighbor table knows it. It must be found there and polled
+    (the demo's sixth device was never read before this)."""
+    water = simxbee.default_devices(4)[3]
+    assert water.kind == "water_polled"
+    sim = simxbee.start([water], report_interval_s=0.4, preconfigured=True)
+    try:
+        deadline = time.monotonic() + 10
+        while sim.stats["announces"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # it announced while nobody listened
+        sink = Sink()
+        drv = ZigbeeDriver("zb", {"serial": {"port": sim.device, "baud": 9600}, **FAST}, sink)
+        drv.start()
+        try:
+            got = sink.wait_for(lambda recs: [r for r in recs if isinstance(r, Reading)
+                                              and r.meter_id == water.meter_id])
+            assert got and got[0].unit == "L"  # litres, polled
+        finally:
+            drv.stop()
+    finally:
+        sim.stop()

@@ -44,6 +44,10 @@ QUALITY_ROUNDED = "rounded"   # multiplier/divisor not a terminating decimal (e.
 # ---------------------------------------------------------------------------- options
 
 
+# Neighbor table device types worth reading (Zigbee spec Table 2.128): router, end device.
+NEIGHBOR_DEVICE_TYPES = frozenset({1, 2})
+
+
 def parse_ieee(text_: str) -> int:
     digits = text_.replace(":", "").replace("-", "")
     if len(digits) != 16:
@@ -618,8 +622,9 @@ class ZigbeeDriver(Driver):
     # -- link quality ----------------------------------------------------------------------
 
     def _lqi_scan(self, now: float) -> None:
-        """Every lqi_interval, page through the coordinator's neighbor table. Devices behind
-        a router are not in it (their LQI is the router's to tell): they keep lqi None."""
+        """Every lqi_interval (and at start), page through the coordinator's neighbor table:
+        each device's LQI, and devices nobody has heard yet. Devices behind a router are not
+        in it (their LQI is the router's to tell): they keep lqi None."""
         pending = self._lqi_pending
         if pending is not None:
             if now < pending[1]:
@@ -628,8 +633,8 @@ class ZigbeeDriver(Driver):
             self.lqi_scans["timeouts"] += 1
             self.log.debug("zigbee %s: no Mgmt_Lqi_rsp from the coordinator", self.bus)
             self._lqi_next_at = now + self.lqi_interval
-        if now >= self._lqi_next_at and self.link is not None and self.coordinator_ieee \
-                and self.devices:
+        # Also with no device known yet: the table is how silent, polled devices are found.
+        if now >= self._lqi_next_at and self.link is not None and self.coordinator_ieee:
             self._lqi_next_at = now + self.lqi_interval
             self._send_lqi(0, now)
 
@@ -651,10 +656,17 @@ class ZigbeeDriver(Driver):
                 self.log.info("zigbee %s: the coordinator refused Mgmt_Lqi_req (%s): no LQI",
                               self.bus, zdo.ZDO_STATUS.get(msg.status, msg.status))
             return
-        with self._lock:
-            for n in msg.neighbors:
-                dev = self.devices.get(n.ieee)
-                if dev is not None:
+        for n in msg.neighbors:
+            dev = self.devices.get(n.ieee)
+            if dev is None and n.device_type in NEIGHBOR_DEVICE_TYPES:
+                # A device that joined before we started and never reports (it must be
+                # polled) would otherwise stay unknown for ever: the table introduces it.
+                dev = self._device(n.ieee, now)
+                dev.nwk = n.nwk
+                self.log.info("zigbee %s: %s found in the coordinator's neighbor table "
+                              "(nwk 0x%04X)", self.bus, dev.meter_id, n.nwk)
+            if dev is not None:
+                with self._lock:
                     dev.lqi = n.lqi
         following = msg.start + len(msg.neighbors)
         if msg.neighbors and following < msg.total:
