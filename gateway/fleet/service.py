@@ -201,6 +201,9 @@ class Fleet:
             "fleet": dict(self.handler.counters), "ota": self.ota.installed(),
             "dead_threads": self.dead_threads(),
         }
+        control = getattr(h, "control", None)
+        if control is not None:
+            out["audit"] = control.audit.head()  # the console audit chain head
         if self.layout is not None:
             try:
                 out["slot"] = self.layout.active_slot()
