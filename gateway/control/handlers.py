@@ -739,6 +739,34 @@ def config_apply(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _command_handler(ctx: Context) -> Any:
+    fleet = getattr(ctx.runtime, "fleet", None)
+    handler = getattr(fleet, "handler", None)
+    if handler is None or not getattr(fleet, "topics", None):
+        raise CommandError("not_supported", "downlink commands are disabled (no "
+                           "fleet.command_keys configured)")
+    return handler
+
+
+@command("fleet")
+def fleet_state(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """The downlink: last accepted seq, whether it is locked, counters."""
+    return _command_handler(ctx).state()
+
+
+@command("fleet reset-seq", audited=True, role="admin", args={"seq": Arg(int)})
+def fleet_reset_seq(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Recover a downlink locked by a command seq far in the future (see README, Security)."""
+    seq = _arg(args, "seq", int, None)
+    if seq is not None and not 0 <= seq < 2**63:
+        raise CommandError("bad_request", "SEQ must be 0 to 2^63-1")
+    handler = _command_handler(ctx)
+    out = handler.reset_seq(seq, f"{ctx.peer.user} (uid {ctx.peer.uid}) on the console")
+    out["message"] = (f"command seq reset from {out['previous_seq']} to {out['seq']}; "
+                      f"commands issued before {out['not_before_ms']} are refused")
+    return out
+
+
 def key_path(rt: "Runtime", meter_id: str) -> str:
     keys_dir = rt.config.control.keys_dir or os.path.join(
         os.path.dirname(rt.config.store.path), "keys")

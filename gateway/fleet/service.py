@@ -82,7 +82,7 @@ class Fleet:
             "rotate_cert": self.cmd_rotate_cert, "install_cert": self.cmd_install_cert,
             "rotate_key": self.cmd_rotate_key, "activate_key": self.cmd_activate_key,
             "ota": self.ota.command,
-        })
+        }, max_seq_jump=f.max_seq_jump)
         self.monitor: TrialMonitor | None = None
         self.watchdog = Watchdog(self.dead_threads)
         if not trusted:
