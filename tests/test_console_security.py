@@ -282,3 +282,72 @@ def test_roles_by_unix_group(rt, public_dir):
     # Outside the console group altogether: not even let in.
     r = console(rt, "status", groups=[])
     assert r.returncode == 3 and "permission denied" in r.stderr
+
+
+# --------------------------------------------------------------------------- properties
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_NAMES = ["status", "meters", "meter", "keys set", "permit-join", "store", "config check",
+          "config apply", "fleet reset-seq", "uplink", "diag", "config show", "no such"]
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda kids: st.lists(kids, max_size=3)
+                     | st.dictionaries(st.text(max_size=6), kids, max_size=3), max_leaves=8)
+
+
+@st.composite
+def _hostile_request(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    """A command with the secret hidden anywhere but in a declared, non-secret argument."""
+    from gateway.control.handlers import COMMANDS
+    name = draw(st.sampled_from(_NAMES))
+    cmd = COMMANDS.get(name)
+    declared = dict(cmd.args) if cmd else {}
+    args: dict[str, Any] = {}
+    for k, spec in declared.items():
+        if draw(st.booleans()):
+            args[k] = SECRET if spec.secret else draw(_json)
+    where = draw(st.sampled_from(["name", "value", "nested", "secret_arg"]))
+    if where == "name":
+        args[SECRET] = draw(_json)
+    elif where == "value":
+        args[draw(st.text(min_size=1, max_size=6).filter(lambda k: k not in declared))] = SECRET
+    elif where == "nested":
+        args[draw(st.text(min_size=1, max_size=6))] = {"a": [1, {"k": SECRET}]}
+    for k, spec in declared.items():  # a declared non-secret arg may not carry it by accident
+        if not spec.secret and isinstance(args.get(k), (dict, list)):
+            args[k] = draw(st.integers())
+    return name, args
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(req=_hostile_request())
+def test_no_request_gets_a_secret_into_the_audit_log_or_the_uplink(rt, req):
+    name, args = req
+    r = _raw(rt, name, args)
+    assert isinstance(r.get("ok"), bool)
+    assert SECRET not in _audit_text(rt)
+    assert SECRET not in _store_text(rt)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.integers(0, 2000), st.integers(0, 255))
+def test_verify_chain_reports_but_never_raises(data, pos, byte):
+    from gateway.control.audit import AuditLog, Peer, verify_chain
+    d = Path(tempfile.mkdtemp(prefix="gwchain-"))
+    try:
+        log = AuditLog(str(d / "a.log"))
+        for i in range(3):
+            log.record(Peer(1, 2, 3, "u"), "status", {"i": i}, True, "ok", forward=False)
+        orig = (d / "a.log").read_bytes()
+        raw = bytearray(orig)
+        at = pos % len(raw)
+        raw[at] = byte
+        (d / "a.log").write_bytes(bytes(raw) + data)
+        rep = verify_chain([str(d / "a.log")])  # whatever the bytes: a report, no exception
+        assert rep.ok == (not rep.problems)
+        last_line_start = orig.rstrip(b"\n").rfind(b"\n") + 1
+        if byte != orig[at] and at < last_line_start:
+            assert not rep.ok, "a changed line before the last must break the chain"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
