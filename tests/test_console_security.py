@@ -351,3 +351,42 @@ def test_verify_chain_reports_but_never_raises(data, pos, byte):
             assert not rep.ok, "a changed line before the last must break the chain"
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- downlink recovery
+
+
+@needs_root
+def test_fleet_reset_seq_recovers_a_locked_downlink_admin_only(tmp_path, pki, public_dir):
+    from gateway.fleet.handler import SEQ_CURSOR
+    from gateway.store import Store
+    from tools.ota import keygen
+    _, pub = keygen(tmp_path / "cmd.key")
+    path = write_config(tmp_path, pki, 1, drivers=[{"type": "simulated", "meters": 1}])
+    doc = yaml.safe_load(path.read_text())
+    doc["control"] = {"socket": str(public_dir / "ctl.sock"), "group": "dialout",
+                      "roles": {"audio": "technician", "video": "admin"}}
+    doc["fleet"] = {"command_keys": [str(pub)]}
+    path.write_text(yaml.safe_dump(doc))
+    cfg = load_config(path)
+    with Store(cfg.store.path) as store:  # as firmware without the bound left it
+        store.append([], cursors={SEQ_CURSOR: 2**63 - 1})
+    runtime = Runtime(cfg)
+    runtime.start()
+    try:
+        state = json.loads(console(runtime, "fleet", "--json", groups=["dialout"]).stdout)
+        assert state["locked"] is True and state["last_seq"] == 2**63 - 1
+        r = console(runtime, "fleet", "reset-seq", groups=["dialout", "audio"])
+        assert r.returncode == 3 and "permission denied: needs admin" in r.stderr
+        r = console(runtime, "fleet", "reset-seq", "--json", groups=["dialout", "video"])
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["previous_seq"] == 2**63 - 1
+        state = json.loads(console(runtime, "fleet", "--json", groups=["dialout"]).stdout)
+        assert state["locked"] is False
+        entries = [json.loads(line) for line in _audit_text(runtime).splitlines()]
+        assert [(e["command"], e["ok"]) for e in entries] == [
+            ("fleet", True), ("fleet reset-seq", False), ("fleet reset-seq", True),
+            ("fleet", True)]
+        assert "fleet.seq_reset" in _store_text(runtime)
+    finally:
+        runtime.stop()
