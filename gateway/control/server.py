@@ -94,6 +94,12 @@ class ControlServer:
         mode = stat.S_IMODE(os.stat(self.path).st_mode)
         log.info("control: console socket %s (mode %04o, group %s); audit log %s", self.path,
                  mode, _group_name(self._gid), self.audit.path)
+        for group, role in (self.cfg.roles or {}).items():
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                log.warning("control: control.roles names group %r (%s), which does not "
+                            "exist: nobody gets that role", group, role)
 
     def _bind(self) -> socket.socket:
         path = self.path
