@@ -470,7 +470,7 @@ SPECS: list[Spec] = [
          "M-Bus/wM-Bus: 32 hex digits. DLMS: 32 (block key) or 64 (block key then "
          "authentication key).",
          b_keys_set, r_keys_set, prompt_key=True, complete=("meter",)),
-    Spec(("fleet",), "", "downlink: last command seq, locked?, counters",
+    Spec(("fleet",), "", "downlink: last seq, counters",
          "The signed downlink: the last accepted command seq, the bound on how far a seq may "
          "jump (fleet.max_seq_jump), whether it is locked, and the command counters.",
          no_args("fleet"), r_fleet),

@@ -202,6 +202,8 @@ class ControlServer:
                         "user, not in group %s", peer.uid, peer.user, _group_name(self._gid))
             self._say_and_close(conn, error_reply(None, "permission_denied",
                                 f"user {peer.user} is not in group {_group_name(self._gid)}"))
+            self.audit.record(peer, "(connect)", {}, False, "refused: not in group "
+                              f"{_group_name(self._gid)}")
             return
         with self._lock:
             full = len(self._conns) >= MAX_CONSOLES
@@ -215,8 +217,11 @@ class ControlServer:
                          name=f"console-{peer.user}-{peer.pid}").start()
 
     def _allowed(self, peer: Peer) -> bool:
-        return (peer.uid in (0, os.geteuid()) or peer.gid == self._gid
-                or self._gid in peer.groups)
+        """Root, the gateway user, the socket's group; or a group given a role (the socket's
+        mode still has the last word on who can connect at all)."""
+        have = {peer.gid, *peer.groups}
+        return (peer.uid in (0, os.geteuid()) or self._gid in have
+                or bool(have & set(_gids(self.cfg.roles or {}))))
 
     def role_of(self, peer: Peer) -> str:
         """The peer's console role: the highest that ``control.roles`` gives any of its
@@ -378,6 +383,16 @@ def _result_line(result: Any) -> str:
         if parts:
             return "; ".join(parts)
     return "ok"
+
+
+def _gids(groups: Any) -> list[int]:
+    out = []
+    for g in groups:
+        try:
+            out.append(grp.getgrnam(g).gr_gid)
+        except KeyError:
+            continue
+    return out
 
 
 def _group_name(gid: int) -> str:
