@@ -180,3 +180,29 @@ def test_flood_over_the_broker(tmp_path, pki, broker, mqtt_client_factory):
         assert "queue full" not in text
     finally:
         assert gw.terminate() == 0, gw.text()[-3000:]
+
+
+def test_max_seq_jump_and_roles_are_validated(tmp_path, pki):
+    from gateway.config import ConfigError, load_config
+    from tests.gwproc import write_config
+    path = write_config(tmp_path, pki, 8883)
+    assert load_config(path).fleet.max_seq_jump == DAY
+    doc = yaml.safe_load(path.read_text())
+    doc["fleet"] = {"max_seq_jump": 0}
+    doc["control"] = {"roles": {"bad group": "viewer", "audio": "superuser"}}
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    text = "\n".join(map(str, e.value.issues))
+    assert "fleet.max_seq_jump: expected an integer" in text
+    assert "control.roles.audio: expected one of" in text
+    doc["fleet"] = {"max_seq_jump": 1000}
+    doc["control"] = {"roles": {"bad group": "viewer"}}
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="control.roles: expected group names"):
+        load_config(path)
+    doc["control"] = {"roles": {"audio": "technician", "video": "admin"}}
+    path.write_text(yaml.safe_dump(doc))
+    cfg = load_config(path)
+    assert cfg.fleet.max_seq_jump == 1000
+    assert cfg.control.roles == {"audio": "technician", "video": "admin"}
