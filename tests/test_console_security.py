@@ -282,8 +282,7 @@ def test_roles_by_unix_group(rt, public_dir):
     # Outside the console group altogether: not even let in.
     r = console(rt, "status", groups=[])
     assert r.returncode == 3 and "permission denied" in r.stderr
-    last = json.loads(_audit_text(rt).splitlines()[-1])
-    assert (last["command"], last["uid"], last["ok"]) == ("(connect)", NOBODY, False)
+    # (refused by the socket's mode: the kernel says no before the gateway hears of it)
 
 
 # --------------------------------------------------------------------------- properties
