@@ -283,6 +283,12 @@ def test_roles_by_unix_group(rt, public_dir):
     r = console(rt, "status", groups=[])
     assert r.returncode == 3 and "permission denied" in r.stderr
     # (refused by the socket's mode: the kernel says no before the gateway hears of it)
+    # A slip in the socket's mode is no hole: SO_PEERCRED still refuses, and it is audited.
+    os.chmod(rt.config.control.socket, 0o666)
+    r = console(rt, "status", groups=[])
+    assert r.returncode == 3 and "not in group dialout" in r.stderr, r.stderr
+    last = json.loads(_audit_text(rt).splitlines()[-1])
+    assert (last["command"], last["uid"], last["ok"]) == ("(connect)", NOBODY, False)
 
 
 # --------------------------------------------------------------------------- properties
