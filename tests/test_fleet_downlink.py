@@ -4,10 +4,7 @@ recovery, and floods of garbage or replays that cannot push a signed command out
 from __future__ import annotations
 
 import logging
-import os
 import random
-import time
-from pathlib import Path
 
 import cbor2
 import pytest
@@ -19,7 +16,7 @@ from gateway.fleet.handler import NOT_BEFORE_CURSOR, QUEUE_MAX, SEQ_CURSOR, Comm
 from gateway.model import now_ms
 from gateway.store import Store
 from tests.test_fleet_commands import EventWatcher, fleet_config, sign
-from tests.test_fleet_units import GW, KEY, NOW, OTHER, TRUSTED, cmd, events
+from tests.test_fleet_units import GW, NOW, OTHER, TRUSTED, cmd, events
 from tests.gwproc import start_gateway
 from tests.waiting import wait_for
 
