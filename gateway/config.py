@@ -641,7 +641,18 @@ CONTROL_SCHEMA = Schema((
     FieldSpec("keys_dir", PATH, None, path=True,
               help="where `keys set` stores meter keys (mode 0600); default: keys/ next to "
                    "the store"),
-), help="the local control socket")
+    FieldSpec("roles", any_mapping(one_of("viewer", "technician", "admin"),
+                                   "a mapping of Unix group names to viewer, technician or "
+                                   "admin"), {},
+              help="console roles by Unix group: viewer (status, meters, diag, tail), "
+                   "technician (also read, listen, scan, permit-join, keys set), admin (also "
+                   "config apply, fleet actions); none = every console user is admin"),
+), help="the local control socket", check=lambda v: _control_rules(v))
+
+
+def _control_rules(v: dict[str, Any]) -> list[tuple[str, str]]:
+    bad = [g for g in v.get("roles") or {} if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", g)]
+    return [("roles", f"expected group names as keys, got {len(bad)} that are not")] if bad else []
 
 def _listen(v: Any) -> tuple[str, int]:
     """``9105``, ``"127.0.0.1:9105"`` or ``"[::1]:9105"`` -> (host, port); host defaults to
@@ -806,6 +817,10 @@ FLEET_SCHEMA = Schema((
               help="starts a new release gets before the launcher rolls it back"),
     FieldSpec("reboot_command", list_of(text(), min_items=1), ["systemctl", "reboot"],
               help="argv run by the reboot command with mode: system"),
+    FieldSpec("max_seq_jump", integer(1, 2**62), 86_400_000,
+              help="a command's seq may be at most this far past the larger of the last "
+                   "accepted seq and the gateway clock in ms (default one day of ms-time "
+                   "seqs), so one command cannot lock the downlink"),
 ), help="fleet management: signed downlink commands, OTA updates")
 
 # Top-level sections: name -> (schema, required). "drivers" is a list, handled separately.
@@ -971,6 +986,7 @@ class ControlConfig:
     audit_max_bytes: int = 1024**2
     audit_backups: int = 5
     keys_dir: str | None = None  # filled in by the loader: next to the store
+    roles: Mapping[str, str] = field(default_factory=dict)  # Unix group -> console role
 
 
 @dataclass(frozen=True, slots=True)
@@ -1068,6 +1084,7 @@ class FleetConfig:
     health_settle_s: float = 10
     max_start_attempts: int = 3
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
+    max_seq_jump: int = 86_400_000
 
     @classmethod
     def from_values(cls, v: Mapping[str, Any]) -> "FleetConfig":
@@ -1165,13 +1182,16 @@ _MAX_DEPTH = 64
 _MAX_NODES = 100_000
 
 
-def load_config(path: Union[str, os.PathLike[str]], *, check_files: bool = True) -> Config:
+def load_config(path: Union[str, os.PathLike[str]], data: bytes | None = None, *,
+                check_files: bool = True) -> Config:
     """Read, validate and default a config file. Raises ConfigError listing every problem.
 
+    ``data``: the file's bytes, already read by the caller (the console opens the file once,
+    checks it and hands its content over, so the file cannot be swapped in between).
     ``check_files=False`` skips the existence and mode checks of key, certificate and CA
     files (``gateway check-config --no-file-checks``: a config prepared for another machine).
     """
-    return _Loader(path, check_files=check_files).load()
+    return _Loader(path, data, check_files=check_files).load()
 
 
 _Entries = dict[str, tuple[Node, Node]]
@@ -1184,9 +1204,11 @@ class _TooComplex(Exception):
 class _Loader:
     """One pass over one file; collects issues instead of raising on the first."""
 
-    def __init__(self, path: Union[str, os.PathLike[str]], check_files: bool = True):
+    def __init__(self, path: Union[str, os.PathLike[str]], data: bytes | None = None,
+                 check_files: bool = True):
         self.check_files = check_files
         self.file = os.fspath(path)
+        self.data = data
         self.abs = os.path.abspath(self.file)
         self.base = os.path.dirname(self.abs)
         self.errors: list[ConfigIssue] = []
@@ -1264,6 +1286,13 @@ class _Loader:
             metrics=MetricsConfig(**(values.get("metrics") or {})))
 
     def _read(self) -> bytes:
+        if self.data is not None:
+            data = self.data
+            if len(data) > MAX_CONFIG_BYTES:
+                self.error(None, "", f"cannot read: file is larger than "
+                           f"{format_size(MAX_CONFIG_BYTES)}; is this really the config file?")
+                raise self.fail()
+            return data
         try:
             with open(self.file, "rb") as f:
                 data = f.read(MAX_CONFIG_BYTES + 1)

@@ -109,6 +109,11 @@ class Runtime:
                 log.error("metrics: cannot listen on %s:%d: %s; running without metrics",
                           *c.metrics.listen, exc.strerror or exc)
                 self.metrics = None
+        if self.control is not None and self.edge is not None:
+            # The audit chain head goes up in the signed diagnostics: a line deleted or
+            # edited on the gateway no longer matches what the head-end was told.
+            audit = self.control.audit
+            self.edge.gateway_extras.append(lambda: {"audit": audit.head()})
         self.fleet.started()
         log.info("gateway %s running: firmware %s, %d drivers, broker %s:%d",
                  c.gateway.id, __version__, len(self.drivers), c.uplink.host, c.uplink.port)

@@ -91,9 +91,19 @@ class ControlClient:
         try:
             send_message(self.sock, msg)
         except OSError as exc:
+            said = self._parting_words()
             self.close()
+            if said is not None:
+                self._final(said)  # e.g. "user X is not in group Y", said before closing
             raise ConsoleError(f"connection to the gateway lost: {exc.strerror or exc}",
                                exit_code=3, code="connection_lost") from None
+
+    def _parting_words(self) -> dict[str, Any] | None:
+        """The error the gateway sent before it hung up on us, if it did."""
+        try:
+            return recv_message(self.sock, 1, 1) if self.sock is not None else None
+        except (OSError, ProtocolError, ValueError):
+            return None
 
     def _recv(self, timeout: float | None) -> dict[str, Any]:
         assert self.sock is not None, "not connected"

@@ -324,6 +324,17 @@ def r_config_apply(res: dict[str, Any], out: Out) -> None:
         out.wrapped("note: ", res["note"])
 
 
+def r_fleet(res: dict[str, Any], out: Out) -> None:
+    out.line(fit(f"downlink  last seq {res['last_seq']}  max jump {res['max_seq_jump']}"
+                 + ("  LOCKED: run 'fleet reset-seq'" if res["locked"] else "")))
+    c = res["counters"]
+    out.line(fit("commands  " + ", ".join(f"{k} {c[k]}" for k in sorted(c))))
+
+
+def r_fleet_reset(res: dict[str, Any], out: Out) -> None:
+    out.wrapped("", res["message"])
+
+
 def r_keys_set(res: dict[str, Any], out: Out) -> None:
     out.wrapped("", f"{res['meter_id']}: key of {res['bytes']} bytes {res['message']}")
     out.line(fit(f"  file {res['file']} (mode 0600)"))
@@ -393,6 +404,12 @@ def b_file(cmd: str) -> Build:
     return build
 
 
+def b_fleet_reset(rest: list[str]) -> tuple[str, dict[str, Any]]:
+    _n_args("fleet reset-seq", rest, 0, 1, "fleet reset-seq [SEQ]")
+    return "fleet reset-seq", ({"seq": int(_number(rest[0], "SEQ", 0, 2**63 - 1, integer=True))}
+                               if rest else {})
+
+
 def b_keys_set(rest: list[str]) -> tuple[str, dict[str, Any]]:
     _n_args("keys set", rest, 1, 1, "keys set METER")
     return "keys set", {"meter_id": rest[0]}
@@ -453,6 +470,15 @@ SPECS: list[Spec] = [
          "M-Bus/wM-Bus: 32 hex digits. DLMS: 32 (block key) or 64 (block key then "
          "authentication key).",
          b_keys_set, r_keys_set, prompt_key=True, complete=("meter",)),
+    Spec(("fleet",), "", "downlink: last seq, counters",
+         "The signed downlink: the last accepted command seq, the bound on how far a seq may "
+         "jump (fleet.max_seq_jump), whether it is locked, and the command counters.",
+         no_args("fleet"), r_fleet),
+    Spec(("fleet", "reset-seq"), "[SEQ]", "unlock the downlink (admin)",
+         "Recovery when a command seq far in the future locked the downlink: the last "
+         "accepted seq becomes SEQ (default: the gateway clock in ms) and every command "
+         "issued before now is refused, so no captured command becomes valid again. Admin "
+         "only. Audited.", b_fleet_reset, r_fleet_reset),
 ]
 
 LOCAL = {"help": "help [COMMAND]: list the commands, or explain one",

@@ -241,8 +241,9 @@ def interactive(path: str, out: Out) -> int:
         return exc.exit_code
     setup_readline(Completer(client))
     gw = hello.get("gateway_id", "gateway")
+    peer = hello.get("peer", {})
     out.line(f"gateway {gw}, firmware {hello.get('firmware')}, console as "
-             f"{hello.get('peer', {}).get('user')}")
+             f"{peer.get('user')}" + (f" ({peer['role']})" if peer.get("role") else ""))
     out.line("'help' lists the commands, Tab completes, Ctrl-C stops, Ctrl-D leaves")
     interrupt = Interrupt()
     prompt = f"{gw}> "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import inspect
 import os
 import queue
@@ -17,8 +18,8 @@ import sqlite3
 import stat
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .. import __version__
 from ..model import now_ms
@@ -52,22 +53,66 @@ class Context:
         self.cancelled = cancelled
 
 
+ROLES = ("viewer", "technician", "admin")  # each may do what the ones before it may
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument a command takes: its JSON type(s), and whether it is a secret (never
+    written to the audit log or sent up, whatever the request looks like)."""
+
+    kind: type | tuple[type, ...]
+    secret: bool = False
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
     run: Callable[[Context, dict[str, Any]], Any]
-    audited: bool = False   # changes state: written to the audit log
+    audited: bool = False   # changes state: also forwarded to the uplink as control.audit
     stream: bool = False    # sends items before its final reply
+    role: str = "viewer"    # the least role that may run it
+    args: Mapping[str, Arg] = field(default_factory=dict)  # every argument it accepts
+
+    def check_args(self, args: dict[str, Any]) -> None:
+        """Refuse arguments the command does not declare, and declared ones of the wrong
+        type, before anything runs (the names of unknown ones are not echoed: they may be
+        anything, even a secret sent by mistake)."""
+        unknown = [k for k in args if k not in self.args]
+        if unknown:
+            takes = ", ".join(self.args) or "no arguments"
+            raise CommandError("bad_request", f"{self.name}: {len(unknown)} unknown "
+                               f"argument(s) refused; it takes {takes}")
+        for k, spec in self.args.items():
+            v = args.get(k)
+            if v is not None and (not isinstance(v, spec.kind) or isinstance(v, bool)
+                                  and bool not in _kinds(spec.kind)):
+                raise CommandError("bad_request", f"argument {k!r} has the wrong type")
+
+    def declared(self) -> dict[str, bool]:
+        """Argument name -> secret, for the audit log."""
+        return {k: a.secret for k, a in self.args.items()}
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
 
 
 COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, audited: bool = False, stream: bool = False):  # type: ignore[no-untyped-def]
+def command(name: str, audited: bool = False, stream: bool = False, role: str = "viewer",
+            args: Mapping[str, Arg] | None = None):  # type: ignore[no-untyped-def]
+    assert role in ROLES, role
+
     def deco(fn: Callable[[Context, dict[str, Any]], Any]) -> Callable[[Context, dict[str, Any]], Any]:
-        COMMANDS[name] = Command(name, fn, audited, stream)
+        COMMANDS[name] = Command(name, fn, audited, stream, role, dict(args or {}))
         return fn
     return deco
+
+
+def role_at_least(have: str, need: str) -> bool:
+    return ROLES.index(have) >= ROLES.index(need)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -233,7 +278,8 @@ def _age_s(ts_ms: int | None, now: int) -> float | None:
 def hello(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     return {"firmware": __version__, "gateway_id": rt.config.gateway.id,
-            "commands": sorted(COMMANDS), "peer": {"uid": ctx.peer.uid, "user": ctx.peer.user}}
+            "commands": sorted(COMMANDS), "peer": {"uid": ctx.peer.uid, "user": ctx.peer.user,
+                                                   "role": ctx.server.role_of(ctx.peer)}}
 
 
 @command("status")
@@ -257,7 +303,7 @@ def status(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@command("meters")
+@command("meters", args={"bus": Arg(str)})
 def meters(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     want = _arg(args, "bus", str, None)
@@ -294,7 +340,7 @@ def _meter_row(mid: str, bus: str, st: dict[str, Any], seen: dict[str, Any] | No
             "flags": flags}
 
 
-@command("meter")
+@command("meter", args={"id": Arg(str)})
 def meter(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     mid = _arg(args, "id", str)
@@ -317,7 +363,7 @@ def meter(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@command("read")
+@command("read", role="technician", args={"id": Arg(str), "timeout_s": Arg((int, float))})
 def read(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     mid = _arg(args, "id", str)
@@ -357,7 +403,7 @@ SYSTEM_SOURCES = frozenset({"runtime", "store", "uplink", "control", "edge"})
 RECENT_SOURCES = 200
 
 
-@command("tail", stream=True)
+@command("tail", stream=True, args={"filter": Arg(str), "seconds": Arg((int, float))})
 def tail(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     flt = _arg(args, "filter", str, None)
@@ -439,7 +485,8 @@ def _stream_capability(ctx: Context, call: Callable[[Callable[[dict[str, Any]], 
     return box.get("result"), sent, dropped[0]
 
 
-@command("listen", stream=True)
+@command("listen", stream=True, role="technician",
+         args={"bus": Arg(str), "seconds": Arg((int, float))})
 def listen(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     word = _arg(args, "bus", str)
     seconds = float(_arg(args, "seconds", (int, float), 60))
@@ -451,7 +498,7 @@ def listen(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return {"bus": drv.bus, "seconds": seconds, "heard": heard, "dropped": dropped}
 
 
-@command("scan", stream=True)
+@command("scan", stream=True, role="technician", args={"bus": Arg(str)})
 def scan(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     word = _arg(args, "bus", str)
     drv, fn = resolve_bus(ctx.runtime, word, "scan", f"scan {word}")
@@ -464,7 +511,8 @@ def scan(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return {"bus": drv.bus, "devices": list(found or [])}
 
 
-@command("permit-join", audited=True)
+@command("permit-join", audited=True, role="technician",
+         args={"bus": Arg(str), "seconds": Arg(int)})
 def permit_join(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     word = _arg(args, "bus", str, "zigbee")
     seconds = _arg(args, "seconds", int)
@@ -475,7 +523,7 @@ def permit_join(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return {"bus": drv.bus, "seconds": seconds, "answer": answer}
 
 
-@command("store")
+@command("store", args={"check_s": Arg((int, float))})
 def store(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     assert rt.store is not None
@@ -613,24 +661,44 @@ def diag(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------- config and keys
 
 
-def _config_path(ctx: Context, args: dict[str, Any]) -> str:
+def _config_file(ctx: Context, args: dict[str, Any]) -> tuple[str, bytes]:
+    """The named file's path and content, read through one descriptor (see read_as_peer)."""
     path = _arg(args, "file", str)
     if not os.path.isabs(path):
         raise CommandError("bad_request", "the console sends an absolute path")
-    if not peer_can_read(path, ctx.peer):
-        raise CommandError("permission_denied", f"{path}: you (uid {ctx.peer.uid}) cannot read "
-                           "this file, so the gateway will not read it for you")
-    return path
+    return path, read_as_peer(path, ctx.peer)
 
 
-def _load(path: str) -> Any:
+def _load(path: str, data: bytes) -> Any:
     from ..config import ConfigError, load_config
     try:
-        return load_config(path)
+        return load_config(path, data)
     except ConfigError as exc:
         raise CommandError("invalid_config", f"{path}: {len(exc.issues)} error(s); nothing "
-                           "was changed", issues=[str(i) for i in exc.issues],
-                           warnings=[str(w) for w in exc.warnings]) from None
+                           "was changed; for the values, run `gateway check-config FILE` as "
+                           "yourself", issues=[content_free(i) for i in exc.issues],
+                           warnings=[content_free(w) for w in exc.warnings]) from None
+
+
+_GOT = re.compile(r",? got .*$|: (?=/).*$", re.S)
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_PATH = re.compile(r"(?<![\w.])/[^\s,;:()]+")
+_KEY_PATH = re.compile(r"[A-Za-z0-9_.\[\]-]{1,120}")
+
+
+def content_free(issue: Any) -> str:
+    """A config issue as location, key path and the kind of problem only: never a value
+    from the file (the file may be anything the gateway can read: a key, /etc/shadow).
+
+    The loader's messages read "expected X, got <value>"; the value (and any quoted text or
+    path) is cut. Key paths that are not plain names are replaced too."""
+    where = f"{issue.file}:{issue.line}:{issue.column}" if issue.line > 0 else issue.file
+    msg = _GOT.sub("", issue.message)
+    msg = _PATH.sub("(a path)", _QUOTED.sub("(...)", msg)).strip() or "invalid"
+    kp = issue.key_path
+    if kp and not _KEY_PATH.fullmatch(kp):
+        kp = "(a key)"
+    return f"{where}: {kp}: {msg}" if kp else f"{where}: {msg}"
 
 
 @command("config show")
@@ -641,21 +709,21 @@ def config_show(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
             "warnings": [str(w) for w in cfg.warnings]}
 
 
-@command("config check")
+@command("config check", role="technician", args={"file": Arg(str)})
 def config_check(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     from .reload import plan_reload
-    path = _config_path(ctx, args)
-    cfg = _load(path)
+    path, data = _config_file(ctx, args)
+    cfg = _load(path, data)
     return {"file": path, "valid": True, "summary": cfg.summary(),
             "warnings": [str(w) for w in cfg.warnings],
             "plan": plan_reload(ctx.runtime.config, cfg).to_dict()}
 
 
-@command("config apply", audited=True)
+@command("config apply", audited=True, role="admin", args={"file": Arg(str)})
 def config_apply(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     from .reload import ReloadRefused
-    path = _config_path(ctx, args)
-    cfg = _load(path)
+    path, data = _config_file(ctx, args)
+    cfg = _load(path, data)
     rt = ctx.runtime
     startup = rt.config.source_path
     try:
@@ -671,13 +739,42 @@ def config_apply(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _command_handler(ctx: Context) -> Any:
+    fleet = getattr(ctx.runtime, "fleet", None)
+    handler = getattr(fleet, "handler", None)
+    if handler is None or not getattr(fleet, "topics", None):
+        raise CommandError("not_supported", "downlink commands are disabled (no "
+                           "fleet.command_keys configured)")
+    return handler
+
+
+@command("fleet")
+def fleet_state(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """The downlink: last accepted seq, whether it is locked, counters."""
+    return _command_handler(ctx).state()
+
+
+@command("fleet reset-seq", audited=True, role="admin", args={"seq": Arg(int)})
+def fleet_reset_seq(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Recover a downlink locked by a command seq far in the future (see README, Security)."""
+    seq = _arg(args, "seq", int, None)
+    if seq is not None and not 0 <= seq < 2**63:
+        raise CommandError("bad_request", "SEQ must be 0 to 2^63-1")
+    handler = _command_handler(ctx)
+    out = handler.reset_seq(seq, f"{ctx.peer.user} (uid {ctx.peer.uid}) on the console")
+    out["message"] = (f"command seq reset from {out['previous_seq']} to {out['seq']}; "
+                      f"commands issued before {out['not_before_ms']} are refused")
+    return out
+
+
 def key_path(rt: "Runtime", meter_id: str) -> str:
     keys_dir = rt.config.control.keys_dir or os.path.join(
         os.path.dirname(rt.config.store.path), "keys")
     return os.path.join(keys_dir, f"{meter_id}.key")
 
 
-@command("keys set", audited=True)
+@command("keys set", audited=True, role="technician",
+         args={"meter_id": Arg(str), "key": Arg(str, secret=True)})
 def keys_set(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     mid = _arg(args, "meter_id", str)
@@ -732,14 +829,52 @@ def write_secret(path: str, content: str) -> None:
     os.replace(tmp, path)
 
 
-def peer_can_read(path: str, peer: Peer) -> bool:
-    """Would the console user be allowed to read this file themselves?"""
-    if peer.uid == 0:
-        return os.path.exists(path)
+MAX_READ = 4 * 1024 * 1024 + 1  # the config loader refuses anything larger anyway
+
+
+def read_as_peer(path: str, peer: Peer) -> bytes:
+    """Read a file the console user names, as that user could: opened once, without
+    following a final symlink (O_NOFOLLOW) or blocking on a FIFO (O_NONBLOCK); the
+    descriptor is fstat'ed, must be a regular file, and the peer's uid/gids (SO_PEERCRED)
+    must be allowed to read it by its mode. What is checked is what is read: swapping the
+    path to a meter key between the check and the read is not possible."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    denied = CommandError("permission_denied", f"{path}: you (uid {peer.uid}) cannot read this "
+                          "file, so the gateway will not read it for you")
     try:
-        st = os.stat(path)
-    except OSError:
-        return False
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise CommandError("not_found", f"{path}: no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CommandError("bad_file", f"{path} is a symbolic link; name the file itself"
+                               ) from None
+        raise CommandError("cannot_read", f"{path}: cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CommandError("bad_file", f"{path} is not a regular file")
+        if not mode_allows_read(st, peer):
+            raise denied
+        chunks: list[bytes] = []
+        left = MAX_READ
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise CommandError("cannot_read", f"{path}: cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def mode_allows_read(st: os.stat_result, peer: Peer) -> bool:
+    """Would the console user be allowed to read this (fstat'ed) file themselves?"""
+    if peer.uid == 0:
+        return True
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid == peer.uid:
         return bool(mode & 0o400)

@@ -26,8 +26,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .audit import AuditLog, Peer, redact
-from .handlers import COMMANDS, CommandError, Context
+from .audit import AuditLog, Peer, audit_args
+from .handlers import COMMANDS, ROLES, CommandError, Context, role_at_least
 from .protocol import (PROTOCOL_VERSION, PeerClosed, ProtocolError, error_reply, ok_reply,
                        recv_message, send_message)
 
@@ -94,6 +94,12 @@ class ControlServer:
         mode = stat.S_IMODE(os.stat(self.path).st_mode)
         log.info("control: console socket %s (mode %04o, group %s); audit log %s", self.path,
                  mode, _group_name(self._gid), self.audit.path)
+        for group, role in (self.cfg.roles or {}).items():
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                log.warning("control: control.roles names group %r (%s), which does not "
+                            "exist: nobody gets that role", group, role)
 
     def _bind(self) -> socket.socket:
         path = self.path
@@ -196,6 +202,8 @@ class ControlServer:
                         "user, not in group %s", peer.uid, peer.user, _group_name(self._gid))
             self._say_and_close(conn, error_reply(None, "permission_denied",
                                 f"user {peer.user} is not in group {_group_name(self._gid)}"))
+            self.audit.record(peer, "(connect)", {}, False, "refused: not in group "
+                              f"{_group_name(self._gid)}")
             return
         with self._lock:
             full = len(self._conns) >= MAX_CONSOLES
@@ -209,8 +217,30 @@ class ControlServer:
                          name=f"console-{peer.user}-{peer.pid}").start()
 
     def _allowed(self, peer: Peer) -> bool:
-        return (peer.uid in (0, os.geteuid()) or peer.gid == self._gid
-                or self._gid in peer.groups)
+        """Root, the gateway user, the socket's group; or a group given a role (the socket's
+        mode still has the last word on who can connect at all)."""
+        have = {peer.gid, *peer.groups}
+        return (peer.uid in (0, os.geteuid()) or self._gid in have
+                or bool(have & set(_gids(self.cfg.roles or {}))))
+
+    def role_of(self, peer: Peer) -> str:
+        """The peer's console role: the highest that ``control.roles`` gives any of its
+        groups (primary and supplementary, from SO_PEERCRED and /proc). Root and the gateway
+        user are admin; with no roles configured, so is everyone let in; a console user in
+        none of the configured groups is a viewer."""
+        roles = self.cfg.roles or {}
+        if not roles or peer.uid in (0, os.geteuid()):
+            return "admin"
+        have = {peer.gid, *peer.groups}
+        best = "viewer"
+        for group, role in roles.items():
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                continue
+            if gid in have and ROLES.index(role) > ROLES.index(best):
+                best = role
+        return best
 
     @staticmethod
     def _say_and_close(conn: socket.socket, msg: dict[str, Any]) -> None:
@@ -264,11 +294,22 @@ class ControlServer:
             return True  # a cancel that raced with the end of its stream
         cmd = COMMANDS.get(name) if isinstance(name, str) else None
         if cmd is None:
+            self._audit(None, peer, {}, False, "unknown command")
             send_message(conn, error_reply(req_id, "unknown_command", f"unknown command {name!r}"))
             return True
         args = msg.get("args") or {}
-        if not isinstance(args, dict):
-            send_message(conn, error_reply(req_id, "bad_request", "args must be an object"))
+        try:
+            if not isinstance(args, dict):
+                args = {}
+                raise CommandError("bad_request", "args must be an object")
+            cmd.check_args(args)
+            role = self.role_of(peer)
+            if not role_at_least(role, cmd.role):
+                raise CommandError("permission_denied", f"permission denied: needs {cmd.role}",
+                                   role=role, needs=cmd.role)
+        except CommandError as exc:
+            self._audit(cmd, peer, args, False, str(exc), forward=True)
+            send_message(conn, error_reply(req_id, exc.code, str(exc), **exc.extra))
             return True
         gone = [False]
 
@@ -317,13 +358,20 @@ class ControlServer:
         send_message(conn, ok_reply(req_id, result))
         return True
 
-    def _audit(self, cmd: Any, peer: Peer, args: dict[str, Any], ok: bool, result: str) -> None:
-        if not cmd.audited:
+    def _audit(self, cmd: Any, peer: Peer, args: dict[str, Any], ok: bool, result: str,
+               forward: bool = False) -> None:
+        """Every console command goes into the audit log (hello aside: it is the handshake),
+        with only its declared, non-secret arguments; state-changing ones, and refusals,
+        also go up as control.audit events."""
+        if cmd is not None and cmd.name == "hello":
             return
-        mid = args.get("meter_id") if isinstance(args.get("meter_id"), str) else None
-        entry = self.audit.record(peer, cmd.name, redact(args), ok, result, mid)
-        log.info("control: audit: %s by %s (uid %d): %s", cmd.name, peer.user, peer.uid,
-                 "ok" if ok else "failed: " + entry["result"])
+        name = cmd.name if cmd is not None else "(unknown)"
+        safe = audit_args(args, cmd.declared()) if cmd is not None else {}
+        mid = safe.get("meter_id") if isinstance(safe.get("meter_id"), str) else None
+        up = forward or (cmd is not None and cmd.audited)
+        entry = self.audit.record(peer, name, safe, ok, result, mid, forward=up)
+        log.log(logging.INFO if up else logging.DEBUG, "control: audit: %s by %s (uid %d): %s",
+                name, peer.user, peer.uid, "ok" if ok else "failed: " + entry["result"])
 
 
 def _result_line(result: Any) -> str:
@@ -335,6 +383,16 @@ def _result_line(result: Any) -> str:
         if parts:
             return "; ".join(parts)
     return "ok"
+
+
+def _gids(groups: Any) -> list[int]:
+    out = []
+    for g in groups:
+        try:
+            out.append(grp.getgrnam(g).gr_gid)
+        except KeyError:
+            continue
+    return out
 
 
 def _group_name(gid: int) -> str:

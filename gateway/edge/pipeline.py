@@ -73,6 +73,9 @@ class EdgePipeline:
                        "deltas": 0, "estimated": 0, "gaps": 0, "resets": 0, "rollovers": 0,
                        "refused_batches": 0, "zero_deltas_skipped": 0}
         self._stop = threading.Event()
+        # More figures for the gateway's row (e.g. the console audit chain head), each a
+        # callable returning a mapping; one that fails is skipped, never the snapshot.
+        self.gateway_extras: list[Callable[[], Mapping[str, Any]]] = []
         self._thread: threading.Thread | None = None
         self.uplink: Any = None
         self.drivers: Union[Sequence[Any], Callable[[], Sequence[Any]]] = ()
@@ -337,9 +340,19 @@ class EdgePipeline:
             g = gateway_metrics(store=self.store, uplink=self.uplink,
                                 started_mono=self.started_mono, boot=self.boot_reason,
                                 clock=self.clock.status(), edge=self.edge_metrics(), now=now)
+            g.update(self._extras())
             events += self.diag.gateway_rules(g, now)
             records, cur = self.diag.snapshot(now, g)
             return self.store.submit([*events, *records], cur)
+
+    def _extras(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for fn in list(self.gateway_extras):
+            try:
+                out.update(fn())
+            except Exception:  # noqa: BLE001 - an extra figure must not stop the diagnostics
+                log.exception("edge: a gateway figure failed")
+        return out
 
     def live_table(self) -> dict[str, Any]:
         """The ``gateway diag`` table, live, in the same shape as commands.diag.read_table
@@ -349,6 +362,7 @@ class EdgePipeline:
             g = gateway_metrics(store=self.store, uplink=self.uplink,
                                 started_mono=self.started_mono, boot=self.boot_reason,
                                 clock=self.clock.status(), edge=self.edge_metrics(), now=now)
+            g.update(self._extras())
             _, cur = self.diag.snapshot(now, g)
             regs: dict[str, dict[str, Any]] = {}
             for (mid, q), st in self._regs.items():

@@ -12,6 +12,11 @@ A command is a COSE_Sign1 (see :mod:`gateway.fleet.cose`) over the CBOR map::
 ``seq`` is strictly increasing per gateway across every head-end key and both topics (the
 head-end tool uses the current time in ms, so independent operators never collide);
 ``exp`` bounds how long a captured command stays dangerous.
+
+A seq may not run ahead: at most ``max_jump`` past the larger of the last accepted seq and
+the gateway clock in ms (``fleet.max_seq_jump``), else one signed command with seq 2^63-1
+would make every later one a replay. A time-based head-end stays far inside the bound; a
+counter-based one too (its seqs are far below the clock).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ _CMD = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 class Rejected(Exception):
     """The command must not run. ``reason``: malformed, unknown_key, bad_signature,
-    wrong_target, expired, replayed."""
+    wrong_target, expired, replayed, seq_too_far."""
 
     def __init__(self, reason: str, message: str, command: dict[str, Any] | None = None):
         super().__init__(message)
@@ -69,9 +74,11 @@ def encode_command(key: Ed25519PrivateKey, *, id: str, seq: int, target: Any, cm
 
 
 def verify_command(data: bytes, trusted: Mapping[bytes, Ed25519PublicKey], gateway_id: str,
-                   last_seq: int, now_ms: int) -> Command:
+                   last_seq: int, now_ms: int, max_jump: int | None = None,
+                   not_before_ms: int = 0) -> Command:
     """Check signature, shape, target, expiry and sequence, in that order (nothing unsigned
-    is believed). Raises :class:`Rejected`."""
+    is believed). ``not_before_ms``: commands issued before it are refused as replays (set
+    when an operator resets a locked sequence). Raises :class:`Rejected`."""
     try:
         kid, obj = verify1(data, trusted)
     except CoseError as e:
@@ -94,6 +101,16 @@ def verify_command(data: bytes, trusted: Mapping[bytes, Ed25519PublicKey], gatew
     if obj["seq"] <= last_seq:
         raise Rejected("replayed", f"command {obj['id']} has seq {obj['seq']}, not above the "
                        f"last accepted {last_seq}", seen)
+    if obj["iat"] < not_before_ms:
+        raise Rejected("replayed", f"command {obj['id']} was issued before the downlink "
+                       f"sequence was reset at {not_before_ms}", seen)
+    if max_jump is not None:
+        limit = max(last_seq, now_ms) + max_jump
+        if obj["seq"] > limit:
+            raise Rejected("seq_too_far", f"command {obj['id']} has seq {obj['seq']}, more than "
+                           f"fleet.max_seq_jump ({max_jump}) past the larger of the last "
+                           f"accepted seq ({last_seq}) and the gateway clock ({now_ms}); "
+                           "refused so that one command cannot lock the downlink", seen)
     return Command(obj["id"], obj["seq"], target, obj["iat"], obj["exp"], obj["cmd"],
                    dict(obj["args"]), kid.hex())
 

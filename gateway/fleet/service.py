@@ -82,7 +82,7 @@ class Fleet:
             "rotate_cert": self.cmd_rotate_cert, "install_cert": self.cmd_install_cert,
             "rotate_key": self.cmd_rotate_key, "activate_key": self.cmd_activate_key,
             "ota": self.ota.command,
-        })
+        }, max_seq_jump=f.max_seq_jump)
         self.monitor: TrialMonitor | None = None
         self.watchdog = Watchdog(self.dead_threads)
         if not trusted:
@@ -201,6 +201,9 @@ class Fleet:
             "fleet": dict(self.handler.counters), "ota": self.ota.installed(),
             "dead_threads": self.dead_threads(),
         }
+        control = getattr(h, "control", None)
+        if control is not None:
+            out["audit"] = control.audit.head()  # the console audit chain head
         if self.layout is not None:
             try:
                 out["slot"] = self.layout.active_slot()
