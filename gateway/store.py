@@ -61,6 +61,10 @@ ROW_OVERHEAD = 48
 # Records per chunk: big enough that per-row costs vanish, small enough that a few chunks
 # fill one uplink message and that eviction stays fine-grained.
 CHUNK_MAX_RECORDS = 64
+# A full disk is reported at most once per this interval, with counts.
+FULL_LOG_INTERVAL_S = 60.0
+# While the reserve file is missing, a commit tries to re-make it at most this often.
+RESERVE_RETRY_S = 5.0
 # After an eviction the store holds at most this share of its cap, so that a full store
 # does not write a gap record on every single insert.
 EVICT_TO = 0.95
@@ -162,6 +166,10 @@ def row_is_sound(first_seq: Any, last_seq: Any, kind: Any, count: Any, time_base
     return chunk_crc(first_seq, last_seq, kind, count, time_base_ms, body) == crc
 
 
+def _new_tally() -> dict[str, Any]:
+    return {"commits": 0, "evicted": 0, "refused": 0, "last_error": ""}
+
+
 def _is_full(exc: BaseException) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return code == 13 or "full" in str(exc).lower()  # SQLITE_FULL
@@ -237,6 +245,7 @@ class Store:
         max_page_count: int | None = None,
         reserve_bytes: int = 1024 * 1024,
         chunk_max_records: int = CHUNK_MAX_RECORDS,
+        reserve_retry_s: float = RESERVE_RETRY_S,
     ) -> None:
         self.path = os.fspath(path)
         self.max_bytes = max_bytes
@@ -245,8 +254,14 @@ class Store:
         self.commit_max_records = commit_max_records
         self.max_page_count = max_page_count
         self.reserve_bytes = reserve_bytes
+        self.reserve_retry_s = reserve_retry_s
         self.chunk_max_records = max(1, chunk_max_records)
-        self._full_log = RateLimitedLog(log, 60.0)
+        self._full_tally = _new_tally()  # what a full disk did since the last log line
+        self._full_since: float | None = None  # monotonic start of the full-disk spell
+        self._full_logged_at = -1e18
+        self._last_full_at = -1e18
+        self._reserve_ok = False
+        self._reserve_retry_at = 0.0
         self._evict_log = RateLimitedLog(log, 10.0)
         self._corrupt_log = RateLimitedLog(log, 60.0)
         self._after_commit: list[Any] = []
@@ -650,6 +665,8 @@ class Store:
                     else:
                         op.future.set_result([])
                 return
+        if records or cursors:
+            self._after_good_commit()
         i = 0
         for op in appends:
             op.future.set_result(seqs[i:i + len(op.records)])
@@ -717,12 +734,22 @@ class Store:
 
         On a really full filesystem even the eviction needs room (WAL frames), so the store
         keeps a small reserve file beside the database: it is released first, the eviction
-        is committed and checkpointed (the WAL shrinks back), and the reserve is re-made.
+        is committed and checkpointed (the WAL shrinks back), and the reserve is re-made
+        (or, while the disk stays full, re-made after a later commit once space is back).
+
+        A full disk can last for hours with a commit every 50 ms: what happens is counted
+        and logged as one line a minute (:meth:`_full_report`), never a line per commit.
         """
         with self._stats_lock:
             self._full_errors += 1
+        t = self._full_tally
+        t["commits"] += 1
+        self._last_full_at = time.monotonic()
+        if self._full_since is None:
+            self._full_since = self._last_full_at
         reserve_freed = self._release_reserve()
         need = max(len(records) * 2, self._rows // 20, 1)
+        evicted_before = self._evicted
         try:
             self._atomically(lambda: (self._apply_acks(acks),
                                       self._evict(need_rows=need, need_bytes=0,
@@ -730,28 +757,70 @@ class Store:
             acks = []
             self._checkpoint()
         except sqlite3.Error as exc:
-            self._full_log.error("store: storage full and eviction failed too (%s); refusing "
-                                 "%d records", exc, len(records))
+            t["refused"] += len(records)
+            t["last_error"] = f"eviction failed too: {exc}"
+            self._full_report()
             return None
         finally:
             if reserve_freed:
-                self._make_reserve()
+                self._make_reserve(quiet=True)
+        t["evicted"] += self._evicted - evicted_before
         try:
             seqs = self._transaction(records, cursors, acks)
         except sqlite3.Error as exc:
-            self._full_log.error("store: storage full (%s); refusing %d records", exc, len(records))
+            t["refused"] += len(records)
+            t["last_error"] = str(exc)
+            self._full_report()
             return None
-        self._full_log.warning("store: storage full; evicted old unsent records to make room")
+        self._full_report()
         return seqs
+
+    def _full_report(self) -> None:
+        """At most one line a minute while the disk is full, with the counts since the last."""
+        t = self._full_tally
+        now = time.monotonic()
+        if now - self._full_logged_at < FULL_LOG_INTERVAL_S:
+            return
+        span = now - (self._full_since or now) if self._full_logged_at < 0 \
+            else now - self._full_logged_at
+        self._full_logged_at = now
+        log.error("store: storage full: %d commits hit it in %.0f s; %d old unsent records "
+                  "evicted (gap records go up), %d new records refused; reserve file %s%s",
+                  t["commits"], span, t["evicted"], t["refused"],
+                  "in place" if self._reserve_ok else "missing (re-made when space is back)",
+                  f"; last error: {t['last_error']}" if t["last_error"] else "")
+        self._full_tally = _new_tally()
+
+    def _after_good_commit(self) -> None:
+        """A commit went through: re-make a missing reserve (tried every few seconds; a
+        failed try costs one fallocate), and once no commit has hit a full disk for a
+        report interval, say once that the spell is over, with the last counts."""
+        now = time.monotonic()
+        if not self._reserve_ok and self.reserve_bytes > 0 and now >= self._reserve_retry_at:
+            self._reserve_retry_at = now + self.reserve_retry_s
+            if self._make_reserve(quiet=True) and self._full_since is not None:
+                log.info("store: the %d-byte reserve file is in place again",
+                         self.reserve_bytes)
+        if self._full_since is not None and now - self._last_full_at >= FULL_LOG_INTERVAL_S:
+            t = self._full_tally
+            log.warning("store: no full disk for %.0f s: the full-disk spell of %.0f s is over "
+                        "(since the last report: %d commits hit it, %d records evicted, %d "
+                        "refused); reserve file %s", now - self._last_full_at,
+                        self._last_full_at - self._full_since, t["commits"], t["evicted"],
+                        t["refused"], "in place" if self._reserve_ok else "missing")
+            self._full_since = None
+            self._full_logged_at = -1e18
+            self._full_tally = _new_tally()
 
     # -- the reserve: room to evict in when the filesystem itself is full
     @property
     def _reserve_path(self) -> str:
         return self.path + ".reserve"
 
-    def _make_reserve(self) -> None:
+    def _make_reserve(self, quiet: bool = False) -> bool:
+        """Allocate the reserve file; False (and no partial file left) when there is no room."""
         if self.reserve_bytes <= 0:
-            return
+            return True
         try:
             fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
@@ -759,10 +828,23 @@ class Store:
             finally:
                 os.close(fd)
         except OSError as exc:
-            log.warning("store: cannot keep a %d-byte reserve beside the database (%s)",
-                        self.reserve_bytes, exc.strerror or exc)
+            # A partial file would hold space without being a reserve, and a release of it
+            # would pass for one: none is kept.
+            try:
+                os.unlink(self._reserve_path)
+            except OSError:
+                pass
+            self._reserve_ok = False
+            if not quiet:
+                log.warning("store: cannot keep a %d-byte reserve beside the database (%s); "
+                            "it is re-made when space is back", self.reserve_bytes,
+                            exc.strerror or exc)
+            return False
+        self._reserve_ok = True
+        return True
 
     def _release_reserve(self) -> bool:
+        self._reserve_ok = False
         try:
             os.unlink(self._reserve_path)
             return True
@@ -946,8 +1028,10 @@ class Store:
             self._bytes -= freed_bytes
             self._evicted += freed_rows
             self._gaps += 1
-        self._after_commit.append(lambda: self._evict_log.warning(
-            "store: evicted %d unsent records (seq %d..%d): %s", freed_rows, first, last, reason))
+        if reason != "storage full":  # a full disk has its own once-a-minute report
+            self._after_commit.append(lambda: self._evict_log.warning(
+                "store: evicted %d unsent records (seq %d..%d): %s", freed_rows, first, last,
+                reason))
         gap = Gap(first, last, freed_rows, reason, now_ms())
         seq = self._next_seq
         base, body = encode_chunk(seq, KIND_GAP, [gap.to_obj()])
