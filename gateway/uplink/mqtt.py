@@ -54,7 +54,38 @@ class UplinkSettings(Protocol):
 
 
 class ConnectFailed(Exception):
-    """A connection attempt failed; the message says why in a field tech's words."""
+    """A connection attempt failed; the message says why in a field tech's words.
+
+    ``reachable`` is False when not even TCP got through (refused, timed out, no route,
+    no name): then a cheap TCP probe can tell when the broker is back."""
+
+    def __init__(self, message: str, reachable: bool = True) -> None:
+        super().__init__(message)
+        self.reachable = reachable
+
+
+# Once the reconnect backoff is longer than this, the wait is cut short by a TCP probe of
+# the broker's port every PROBE_INTERVAL_S (+-1/3 jitter): a dead broker still costs the
+# gateway no TLS handshakes, and its return is noticed within seconds, not minutes.
+PROBE_INTERVAL_S = 3.0
+PROBE_TIMEOUT_S = 2.0
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True for failures below TLS: nothing listens there (yet), or the way there is down."""
+    if isinstance(exc, ssl.SSLError):
+        return False
+    return isinstance(exc, (ConnectionRefusedError, TimeoutError, socket.timeout,
+                            socket.gaierror, ConnectionResetError, OSError))
+
+
+def tcp_probe(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Does anything accept a TCP connection at host:port? (SYN, SYN-ACK, close: no TLS.)"""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def topics(prefix: str, gateway_id: str) -> dict[str, str]:
@@ -106,6 +137,7 @@ class UplinkState:
     last_error: str | None = None
     connect_attempts: int = 0
     connect_failures: int = 0
+    probe_wakeups: int = 0  # backoff waits cut short because the broker's port answered
     messages_published: int = 0
     messages_acked: int = 0
     records_acked: int = 0
@@ -214,8 +246,13 @@ class Uplink:
                         log.warning("uplink: still failing: %s", msg)
                     self.state.last_error = msg
                     delay = random.uniform(backoff / 2, backoff)  # jitter: no fleet stampede
-                    log.info("uplink: retrying in %.1f s", delay)
-                    self._stopping.wait(delay)
+                    if exc.reachable or delay <= PROBE_INTERVAL_S:
+                        log.info("uplink: retrying in %.1f s", delay)
+                        self._stopping.wait(delay)
+                    else:
+                        log.info("uplink: retrying in %.1f s, or as soon as %s:%d accepts "
+                                 "TCP connections again", delay, self.s.host, self.s.port)
+                        self._wait_probing(delay)
                     backoff = min(self.s.reconnect_max_s, backoff * 2)
                     continue
                 backoff = self.s.reconnect_min_s
@@ -227,6 +264,22 @@ class Uplink:
                     self._teardown(client)
         finally:
             self._wake.close()
+
+    def _wait_probing(self, delay: float) -> None:
+        """Wait up to delay, returning early once the broker's port accepts TCP again."""
+        deadline = time.monotonic() + delay
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._stopping.wait(min(left, random.uniform(PROBE_INTERVAL_S * 2 / 3,
+                                                            PROBE_INTERVAL_S * 4 / 3))):
+                return
+            if time.monotonic() < deadline and tcp_probe(self.s.host, self.s.port):
+                self.state.probe_wakeups += 1
+                log.info("uplink: %s:%d accepts connections again; reconnecting now",
+                         self.s.host, self.s.port)
+                return
 
     def _connect(self) -> mqtt.Client:
         s = self.s
@@ -248,7 +301,8 @@ class Uplink:
             # written, and the CONNACK is read by this thread's own loop below.
             client.connect(s.host, s.port, keepalive=s.keepalive_s)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise ConnectFailed(explain_connect_error(exc, s.host, s.port)) from exc
+            raise ConnectFailed(explain_connect_error(exc, s.host, s.port),
+                                reachable=not unreachable(exc)) from exc
         if not self._run_until(client, lambda: self._connack is not None
                                or self._stopping.is_set(), 15.0) or self._connack is None:
             closed = client.socket() is None  # the broker hung up (before our teardown does)
