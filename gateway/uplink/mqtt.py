@@ -15,7 +15,6 @@ one ``select()`` on the broker socket and a doorbell that new records and ``stop
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import select
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..model import KIND_DIAG, KIND_EVENT, KIND_GAP, KIND_READING, Event, now_ms
 from ..store import ChunkRow, Store
 from .envelope import seal
+from .status import sign_status
 
 log = logging.getLogger("gateway.uplink")
 
@@ -406,10 +406,11 @@ class Uplink:
                             detail={"in_flight": lost, "reason": self.state.last_error or ""}))
 
     def _status(self, state: str, **extra: Any) -> bytes:
+        """A signed status (gateway/uplink/status.py): readable JSON plus its ``sig``."""
         doc = {"state": state, "gateway": self.gateway_id, "ts_ms": now_ms(), **extra}
         if state == "online":
             doc.update(self.birth)
-        return json.dumps(doc, sort_keys=True).encode()
+        return sign_status(doc, self.key)
 
     def _pump(self, client: mqtt.Client) -> None:
         s = self.s
