@@ -133,6 +133,11 @@ _ACKED_SIZE = f"SELECT count(*), total(count), total(length(body)) FROM outbox W
 _CREATE_OUTBOX = ("CREATE TABLE outbox (first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL, "
                   "kind INTEGER NOT NULL, count INTEGER NOT NULL, ts_ms INTEGER NOT NULL, "
                   "time_base_ms INTEGER NOT NULL, body BLOB NOT NULL, crc INTEGER NOT NULL)")
+# The columns of each table (schema 3; schema 2's outbox lacks the last, crc).
+_COLUMNS = {"meta": ("key", "value"),
+            "outbox": ("first_seq", "last_seq", "kind", "count", "ts_ms", "time_base_ms", "body",
+                       "crc"),
+            "cursors": ("meter_id", "name", "value", "updated_ms")}
 # A crc that no chunk can have (CRC-32 is unsigned): marks a row found unreadable.
 CRC_BAD = -1
 GAP_REASON_CORRUPT = "store_corruption"
@@ -164,6 +169,11 @@ def row_is_sound(first_seq: Any, last_seq: Any, kind: Any, count: Any, time_base
     if not 1 <= first_seq <= last_seq or not 1 <= count <= last_seq - first_seq + 1:
         return False
     return chunk_crc(first_seq, last_seq, kind, count, time_base_ms, body) == crc
+
+
+def lenient_text(raw: bytes) -> str:
+    """sqlite3 text_factory: damaged UTF-8 becomes U+FFFD instead of an exception."""
+    return raw.decode("utf-8", "replace")
 
 
 def _new_tally() -> dict[str, Any]:
@@ -281,6 +291,7 @@ class Store:
     # ----------------------------------------------------------------- opening
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.text_factory = lenient_text  # a damaged TEXT value must not raise on reading
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         if self.max_page_count:
@@ -342,11 +353,13 @@ class Store:
         """Return '' when the file is a healthy store, else what is wrong with it."""
         try:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.text_factory = lenient_text  # quick_check quotes damaged bytes
             try:
                 result = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
             finally:
                 conn.close()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            # (A damaged schema can make even SQLite's error message invalid UTF-8.)
             return str(exc)
         if result != ["ok"]:
             return "; ".join(result[:5])
@@ -357,16 +370,23 @@ class Store:
         next_seq would otherwise stop the gateway at every start)."""
         try:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.text_factory = lenient_text
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version == 0:
                     return ""  # created but never initialised: _create_schema does it
+                if version >= 2:  # a flipped bit in the schema text renames a column
+                    for table, want in _COLUMNS.items():
+                        have = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+                        want = want[:-1] if table == "outbox" and version == 2 else want
+                        if have != list(want):
+                            return f"schema of table {table} damaged: columns {have}"
                 meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
                 top = conn.execute("SELECT max(last_seq) FROM outbox").fetchone()[0] \
                     if version >= 2 else None
             finally:
                 conn.close()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             return str(exc)
         epoch, nxt = meta.get("epoch"), meta.get("next_seq")
         if not isinstance(epoch, str) or not epoch or not isinstance(nxt, str) \
@@ -506,6 +526,18 @@ class Store:
         """Committed, unacknowledged chunks starting after after_seq, oldest first, as
         (first_seq, last_seq, kind, count, time_base_ms, body), up to max_records records
         and max_bytes of bodies (always at least one chunk)."""
+        try:
+            return self._fetch_chunks(after_seq, max_records, max_bytes)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            # SQLite itself found a damaged page on the way: nothing from it can be sent or
+            # even named. Said once a minute; the uplink waits instead of reconnecting in a
+            # loop, the records behind it stay until the file is repaired or moved aside.
+            self._corrupt_log.error("store: cannot read unsent chunks after seq %d (%s); run "
+                                    "gateway store verify", after_seq, exc)
+            return []
+
+    def _fetch_chunks(self, after_seq: int, max_records: int, max_bytes: int | None
+                      ) -> list[ChunkRow]:
         out: list[ChunkRow] = []
         with self._read_lock:
             cur = self._rconn.execute(

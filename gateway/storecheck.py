@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .store import SCHEMA_VERSION, _decodes, row_is_sound
+from .store import SCHEMA_VERSION, _decodes, lenient_text, row_is_sound
 
 
 @dataclass
@@ -55,7 +55,9 @@ class VerifyReport:
 
 def open_readonly(path: str) -> sqlite3.Connection:
     uri = Path(path).resolve().as_uri() + "?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None)
+    conn = sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None)
+    conn.text_factory = lenient_text
+    return conn
 
 
 def verify_store(path: str) -> VerifyReport:
@@ -64,7 +66,7 @@ def verify_store(path: str) -> VerifyReport:
     rep = VerifyReport(path)
     try:
         conn = open_readonly(path)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
         rep.problems.append(f"cannot open: {exc}")
         return rep
     try:
@@ -84,7 +86,7 @@ def verify_store(path: str) -> VerifyReport:
         except (KeyError, TypeError, ValueError):
             rep.problems.append(f"meta next_seq is missing or damaged: {meta.get('next_seq')!r}")
         _check_rows(conn, rep)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
         rep.problems.append(f"cannot read: {exc}")
     finally:
         conn.close()
@@ -103,7 +105,7 @@ def _check_rows(conn: sqlite3.Connection, rep: VerifyReport) -> None:
     while True:
         try:
             rows = cur.fetchmany(512)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             rep.problems.append(f"outbox unreadable after seq {prev_last}: {exc}")
             return
         if not rows:
@@ -133,7 +135,7 @@ def salvage_summary(path: str) -> dict[str, Any]:
                            "lost_last_seq": None, "lost_epoch": None}
     try:
         conn = open_readonly(path)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
         out["salvage_error"] = str(exc)
         return out
     try:
@@ -153,7 +155,7 @@ def salvage_summary(path: str) -> dict[str, Any]:
                     n += c
                     first = f if first is None else min(first, f)
                     last = la if last is None else max(last, la)
-        except sqlite3.Error:
+        except (sqlite3.Error, UnicodeDecodeError):
             pass
         if first is not None:
             out.update(lost_records=n, lost_first_seq=first, lost_last_seq=last)
