@@ -176,6 +176,30 @@ def lenient_text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
+def schema_problem(conn: sqlite3.Connection) -> str:
+    """'' when the tables have the columns of their schema version and the counters make
+    sense (next_seq above every stored seq), else what is wrong. May raise sqlite3 errors."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
+        return ""  # created but never initialised: Store._create_schema does it
+    if version >= 2:  # a flipped bit in the schema text renames a column
+        for table, want in _COLUMNS.items():
+            have = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+            want = want[:-1] if table == "outbox" and version == 2 else want
+            if have != list(want):
+                return f"schema of table {table} damaged: columns {have}"
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    top = conn.execute("SELECT max(last_seq) FROM outbox").fetchone()[0] \
+        if version >= 2 else None
+    epoch, nxt = meta.get("epoch"), meta.get("next_seq")
+    if not isinstance(epoch, str) or not epoch or not isinstance(nxt, str) \
+            or not nxt.isdigit() or int(nxt) < 1:
+        return f"store counters damaged (epoch {epoch!r}, next_seq {nxt!r})"
+    if type(top) is int and int(nxt) <= top:  # seqs would be given out a second time
+        return f"store counters damaged (next_seq {nxt} but seq {top} is stored)"
+    return ""
+
+
 def _new_tally() -> dict[str, Any]:
     return {"commits": 0, "evicted": 0, "refused": 0, "last_error": ""}
 
@@ -366,35 +390,17 @@ class Store:
         return self._check_meta()
 
     def _check_meta(self) -> str:
-        """The counters a structurally sound file still needs (a flipped bit in a key or in
-        next_seq would otherwise stop the gateway at every start)."""
+        """The columns and counters a structurally sound file still needs (a flipped bit in
+        the schema text, a meta key or next_seq would otherwise stop every start)."""
         try:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.text_factory = lenient_text
             try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    return ""  # created but never initialised: _create_schema does it
-                if version >= 2:  # a flipped bit in the schema text renames a column
-                    for table, want in _COLUMNS.items():
-                        have = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
-                        want = want[:-1] if table == "outbox" and version == 2 else want
-                        if have != list(want):
-                            return f"schema of table {table} damaged: columns {have}"
-                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-                top = conn.execute("SELECT max(last_seq) FROM outbox").fetchone()[0] \
-                    if version >= 2 else None
+                return schema_problem(conn)
             finally:
                 conn.close()
         except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             return str(exc)
-        epoch, nxt = meta.get("epoch"), meta.get("next_seq")
-        if not isinstance(epoch, str) or not epoch or not isinstance(nxt, str) \
-                or not nxt.isdigit() or int(nxt) < 1:
-            return f"store counters damaged (epoch {epoch!r}, next_seq {nxt!r})"
-        if type(top) is int and int(nxt) <= top:  # seqs would be given out a second time
-            return f"store counters damaged (next_seq {nxt} but seq {top} is stored)"
-        return ""
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]

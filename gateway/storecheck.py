@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .store import SCHEMA_VERSION, _decodes, lenient_text, row_is_sound
+from .store import SCHEMA_VERSION, _decodes, lenient_text, row_is_sound, schema_problem
 
 
 @dataclass
@@ -79,6 +79,11 @@ def verify_store(path: str) -> VerifyReport:
             rep.problems.append(f"schema version {rep.schema} (this firmware writes "
                                 f"{SCHEMA_VERSION}, checks 2 and {SCHEMA_VERSION})")
             return rep
+        problem = schema_problem(conn)  # what makes the gateway move the file aside
+        if problem:
+            rep.problems.append(problem)
+            if problem.startswith("schema"):
+                return rep
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         rep.epoch = meta.get("epoch")
         try:

@@ -134,6 +134,7 @@ def test_random_bit_flips_anywhere_in_the_file_never_become_a_signed_wrong_recor
         return
     data[offset] ^= 1 << bit
     path.write_bytes(bytes(data))
+    report = verify_store(str(path))  # offline first: it never raises, it reports
     try:
         s = Store(path, chunk_max_records=8)
     except sqlite3.DatabaseError:
@@ -153,6 +154,8 @@ def test_random_bit_flips_anywhere_in_the_file_never_become_a_signed_wrong_recor
     delivered = {sr.seq for sr in sent if isinstance(sr.record, Reading)}
     moved = any(p.name.startswith("s.db.corrupt-") for p in d.iterdir())
     assert moved or delivered | gapped >= set(original), (offset, bit)
+    if gapped or moved:
+        assert not report.sound, (offset, bit, report)  # verify saw what the gateway saw
 
 
 def test_schema_2_store_gets_checksums_and_an_unreadable_body_becomes_a_gap(tmp_path,
