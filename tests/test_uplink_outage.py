@@ -4,13 +4,14 @@ while the expensive TLS connect keeps backing off. (The one slow test: a 60 s ou
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
 from gateway.model import Reading
 from gateway.runtime import load_signing_key
 from gateway.store import Store
-from gateway.uplink.mqtt import ConnectFailed, tcp_probe, unreachable
+from gateway.uplink.mqtt import ConnectFailed, tcp_down, tcp_probe, unreachable
 from gateway.uplink.mqtt import Uplink
 from tests.waiting import wait_for
 from tools.bench.common import UplinkCfg
@@ -28,9 +29,30 @@ def _readings(n: int, start: int = 0) -> list[Reading]:
 def test_probe_tells_unreachable_from_refused_by_tls() -> None:
     assert not tcp_probe("127.0.0.1", free_port())
     assert unreachable(ConnectionRefusedError()) and unreachable(TimeoutError())
+    assert tcp_down(ConnectionRefusedError()) and not tcp_down(TimeoutError())
     import ssl
     assert not unreachable(ssl.SSLError("certificate unknown"))
+    assert not unreachable(ConnectionResetError())  # TCP got through: plain backoff
     assert ConnectFailed("x").reachable and not ConnectFailed("x", reachable=False).reachable
+
+
+def test_a_port_that_always_answers_keeps_the_backoff(pki: Path, tmp_path: Path) -> None:
+    """A broker that accepts TCP but hangs in TLS (a timeout, not a refusal) must not be
+    hit with a TLS handshake every probe: only a port that was down and came back cuts
+    the wait short."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        cfg = UplinkCfg(host="127.0.0.1", port=srv.getsockname()[1], ca=str(pki / "ca.pem"),
+                        cert=str(pki / "gateway.pem"), key=str(pki / "gateway.key"),
+                        topic_prefix="meters", client_id="gw-0001")
+        store = Store(tmp_path / "store.db")
+        try:
+            up = Uplink(cfg, "gw-0001", store, load_signing_key(str(pki / "gateway-sign.key")))
+            up._wait_probing(4.5, seen_down=False)  # probes answer all along: waits it out
+            assert up.state.probe_wakeups == 0
+            up._wait_probing(60.0, seen_down=True)  # down before, answers now: at once
+            assert up.state.probe_wakeups == 1
+        finally:
+            store.close()
 
 
 def test_backlog_moves_within_seconds_of_the_broker_returning_after_60_s(

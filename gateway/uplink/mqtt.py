@@ -15,6 +15,7 @@ one ``select()`` on the broker socket and a doorbell that new records and ``stop
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import select
@@ -56,12 +57,14 @@ class UplinkSettings(Protocol):
 class ConnectFailed(Exception):
     """A connection attempt failed; the message says why in a field tech's words.
 
-    ``reachable`` is False when not even TCP got through (refused, timed out, no route,
-    no name): then a cheap TCP probe can tell when the broker is back."""
+    ``reachable`` is False when TCP may not have got through (refused, timed out, no route,
+    no name): then a cheap TCP probe can tell when the broker is back. ``tcp_down`` says TCP
+    surely failed (refused, no route, no name; a timeout may also be a hung TLS handshake)."""
 
-    def __init__(self, message: str, reachable: bool = True) -> None:
+    def __init__(self, message: str, reachable: bool = True, tcp_down: bool = False) -> None:
         super().__init__(message)
         self.reachable = reachable
+        self.tcp_down = tcp_down
 
 
 # Once the reconnect backoff is longer than this, the wait is cut short by a TCP probe of
@@ -71,12 +74,25 @@ PROBE_INTERVAL_S = 3.0
 PROBE_TIMEOUT_S = 2.0
 
 
-def unreachable(exc: BaseException) -> bool:
-    """True for failures below TLS: nothing listens there (yet), or the way there is down."""
+_NO_ROUTE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN,
+             errno.EADDRNOTAVAIL}
+
+
+def tcp_down(exc: BaseException) -> bool:
+    """True when TCP surely did not get through: nothing listens there, or no way there."""
     if isinstance(exc, ssl.SSLError):
         return False
-    return isinstance(exc, (ConnectionRefusedError, TimeoutError, socket.timeout,
-                            socket.gaierror, ConnectionResetError, OSError))
+    return isinstance(exc, (ConnectionRefusedError, socket.gaierror)) or (
+        isinstance(exc, OSError) and exc.errno in _NO_ROUTE)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True for failures a TCP probe can tell the end of: tcp_down, or a timeout (which may
+    also be a broker that accepts TCP but hangs in TLS: see Uplink._wait_probing). A reset
+    or a TLS error means TCP got through: plain backoff."""
+    if isinstance(exc, ssl.SSLError):
+        return False
+    return tcp_down(exc) or isinstance(exc, (TimeoutError, socket.timeout))
 
 
 def tcp_probe(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -252,7 +268,7 @@ class Uplink:
                     else:
                         log.info("uplink: retrying in %.1f s, or as soon as %s:%d accepts "
                                  "TCP connections again", delay, self.s.host, self.s.port)
-                        self._wait_probing(delay)
+                        self._wait_probing(delay, seen_down=exc.tcp_down)
                     backoff = min(self.s.reconnect_max_s, backoff * 2)
                     continue
                 backoff = self.s.reconnect_min_s
@@ -265,8 +281,10 @@ class Uplink:
         finally:
             self._wake.close()
 
-    def _wait_probing(self, delay: float) -> None:
-        """Wait up to delay, returning early once the broker's port accepts TCP again."""
+    def _wait_probing(self, delay: float, seen_down: bool) -> None:
+        """Wait up to delay, returning early once the broker's port accepts TCP again after
+        it did not (seen_down: the failed connect, or a probe here). A port that answers
+        from the first probe on (a broker hung after TCP) keeps the whole backoff."""
         deadline = time.monotonic() + delay
         while not self._stopping.is_set():
             left = deadline - time.monotonic()
@@ -275,7 +293,11 @@ class Uplink:
             if self._stopping.wait(min(left, random.uniform(PROBE_INTERVAL_S * 2 / 3,
                                                             PROBE_INTERVAL_S * 4 / 3))):
                 return
-            if time.monotonic() < deadline and tcp_probe(self.s.host, self.s.port):
+            if time.monotonic() >= deadline:
+                return
+            if not tcp_probe(self.s.host, self.s.port):
+                seen_down = True
+            elif seen_down:
                 self.state.probe_wakeups += 1
                 log.info("uplink: %s:%d accepts connections again; reconnecting now",
                          self.s.host, self.s.port)
@@ -302,7 +324,7 @@ class Uplink:
             client.connect(s.host, s.port, keepalive=s.keepalive_s)
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConnectFailed(explain_connect_error(exc, s.host, s.port),
-                                reachable=not unreachable(exc)) from exc
+                                reachable=not unreachable(exc), tcp_down=tcp_down(exc)) from exc
         if not self._run_until(client, lambda: self._connack is not None
                                or self._stopping.is_set(), 15.0) or self._connack is None:
             closed = client.socket() is None  # the broker hung up (before our teardown does)
