@@ -163,6 +163,32 @@ def test_acl_a_gateway_cannot_publish_or_listen_as_another(pki: Path,
     assert gw1_got.empty() and seen.empty()
 
 
+def test_acl_a_gateway_cannot_leave_a_will_as_another(broker: Broker, pki: Path,
+                                                      mqtt_client_factory: Any) -> None:
+    """An LWT is a publish too: gw-0001's certificate dying with a will on gw-0002's status
+    topic leaves nothing there."""
+    seen: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+    headend = mqtt_client_factory("headend", on_message=lambda _c, _u, m: seen.put(m))
+    headend.subscribe("meters/+/status", qos=1)
+    _wait_subscribed(headend)
+    for will_topic in ("meters/gw-0002/status", "meters/gw-0001/status"):
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"will-{will_topic[7:14]}")
+        c.tls_set_context(client_tls_context(pki, "gateway"))
+        c.will_set(will_topic, will_topic.encode(), qos=1, retain=False)
+        acked: list[bool] = []
+        c.on_connect = lambda _c, _u, _f, rc, _p: acked.append(not rc.is_failure)
+        c.connect(broker.host, broker.port, keepalive=5)
+        deadline = time.monotonic() + WAIT
+        while not acked and time.monotonic() < deadline:
+            c.loop(timeout=0.05)
+        assert acked == [True]
+        c.socket().close()  # gone without a DISCONNECT: the broker publishes the will
+    # Only the will on its own topic arrives (the forged one died first).
+    assert seen.get(timeout=WAIT).payload == b"meters/gw-0001/status"
+    with pytest.raises(queue.Empty):
+        seen.get(timeout=1.0)
+
+
 def test_acl_file_names_prefixes_when_given(tmp_path: Path, pki: Path) -> None:
     text = broker_mod.render_acl(["utility/north"])
     assert "pattern write utility/north/%u/up/#" in text
