@@ -289,3 +289,23 @@ def test_recreated_store_says_what_it_lost(tmp_path):
     assert (ev.detail["lost_records"], ev.detail["lost_first_seq"], ev.detail["lost_last_seq"],
             ev.detail["lost_epoch"]) == (N, 1, N, epoch)
     assert ev.detail["moved_to"].startswith(str(path) + ".corrupt-")
+
+
+def test_gateway_and_headend_account_for_a_flipped_chunk(tmp_path, pki, broker):
+    """The real runtime on a store with a flipped bit, the real head-end: nothing malformed
+    or forged arrives, and the lost range is a store_corruption gap record, not a hole."""
+    from tests.gwproc import headend_summary, start_gateway, start_headend, write_config
+    path = tmp_path / "store.db"
+    make_store(path)
+    flip_in_body(path, chunk=4, byte=22, bit=5)
+    head = start_headend(pki, broker.port, tmp_path / "headend.log", "--until-idle", "3")
+    assert head.wait_for_log("subscribed", 15), head.text()
+    gw = start_gateway(write_config(tmp_path, pki, broker.port), tmp_path / "gw.log")
+    assert gw.wait_for_log("uplink: connected", 15), gw.text()
+    assert gw.wait_for_log("fails its checksum", 15), gw.text()
+    assert gw.terminate() == 0, gw.text()
+    summary = headend_summary(head)
+    assert summary["gaps"] == 0 and summary["gap_records"] == 1, summary
+    assert summary["bad_signatures"] == 0 and summary["conflicts"] == 0, summary
+    assert summary.get("malformed", 0) == 0, summary
+    assert summary["readings"] >= N - 8
