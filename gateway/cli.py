@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.commands.console",
     "gateway.commands.zigbee",
     "gateway.commands.scan",
+    "gateway.commands.store",
     "gateway.commands.audit",
 ]
 

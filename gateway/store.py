@@ -41,6 +41,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import zlib
 from concurrent.futures import Future
 from itertools import groupby, islice
 from dataclasses import dataclass
@@ -54,12 +55,16 @@ from .uplink.envelope import decode_chunk, encode_body, encode_readings, first_t
 
 log = logging.getLogger("gateway.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: every chunk row carries a checksum (crc) of its contents
 # Accounted bytes per chunk row on top of its body (6 integer columns, b-tree cell overhead).
 ROW_OVERHEAD = 48
 # Records per chunk: big enough that per-row costs vanish, small enough that a few chunks
 # fill one uplink message and that eviction stays fine-grained.
 CHUNK_MAX_RECORDS = 64
+# A full disk is reported at most once per this interval, with counts.
+FULL_LOG_INTERVAL_S = 60.0
+# While the reserve file is missing, a commit tries to re-make it at most this often.
+RESERVE_RETRY_S = 5.0
 # After an eviction the store holds at most this share of its cap, so that a full store
 # does not write a gap record on every single insert.
 EVICT_TO = 0.95
@@ -97,6 +102,7 @@ class StoreStats:
     gap_records: int
     full_errors: int
     acked_records: int
+    corrupt_chunks: int = 0  # chunks found failing their checksum (sent as gap records)
 
 
 @dataclass(slots=True)
@@ -112,18 +118,90 @@ class _Ack:
     last: int
 
 
+@dataclass(slots=True)
+class _Corrupt:
+    """A reader found the chunk at first_seq failing its checksum."""
+    first: int
+
+
 _STOP = object()
 
-_INSERT_SQL = ("INSERT INTO outbox (first_seq, last_seq, kind, count, ts_ms, time_base_ms, body) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?)")
+_INSERT_SQL = ("INSERT INTO outbox (first_seq, last_seq, kind, count, ts_ms, time_base_ms, body, "
+               "crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _IN_RANGE = "first_seq BETWEEN ?1 AND ?2 AND last_seq <= ?2"
 _ACKED_SIZE = f"SELECT count(*), total(count), total(length(body)) FROM outbox WHERE {_IN_RANGE}"
 _CREATE_OUTBOX = ("CREATE TABLE outbox (first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL, "
                   "kind INTEGER NOT NULL, count INTEGER NOT NULL, ts_ms INTEGER NOT NULL, "
-                  "time_base_ms INTEGER NOT NULL, body BLOB NOT NULL)")
+                  "time_base_ms INTEGER NOT NULL, body BLOB NOT NULL, crc INTEGER NOT NULL)")
+# The columns of each table (schema 3; schema 2's outbox lacks the last, crc).
+_COLUMNS = {"meta": ("key", "value"),
+            "outbox": ("first_seq", "last_seq", "kind", "count", "ts_ms", "time_base_ms", "body",
+                       "crc"),
+            "cursors": ("meter_id", "name", "value", "updated_ms")}
+# A crc that no chunk can have (CRC-32 is unsigned): marks a row found unreadable.
+CRC_BAD = -1
+GAP_REASON_CORRUPT = "store_corruption"
 
 # A stored chunk as the uplink gets it.
 ChunkRow = tuple[int, int, int, int, int, bytes]  # first, last, kind, count, time_base, body
+
+
+def chunk_crc(first_seq: int, last_seq: int, kind: int, count: int, time_base_ms: int,
+              body: bytes) -> int:
+    """CRC-32 of everything a chunk row means (seq range, kind, count, time base, body).
+
+    SQLite checks its own page structure but not the bytes of a value: a bit flipped on the
+    SD card inside a body decodes, more often than not, into a different well-formed reading
+    that the uplink would sign as authentic. CRC-32 catches every single-bit flip and every
+    burst up to 32 bits; it costs ~1 us per 64-record chunk."""
+    head = b"%d,%d,%d,%d,%d;" % (first_seq, last_seq, kind, count, time_base_ms)
+    return zlib.crc32(body, zlib.crc32(head))
+
+
+def row_is_sound(first_seq: Any, last_seq: Any, kind: Any, count: Any, time_base_ms: Any,
+                 body: Any, crc: Any) -> bool:
+    """True when a stored row's checksum matches its columns (any column may be damaged,
+    down to its SQLite type)."""
+    if not (type(first_seq) is int and type(last_seq) is int and type(kind) is int
+            and type(count) is int and type(time_base_ms) is int and type(body) is bytes
+            and type(crc) is int):
+        return False
+    if not 1 <= first_seq <= last_seq or not 1 <= count <= last_seq - first_seq + 1:
+        return False
+    return chunk_crc(first_seq, last_seq, kind, count, time_base_ms, body) == crc
+
+
+def lenient_text(raw: bytes) -> str:
+    """sqlite3 text_factory: damaged UTF-8 becomes U+FFFD instead of an exception."""
+    return raw.decode("utf-8", "replace")
+
+
+def schema_problem(conn: sqlite3.Connection) -> str:
+    """'' when the tables have the columns of their schema version and the counters make
+    sense (next_seq above every stored seq), else what is wrong. May raise sqlite3 errors."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
+        return ""  # created but never initialised: Store._create_schema does it
+    if version >= 2:  # a flipped bit in the schema text renames a column
+        for table, want in _COLUMNS.items():
+            have = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+            want = want[:-1] if table == "outbox" and version == 2 else want
+            if have != list(want):
+                return f"schema of table {table} damaged: columns {have}"
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    top = conn.execute("SELECT max(last_seq) FROM outbox").fetchone()[0] \
+        if version >= 2 else None
+    epoch, nxt = meta.get("epoch"), meta.get("next_seq")
+    if not isinstance(epoch, str) or not epoch or not isinstance(nxt, str) \
+            or not nxt.isdigit() or int(nxt) < 1:
+        return f"store counters damaged (epoch {epoch!r}, next_seq {nxt!r})"
+    if type(top) is int and int(nxt) <= top:  # seqs would be given out a second time
+        return f"store counters damaged (next_seq {nxt} but seq {top} is stored)"
+    return ""
+
+
+def _new_tally() -> dict[str, Any]:
+    return {"commits": 0, "evicted": 0, "refused": 0, "last_error": ""}
 
 
 def _is_full(exc: BaseException) -> bool:
@@ -169,6 +247,20 @@ def decode_chunk_row(first_seq: int, time_base_ms: int, body: bytes) -> list[Sto
     return decode_chunk(body, first_seq, time_base_ms)
 
 
+def _decodes(first_seq: Any, last_seq: Any, kind: Any, count: Any, time_base_ms: Any,
+             body: Any) -> bool:
+    """True when a row's body decodes into exactly `count` records of its kind within its
+    seq range (the check a row without a checksum can still get)."""
+    if type(body) is not bytes or type(first_seq) is not int or type(time_base_ms) is not int:
+        return False
+    try:
+        recs = decode_chunk(body, first_seq, time_base_ms)
+    except Exception:  # noqa: BLE001 - damaged bytes may raise anything
+        return False
+    return (len(recs) == count and bool(recs) and recs[0].seq == first_seq
+            and recs[-1].seq == last_seq and all(KIND_OF[type(r.record)] == kind for r in recs))
+
+
 class Store:
     """The outbox. Thread-safe: any thread may append, read or ack.
 
@@ -187,6 +279,7 @@ class Store:
         max_page_count: int | None = None,
         reserve_bytes: int = 1024 * 1024,
         chunk_max_records: int = CHUNK_MAX_RECORDS,
+        reserve_retry_s: float = RESERVE_RETRY_S,
     ) -> None:
         self.path = os.fspath(path)
         self.max_bytes = max_bytes
@@ -195,9 +288,16 @@ class Store:
         self.commit_max_records = commit_max_records
         self.max_page_count = max_page_count
         self.reserve_bytes = reserve_bytes
+        self.reserve_retry_s = reserve_retry_s
         self.chunk_max_records = max(1, chunk_max_records)
-        self._full_log = RateLimitedLog(log, 60.0)
+        self._full_tally = _new_tally()  # what a full disk did since the last log line
+        self._full_since: float | None = None  # monotonic start of the full-disk spell
+        self._full_logged_at = -1e18
+        self._last_full_at = -1e18
+        self._reserve_ok = False
+        self._reserve_retry_at = 0.0
         self._evict_log = RateLimitedLog(log, 10.0)
+        self._corrupt_log = RateLimitedLog(log, 60.0)
         self._after_commit: list[Any] = []
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
@@ -205,6 +305,7 @@ class Store:
         self._read_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.open_report: list[str] = []
+        self._corrupt_pending: set[int] = set()  # first_seqs reported, not yet replaced
         self._wconn = self._open()
         self._make_reserve()
         self._rconn = self._connect()
@@ -214,6 +315,7 @@ class Store:
     # ----------------------------------------------------------------- opening
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.text_factory = lenient_text  # a damaged TEXT value must not raise on reading
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         if self.max_page_count:
@@ -251,7 +353,7 @@ class Store:
         self._rows = int(rows)
         self._bytes = int(payload) + ROW_OVERHEAD * int(chunks)
         self._commits = self._committed = self._evicted = self._gaps = 0
-        self._full_errors = self._acked = 0
+        self._full_errors = self._acked = self._corrupt = 0
         oldest = conn.execute("SELECT min(first_seq) FROM outbox").fetchone()[0]
         self.open_report.append(
             f"store {self.path}: epoch {self.epoch}, "
@@ -260,23 +362,45 @@ class Store:
             + (f" (seq {oldest}..{self._next_seq - 1})" if oldest is not None else "")
             + f", {self._bytes} bytes of {self.max_bytes} cap")
         if recovered_from:
+            from .storecheck import salvage_summary
+            lost = salvage_summary(recovered_from)
+            if lost["lost_records"] is not None:
+                log.error("store: the moved-aside file held %d unsent records (seq %s..%s of "
+                          "epoch %s); they are lost to the uplink", lost["lost_records"],
+                          lost["lost_first_seq"], lost["lost_last_seq"], lost["lost_epoch"])
             self._write_now(conn, [Event("store.recreated", now_ms(), "store", severity="error",
-                                         detail={"reason": problem, "moved_to": recovered_from})])
+                                         detail={"reason": problem, "moved_to": recovered_from,
+                                                 **lost})])
         return conn
 
     def _check_file(self) -> str:
         """Return '' when the file is a healthy store, else what is wrong with it."""
         try:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.text_factory = lenient_text  # quick_check quotes damaged bytes
             try:
                 result = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
             finally:
                 conn.close()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            # (A damaged schema can make even SQLite's error message invalid UTF-8.)
             return str(exc)
         if result != ["ok"]:
             return "; ".join(result[:5])
-        return ""
+        return self._check_meta()
+
+    def _check_meta(self) -> str:
+        """The columns and counters a structurally sound file still needs (a flipped bit in
+        the schema text, a meta key or next_seq would otherwise stop every start)."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.text_factory = lenient_text
+            try:
+                return schema_problem(conn)
+            finally:
+                conn.close()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            return str(exc)
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -284,6 +408,9 @@ class Store:
             return
         if version == 1:
             self._migrate_v1(conn)
+            return
+        if version == 2:
+            self._migrate_v2(conn)
             return
         if version not in (0,):
             raise StoreCorrupt(f"{self.path}: schema version {version} is newer than this "
@@ -316,7 +443,9 @@ class Store:
                 first, kind, ts = run[0][0], run[0][1], run[0][2]
                 objs = [cbor2.loads(r[3]) for r in run]
                 base, body = encode_chunk(first, kind, objs)
-                conn.execute(_INSERT_SQL, (first, run[-1][0], kind, len(run), ts, base, body))
+                last = run[-1][0]
+                conn.execute(_INSERT_SQL, (first, last, kind, len(run), ts, base, body,
+                                           chunk_crc(first, last, kind, len(run), base, body)))
                 run.clear()
 
             while True:
@@ -339,6 +468,38 @@ class Store:
             raise
         self.open_report.append(f"store {self.path}: migrated {n} records from schema 1 to "
                                 f"{SCHEMA_VERSION} (chunks)")
+
+    def _migrate_v2(self, conn: sqlite3.Connection) -> None:
+        """Schema 2 (chunks without checksums) to 3, in one transaction: each row gets the
+        checksum of what it holds now. A body that no longer decodes into its seq range is
+        marked CRC_BAD instead, so it goes up as a store_corruption gap rather than as a
+        message the head-end cannot read (or, worse, a wrong reading). What decodes cannot
+        be told apart from what was written: corruption before this upgrade stays unseen."""
+        conn.execute("BEGIN IMMEDIATE")
+        n = bad = 0
+        try:
+            conn.execute("ALTER TABLE outbox ADD COLUMN crc INTEGER NOT NULL DEFAULT -1")
+            cur = conn.execute("SELECT first_seq, last_seq, kind, count, time_base_ms, body "
+                               "FROM outbox ORDER BY first_seq")
+            updates = []
+            while True:
+                rows = cur.fetchmany(1024)
+                if not rows:
+                    break
+                for row in rows:
+                    n += 1
+                    crc = chunk_crc(*row) if _decodes(*row) else CRC_BAD
+                    bad += crc == CRC_BAD
+                    updates.append((crc, row[0]))
+            conn.executemany("UPDATE outbox SET crc=? WHERE first_seq=?", updates)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.open_report.append(f"store {self.path}: schema 2 to {SCHEMA_VERSION}: checksums "
+                                f"added to {n} chunks" + (f", {bad} unreadable ones will go up "
+                                                          "as store_corruption gaps" if bad else ""))
 
     # --------------------------------------------------------------- public API
     def submit(self, records: Iterable[Record],
@@ -371,31 +532,58 @@ class Store:
         """Committed, unacknowledged chunks starting after after_seq, oldest first, as
         (first_seq, last_seq, kind, count, time_base_ms, body), up to max_records records
         and max_bytes of bodies (always at least one chunk)."""
+        try:
+            return self._fetch_chunks(after_seq, max_records, max_bytes)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            # SQLite itself found a damaged page on the way: nothing from it can be sent or
+            # even named. Said once a minute; the uplink waits instead of reconnecting in a
+            # loop, the records behind it stay until the file is repaired or moved aside.
+            self._corrupt_log.error("store: cannot read unsent chunks after seq %d (%s); run "
+                                    "gateway store verify", after_seq, exc)
+            return []
+
+    def _fetch_chunks(self, after_seq: int, max_records: int, max_bytes: int | None
+                      ) -> list[ChunkRow]:
         out: list[ChunkRow] = []
         with self._read_lock:
             cur = self._rconn.execute(
-                "SELECT first_seq, last_seq, kind, count, time_base_ms, body FROM outbox "
+                "SELECT first_seq, last_seq, kind, count, time_base_ms, body, crc FROM outbox "
                 "WHERE first_seq > ? ORDER BY first_seq LIMIT ?", (after_seq, max(1, max_records)))
             records = size = 0
             for row in cur:
+                if not row_is_sound(*row):
+                    # Never sealed: the chunks before it go now, the writer replaces it by
+                    # a gap record and the uplink's next fetch goes on past it.
+                    self._report_corrupt(row)
+                    break
                 records += row[3]
                 size += len(row[5])
                 if out and (records > max_records or (max_bytes is not None and size > max_bytes)):
                     break
-                out.append(row)
+                out.append(row[:6])
             cur.close()
         return out
+
+    def _report_corrupt(self, row: Sequence[Any]) -> None:
+        first = row[0]
+        if first in self._corrupt_pending:
+            return
+        self._corrupt_pending.add(first)
+        self._queue.put(_Corrupt(first))
 
     def read_records(self, after_seq: int = 0, limit: int = 1000) -> list[StoredRecord]:
         """Decoded records with seq > after_seq, oldest first, at most limit of them."""
         out: list[StoredRecord] = []
         with self._read_lock:
             cur = self._rconn.execute(
-                "SELECT first_seq, time_base_ms, body FROM outbox WHERE first_seq >= coalesce("
-                "(SELECT max(first_seq) FROM outbox WHERE first_seq <= ?), 0) ORDER BY first_seq",
-                (after_seq,))
-            for first, base, body in cur:
-                for sr in decode_chunk_row(first, base, body):
+                "SELECT first_seq, last_seq, kind, count, time_base_ms, body, crc FROM outbox "
+                "WHERE first_seq >= coalesce((SELECT max(first_seq) FROM outbox "
+                "WHERE first_seq <= ?), 0) ORDER BY first_seq", (after_seq,))
+            for row in cur:
+                if not row_is_sound(*row):
+                    self._report_corrupt(row)
+                    continue
+                for sr in decode_chunk_row(row[0], row[4], row[5]):
                     if sr.seq > after_seq:
                         out.append(sr)
                 if len(out) >= limit:
@@ -421,7 +609,7 @@ class Store:
             return StoreStats(self.epoch, self._rows, self._bytes, self._next_seq - 1,
                               row[0] if row else None, row[1] if row else None,
                               self._commits, self._committed, self._evicted, self._gaps,
-                              self._full_errors, self._acked)
+                              self._full_errors, self._acked, self._corrupt)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything queued so far is committed."""
@@ -479,6 +667,9 @@ class Store:
                 op.future.set_exception(StoreClosed("store is closed"))
 
     def _commit_batch(self, batch: list[Any]) -> None:
+        corrupt = [op.first for op in batch if isinstance(op, _Corrupt)]
+        if corrupt:
+            self._quarantine(corrupt)
         appends = [op for op in batch if isinstance(op, _Append)]
         acks = [op for op in batch if isinstance(op, _Ack)]
         records = [r for op in appends for r in op.records]
@@ -512,6 +703,8 @@ class Store:
                     else:
                         op.future.set_result([])
                 return
+        if records or cursors:
+            self._after_good_commit()
         i = 0
         for op in appends:
             op.future.set_result(seqs[i:i + len(op.records)])
@@ -520,6 +713,58 @@ class Store:
             for ev in self._listeners:
                 ev.set()
 
+    def _quarantine(self, firsts: list[int]) -> None:
+        """Replace each chunk a reader found failing its checksum by a gap record (reason
+        store_corruption) and a store.corrupt event, in one transaction per chunk."""
+        added = False
+        for first in firsts:
+            try:
+                lost = self._atomically(lambda: self._replace_corrupt(first))
+            except sqlite3.Error as exc:
+                # Left in place: the next fetch finds it again and it is retried then.
+                self._corrupt_log.error("store: cannot replace the corrupt chunk at seq %d: %s",
+                                        first, exc)
+                lost = None
+            finally:
+                self._corrupt_pending.discard(first)
+            if lost is not None:
+                added = True
+                with self._stats_lock:
+                    self._corrupt += 1
+                self._corrupt_log.error(
+                    "store: the stored chunk of seq %d..%d (%d records) fails its checksum; "
+                    "it is not sent, a store_corruption gap record goes up instead", *lost)
+        if added:
+            for ev in self._listeners:
+                ev.set()
+
+    def _replace_corrupt(self, first: int) -> tuple[int, int, int] | None:
+        conn = self._wconn
+        row = conn.execute("SELECT first_seq, last_seq, kind, count, time_base_ms, body, crc, "
+                           "length(body) FROM outbox WHERE first_seq=?", (first,)).fetchone()
+        if row is None or row_is_sound(*row[:7]):
+            return None  # acknowledged meanwhile, or a reader's mistake
+        _, last, _, count, _, _, _, size = row
+        # The damaged row's own range and count cannot be trusted: bound them by the next
+        # row and by the seqs ever given out.
+        nxt = conn.execute("SELECT min(first_seq) FROM outbox WHERE first_seq > ?",
+                           (first,)).fetchone()[0]
+        top = min(self._next_seq - 1, (nxt - 1) if nxt is not None else self._next_seq - 1)
+        if type(last) is not int or not first <= last <= top:
+            last = max(first, top)
+        n = count if type(count) is int and 1 <= count <= last - first + 1 else last - first + 1
+        conn.execute("DELETE FROM outbox WHERE first_seq=?", (first,))
+        with self._stats_lock:
+            self._rows -= count if type(count) is int else 0
+            self._bytes -= (size or 0) + ROW_OVERHEAD
+        ts = now_ms()
+        self._insert([
+            Gap(first, last, n, GAP_REASON_CORRUPT, ts),
+            Event("store.corrupt", ts, "store", severity="error", detail={
+                "first_seq": first, "last_seq": last, "records": n,
+                "reason": "checksum mismatch"})])
+        return first, last, n
+
     def _retry_after_full(self, records: list[Record], cursors: list[Any],
                           acks: list[_Ack]) -> list[int] | None:
         """The disk is full: free the space of old unsent rows (with a gap record) and try
@@ -527,12 +772,22 @@ class Store:
 
         On a really full filesystem even the eviction needs room (WAL frames), so the store
         keeps a small reserve file beside the database: it is released first, the eviction
-        is committed and checkpointed (the WAL shrinks back), and the reserve is re-made.
+        is committed and checkpointed (the WAL shrinks back), and the reserve is re-made
+        (or, while the disk stays full, re-made after a later commit once space is back).
+
+        A full disk can last for hours with a commit every 50 ms: what happens is counted
+        and logged as one line a minute (:meth:`_full_report`), never a line per commit.
         """
         with self._stats_lock:
             self._full_errors += 1
+        t = self._full_tally
+        t["commits"] += 1
+        self._last_full_at = time.monotonic()
+        if self._full_since is None:
+            self._full_since = self._last_full_at
         reserve_freed = self._release_reserve()
         need = max(len(records) * 2, self._rows // 20, 1)
+        evicted_before = self._evicted
         try:
             self._atomically(lambda: (self._apply_acks(acks),
                                       self._evict(need_rows=need, need_bytes=0,
@@ -540,28 +795,70 @@ class Store:
             acks = []
             self._checkpoint()
         except sqlite3.Error as exc:
-            self._full_log.error("store: storage full and eviction failed too (%s); refusing "
-                                 "%d records", exc, len(records))
+            t["refused"] += len(records)
+            t["last_error"] = f"eviction failed too: {exc}"
+            self._full_report()
             return None
         finally:
             if reserve_freed:
-                self._make_reserve()
+                self._make_reserve(quiet=True)
+        t["evicted"] += self._evicted - evicted_before
         try:
             seqs = self._transaction(records, cursors, acks)
         except sqlite3.Error as exc:
-            self._full_log.error("store: storage full (%s); refusing %d records", exc, len(records))
+            t["refused"] += len(records)
+            t["last_error"] = str(exc)
+            self._full_report()
             return None
-        self._full_log.warning("store: storage full; evicted old unsent records to make room")
+        self._full_report()
         return seqs
+
+    def _full_report(self) -> None:
+        """At most one line a minute while the disk is full, with the counts since the last."""
+        t = self._full_tally
+        now = time.monotonic()
+        if now - self._full_logged_at < FULL_LOG_INTERVAL_S:
+            return
+        span = now - (self._full_since or now) if self._full_logged_at < 0 \
+            else now - self._full_logged_at
+        self._full_logged_at = now
+        log.error("store: storage full: %d commits hit it in %.0f s; %d old unsent records "
+                  "evicted (gap records go up), %d new records refused; reserve file %s%s",
+                  t["commits"], span, t["evicted"], t["refused"],
+                  "in place" if self._reserve_ok else "missing (re-made when space is back)",
+                  f"; last error: {t['last_error']}" if t["last_error"] else "")
+        self._full_tally = _new_tally()
+
+    def _after_good_commit(self) -> None:
+        """A commit went through: re-make a missing reserve (tried every few seconds; a
+        failed try costs one fallocate), and once no commit has hit a full disk for a
+        report interval, say once that the spell is over, with the last counts."""
+        now = time.monotonic()
+        if not self._reserve_ok and self.reserve_bytes > 0 and now >= self._reserve_retry_at:
+            self._reserve_retry_at = now + self.reserve_retry_s
+            if self._make_reserve(quiet=True) and self._full_since is not None:
+                log.info("store: the %d-byte reserve file is in place again",
+                         self.reserve_bytes)
+        if self._full_since is not None and now - self._last_full_at >= FULL_LOG_INTERVAL_S:
+            t = self._full_tally
+            log.warning("store: no full disk for %.0f s: the full-disk spell of %.0f s is over "
+                        "(since the last report: %d commits hit it, %d records evicted, %d "
+                        "refused); reserve file %s", now - self._last_full_at,
+                        self._last_full_at - self._full_since, t["commits"], t["evicted"],
+                        t["refused"], "in place" if self._reserve_ok else "missing")
+            self._full_since = None
+            self._full_logged_at = -1e18
+            self._full_tally = _new_tally()
 
     # -- the reserve: room to evict in when the filesystem itself is full
     @property
     def _reserve_path(self) -> str:
         return self.path + ".reserve"
 
-    def _make_reserve(self) -> None:
+    def _make_reserve(self, quiet: bool = False) -> bool:
+        """Allocate the reserve file; False (and no partial file left) when there is no room."""
         if self.reserve_bytes <= 0:
-            return
+            return True
         try:
             fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
@@ -569,10 +866,23 @@ class Store:
             finally:
                 os.close(fd)
         except OSError as exc:
-            log.warning("store: cannot keep a %d-byte reserve beside the database (%s)",
-                        self.reserve_bytes, exc.strerror or exc)
+            # A partial file would hold space without being a reserve, and a release of it
+            # would pass for one: none is kept.
+            try:
+                os.unlink(self._reserve_path)
+            except OSError:
+                pass
+            self._reserve_ok = False
+            if not quiet:
+                log.warning("store: cannot keep a %d-byte reserve beside the database (%s); "
+                            "it is re-made when space is back", self.reserve_bytes,
+                            exc.strerror or exc)
+            return False
+        self._reserve_ok = True
+        return True
 
     def _release_reserve(self) -> bool:
+        self._reserve_ok = False
         try:
             os.unlink(self._reserve_path)
             return True
@@ -711,7 +1021,8 @@ class Store:
         first = q = self._next_seq
         params = []
         for k, c, base, body in runs:
-            params.append((q, q + c - 1, k, c, ts, base, body))
+            last = q + c - 1
+            params.append((q, last, k, c, ts, base, body, chunk_crc(q, last, k, c, base, body)))
             q += c
         self._wconn.executemany(_INSERT_SQL, params)
         self._next_seq = q
@@ -755,12 +1066,15 @@ class Store:
             self._bytes -= freed_bytes
             self._evicted += freed_rows
             self._gaps += 1
-        self._after_commit.append(lambda: self._evict_log.warning(
-            "store: evicted %d unsent records (seq %d..%d): %s", freed_rows, first, last, reason))
+        if reason != "storage full":  # a full disk has its own once-a-minute report
+            self._after_commit.append(lambda: self._evict_log.warning(
+                "store: evicted %d unsent records (seq %d..%d): %s", freed_rows, first, last,
+                reason))
         gap = Gap(first, last, freed_rows, reason, now_ms())
         seq = self._next_seq
         base, body = encode_chunk(seq, KIND_GAP, [gap.to_obj()])
-        conn.execute(_INSERT_SQL, (seq, seq, KIND_GAP, 1, gap.ts_ms, base, body))
+        conn.execute(_INSERT_SQL, (seq, seq, KIND_GAP, 1, gap.ts_ms, base, body,
+                                   chunk_crc(seq, seq, KIND_GAP, 1, base, body)))
         self._next_seq = seq + 1
         conn.execute("UPDATE meta SET value=? WHERE key='next_seq'", (str(self._next_seq),))
         with self._stats_lock:

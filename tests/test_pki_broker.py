@@ -79,25 +79,124 @@ def test_gateway_qos1_round_trip(mqtt_client_factory: Any) -> None:
     gateway = mqtt_client_factory("gateway", on_message=lambda _c, _u, m: got.put(m))
     assert gateway.socket().version() == "TLSv1.3"
 
-    headend.subscribe("meters/+/readings", qos=1)
-    gateway.subscribe("gw/gw-0001/cmd", qos=1)
+    headend.subscribe("meters/+/up/readings", qos=1)
+    gateway.subscribe("meters/gw-0001/down/cmd", qos=1)
     _wait_subscribed(headend, gateway)
 
-    info = gateway.publish("meters/gw-0001/readings", b"1.8.0=42", qos=1)
+    info = gateway.publish("meters/gw-0001/up/readings", b"1.8.0=42", qos=1)
     info.wait_for_publish(WAIT)
     assert info.is_published()
     up = got.get(timeout=WAIT)
-    assert (up.topic, up.payload, up.qos) == ("meters/gw-0001/readings", b"1.8.0=42", 1)
+    assert (up.topic, up.payload, up.qos) == ("meters/gw-0001/up/readings", b"1.8.0=42", 1)
 
-    headend.publish("gw/gw-0001/cmd", b"read-now", qos=1).wait_for_publish(WAIT)
+    headend.publish("meters/gw-0001/down/cmd", b"read-now", qos=1).wait_for_publish(WAIT)
     down = got.get(timeout=WAIT)
-    assert (down.topic, down.payload, down.qos) == ("gw/gw-0001/cmd", b"read-now", 1)
+    assert (down.topic, down.payload, down.qos) == ("meters/gw-0001/down/cmd", b"read-now", 1)
 
 
 def _wait_subscribed(*clients: mqtt.Client) -> None:
-    """Round-trip a QoS 1 ping per client so its earlier SUBSCRIBE is known processed."""
+    """Round-trip a QoS 1 ping per client so its earlier SUBSCRIBE is known processed (the
+    topic is outside the ACL: mosquitto acknowledges the PUBLISH and drops it)."""
     for c in clients:
         c.publish("test/sync", b"", qos=1).wait_for_publish(WAIT)
+
+
+# ------------------------------------------------------------------------ ACL
+
+def _suback(client: mqtt.Client, topic: str) -> list[int]:
+    """Subscribe and return the broker's granted QoS / failure codes."""
+    got: queue.Queue[list[int]] = queue.Queue()
+    client.on_subscribe = lambda _c, _u, _mid, codes, _p: got.put([c.value for c in codes])
+    client.subscribe(topic, qos=1)
+    return got.get(timeout=WAIT)
+
+
+def test_acl_a_gateway_cannot_publish_or_listen_as_another(pki: Path,
+                                                           mqtt_client_factory: Any) -> None:
+    """gw-0001's certificate cannot publish readings or status as gw-0002, nor read
+    gw-0002's commands; gw-0002's own certificate can; the head-end cannot forge readings."""
+    issue_client_cert(pki, "gw-0002")
+    seen: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+    headend = mqtt_client_factory("headend", on_message=lambda _c, _u, m: seen.put(m))
+    assert _suback(headend, "meters/+/up/#") == [1]
+    assert _suback(headend, "+/+/status") == [1]
+    # Mosquitto grants any filter and checks each message against the ACL on delivery: the
+    # head-end's "#" gets what it may read (up/, status), not the down/ commands below.
+    assert _suback(headend, "#") == [1]
+    gw1_got: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+    gw1 = mqtt_client_factory("gateway", on_message=lambda _c, _u, m: gw1_got.put(m))
+    gw2 = mqtt_client_factory("gw-0002")
+
+    for topic in ("meters/gw-0002/up/readings", "meters/gw-0002/status",
+                  "meters/gw-0002/up/events"):
+        gw1.publish(topic, b"forged", qos=1).wait_for_publish(WAIT)
+    headend.publish("meters/gw-0001/up/readings", b"forged by the head-end",
+                    qos=1).wait_for_publish(WAIT)
+    gw1.publish("meters/gw-0001/up/readings", b"own", qos=1).wait_for_publish(WAIT)
+    gw2.publish("meters/gw-0002/up/readings", b"gw2 own", qos=1).wait_for_publish(WAIT)
+    msgs = [seen.get(timeout=WAIT), seen.get(timeout=WAIT)]
+    assert sorted((m.topic, m.payload) for m in msgs) == [
+        ("meters/gw-0001/up/readings", b"own"), ("meters/gw-0002/up/readings", b"gw2 own")]
+    assert seen.empty()
+
+    # Commands: gw-0001 may read its own and the fleet's, not gw-0002's.
+    _suback(gw1, "meters/gw-0002/down/cmd")  # granted, but nothing of gw-0002's arrives
+    _suback(gw1, "meters/+/down/cmd")
+    assert _suback(gw1, "meters/gw-0001/down/cmd") == [1]
+    assert _suback(gw1, "meters/fleet/down/cmd") == [1]
+    assert _suback(gw1, "meters/fleet/ota/abc/+") == [1]
+    gw1.publish("meters/gw-0001/down/cmd", b"self-made", qos=1).wait_for_publish(WAIT)
+    for topic in ("meters/gw-0002/down/cmd", "meters/fleet/down/cmd", "meters/gw-0001/down/cmd"):
+        headend.publish(topic, topic.encode(), qos=1).wait_for_publish(WAIT)
+    got = sorted(gw1_got.get(timeout=WAIT).payload for _ in range(2))
+    assert got == [b"meters/fleet/down/cmd", b"meters/gw-0001/down/cmd"]
+    gw1.publish("meters/gw-0001/up/readings", b"marker", qos=1).wait_for_publish(WAIT)
+    before_marker = []
+    for _ in range(5):
+        m = seen.get(timeout=WAIT)
+        if m.payload == b"marker":
+            break
+        before_marker.append(m.topic)
+    # The fleet topics are readable by every certificate (the pattern lines apply to all);
+    # no gateway's own command topic is.
+    assert before_marker in ([], ["meters/fleet/down/cmd"]), before_marker
+    assert gw1_got.empty() and seen.empty()
+
+
+def test_acl_a_gateway_cannot_leave_a_will_as_another(broker: Broker, pki: Path,
+                                                      mqtt_client_factory: Any) -> None:
+    """An LWT is a publish too: gw-0001's certificate dying with a will on gw-0002's status
+    topic leaves nothing there."""
+    seen: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+    headend = mqtt_client_factory("headend", on_message=lambda _c, _u, m: seen.put(m))
+    headend.subscribe("meters/+/status", qos=1)
+    _wait_subscribed(headend)
+    for will_topic in ("meters/gw-0002/status", "meters/gw-0001/status"):
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"will-{will_topic[7:14]}")
+        c.tls_set_context(client_tls_context(pki, "gateway"))
+        c.will_set(will_topic, will_topic.encode(), qos=1, retain=False)
+        acked: list[bool] = []
+        c.on_connect = lambda _c, _u, _f, rc, _p: acked.append(not rc.is_failure)
+        c.connect(broker.host, broker.port, keepalive=5)
+        deadline = time.monotonic() + WAIT
+        while not acked and time.monotonic() < deadline:
+            c.loop(timeout=0.05)
+        assert acked == [True]
+        c.socket().close()  # gone without a DISCONNECT: the broker publishes the will
+    # Only the will on its own topic arrives (the forged one died first).
+    assert seen.get(timeout=WAIT).payload == b"meters/gw-0001/status"
+    with pytest.raises(queue.Empty):
+        seen.get(timeout=1.0)
+
+
+def test_acl_file_names_prefixes_when_given(tmp_path: Path, pki: Path) -> None:
+    text = broker_mod.render_acl(["utility/north"])
+    assert "pattern write utility/north/%u/up/#" in text
+    assert "topic write utility/north/+/down/#" in text and "+/%u" not in text
+    conf = broker_mod.write_config(pki, 1, "127.0.0.1", tmp_path / "d")
+    assert f"acl_file {(tmp_path / 'd' / 'mosquitto.acl').resolve()}" in conf.read_text()
+    conf = broker_mod.write_config(pki, 1, "127.0.0.1", tmp_path / "e", acl=False)
+    assert not [ln for ln in conf.read_text().splitlines() if ln.startswith("acl_file")]
 
 
 def test_pki_contents(pki: Path) -> None:
@@ -207,13 +306,13 @@ def test_persistent_session_survives_restart(broker: Broker, pki: Path) -> None:
     got: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
     kw: dict[str, Any] = {"client_id": "headend-durable", "clean_session": False}
     headend = connect_client(broker.host, broker.port, client_tls_context(pki, "headend"), **kw)
-    headend.subscribe("meters/+/readings", qos=1)
+    headend.subscribe("meters/+/up/readings", qos=1)
     _wait_subscribed(headend)
     headend.disconnect()
     headend.loop_stop()
 
     gateway = connect_client(broker.host, broker.port, client_tls_context(pki, "gateway"))
-    gateway.publish("meters/gw-0001/readings", b"offline", qos=1).wait_for_publish(WAIT)
+    gateway.publish("meters/gw-0001/up/readings", b"offline", qos=1).wait_for_publish(WAIT)
     gateway.disconnect()
     gateway.loop_stop()
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import select
 import threading
 import time
@@ -16,6 +15,7 @@ from gateway.runtime import load_signing_key
 from gateway.store import Store
 from gateway.uplink.envelope import decode_envelope
 from gateway.uplink.mqtt import Doorbell, Uplink
+from gateway.uplink.status import verify_status
 from tools.bench.common import UplinkCfg
 from tests.waiting import wait_for as _wait
 
@@ -106,7 +106,8 @@ def test_uplink_sends_bursts_wakes_for_new_records_and_stops_promptly(
     with lock:
         envs = [decode_envelope(p, {"*": pub}) for t, p, _ in got
                 if t == "t/gw-0001/up/readings"]
-        status = [json.loads(p) for t, p, _ in got if t == "t/gw-0001/status"]
+        status = [verify_status(p, {"gw-0001": pub}, "gw-0001") for t, p, _ in got
+                  if t == "t/gw-0001/status"]  # birth and goodbye are signed
     seqs = [sr.seq for e in envs for sr in e.records]
     assert seqs == list(range(1, 306))  # every record once, in order
     assert all(len(e.records) <= 10 for e in envs)

@@ -15,7 +15,7 @@ one ``select()`` on the broker socket and a doorbell that new records and ``stop
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
 import random
 import select
@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..model import KIND_DIAG, KIND_EVENT, KIND_GAP, KIND_READING, Event, now_ms
 from ..store import ChunkRow, Store
 from .envelope import seal
+from .status import sign_status
 
 log = logging.getLogger("gateway.uplink")
 
@@ -54,7 +55,53 @@ class UplinkSettings(Protocol):
 
 
 class ConnectFailed(Exception):
-    """A connection attempt failed; the message says why in a field tech's words."""
+    """A connection attempt failed; the message says why in a field tech's words.
+
+    ``reachable`` is False when TCP may not have got through (refused, timed out, no route,
+    no name): then a cheap TCP probe can tell when the broker is back. ``tcp_down`` says TCP
+    surely failed (refused, no route, no name; a timeout may also be a hung TLS handshake)."""
+
+    def __init__(self, message: str, reachable: bool = True, tcp_down: bool = False) -> None:
+        super().__init__(message)
+        self.reachable = reachable
+        self.tcp_down = tcp_down
+
+
+# Once the reconnect backoff is longer than this, the wait is cut short by a TCP probe of
+# the broker's port every PROBE_INTERVAL_S (+-1/3 jitter): a dead broker still costs the
+# gateway no TLS handshakes, and its return is noticed within seconds, not minutes.
+PROBE_INTERVAL_S = 3.0
+PROBE_TIMEOUT_S = 2.0
+
+
+_NO_ROUTE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN,
+             errno.EADDRNOTAVAIL}
+
+
+def tcp_down(exc: BaseException) -> bool:
+    """True when TCP surely did not get through: nothing listens there, or no way there."""
+    if isinstance(exc, ssl.SSLError):
+        return False
+    return isinstance(exc, (ConnectionRefusedError, socket.gaierror)) or (
+        isinstance(exc, OSError) and exc.errno in _NO_ROUTE)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True for failures a TCP probe can tell the end of: tcp_down, or a timeout (which may
+    also be a broker that accepts TCP but hangs in TLS: see Uplink._wait_probing). A reset
+    or a TLS error means TCP got through: plain backoff."""
+    if isinstance(exc, ssl.SSLError):
+        return False
+    return tcp_down(exc) or isinstance(exc, (TimeoutError, socket.timeout))
+
+
+def tcp_probe(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Does anything accept a TCP connection at host:port? (SYN, SYN-ACK, close: no TLS.)"""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def topics(prefix: str, gateway_id: str) -> dict[str, str]:
@@ -106,6 +153,7 @@ class UplinkState:
     last_error: str | None = None
     connect_attempts: int = 0
     connect_failures: int = 0
+    probe_wakeups: int = 0  # backoff waits cut short because the broker's port answered
     messages_published: int = 0
     messages_acked: int = 0
     records_acked: int = 0
@@ -214,8 +262,13 @@ class Uplink:
                         log.warning("uplink: still failing: %s", msg)
                     self.state.last_error = msg
                     delay = random.uniform(backoff / 2, backoff)  # jitter: no fleet stampede
-                    log.info("uplink: retrying in %.1f s", delay)
-                    self._stopping.wait(delay)
+                    if exc.reachable or delay <= PROBE_INTERVAL_S:
+                        log.info("uplink: retrying in %.1f s", delay)
+                        self._stopping.wait(delay)
+                    else:
+                        log.info("uplink: retrying in %.1f s, or as soon as %s:%d accepts "
+                                 "TCP connections again", delay, self.s.host, self.s.port)
+                        self._wait_probing(delay, seen_down=exc.tcp_down)
                     backoff = min(self.s.reconnect_max_s, backoff * 2)
                     continue
                 backoff = self.s.reconnect_min_s
@@ -227,6 +280,28 @@ class Uplink:
                     self._teardown(client)
         finally:
             self._wake.close()
+
+    def _wait_probing(self, delay: float, seen_down: bool) -> None:
+        """Wait up to delay, returning early once the broker's port accepts TCP again after
+        it did not (seen_down: the failed connect, or a probe here). A port that answers
+        from the first probe on (a broker hung after TCP) keeps the whole backoff."""
+        deadline = time.monotonic() + delay
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._stopping.wait(min(left, random.uniform(PROBE_INTERVAL_S * 2 / 3,
+                                                            PROBE_INTERVAL_S * 4 / 3))):
+                return
+            if time.monotonic() >= deadline:
+                return
+            if not tcp_probe(self.s.host, self.s.port):
+                seen_down = True
+            elif seen_down:
+                self.state.probe_wakeups += 1
+                log.info("uplink: %s:%d accepts connections again; reconnecting now",
+                         self.s.host, self.s.port)
+                return
 
     def _connect(self) -> mqtt.Client:
         s = self.s
@@ -248,7 +323,8 @@ class Uplink:
             # written, and the CONNACK is read by this thread's own loop below.
             client.connect(s.host, s.port, keepalive=s.keepalive_s)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise ConnectFailed(explain_connect_error(exc, s.host, s.port)) from exc
+            raise ConnectFailed(explain_connect_error(exc, s.host, s.port),
+                                reachable=not unreachable(exc), tcp_down=tcp_down(exc)) from exc
         if not self._run_until(client, lambda: self._connack is not None
                                or self._stopping.is_set(), 15.0) or self._connack is None:
             closed = client.socket() is None  # the broker hung up (before our teardown does)
@@ -352,10 +428,11 @@ class Uplink:
                             detail={"in_flight": lost, "reason": self.state.last_error or ""}))
 
     def _status(self, state: str, **extra: Any) -> bytes:
+        """A signed status (gateway/uplink/status.py): readable JSON plus its ``sig``."""
         doc = {"state": state, "gateway": self.gateway_id, "ts_ms": now_ms(), **extra}
         if state == "online":
             doc.update(self.birth)
-        return json.dumps(doc, sort_keys=True).encode()
+        return sign_status(doc, self.key)
 
     def _pump(self, client: mqtt.Client) -> None:
         s = self.s

@@ -159,7 +159,9 @@ def bench_env(prefix: str, broker: bool = True, keep: bool = False,
         pki = tmp / "pki"
         make_pki(pki)
         if broker:
-            b = Broker(pki, data_dir=tmp / "broker")
+            # No ACL: the benchmarks' probe topics and raw baselines publish outside the
+            # gateway topic tree (tools.broker.render_acl), and it is the gateway under test.
+            b = Broker(pki, data_dir=tmp / "broker", acl=False)
             b.start()
         env = Env(tmp, pki, b)
         if split is not None:

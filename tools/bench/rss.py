@@ -171,7 +171,7 @@ def rss_phase(env: Env, backlog: int, meters: int, seconds: float, interval_s: f
 
 
 def idle_phase(env: Env, meters: int, settle: float, window: float, out: Out) -> dict[str, Any]:
-    broker = Broker(env.pki, data_dir=env.tmp / "broker")
+    broker = Broker(env.pki, data_dir=env.tmp / "broker", acl=False)  # as in common.bench_env
     broker.start()
     try:
         cfg = write_config(env, env.tmp / "idle.yaml", env.tmp / "idle.db", broker.port, meters,
