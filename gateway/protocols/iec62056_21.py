@@ -362,7 +362,8 @@ def exact_decimal(text: str) -> tuple[int, int] | None:
 
 
 def parse_data_sets(data: bytes) -> list[DataSet]:
-    """Data sets from the data part of a readout (lines of ``address(value*unit)...``)."""
+    """Data sets from the data part of a readout (lines of ``address(value*unit)...``); a
+    line starting with ``(`` continues the data set before it (DSMR 2.2/3 gas)."""
     out: list[DataSet] = []
     for raw_line in bytes(data).split(b"\n"):
         line = raw_line.strip(b"\r")
@@ -376,6 +377,11 @@ def parse_data_sets(data: bytes) -> list[DataSet]:
             pos = m.end()
             address = m[1].decode("ascii", "replace").strip()
             value, _, unit = m[2].decode("ascii", "replace").partition("*")
+            if not address and current is None and out:
+                current = out.pop()  # a line that starts with '(' continues the last one
+                current = DataSet(current.address, current.value, current.unit,
+                                  current.extra + (m[2].decode("ascii", "replace"),))
+                continue
             if address or current is None:
                 if current is not None:
                     out.append(current)
@@ -424,21 +430,9 @@ def parse_readout(data: bytes) -> Readout:
         return Readout(ident, tuple(parse_data_sets(body[:body.rindex(b"!")])), "bcc")
     if ident is None:
         raise Iec62056Error("neither a readout (STX ... ETX BCC) nor a telegram (/ident ...)")
-    bang = rest.rfind(b"!")
-    if bang < 0:
-        raise Iec62056Error("telegram without the end mark '!'")
-    tail = rest[bang + 1:].strip()
-    check = "none"
-    if tail:
-        if not re.fullmatch(rb"[0-9A-Fa-f]{4}", tail):
-            raise Iec62056Error(f"telegram CRC must be 4 hex digits, got {_show(tail)}")
-        start = data.find(b"/")
-        end = data.rfind(b"!")
-        crc = crc16_arc(data[start:end + 1])
-        if crc != int(tail, 16):
-            raise BccError(f"telegram CRC mismatch: says {tail.decode()}, computed {crc:04X}")
-        check = "crc16"
-    return Readout(ident, tuple(parse_data_sets(rest[:bang])), check)
+    from .p1 import frame_telegram  # the P1 framing: CRC leniency, trailing lines
+    _ident, body, check = frame_telegram(data)
+    return Readout(ident, tuple(parse_data_sets(body)), check)
 
 
 class PushSplitter:
@@ -497,8 +491,7 @@ class PushSplitter:
         bang = buf.find(b"!", head_end)
         if bang < 0:
             return None
-        crc = bytes(buf[bang + 1:bang + 5])
-        end = bang + 1 + (4 if len(crc) == 4 and all(c in _HEX for c in crc) else 0)
+        end = bang + 1 + _hex_run(buf, bang + 1)
         telegram = bytes(buf[:end])
         del buf[:end]
         return telegram
@@ -508,20 +501,31 @@ _HEX = frozenset(b"0123456789ABCDEFabcdef")
 
 
 def _push_end(buf: bytearray, bang: int) -> int:
-    """End of a push telegram whose '!' is at bang: '!' [4 hex digits of CRC] [CR LF].
-    -1 while the bytes after '!' could still be the start of a CRC or a line end."""
-    tail = bytes(buf[bang + 1:bang + 7])
-    if tail[:2] == CRLF:
-        return bang + 3
-    crc = 0
-    while crc < min(4, len(tail)) and tail[crc] in _HEX:
-        crc += 1
-    if crc == 4:
-        return bang + 5 + (2 if tail[4:6] == CRLF else 0) if len(tail) >= 6 or \
-            tail[4:5] not in (b"", b"\r") else -1
-    if crc == len(tail) or tail[:1] == b"\r" and len(tail) < 2:
-        return -1  # more may come
-    return bang + 1
+    """End of a push telegram whose '!' is at bang: '!' [CRC: 1-4 hex digits, a meter may
+    drop leading zeros] [CR LF]. -1 while the bytes after '!' could still be part of the
+    CRC or its line end. Anything else after '!' ends the telegram there (parse_p1 judges
+    it); lines after the CRC line are not part of the telegram."""
+    tail = bytes(buf[bang + 1:bang + 8])
+    n = 0
+    while n < len(tail) and tail[n] in _HEX:
+        n += 1
+    if n == len(tail):
+        return bang + 1 + n if n > 4 else -1  # more may come (flush() ends a quiet line)
+    c = tail[n]
+    if c == 0x0A:  # LF
+        return bang + 2 + n
+    if c == 0x0D:  # CR, LF expected
+        if n + 1 >= len(tail):
+            return -1
+        return bang + 2 + n + (1 if tail[n + 1] == 0x0A else 0)
+    return bang + 1 + n
+
+
+def _hex_run(buf: bytearray, at: int) -> int:
+    n = 0
+    while at + n < len(buf) and buf[at + n] in _HEX:
+        n += 1
+    return n
 
 
 def normalise_obis(address: str, prefix: str = "1-0:") -> str:
