@@ -45,6 +45,8 @@ def _attr(cluster: int, attr: int, tv: zcl.TypedValue | None, status: int | None
         out["status"] = zcl.status_name(status)
     if tv is not None:
         out.update(type=tv.type_name, value=_value(tv), invalid=tv.invalid)
+        if tv.noncanonical:
+            out["noncanonical"] = True  # e.g. a bool sent as 0x80: read as true
     return out
 
 
@@ -52,7 +54,7 @@ def describe_zcl(cluster: int, data: bytes) -> tuple[dict[str, Any], list[dict[s
     frame = zcl.parse_zcl(data)
     h, p = frame.header, frame.payload
     info: dict[str, Any] = {
-        "frame_type": "global" if h.is_global else "cluster-specific",
+        "frame_type": h.frame_type_name,
         "manufacturer": None if h.manufacturer is None else f"0x{h.manufacturer:04X}",
         "direction": "server to client" if h.direction else "client to server",
         "disable_default_response": h.disable_default_response,
@@ -119,6 +121,8 @@ def describe(raw: bytes, escaped: bool) -> dict[str, Any]:
             if msg is not None:
                 out["zdo"] = {k: (xbee.eui64_hex(v) if "ieee" in k else v) for k, v in
                               ((f.name, getattr(msg, f.name)) for f in dataclasses.fields(msg))}
+        elif not zcl.is_zcl_profile(frame.profile):
+            out["payload"] = "raw"  # a manufacturer profile (Digi 0xC105...): not ZCL
         else:
             out["zcl"], out["attributes"] = describe_zcl(frame.cluster, frame.data)
     elif isinstance(frame, xbee.RxIndicator):

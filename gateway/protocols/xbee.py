@@ -576,14 +576,27 @@ class FrameDecoder:
             return self._bad(f"bad checksum 0x{csum:02X}, expected 0x{checksum(data):02X}",
                              i if self.escaped else 1)
         raw = bytes(buf[:i])
-        del buf[:i]
         try:
             frame = parse_frame(data)
         except XBeeDecodeError as exc:
+            del buf[:i]
             self.bad_frames += 1
             return BadFrame(str(exc), raw)
+        # Anything else raised above leaves the frame in the buffer, so that the caller can
+        # show it (pending()) and skip() past its start delimiter.
+        del buf[:i]
         self.frames += 1
         return frame
+
+    def pending(self, limit: int = 1024) -> bytes:
+        """The undecoded bytes, from the frame being decoded up to the next delimiter."""
+        nxt = self._buf.find(START, 1)
+        return bytes(self._buf[:nxt if nxt > 0 else limit][:limit])
+
+    def skip(self, n: int = 1) -> None:
+        """Drop ``n`` bytes (a frame the decoder failed on): decoding resumes after them."""
+        del self._buf[:max(1, n)]
+        self.bad_frames += 1
 
 
 # --------------------------------------------------------------------------- frame ids

@@ -91,11 +91,14 @@ class TypedValue:
 
     ``value`` is an int for integer-like types (the raw number, sentinel included), a bool,
     a str, bytes, a Decimal (floats, exactly), or None when the encoding itself says
-    "invalid" (bool 0xFF, string length 0xFF, float NaN).
+    "invalid" (bool 0xFF, string length 0xFF, float NaN). ``noncanonical``: the encoding
+    was not the one the spec writes (a bool sent as 0x80: read as true, as zigpy and the
+    devices that send it mean, and flagged rather than failing the whole frame).
     """
 
     type_id: int
     value: Any
+    noncanonical: bool = False
 
     @property
     def type_name(self) -> str:
@@ -136,9 +139,7 @@ def decode_value(type_id: int, data: bytes) -> tuple[TypedValue, bytes]:
         if kind == "bool":
             if raw[0] == 0xFF:
                 return TypedValue(type_id, None), rest
-            if raw[0] > 1:
-                raise ZCLDecodeError(f"bool value 0x{raw[0]:02X} is not 0x00, 0x01 or 0xFF")
-            return TypedValue(type_id, bool(raw[0])), rest
+            return TypedValue(type_id, bool(raw[0]), raw[0] > 1), rest
         if kind == "float":
             (f,) = struct.unpack(_FLOAT_FMT[dt.size], raw)
             return TypedValue(type_id, None if f != f else Decimal(f)), rest
@@ -222,6 +223,7 @@ def status_name(code: int) -> str:
 
 FRAME_TYPE_GLOBAL = 0b00
 FRAME_TYPE_CLUSTER = 0b01
+FRAME_TYPES_RESERVED = (0b10, 0b11)  # ZCL 2.4.1.1.1: reserved; the payload is kept raw
 DIRECTION_TO_SERVER = 0
 DIRECTION_TO_CLIENT = 1
 
@@ -244,6 +246,15 @@ class ZCLHeader:
     @property
     def is_global(self) -> bool:
         return self.frame_type == FRAME_TYPE_GLOBAL
+
+    @property
+    def is_reserved(self) -> bool:
+        return self.frame_type in FRAME_TYPES_RESERVED
+
+    @property
+    def frame_type_name(self) -> str:
+        return {FRAME_TYPE_GLOBAL: "global", FRAME_TYPE_CLUSTER: "cluster-specific"}.get(
+            self.frame_type, f"reserved ({self.frame_type:02b})")
 
     def serialize(self) -> bytes:
         if self.frame_type not in (0, 1, 2, 3) or self.direction not in (0, 1):
@@ -549,6 +560,9 @@ class ZCLFrame:
 
     @property
     def command_name(self) -> str:
+        if self.header.is_reserved:
+            return f"command 0x{self.header.command:02X} of reserved frame type " \
+                   f"{self.header.frame_type:02b}"
         if self.header.is_global:
             return GENERAL_COMMANDS.get(self.header.command, f"0x{self.header.command:02X}")
         return f"cluster command 0x{self.header.command:02X}"
@@ -662,7 +676,14 @@ CLUSTER_NAMES: dict[int, str] = {
 }
 
 PROFILES: dict[int, str] = {0x0000: "ZDP", 0x0104: "Home Automation", 0x0109: "Smart Energy",
-                            0xC105: "Digi"}
+                            0xC105: "Digi", 0xC05E: "Zigbee Light Link", 0xA1E0: "Green Power"}
+
+
+def is_zcl_profile(profile: int) -> bool:
+    """Public application profiles (0x0001-0x7FFF: HA, SE, building, health...), Green
+    Power and ZLL carry ZCL frames; ZDP (0x0000) and manufacturer profiles (Digi's 0xC105
+    and the rest of 0x8000-0xFFFF) carry their own payloads."""
+    return 0x0001 <= profile <= 0x7FFF or profile in (0xA1E0, 0xC05E)
 
 
 def attribute_name(cluster: int, attribute_id: int) -> str:

@@ -1,0 +1,154 @@
+"""The public ZCL corpus (tests/corpus/zcl.json, copied from ../shared/corpus/dlms_zigbee.json):
+XBee API frames carrying ZCL (real captures and zigpy-serialised Report Attributes of every
+Metering / Electrical Measurement attribute) decode to zigpy's reading; XBee frames to their
+source's fields. Exceptions are listed with the reason. Plus issue 14 item 10 regressions and
+mutations of the corpus frames with the checksum recomputed."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from gateway.commands.decode_xbee import describe
+from gateway.protocols import xbee, zcl, zdo
+
+CORPUS = json.loads((Path(__file__).parent / "corpus" / "zcl.json").read_text())["zcl"]
+ZCL = [z for z in CORPUS if z["kind"] != "xbee-frame"]
+FRAMES = [z for z in CORPUS if z["kind"] == "xbee-frame"]
+
+# Frames where we read something else than zigpy on purpose.
+EXCEPTIONS: dict[str, str] = {
+    "synthetic-report:196":
+        "octet string with length 0xFF: zigpy raises 'Data is too short'; ZCL 2.6.2 makes a "
+        "length of 0xFF the invalid value of the type, so we read it as invalid (None).",
+}
+
+
+def _zcl_of(z: dict) -> tuple[xbee.ExplicitRxIndicator, zcl.ZCLFrame]:
+    data = xbee.decode_frame(bytes.fromhex(z["frame_hex"]), z["api_mode"] == 2)
+    frame = xbee.parse_frame(data)
+    assert isinstance(frame, xbee.ExplicitRxIndicator)
+    assert frame.data == bytes.fromhex(z["zcl_hex"]) and frame.cluster == z["cluster"]
+    return frame, zcl.parse_zcl(frame.data)
+
+
+def _same(expected: dict, tv: zcl.TypedValue) -> bool:
+    ev, kind = expected["value"], expected["kind"]
+    if kind == "bool":
+        return tv.value is None if ev == 255 else tv.value is bool(ev)
+    if kind == "float":
+        # zigpy prints the float's shortest repr, we keep its exact binary value: the same
+        # IEEE number, so compare them as floats.
+        return tv.value is not None and float(tv.value) == float(ev)
+    if kind == "str" and expected.get("invalid_len"):
+        return tv.value is None and tv.invalid  # zigpy: '' flagged invalid_len
+    if kind == "bytes":
+        return tv.value == bytes.fromhex(ev)
+    return tv.value == ev
+
+
+@pytest.mark.parametrize("z", ZCL, ids=[z["id"] for z in ZCL])
+def test_every_zcl_frame_reads_as_zigpy_reads_it(z):
+    if z["id"] in EXCEPTIONS:
+        pytest.skip(EXCEPTIONS[z["id"]])
+    assert z["oracle_error"] is None
+    _, frame = _zcl_of(z)
+    h = frame.header
+    exp = z["expected_header"]
+    assert (h.command, h.direction, h.manufacturer, h.seq) == (
+        exp["command"], exp["direction"], exp["manufacturer"], exp["seq"])
+    assert h.command == z["expected_command"]
+    assert isinstance(frame.payload, zcl.ReportAttributes)
+    got = frame.payload.reports
+    assert [(r.attribute_id, r.value.type_id) for r in got] == [
+        (e["id"], e["type"]) for e in z["expected_records"]]
+    for e, r in zip(z["expected_records"], got):
+        assert _same(e, r.value), (e, r.value)
+
+
+def test_the_listed_exception_reads_as_the_zcl_invalid_value():
+    z = next(z for z in ZCL if z["id"] == "synthetic-report:196")
+    assert z["oracle_error"]
+    _, frame = _zcl_of(z)
+    (r,) = frame.payload.reports
+    assert r.value.type_name == "octstr" and r.value.value is None and r.value.invalid
+
+
+@pytest.mark.parametrize("z", FRAMES, ids=[z["id"] for z in FRAMES])
+def test_xbee_frames_decode_to_their_fields(z):
+    info = describe(bytes.fromhex(z["frame_hex"]), z["api_mode"] == 2)
+    assert {k: info.get(k) for k in z["expected_fields"]} == z["expected_fields"]
+
+
+# --------------------------------------------------------------------------- item 10
+
+DIGI = next(z for z in FRAMES if z["id"] == "xbee-frame:211")
+
+
+def test_a_0x91_frame_on_a_digi_profile_is_a_raw_payload_not_zcl():
+    info = describe(bytes.fromhex(DIGI["frame_hex"]), False)
+    assert info["profile"] == "0xC105" and info["payload"] == "raw"
+    assert info["data"] == "527844617461" and "zcl" not in info
+    # a payload that is no ZCL header at all (1 byte) is fine too on that profile
+    short = xbee.encode(xbee.ExplicitRxIndicator(0x0013A20040522BAA, 0x7D84, 0xE0, 0xE0,
+                                                 0x0011, 0xC105, 0x01, b"\x00"), False)
+    info = describe(short, False)
+    assert info["payload"] == "raw" and info["data"] == "00"
+    assert not zcl.is_zcl_profile(0xC105) and zcl.is_zcl_profile(0x0104)
+    assert zcl.is_zcl_profile(0x0109) and not zcl.is_zcl_profile(zdo.ZDO_PROFILE)
+
+
+@pytest.mark.parametrize("fc", [0x02, 0x03, 0x1A, 0x0B])
+def test_reserved_zcl_frame_types_are_reported_as_reserved(fc):
+    f = zcl.parse_zcl(bytes([fc, 0x42, 0x0A]) + b"\x00\x00\x20\x01")
+    assert f.header.is_reserved and not f.header.is_global
+    assert f.header.frame_type_name == f"reserved ({fc & 3:02b})"
+    assert isinstance(f.payload, zcl.RawPayload) and f.payload.data == b"\x00\x00\x20\x01"
+    assert "reserved frame type" in f.command_name
+    frame = xbee.encode(xbee.ExplicitRxIndicator(1, 2, 1, 1, zcl.METERING, 0x0104, 1,
+                                                 bytes([fc, 0x42, 0x0A])), False)
+    assert describe(frame, False)["zcl"]["frame_type"].startswith("reserved")
+
+
+@pytest.mark.parametrize("raw,flag", [(0x80, True), (0x82, True), (0x01, False),
+                                      (0x00, False)])
+def test_a_non_canonical_boolean_is_true_and_flagged(raw, flag):
+    tv, rest = zcl.decode_value(zcl.BOOL, bytes([raw]) + b"x")
+    assert (tv.value, tv.noncanonical, rest) == (raw != 0, flag, b"x")
+    z = next(z for z in ZCL if z["id"] == "real-zcl:6")  # konke: bool 0x80 in a report
+    info = describe(bytes.fromhex(z["frame_hex"]), False)
+    (a,) = info["attributes"]
+    assert a["value"] is True and a["noncanonical"] is True and a["invalid"] is False
+
+
+# --------------------------------------------------------------------------- robustness
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(CORPUS), st.data())
+def test_mutated_corpus_frames_with_the_checksum_recomputed_raise_only_decode_errors(z, data):
+    body = bytearray(xbee.decode_frame(bytes.fromhex(z["frame_hex"]), z["api_mode"] == 2))
+    kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "byte"]))
+    pos = data.draw(st.integers(0, len(body) - 1))
+    if kind == "flip":
+        body[pos] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "truncate":
+        del body[max(1, pos):]
+    elif kind == "insert":
+        body[pos:pos] = data.draw(st.binary(min_size=1, max_size=6))
+    else:
+        body[pos] = data.draw(st.integers(0, 255))
+    for escaped in (False, True):
+        raw = xbee.encode_frame(bytes(body), escaped)  # the checksum recomputed
+        try:
+            describe(raw, escaped)
+        except (xbee.XBeeDecodeError, zcl.ZCLDecodeError, zdo.ZDODecodeError):
+            pass
+        dec = xbee.FrameDecoder(escaped=escaped)
+        dec.receive_data(raw)
+        for _ in range(len(raw) + 2):
+            if dec.next_event() is xbee.NEED_DATA:
+                break
