@@ -348,3 +348,12 @@ def test_a_codec_raising_anything_does_not_stop_a_polled_bus(monkeypatch):
     assert 1 <= len(dec) <= 2  # one per meter per minute
     assert dec[0].detail["hex"] and "Error" in dec[0].detail["error"]
     assert not any(isinstance(x, Event) and x.kind == "driver.crashed" for x in sink.records)
+
+
+def test_readings_and_decode_output_stay_exact_beyond_28_digits():
+    from gateway.commands.decode import exact_str
+    m = 1234567890123456789012345678901234567890123
+    r = Reading("m", "1-0:1.8.0", m, -10, "kWh", None, 0)
+    assert str(r.value) == "123456789012345678901234567890123.4567890123"
+    assert exact_str(m, -10) == "123456789012345678901234567890123.4567890123"
+    assert exact_str(-5, -1) == "-0.5" and exact_str(0, -3) == "0.000" and exact_str(12, 2) == "1200"

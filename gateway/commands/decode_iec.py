@@ -13,10 +13,9 @@ import argparse
 import datetime as dt
 import os
 import re
-from decimal import Decimal
 from typing import Any
 
-from .decode import DecodeFailed, print_json, read_bytes_arg
+from .decode import DecodeFailed, exact_str, print_json, read_bytes_arg
 
 HELP = "an IEC 62056-21 readout (mode A-C) or a P1 / mode D telegram, as HEX, a file or -"
 
@@ -74,9 +73,6 @@ def _utc(ms: int | None) -> str | None:
         "+00:00", "Z")
 
 
-def _exact(m: int, e: int) -> str:
-    digits = tuple(int(c) for c in str(abs(m)))
-    return format(Decimal((1 if m < 0 else 0, digits, e)), "f")  # no context rounding
 
 
 def decode(raw: bytes, obis_prefix: str = "1-0:", tz: str | None = None) -> dict[str, Any]:
@@ -96,7 +92,7 @@ def decode(raw: bytes, obis_prefix: str = "1-0:", tz: str | None = None) -> dict
             if ex is None:
                 others.append({"address": v.obis, "value": v.text, "unit": v.unit})
                 continue
-            item: dict[str, Any] = {"obis": obis, "value": _exact(*ex), "unit": v.unit}
+            item: dict[str, Any] = {"obis": obis, "value": exact_str(*ex), "unit": v.unit}
             if v.ts_ms is not None:
                 item["time"] = _utc(v.ts_ms)
             if v.buffer:
@@ -110,7 +106,7 @@ def decode(raw: bytes, obis_prefix: str = "1-0:", tz: str | None = None) -> dict
             ex = ds.exact()
             if ex is not None:
                 readings.append({"obis": iec.normalise_obis(ds.address, obis_prefix),
-                                 "value": _exact(*ex), "unit": ds.unit})
+                                 "value": exact_str(*ex), "unit": ds.unit})
             else:
                 others.append({"address": ds.address, "value": ds.value, "unit": ds.unit})
     out: dict[str, Any] = {
