@@ -357,3 +357,24 @@ def test_readings_and_decode_output_stay_exact_beyond_28_digits():
     assert str(r.value) == "123456789012345678901234567890123.4567890123"
     assert exact_str(m, -10) == "123456789012345678901234567890123.4567890123"
     assert exact_str(-5, -1) == "-0.5" and exact_str(0, -3) == "0.000" and exact_str(12, 2) == "1200"
+
+
+def test_a_telegram_cut_short_by_the_next_one_does_not_take_it_down():
+    cut = V4_2[:len(V4_2) // 2]
+    sp = iec.PushSplitter()
+    sp.receive_data(cut + V4_2)
+    first, second = sp.next_telegram(), sp.next_telegram()
+    assert first == cut and sp.truncated == 1
+    with pytest.raises(iec.Iec62056Error, match="end mark"):
+        p1.parse_p1(first)
+    assert second == V4_2 and p1.parse_p1(second).check == "crc16"
+
+
+def test_an_exclamation_mark_inside_a_line_is_not_the_end_mark():
+    raw = with_crc("/XXX5TEST\r\n\r\n0-0:96.13.0(hi!there)\r\n1-0:1.8.0(1.5*kWh)\r\n!")
+    sp = iec.PushSplitter()
+    sp.receive_data(raw)
+    t = sp.next_telegram()
+    assert t == raw
+    tg = p1.parse_p1(t)
+    assert tg.get("0-0:96.13.0").text == "hi!there" and tg.get("1-0:1.8.0").value == Decimal("1.5")

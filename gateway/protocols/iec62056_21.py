@@ -439,12 +439,15 @@ class PushSplitter:
     """Cuts the byte stream of a meter that pushes (mode D, P1-like) into telegrams for
     :func:`parse_readout`: ``/ident CRLF ... STX data ETX BCC`` or ``/ident CRLF ... ! [CRC]
     CRLF``. Bytes before a ``/`` are skipped and counted; a telegram that outgrows
-    MAX_BLOCK is dropped (counted) and the search starts again."""
+    MAX_BLOCK is dropped (counted) and the search starts again; one cut short by a ``/``
+    (the next telegram's start; never data, §6.5) is handed over as it is, for the parser to
+    refuse, so the next one is not lost with it."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self.garbage_bytes = 0
         self.oversized = 0
+        self.truncated = 0  # telegrams cut short by the start of the next one
 
     def receive_data(self, data: bytes) -> None:
         self._buf += bytes(b & 0x7F for b in data)
@@ -463,7 +466,14 @@ class PushSplitter:
         end = -1
         if head_end >= 0:
             stx = buf.find(bytes([STX]), head_end)
-            bang = buf.find(b"!", head_end)
+            bang = _end_mark(buf, head_end)
+            # '/' is never data (§6.5): one before the end is the next telegram's start
+            cut = buf.find(b"/", head_end)
+            if cut >= 0 and all(x < 0 or cut < x for x in (stx, bang)):
+                self.truncated += 1
+                telegram = bytes(buf[:cut])  # parse_readout/parse_p1 will say why
+                del buf[:cut]
+                return telegram
             if stx >= 0 and (bang < 0 or stx < bang):
                 etx = _find_end(buf[stx:])
                 end = stx + etx + 2 if etx >= 0 else -1
@@ -488,7 +498,7 @@ class PushSplitter:
         head_end = buf.find(CRLF)
         if not buf.startswith(b"/") or head_end < 0 or buf.find(bytes([STX]), head_end) >= 0:
             return None
-        bang = buf.find(b"!", head_end)
+        bang = _end_mark(buf, head_end)
         if bang < 0:
             return None
         end = bang + 1 + _hex_run(buf, bang + 1)
@@ -498,6 +508,12 @@ class PushSplitter:
 
 
 _HEX = frozenset(b"0123456789ABCDEFabcdef")
+
+
+def _end_mark(buf: bytearray, head_end: int) -> int:
+    """Index of the end mark '!' that starts a line after the identification, or -1."""
+    i = buf.find(b"\n!", head_end)
+    return i + 1 if i >= 0 else -1
 
 
 def _push_end(buf: bytearray, bang: int) -> int:
