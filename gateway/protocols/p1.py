@@ -84,8 +84,11 @@ class P1Telegram:
     meter_ts_ms: int | None   # the telegram's own time stamp (0-0:1.0.0), if any
 
     def get(self, obis: str) -> P1Value | None:
-        """The first (non-buffer) value of a data line."""
-        return next((v for v in self.values if v.obis == obis and not v.buffer), None)
+        """The first (non-buffer) value of a data line; else the value a line says it
+        captured from that object (DSMR 2.2/3: ``0-1:24.3.0`` holds ``0-1:24.2.1``)."""
+        current = [v for v in self.values if not v.buffer]
+        return next((v for v in current if v.obis == obis), None) or \
+            next((v for v in current if v.source == obis), None)
 
 
 def exact_text(value: Decimal) -> str:
