@@ -152,3 +152,23 @@ def test_mutated_corpus_frames_with_the_checksum_recomputed_raise_only_decode_er
         for _ in range(len(raw) + 2):
             if dec.next_event() is xbee.NEED_DATA:
                 break
+
+
+def test_arrays_and_structures_decode_as_zcl_2_6_2_says():
+    # Xiaomi-style 0xFF02 structure: 3 elements (bool, uint16, int8), then another record
+    struct = bytes.fromhex("0300" "1001" "21e40c" "28ec") + b"rest"
+    tv, rest = zcl.decode_value(0x4C, struct)
+    assert rest == b"rest" and [(e.type_name, e.value) for e in tv.value] == [
+        ("bool", True), ("uint16", 3300), ("int8", -20)]
+    arr, rest = zcl.decode_value(0x48, bytes.fromhex("21020001000200"))
+    assert [e.value for e in arr.value] == [1, 2] and rest == b""
+    assert zcl.decode_value(0x48, arr.serialize())[0] == arr
+    assert zcl.decode_value(0x4C, tv.serialize())[0] == tv
+    assert zcl.decode_value(0x4C, b"\xff\xff")[0].invalid  # count 0xFFFF: invalid value
+    for bad in ("4c0500" "1001", "48", "4821ffee", "4c01004c01004c0100" * 4):
+        with pytest.raises(zcl.ZCLDecodeError):
+            zcl.decode_value(bytes.fromhex(bad)[0], bytes.fromhex(bad)[1:])
+    report = bytes.fromhex("1c5f11010a02ff4c0300100121e40c28ec")
+    frame = xbee.encode(xbee.ExplicitRxIndicator(1, 2, 1, 1, 0x0000, 0x0104, 1, report), False)
+    (a,) = describe(frame, False)["attributes"]
+    assert a["type"] == "struct" and a["value"][1] == {"type": "uint16", "value": 3300}

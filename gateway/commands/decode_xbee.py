@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _plain(v: Any) -> Any:
     if isinstance(v, bytes):
         return v.hex()
+    if isinstance(v, tuple):  # array / structure elements
+        return [{"type": e.type_name, "value": _plain(e.value)} for e in v]
     if isinstance(v, Decimal):
         return format(v, "f")
     return v
