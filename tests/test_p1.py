@@ -386,3 +386,18 @@ def test_an_exclamation_mark_inside_a_line_is_not_the_end_mark():
     assert t == raw
     tg = p1.parse_p1(t)
     assert tg.get("0-0:96.13.0").text == "hi!there" and tg.get("1-0:1.8.0").value == Decimal("1.5")
+
+
+def test_readout_data_sets_take_the_p1_shapes_too():
+    from gateway.drivers.iec62056_21 import Iec62056Driver
+    d = Iec62056Driver("iec", {"serial": {"port": "/dev/null"}, "meters": [{"id": "m"}]},
+                       ListSink())
+    body = (b"0-0:1.0.0(161113205757W)\r\n1-0:1.8.0(00123.4*kWh)(2402211200)\r\n"
+            b"0-1:24.2.1(161129200000W)(00981.443*m3)\r\n")
+    r = {x.quantity: x for x in d._to_readings(d.meters[0], iec.parse_data_sets(body), 7)}
+    assert (r["1-0:1.8.0"].mantissa, r["1-0:1.8.0"].exponent, r["1-0:1.8.0"].quality) == \
+        (1234, -1, ())
+    assert r["1-0:1.8.0"].meter_ts_ms == _ms(2016, 11, 13, 20, 57, 57, hours=1)
+    assert (r["0-1:24.2.1"].mantissa, r["0-1:24.2.1"].meter_ts_ms) == \
+        (981443, _ms(2016, 11, 29, 20, 0, 0, hours=1))
+    assert QUALITY_HISTORIC in r["0-1:24.2.1"].quality and len(r) == 2

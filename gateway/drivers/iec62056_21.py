@@ -403,16 +403,25 @@ class Iec62056Driver(OwnsSerialPort, Driver):
         return self._to_readings(m, sets, rx)
 
     def _to_readings(self, m: MeterState, sets: Any, rx: int) -> list[Reading]:
+        """Registers of a readout's data sets, read by the shape of their groups like P1
+        lines (``(time)(value*unit)`` gives the value at that time)."""
         from ..protocols import iec62056_21 as iec
+        from ..protocols import p1
         o = m.opts
         prefix = o.get("obis_prefix", "1-0:")
+        clock = next((ds for ds in sets if ds.address in ("0-0:1.0.0", "1.0.0")), None)
+        meter_ts = p1.parse_timestamp(clock.value) if clock is not None else None
         out = []
         for ds in sets:
-            ex = ds.exact()
-            if ex is None or not ds.unit:
-                continue  # dates, serial numbers, unitless counters: not registers
-            out.append(Reading(o["id"], iec.normalise_obis(ds.address, prefix), ex[0], ex[1],
-                               ds.unit, None, rx, (), self.bus))
+            first = ds.value + ("*" + ds.unit if ds.unit else "")
+            for v in p1.interpret(ds.address, (first,) + tuple(ds.extra)):
+                ex = v.exact()
+                if ex is None or not v.unit or v.buffer:
+                    continue  # dates, serial numbers, unitless counters: not registers
+                own = v.ts_ms is not None
+                out.append(Reading(o["id"], iec.normalise_obis(ds.address, prefix), ex[0],
+                                   ex[1], v.unit, v.ts_ms if own else meter_ts, rx,
+                                   (QUALITY_HISTORIC,) if own else (), self.bus))
         return out
 
     def _readout(self, m: MeterState, dec: Any) -> list[Any]:

@@ -138,6 +138,13 @@ def frame_telegram(data: bytes) -> tuple[Identification, bytes, str]:
     return ident, raw[head_end + 1:bang], check
 
 
+def interpret(obis: str, groups: list[str] | tuple[str, ...],
+              tz: dt.tzinfo | str | None = None) -> list[P1Value]:
+    """The values of one data line ``obis(group)(group)...`` by the shape of its groups
+    (for readouts of modes A-C, whose data sets take the same shapes)."""
+    return _interpret(obis, list(groups), _zone(tz))
+
+
 def parse_timestamp(text: str, tz: dt.tzinfo | str | None = None) -> int | None:
     """``YYMMDDhhmmss[W|S]`` -> ms since the epoch (UTC); None if it is not a valid time."""
     return _timestamp(text, _zone(tz))
