@@ -105,7 +105,7 @@ def describe(raw: bytes, escaped: bool) -> dict[str, Any]:
             out[name] = f"0x{v:04X}" if name != "frame_type" else out[name]
         elif name != "data":
             out[name] = _plain(v)
-    if isinstance(frame, xbee.ATCommandResponse):
+    if isinstance(frame, (xbee.ATCommandResponse, xbee.RemoteATCommandResponse)):
         out["status_name"] = xbee.AT_STATUS.get(frame.status, "?")
     if isinstance(frame, xbee.TransmitStatus):
         out["delivery"] = xbee.DELIVERY_STATUS.get(frame.delivery_status, "?")
