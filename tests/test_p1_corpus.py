@@ -38,10 +38,10 @@ def test_every_reference_value_is_read_exactly(t):
     tg = p1.parse_p1(_telegram(t))
     assert tg.check == ("crc16" if t["has_crc"] else "none")
     for e in t["expected"]:
-        v = tg.get(e["obis"])
-        assert v is not None, e
-        assert (v.value, v.unit) == (Decimal(e["value"]), e["unit"]), e
-        assert str(v.value) == str(Decimal(e["value"].lstrip("0") or "0")) or v.value == 0
+        # a line may carry several values (a buffer: monthly peaks...), and a DSMR 2.2/3
+        # profile is also known by the object it captured: any of them may be the one
+        got = [(v.value, v.unit) for v in tg.values if e["obis"] in (v.obis, v.source)]
+        assert (Decimal(e["value"]), e["unit"]) in got, (e, got)
 
 
 @pytest.mark.parametrize("t", CORPUS, ids=[t["id"] for t in CORPUS])
