@@ -88,17 +88,18 @@ def test_fluvius_peak_demand_channels_and_monthly_peaks():
                                                    _ms(2020, 5, 9, 13, 45, 58, hours=2))
     assert tg.get("0-1:24.2.3").value == Decimal("112.384")
     assert tg.get("0-2:24.2.1").value == Decimal("872.234")
-    hist = [v for v in tg.values if v.obis == "0-0:98.1.0"]
+    hist = [v for v in tg.values if v.obis == "0-0:98.1.0" and v.buffer]
     assert [(v.value, v.unit, v.source, v.buffer) for v in hist] == [
         (Decimal("3.695"), "kW", "1-0:1.6.0", True), (Decimal("5.980"), "kW", "1-0:1.6.0", True),
         (Decimal("4.318"), "kW", "1-0:1.6.0", True)]
     assert hist[2].ts_ms == _ms(2020, 2, 10, 3, 54, 21, hours=1)  # the peak's own time
-    assert tg.get("0-0:98.1.0") is None  # no current value: a history buffer
+    count = tg.get("0-0:98.1.0")  # the line's own value: how many entries it holds
+    assert (count.value, count.unit, count.buffer) == (3, "", False)
 
 
 def test_power_failure_log_is_a_buffer_not_a_register():
     tg = p1.parse_p1(V4_2)
-    log = [v for v in tg.values if v.obis == "1-0:99.97.0"]
+    log = [v for v in tg.values if v.obis == "1-0:99.97.0" and v.buffer]
     assert [(v.value, v.unit, v.buffer) for v in log] == [
         (Decimal("237126"), "s", True), (Decimal("2147583646"), "s", True),
         (Decimal("2317482647"), "s", True)]

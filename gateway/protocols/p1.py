@@ -15,7 +15,7 @@ as DSMR, Fluvius and the Nordic/Austrian P1 variants write them:
 * ``(ts)(status)(interval)(n)(obis)(unit)`` with ``(value)`` on the next line: the DSMR
   2.2/3 gas profile ``0-n:24.3.0``; a line that starts with ``(`` continues the previous.
 * ``(n)(obis)...(entries)``: a buffer (power failure log ``1-0:99.97.0``, Fluvius monthly
-  peaks ``0-0:98.1.0``): one value per entry, flagged ``buffer``.
+  peaks ``0-0:98.1.0``): its count n, then one value per entry, flagged ``buffer``.
 
 Values stay exact (Decimal built from the digits, never through a context that rounds).
 Timestamps without a W/S flag (DSMR 2.2/3) are read in ``tz`` (default Europe/Amsterdam,
@@ -253,18 +253,19 @@ def _interpret(obis: str, g: list[str], zone: dt.tzinfo) -> list[P1Value]:
 
 
 def _buffer(obis: str, g: list[str], zone: dt.tzinfo) -> list[P1Value]:
-    """``(n)(obis)...(entries)``: n entries of equal width, each ending in its value and
-    carrying its time in the last time stamp before it. A count that does not fit the
-    groups gives no entries (the line is kept out rather than misread)."""
+    """``(n)(obis)...(entries)``: the count n (the line's own value, unitless), then n
+    entries of equal width, each ending in its value and carrying its time in the last
+    time stamp before it. A count that does not fit the groups gives no entries (they are
+    kept out rather than misread)."""
     n = int(g[0])
     k = 1
     while k < len(g) and _OBIS.fullmatch(g[k]):
         k += 1
     sources, rest = g[1:k], g[k:]
+    out = [P1Value(obis, Decimal(n), g[0], "")]
     if n == 0 or not rest or len(rest) % n:
-        return []
+        return out
     width = len(rest) // n
-    out = []
     for i in range(n):
         entry = rest[i * width:(i + 1) * width]
         ts = next((_timestamp(x, zone) for x in reversed(entry[:-1]) if _is_tst(x)), None)
