@@ -402,3 +402,26 @@ def test_readout_data_sets_take_the_p1_shapes_too():
     assert (r["0-1:24.2.1"].mantissa, r["0-1:24.2.1"].meter_ts_ms) == \
         (981443, _ms(2016, 11, 29, 20, 0, 0, hours=1))
     assert QUALITY_HISTORIC in r["0-1:24.2.1"].quality and len(r) == 2
+
+
+def test_a_splitter_raising_anything_does_not_stop_the_p1_driver(monkeypatch):
+    from tools.sim.iec62056_21 import start
+    real = iec.PushSplitter.next_telegram
+    calls = {"n": 0}
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] % 7 == 3:
+            raise EXCEPTIONS[calls["n"] % len(EXCEPTIONS)]
+        return real(self)
+
+    monkeypatch.setattr(iec.PushSplitter, "next_telegram", flaky)
+    sim = start(1, push_s=0.05, push_raw=[V4_2])
+    try:
+        d, sink = _listen(sim, lambda d, s: d.meter_stats()["p1m"]["decode_errors"] >= 3
+                          and d.meter_stats()["p1m"]["success"] >= 5)
+    finally:
+        sim.stop()
+    assert d.meter_stats()["p1m"]["success"] >= 5
+    ev = [x for x in sink.records if isinstance(x, Event)]
+    assert [e.kind for e in ev] == ["meter.decode_error"]

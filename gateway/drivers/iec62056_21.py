@@ -225,17 +225,23 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                 self.log.error("port %s failed: %s; reopening", self.serial_opts["port"], exc)
                 self._close()
                 return
-            if data:
-                if self.soft_parity:
-                    m.stats["parity_errors"] += iec.parity_errors(data)
-                split.receive_data(data)
-                telegram = split.next_telegram()
-            else:
-                telegram = split.flush()  # quiet line: a telegram without a final CR LF
-            while telegram is not None:
-                if self._push_telegram(m, telegram):
-                    last_ok = time.monotonic()
-                telegram = split.next_telegram()
+            if data and self.soft_parity:
+                m.stats["parity_errors"] += iec.parity_errors(data)
+            try:
+                if data:
+                    split.receive_data(data)
+                    telegram = split.next_telegram()
+                else:
+                    telegram = split.flush()  # quiet line: a telegram without a final CR LF
+                for _ in range(len(data) + 16):  # each telegram takes a byte at least
+                    if telegram is None:
+                        break
+                    if self._push_telegram(m, telegram):
+                        last_ok = time.monotonic()
+                    telegram = split.next_telegram()
+            except Exception as exc:  # noqa: BLE001 - a splitter bug: drop what it holds
+                self._decode_error(m, bytes(split.pending()), exc)
+                split = iec.PushSplitter()
             silent = time.monotonic() - last_ok
             if silent > 3 * self.interval_s and not self._silent_reported:
                 self._silent_reported = True

@@ -452,6 +452,10 @@ class PushSplitter:
     def receive_data(self, data: bytes) -> None:
         self._buf += bytes(b & 0x7F for b in data)
 
+    def pending(self) -> bytes:
+        """What is buffered and not yet a telegram (for diagnostics)."""
+        return bytes(self._buf)
+
     def next_telegram(self) -> bytes | None:
         buf = self._buf
         start = buf.find(b"/")
