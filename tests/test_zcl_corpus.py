@@ -185,3 +185,9 @@ def test_remote_at_command_response_is_decoded():
     assert (info["frame_type"], info["source64"], info["source16"], info["command"],
             info["status_name"], info["data"]) == ("0x97", "0013a20040522baa", "0x7D84", "SL",
                                                    "OK", "40522baa")
+
+
+def test_character_strings_end_at_the_first_nul_octet_strings_do_not():
+    assert zcl.decode_value(zcl.STR, b"\x08lumi.ab\x00x")[0].value == "lumi.ab"
+    assert zcl.decode_value(zcl.STR, b"\x07lumi.ab\x00")[0].value == "lumi.ab"
+    assert zcl.decode_value(zcl.OCTSTR, b"\x03a\x00b")[0].value == b"a\x00b"

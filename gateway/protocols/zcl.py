@@ -166,7 +166,8 @@ def decode_value(type_id: int, data: bytes, _depth: int = 0) -> tuple[TypedValue
         raise ZCLDecodeError(f"truncated {dt.name}: length {n}, {len(data) - width} bytes")
     raw, rest = data[width:width + n], data[width + n:]
     if kind.startswith("string"):
-        return TypedValue(type_id, raw.decode("utf-8", errors="replace")), rest
+        # devices pad names with NULs (Xiaomi, Tuya): the text ends at the first one
+        return TypedValue(type_id, raw.split(b"\0")[0].decode("utf-8", errors="replace")), rest
     return TypedValue(type_id, bytes(raw)), rest
 
 
