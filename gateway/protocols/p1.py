@@ -52,7 +52,7 @@ class P1Error(Iec62056Error):
 class P1Value:
     """One value of a data line.
 
-    ``value`` is the exact number (None for text: identifiers, tariffs codes are also
+    ``value`` is the exact number (None for text: identifiers and tariff codes are also
     numbers when they are digits); ``text`` the group as sent, without the unit. ``ts_ms``
     is the value's own capture time (gas, peaks), not the telegram's. ``source`` names the
     object the line says it captured (DSMR 2.2/3 ``24.3.0``, buffers). ``buffer``: an entry
