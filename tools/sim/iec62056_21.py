@@ -185,9 +185,17 @@ def main() -> None:
     p.add_argument("--silent", action="append", default=[], help="address of a silent meter")
     p.add_argument("--bad-bcc", action="store_true")
     p.add_argument("--delay-s", type=float, default=0.0)
+    p.add_argument("--push-s", type=float, help="mode D: push a telegram this often")
+    p.add_argument("--push-file", action="append", default=[],
+                   help="mode D: push this captured telegram (repeatable, pushed in turn)")
     a = p.parse_args()
+    raw = []
+    for name in a.push_file:
+        with open(name, "rb") as f:
+            raw.append(f.read())
     sim = start(a.meters, baud_char=a.baud_char, password=a.password, silent=tuple(a.silent),
-                bad_bcc=a.bad_bcc, delay_s=a.delay_s)
+                bad_bcc=a.bad_bcc, delay_s=a.delay_s,
+                push_s=a.push_s if a.push_s or not raw else 10.0, push_raw=raw)
     print(sim.device, flush=True)
     print("addresses: " + " ".join(m.address for m in sim.meters), flush=True)
     serve_forever(sim)
