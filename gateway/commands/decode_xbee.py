@@ -124,7 +124,7 @@ def describe(raw: bytes, escaped: bool) -> dict[str, Any]:
                 out["zdo"] = {k: (xbee.eui64_hex(v) if "ieee" in k else v) for k, v in
                               ((f.name, getattr(msg, f.name)) for f in dataclasses.fields(msg))}
         elif not zcl.is_zcl_profile(frame.profile):
-            out["payload"] = "raw"  # a manufacturer profile (Digi 0xC105...): not ZCL
+            out["payload"] = "raw (not a ZCL profile)"  # Digi 0xC105...: its own payload
         else:
             out["zcl"], out["attributes"] = describe_zcl(frame.cluster, frame.data)
     elif isinstance(frame, xbee.RxIndicator):
@@ -170,5 +170,7 @@ def run(args: argparse.Namespace) -> int:
             if "type" in a:
                 line += f" {a['type']} = {a['value']}" + (" (INVALID sentinel)"
                                                           if a["invalid"] else "")
+                if a.get("noncanonical"):
+                    line += " (non-canonical encoding)"
             print(line)
     return 0
