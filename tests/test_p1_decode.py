@@ -65,3 +65,11 @@ def test_text_output_shows_the_values_with_their_times():
     out = p.stdout.decode()
     assert "check: crc16" in out
     assert "0-1:24.2.1     240.860 GJ  at 2026-02-15T19:05:23Z" in out
+
+
+def test_time_stamps_in_text_values_are_shown_as_utc():
+    p = _decode(V4_2.hex(), "--json")
+    out = json.loads(p.stdout)
+    assert {"address": "0-0:1.0.0", "value": "161113205757W", "unit": "",
+            "time": "2016-11-13T19:57:57Z"} in out["other"]
+    assert {"address": "0-0:96.13.0", "value": "", "unit": ""} in out["other"]

@@ -90,7 +90,11 @@ def decode(raw: bytes, obis_prefix: str = "1-0:", tz: str | None = None) -> dict
             obis = iec.normalise_obis(v.obis, obis_prefix)
             ex = v.exact()
             if ex is None:
-                others.append({"address": v.obis, "value": v.text, "unit": v.unit})
+                other: dict[str, Any] = {"address": v.obis, "value": v.text, "unit": v.unit}
+                stamp = p1.parse_timestamp(v.text, tz)
+                if stamp is not None:
+                    other["time"] = _utc(stamp)  # a time stamp (0-0:1.0.0...), as UTC
+                others.append(other)
                 continue
             item: dict[str, Any] = {"obis": obis, "value": exact_str(*ex), "unit": v.unit}
             if v.ts_ms is not None:
@@ -147,5 +151,6 @@ def run(args: argparse.Namespace) -> int:
         at = f"  at {x['time']}" if "time" in x else ""
         print(f"  {x['obis']:<14} {x['value']} {x['unit']}".rstrip() + at)
     for x in out["other"]:
-        print(f"  {x['address']:<14} {x['value']!r} {x['unit']}".rstrip())
+        at = f"  = {x['time']}" if "time" in x else ""
+        print(f"  {x['address']:<14} {x['value']!r} {x['unit']}".rstrip() + at)
     return 0
