@@ -425,3 +425,38 @@ def test_a_splitter_raising_anything_does_not_stop_the_p1_driver(monkeypatch):
     assert d.meter_stats()["p1m"]["success"] >= 5
     ev = [x for x in sink.records if isinstance(x, Event)]
     assert [e.kind for e in ev] == ["meter.decode_error"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(CORPUS)), st.data())
+def test_after_any_mutated_telegram_the_next_intact_one_is_cut_out_whole(tid, data):
+    raw = bytearray(CORPUS[tid])
+    for _ in range(data.draw(st.integers(1, 3))):
+        pos = data.draw(st.integers(0, max(0, len(raw) - 1)))
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        if kind == "flip" and raw:
+            raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "cut":
+            del raw[pos:]
+        elif kind == "insert":
+            raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=4)
+                                     | st.sampled_from([b"\x02", b"\x03", b"!", b"/", b"\r\n!"]))
+        else:
+            del raw[pos:pos + data.draw(st.integers(1, 6))]
+    chunk = data.draw(st.integers(1, 64))
+    stream = bytes(recrc(bytes(raw)) if data.draw(st.booleans()) else raw) + V4_2
+    sp = iec.PushSplitter()
+    got = []
+    for i in range(0, len(stream), chunk):
+        sp.receive_data(stream[i:i + chunk])
+        while (t := sp.next_telegram()) is not None:
+            got.append(t)
+    while (t := sp.flush()) is not None:
+        got.append(t)
+    assert got and got[-1].rstrip(b"\r\n") == V4_2.rstrip(b"\r\n"), got[-2:]
+    assert p1.parse_p1(got[-1]) == p1.parse_p1(V4_2)
+    for t in got[:-1]:
+        try:
+            p1.parse_p1(t)
+        except iec.Iec62056Error:
+            pass

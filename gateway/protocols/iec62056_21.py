@@ -458,29 +458,35 @@ class PushSplitter:
 
     def next_telegram(self) -> bytes | None:
         buf = self._buf
-        start = buf.find(b"/")
-        if start < 0:
-            self.garbage_bytes += len(buf.strip(b"\r\n"))
-            buf.clear()
-            return None
-        if start:
-            self.garbage_bytes += len(buf[:start].strip(b"\r\n"))  # line ends are not noise
-            del buf[:start]
-        head_end = buf.find(CRLF)
+        while True:
+            start = buf.find(b"/")
+            if start < 0:
+                self.garbage_bytes += len(buf.strip(b"\r\n"))
+                buf.clear()
+                return None
+            if start:
+                self.garbage_bytes += len(buf[:start].strip(b"\r\n"))  # line ends are not noise
+                del buf[:start]
+            head_end = buf.find(CRLF)
+            # '/' is never data (§6.5): a second one in the identification line means the
+            # first was noise; one later, before the telegram ended, starts the next one
+            again = buf.find(b"/", 1, head_end if head_end >= 0 else len(buf))
+            if again < 0:
+                break
+            self.garbage_bytes += again
+            del buf[:again]
         end = -1
         if head_end >= 0:
             stx = buf.find(bytes([STX]), head_end)
             bang = _end_mark(buf, head_end)
-            # '/' is never data (§6.5): one before the end is the next telegram's start
             cut = buf.find(b"/", head_end)
-            if cut >= 0 and all(x < 0 or cut < x for x in (stx, bang)):
-                self.truncated += 1
-                telegram = bytes(buf[:cut])  # parse_readout/parse_p1 will say why
-                del buf[:cut]
-                return telegram
             if stx >= 0 and (bang < 0 or stx < bang):
                 etx = _find_end(buf[stx:])
+                if cut >= 0 and (etx < 0 or cut < stx + etx):  # the BCC may be a '/'
+                    return self._truncated(cut)
                 end = stx + etx + 2 if etx >= 0 else -1
+            elif cut >= 0 and (bang < 0 or cut < bang):
+                return self._truncated(cut)
             elif bang >= 0:
                 end = _push_end(buf, bang)
         if end < 0:
@@ -490,6 +496,14 @@ class PushSplitter:
             return None
         telegram = bytes(buf[:end])
         del buf[:end]
+        return telegram
+
+    def _truncated(self, cut: int) -> bytes:
+        """The telegram up to ``cut`` (where the next one starts), for the parser to
+        refuse: counted, and the next one is not lost with it."""
+        self.truncated += 1
+        telegram = bytes(self._buf[:cut])
+        del self._buf[:cut]
         return telegram
 
     def flush(self) -> bytes | None:
