@@ -302,21 +302,8 @@ class Iec62056Driver(OwnsSerialPort, Driver):
             self.emit([ev])
 
     def _p1_readings(self, m: MeterState, tg: Any, rx: int) -> list[Reading]:
-        """Registers of a P1 telegram: numeric values with a unit (identifiers, tariff
-        codes and counters have none); buffer entries (logs, monthly peaks) are not."""
-        from ..protocols import iec62056_21 as iec
-        o = m.opts
-        prefix = o.get("obis_prefix", "1-0:")
-        out = []
-        for v in tg.values:
-            ex = v.exact()
-            if ex is None or not v.unit or v.buffer:
-                continue
-            own = v.ts_ms is not None
-            out.append(Reading(o["id"], iec.normalise_obis(v.obis, prefix), ex[0], ex[1],
-                               v.unit, v.ts_ms if own else tg.meter_ts_ms, rx,
-                               (QUALITY_HISTORIC,) if own else (), self.bus))
-        return out
+        from .p1_readings import p1_readings
+        return p1_readings(tg, m.opts["id"], rx, self.bus, m.opts.get("obis_prefix", "1-0:"))
 
     def _next_push(self, m: MeterState) -> list[Reading]:
         """A console read of a mode D meter: the readings of its next telegram."""
