@@ -7,7 +7,6 @@ mutations of the corpus frames with the checksum recomputed."""
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
