@@ -519,7 +519,7 @@ class PushSplitter:
         bang = _end_mark(buf, head_end)
         if bang < 0:
             return None
-        end = bang + 1 + _hex_run(buf, bang + 1)
+        end = _push_end(buf, bang, final=True)
         telegram = bytes(buf[:end])
         del buf[:end]
         return telegram
@@ -534,32 +534,28 @@ def _end_mark(buf: bytearray, head_end: int) -> int:
     return i + 1 if i >= 0 else -1
 
 
-def _push_end(buf: bytearray, bang: int) -> int:
-    """End of a push telegram whose '!' is at bang: '!' [CRC: 1-4 hex digits, a meter may
-    drop leading zeros] [CR LF]. -1 while the bytes after '!' could still be part of the
-    CRC or its line end. Anything else after '!' ends the telegram there (parse_p1 judges
-    it); lines after the CRC line are not part of the telegram."""
-    tail = bytes(buf[bang + 1:bang + 8])
-    n = 0
-    while n < len(tail) and tail[n] in _HEX:
-        n += 1
-    if n == len(tail):
-        return bang + 1 + n if n > 4 else -1  # more may come (flush() ends a quiet line)
-    c = tail[n]
-    if c == 0x0A:  # LF
-        return bang + 2 + n
-    if c == 0x0D:  # CR, LF expected
-        if n + 1 >= len(tail):
-            return -1
-        return bang + 2 + n + (1 if tail[n + 1] == 0x0A else 0)
-    return bang + 1 + n
+CRC_LINE_MAX: Final = 8  # '!' is followed by at most 4 hex digits and CR LF (some slack)
 
 
-def _hex_run(buf: bytearray, at: int) -> int:
-    n = 0
-    while at + n < len(buf) and buf[at + n] in _HEX:
-        n += 1
-    return n
+def _push_end(buf: bytearray, bang: int, final: bool = False) -> int:
+    """End of a push telegram whose end mark '!' is at bang: the end of its line (the CRC,
+    1-4 hex digits as some meters drop leading zeros, then CR LF), or where the next
+    telegram's '/' starts. -1 while the line may still grow (unless ``final``: the line
+    went quiet). A byte that could be a corrupted CRC digit stays on the line for parse_p1
+    to refuse, so a damaged CRC is never taken for "no CRC"; noise (control bytes) after a
+    bare '!' is not part of the telegram; neither are the lines after the CRC line."""
+    tail = bytes(buf[bang + 1:bang + 1 + CRC_LINE_MAX])
+    for i, c in enumerate(tail):
+        if c == 0x0A:  # LF: the line ends
+            return bang + 2 + i
+        if c == 0x2F:  # '/': the next telegram
+            return bang + 1 + i
+        if c in _HEX or c in b" \r" or chr(c).isalnum():
+            continue  # CRC digits, or what may be a damaged one
+        return bang + 1 + i  # noise: the telegram ends before it
+    if len(tail) < CRC_LINE_MAX and not final:
+        return -1
+    return bang + 1 + len(tail)  # a CRC line too long: parse_p1 refuses it
 
 
 def normalise_obis(address: str, prefix: str = "1-0:") -> str:
