@@ -485,3 +485,13 @@ def test_a_damaged_crc_is_refused_not_taken_for_no_crc(crc):
     bare = V4_2.replace(b"!6796", b"!")  # a meter that writes no CRC at all: accepted
     sp.receive_data(bare)
     assert p1.parse_p1(sp.next_telegram()).check == "none"
+
+
+def test_parse_p1_reads_the_crc_line_as_the_splitter_cuts_it():
+    body = V4_2.rstrip(b"\r\n")
+    for tail in (b"\x00\x7f\x7f", b"/KFM5", b"\r\n  25803103\r\n"):
+        assert p1.parse_p1(body + tail).check == "crc16"
+    assert p1.parse_p1(V4_2.replace(b"!6796", b"!\x00\x00")).check == "none"
+    for bad in (b"!X796", b"!6796x", b"!6796 7"):
+        with pytest.raises(iec.Iec62056Error):
+            p1.parse_p1(V4_2.replace(b"!6796", bad))

@@ -124,8 +124,7 @@ def frame_telegram(data: bytes) -> tuple[Identification, bytes, str]:
     if m is None:
         raise P1Error("telegram without the end mark '!'")
     bang = m.end() - 1
-    crc_end = raw.find(b"\n", bang)
-    crc_text = raw[bang + 1:crc_end if crc_end >= 0 else len(raw)].strip(b"\r ")
+    crc_text = _crc_field(raw, bang)
     check = "none"
     if crc_text:
         if not re.fullmatch(rb"[0-9A-Fa-f]{1,4}", crc_text):
@@ -160,6 +159,17 @@ def _identification(line: bytes) -> Identification:
     except Iec62056Error as exc:
         raise P1Error(str(exc)) from None
     return ident
+
+
+def _crc_field(raw: bytes, bang: int) -> bytes:
+    """What the end-mark line says after '!': up to its line end, a next telegram's '/',
+    or noise (a control byte; letters and digits stay, a damaged CRC must be refused)."""
+    out = bytearray()
+    for c in raw[bang + 1:bang + 1 + 64]:
+        if c in (0x0A, 0x2F) or not (chr(c).isalnum() or c in b" \r"):
+            break
+        out.append(c)
+    return bytes(out).strip(b"\r ")
 
 
 def _zone(tz: dt.tzinfo | str | None) -> dt.tzinfo:
