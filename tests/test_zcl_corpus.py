@@ -69,7 +69,7 @@ def test_every_zcl_frame_reads_as_zigpy_reads_it(z):
     elif isinstance(p, zcl.ReadAttributesResponse):
         got = [(r.attribute_id, r.value) for r in p.records if r.value is not None]
     else:
-        pytest.fail(f"{frame.command_name}: no attribute records to compare")
+        got = []  # a command without attribute records (cluster-specific, Default Response)
     assert [(a, v.type_id) for a, v in got] == [
         (e["id"], e["type"]) for e in z["expected_records"]]
     for e, (_a, v) in zip(z["expected_records"], got):
