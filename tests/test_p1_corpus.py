@@ -33,8 +33,19 @@ def _utc(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(" ")
 
 
+def _refused_by_its_checksum(t: dict) -> bool:
+    """A telegram the reference refused for its checksum: we must refuse it too."""
+    if "checksum" in (t["oracle_error"] or "").lower() and t["has_crc"]:
+        with pytest.raises(iec.BccError):
+            p1.parse_p1(_telegram(t))
+        return True
+    return False
+
+
 @pytest.mark.parametrize("t", CORPUS, ids=[t["id"] for t in CORPUS])
 def test_every_reference_value_is_read_exactly(t):
+    if _refused_by_its_checksum(t):
+        return
     tg = p1.parse_p1(_telegram(t))
     assert tg.check == ("crc16" if t["has_crc"] else "none")
     for e in t["expected"]:
@@ -46,6 +57,8 @@ def test_every_reference_value_is_read_exactly(t):
 
 @pytest.mark.parametrize("t", CORPUS, ids=[t["id"] for t in CORPUS])
 def test_every_text_field_is_read(t):
+    if _refused_by_its_checksum(t):
+        return
     tg = p1.parse_p1(_telegram(t))
     for f in t["text_fields"]:
         if (t["id"], f["obis"]) in EXCEPTIONS:
@@ -68,6 +81,8 @@ def test_the_listed_exception_is_the_flag_not_a_misread():
 
 @pytest.mark.parametrize("t", CORPUS, ids=[t["id"] for t in CORPUS])
 def test_the_push_splitter_cuts_each_telegram_out_of_a_stream(t):
+    if _refused_by_its_checksum(t):
+        return
     raw = _telegram(t)
     sp = iec.PushSplitter()
     sp.receive_data(b"noise\r\n" + raw + raw)
@@ -81,6 +96,8 @@ def test_the_push_splitter_cuts_each_telegram_out_of_a_stream(t):
 
 @pytest.mark.parametrize("t", CORPUS, ids=[t["id"] for t in CORPUS])
 def test_parse_readout_agrees_on_the_check(t):
+    if _refused_by_its_checksum(t):
+        return
     r = iec.parse_readout(_telegram(t))
     assert r.check == ("crc16" if t["has_crc"] else "none")
     assert all(ds.address for ds in r.data_sets)  # no reading with an empty OBIS code
