@@ -50,6 +50,13 @@ def exact(value: Union[int, str, Decimal]) -> tuple[int, int]:
     return (-mantissa if sign else mantissa), int(exp)
 
 
+def to_decimal(mantissa: int, exponent: int) -> Decimal:
+    """mantissa * 10**exponent as a Decimal, exactly at any length (scaleb would round to
+    the context's 28 digits)."""
+    return Decimal((1 if mantissa < 0 else 0, tuple(int(c) for c in str(abs(mantissa))),
+                    exponent))
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
     """One value read from one meter register.
@@ -70,7 +77,7 @@ class Reading:
 
     @property
     def value(self) -> Decimal:
-        return Decimal(self.mantissa).scaleb(self.exponent)
+        return to_decimal(self.mantissa, self.exponent)
 
     def to_obj(self) -> list[Any]:
         return [self.meter_id, self.quantity, self.mantissa, self.exponent, self.unit,

@@ -13,8 +13,9 @@ import binascii
 import importlib
 import json
 import sys
-from decimal import Decimal
 from typing import Any
+
+from ..model import to_decimal
 
 EXIT_BAD_INPUT = 2
 EXIT_BAD_KEY = 3
@@ -22,7 +23,7 @@ EXIT_BAD_KEY = 3
 # kind -> module
 DECODE_MODULES: dict[str, str] = {
     "xbee": "gateway.commands.decode_xbee",
-    "hdlc": "gateway.commands.decode_dlms", "iec62056-21": "gateway.commands.decode_dlms",
+    "hdlc": "gateway.commands.decode_dlms", "iec62056-21": "gateway.commands.decode_iec",
     "mbus": "gateway.commands.decode_mbus", "wmbus": "gateway.commands.decode_mbus",
 }
 
@@ -86,7 +87,7 @@ def read_text_arg(arg: str) -> str:
 
 
 def exact_str(mantissa: int, exponent: int) -> str:
-    return format(Decimal(mantissa).scaleb(exponent), "f")
+    return format(to_decimal(mantissa, exponent), "f")  # exact at any length
 
 
 def print_json(obj: Any) -> None:

@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _plain(v: Any) -> Any:
     if isinstance(v, bytes):
         return v.hex()
+    if isinstance(v, tuple):  # array / structure elements
+        return [{"type": e.type_name, "value": _plain(e.value)} for e in v]
     if isinstance(v, Decimal):
         return format(v, "f")
     return v
@@ -45,6 +47,8 @@ def _attr(cluster: int, attr: int, tv: zcl.TypedValue | None, status: int | None
         out["status"] = zcl.status_name(status)
     if tv is not None:
         out.update(type=tv.type_name, value=_value(tv), invalid=tv.invalid)
+        if tv.noncanonical:
+            out["noncanonical"] = True  # e.g. a bool sent as 0x80: read as true
     return out
 
 
@@ -52,7 +56,7 @@ def describe_zcl(cluster: int, data: bytes) -> tuple[dict[str, Any], list[dict[s
     frame = zcl.parse_zcl(data)
     h, p = frame.header, frame.payload
     info: dict[str, Any] = {
-        "frame_type": "global" if h.is_global else "cluster-specific",
+        "frame_type": h.frame_type_name,
         "manufacturer": None if h.manufacturer is None else f"0x{h.manufacturer:04X}",
         "direction": "server to client" if h.direction else "client to server",
         "disable_default_response": h.disable_default_response,
@@ -101,7 +105,7 @@ def describe(raw: bytes, escaped: bool) -> dict[str, Any]:
             out[name] = f"0x{v:04X}" if name != "frame_type" else out[name]
         elif name != "data":
             out[name] = _plain(v)
-    if isinstance(frame, xbee.ATCommandResponse):
+    if isinstance(frame, (xbee.ATCommandResponse, xbee.RemoteATCommandResponse)):
         out["status_name"] = xbee.AT_STATUS.get(frame.status, "?")
     if isinstance(frame, xbee.TransmitStatus):
         out["delivery"] = xbee.DELIVERY_STATUS.get(frame.delivery_status, "?")
@@ -119,6 +123,8 @@ def describe(raw: bytes, escaped: bool) -> dict[str, Any]:
             if msg is not None:
                 out["zdo"] = {k: (xbee.eui64_hex(v) if "ieee" in k else v) for k, v in
                               ((f.name, getattr(msg, f.name)) for f in dataclasses.fields(msg))}
+        elif not zcl.is_zcl_profile(frame.profile):
+            out["payload"] = "raw (not a ZCL profile)"  # Digi 0xC105...: its own payload
         else:
             out["zcl"], out["attributes"] = describe_zcl(frame.cluster, frame.data)
     elif isinstance(frame, xbee.RxIndicator):
@@ -164,5 +170,7 @@ def run(args: argparse.Namespace) -> int:
             if "type" in a:
                 line += f" {a['type']} = {a['value']}" + (" (INVALID sentinel)"
                                                           if a["invalid"] else "")
+                if a.get("noncanonical"):
+                    line += " (non-canonical encoding)"
             print(line)
     return 0

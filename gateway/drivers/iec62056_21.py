@@ -10,9 +10,14 @@ Readings (mantissa, exponent).
 
 Mode D: the port is opened at its configured baud and only listened to; each telegram
 (``/ident ... !`` with an optional CRC16, or ``/ident ... STX data ETX BCC``) becomes
-readings. ``interval_s`` is then the meter's push interval: three missed pushes raise one
-``meter.read_failed``; a telegram failing its check is counted (``meter.crc_error`` at most
-once a minute).
+readings, stamped with the telegram's own time (``0-0:1.0.0``); a value that carries its
+own capture time (DSMR gas ``0-n:24.2.1``, Fluvius peaks) gets that time and the
+``historic`` flag. ``interval_s`` is then the meter's push interval: three missed pushes
+raise one ``meter.read_failed``; a telegram failing its check is counted
+(``meter.crc_error`` at most once a minute).
+
+Whatever a codec raises on a frame (a bug in it, not just bad bytes), the driver counts a
+``meter.decode_error`` with the frame's hex (rate-limited, see decode_errors) and goes on.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from typing import Any, Mapping
 
 from ..config import (SERIAL_SCHEMA, FieldSpec, Schema, integer, list_of, mapping, number,
                       one_of, one_of_ints, text)
-from ..model import Event, Reading, now_ms
+from ..model import QUALITY_HISTORIC, Event, Reading, now_ms
 from .backoff import Backoff
 from .base import Driver, RecordSink
+from .decode_errors import DecodeErrors
 from .serialport import OwnsSerialPort
 from .handoff import WorkQueue
 
@@ -93,7 +99,7 @@ class MeterState:
     next_due: float = 0.0
     stats: dict[str, int] = field(default_factory=lambda: {
         "success": 0, "failures": 0, "retries": 0, "timeouts": 0, "bcc_errors": 0,
-        "auth_failures": 0, "parity_errors": 0, "readings": 0})
+        "auth_failures": 0, "parity_errors": 0, "readings": 0, "decode_errors": 0})
     last_ok_ms: int | None = None
     last_error: str | None = None
 
@@ -130,6 +136,8 @@ class Iec62056Driver(OwnsSerialPort, Driver):
         self._push_readings: list[Reading] = []
         self._last_push_error_at = 0.0
         self._silent_reported = False
+        self.decode_errors = DecodeErrors(self.bus)
+        self._rx_log = bytearray()  # what the meter sent in the current exchange (for hex)
 
     def meter_stats(self) -> dict[str, dict[str, Any]]:
         return {m.opts["id"]: {**m.stats, "last_ok_ms": m.last_ok_ms,
@@ -217,17 +225,23 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                 self.log.error("port %s failed: %s; reopening", self.serial_opts["port"], exc)
                 self._close()
                 return
-            if data:
-                if self.soft_parity:
-                    m.stats["parity_errors"] += iec.parity_errors(data)
-                split.receive_data(data)
-                telegram = split.next_telegram()
-            else:
-                telegram = split.flush()  # quiet line: a telegram without a final CR LF
-            while telegram is not None:
-                if self._push_telegram(m, telegram):
-                    last_ok = time.monotonic()
-                telegram = split.next_telegram()
+            if data and self.soft_parity:
+                m.stats["parity_errors"] += iec.parity_errors(data)
+            try:
+                if data:
+                    split.receive_data(data)
+                    telegram = split.next_telegram()
+                else:
+                    telegram = split.flush()  # quiet line: a telegram without a final CR LF
+                for _ in range(len(data) + 16):  # each telegram takes a byte at least
+                    if telegram is None:
+                        break
+                    if self._push_telegram(m, telegram):
+                        last_ok = time.monotonic()
+                    telegram = split.next_telegram()
+            except Exception as exc:  # noqa: BLE001 - a splitter bug: drop what it holds
+                self._decode_error(m, bytes(split.pending()), exc)
+                split = iec.PushSplitter()
             silent = time.monotonic() - last_ok
             if silent > 3 * self.interval_s and not self._silent_reported:
                 self._silent_reported = True
@@ -244,9 +258,14 @@ class Iec62056Driver(OwnsSerialPort, Driver):
 
     def _push_telegram(self, m: MeterState, telegram: bytes) -> bool:
         from ..protocols import iec62056_21 as iec
+        from ..protocols import p1
         rx = now_ms()
         try:
-            readout = iec.parse_readout(telegram)
+            if bytes([iec.STX]) in telegram:  # /ident CRLF STX data ETX BCC
+                readout = iec.parse_readout(telegram)
+                records = self._to_readings(m, readout.data_sets, rx)
+            else:
+                records = self._p1_readings(m, p1.parse_p1(telegram), rx)
         except iec.Iec62056Error as exc:
             crc = isinstance(exc, iec.BccError)
             m.stats["bcc_errors" if crc else "failures"] += 1
@@ -260,7 +279,9 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                                  {"reason": str(exc), "mode": "d",
                                   "bcc_errors": m.stats["bcc_errors"]})])
             return False
-        records = self._to_readings(m, readout.data_sets, rx)
+        except Exception as exc:  # noqa: BLE001 - a codec bug: count it, keep listening
+            self._decode_error(m, telegram, exc)
+            return False
         if self._silent_reported:
             self.log.info("meter %s: pushing again", m.opts["id"])
         self._silent_reported = False
@@ -270,6 +291,19 @@ class Iec62056Driver(OwnsSerialPort, Driver):
             self._push_readings = records
             self._pushed.notify_all()
         return True
+
+    def _decode_error(self, m: MeterState, frame: bytes, exc: Exception) -> None:
+        m.stats["decode_errors"] += 1
+        m.last_error = f"decode error: {type(exc).__name__}: {exc}"
+        ev = self.decode_errors.report(m.opts["id"], frame, exc, mode=m.opts.get("mode", "c"))
+        if ev is not None:
+            self.log.warning("meter %s: frame not decodable (%s: %s); going on",
+                             m.opts["id"], type(exc).__name__, exc)
+            self.emit([ev])
+
+    def _p1_readings(self, m: MeterState, tg: Any, rx: int) -> list[Reading]:
+        from .p1_readings import p1_readings
+        return p1_readings(tg, m.opts["id"], rx, self.bus, m.opts.get("obis_prefix", "1-0:"))
 
     def _next_push(self, m: MeterState) -> list[Reading]:
         """A console read of a mode D meter: the readings of its next telegram."""
@@ -286,8 +320,16 @@ class Iec62056Driver(OwnsSerialPort, Driver):
         reported). ``manual``: a console read, which leaves a working meter's schedule
         alone and ends a failing meter's backoff when it succeeds."""
         mid = m.opts["id"]
+        self._rx_log.clear()
         try:
-            records = self._read_meter(m)
+            try:
+                records = self._read_meter(m)
+            except (ReadFailed, OSError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a codec bug: count it, keep polling
+                self._decode_error(m, bytes(self._rx_log), exc)
+                raise ReadFailed("meter.read_failed",
+                                 f"decode error: {type(exc).__name__}: {exc}") from None
         except ReadFailed as exc:
             m.last_error = str(exc)
             if self.stopping.is_set():
@@ -354,16 +396,25 @@ class Iec62056Driver(OwnsSerialPort, Driver):
         return self._to_readings(m, sets, rx)
 
     def _to_readings(self, m: MeterState, sets: Any, rx: int) -> list[Reading]:
+        """Registers of a readout's data sets, read by the shape of their groups like P1
+        lines (``(time)(value*unit)`` gives the value at that time)."""
         from ..protocols import iec62056_21 as iec
+        from ..protocols import p1
         o = m.opts
         prefix = o.get("obis_prefix", "1-0:")
+        clock = next((ds for ds in sets if ds.address in ("0-0:1.0.0", "1.0.0")), None)
+        meter_ts = p1.parse_timestamp(clock.value) if clock is not None else None
         out = []
         for ds in sets:
-            ex = ds.exact()
-            if ex is None or not ds.unit:
-                continue  # dates, serial numbers, unitless counters: not registers
-            out.append(Reading(o["id"], iec.normalise_obis(ds.address, prefix), ex[0], ex[1],
-                               ds.unit, None, rx, (), self.bus))
+            first = ds.value + ("*" + ds.unit if ds.unit else "")
+            for v in p1.interpret(ds.address, (first,) + tuple(ds.extra)):
+                ex = v.exact()
+                if ex is None or not v.unit or v.buffer:
+                    continue  # dates, serial numbers, unitless counters: not registers
+                own = v.ts_ms is not None
+                out.append(Reading(o["id"], iec.normalise_obis(ds.address, prefix), ex[0],
+                                   ex[1], v.unit, v.ts_ms if own else meter_ts, rx,
+                                   (QUALITY_HISTORIC,) if own else (), self.bus))
         return out
 
     def _readout(self, m: MeterState, dec: Any) -> list[Any]:
@@ -437,6 +488,8 @@ class Iec62056Driver(OwnsSerialPort, Driver):
             if data:
                 if self.soft_parity:
                     m.stats["parity_errors"] += iec.parity_errors(data)
+                if len(self._rx_log) < 64 * 1024:
+                    self._rx_log += data
                 dec.receive_data(data)
 
     def _send(self, data: bytes) -> None:

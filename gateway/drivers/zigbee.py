@@ -17,6 +17,9 @@ Invariants that the tests pin down:
 * Timeouts live here, not in the codec: each request has a monotonic deadline, retries, and
   fails into a counted ``meter.read_failed`` event. A device not heard from for
   ``silence_factor`` x its expected interval raises ``meter.silent``.
+* Whatever a codec raises on a frame (XBee, ZCL or ZDO; its own decode error or a bug) is
+  a ``meter.decode_error`` with the frame's hex, rate-limited, and the bus goes on. Frames
+  on a profile that does not carry ZCL (Digi's 0xC105...) are counted and ignored.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ..model import Event, Reading, now_ms
 from ..protocols import xbee, zcl, zdo
 from .backoff import Backoff
 from .base import Driver, RecordSink
+from .decode_errors import DecodeErrors
 
 OUR_ENDPOINT = 0x01          # the coordinator endpoint our ZCL requests come from
 BROADCAST_ROUTERS16 = 0xFFFC  # all routers and the coordinator
@@ -134,10 +138,12 @@ class XBeeLink:
     what was allocated with the frame id of a Transmit Status, else None."""
 
     def __init__(self, ser: Any, escaped: bool,
-                 on_frame: Callable[[Any, Any], None], write: Callable[[bytes], None]) -> None:
+                 on_frame: Callable[[Any, Any], None], write: Callable[[bytes], None],
+                 on_decode_error: Callable[[bytes, Exception], None] | None = None) -> None:
         self.ser = ser
         self.escaped = escaped
         self.on_frame = on_frame
+        self.on_decode_error = on_decode_error
         self._write = write
         self.decoder = xbee.FrameDecoder(escaped=escaped)
         self.ids = xbee.FrameIdAllocator()
@@ -152,8 +158,15 @@ class XBeeLink:
         if not data:
             return False
         self.decoder.receive_data(data)
-        while True:
-            ev = self.decoder.next_event()
+        for _ in range(len(data) + 4096):  # each pass consumes a frame, or a byte at least
+            try:
+                ev = self.decoder.next_event()
+            except Exception as exc:  # noqa: BLE001 - a codec bug must not stop the link
+                raw = self.decoder.pending()
+                self.decoder.skip(1)
+                if self.on_decode_error is not None:
+                    self.on_decode_error(raw, exc)
+                continue
             if ev is xbee.NEED_DATA:
                 return True
             ctx = None
@@ -165,6 +178,7 @@ class XBeeLink:
                         ctx.callback(ev)  # type: ignore[arg-type]
                     continue
             self.on_frame(ev, ctx)
+        return True
 
     def at_async(self, command: str, parameter: bytes, deadline: float,
                  callback: Callable[[xbee.ATCommandResponse | None], None] | None = None
@@ -377,6 +391,7 @@ class ZigbeeDriver(Driver):
         self.coordinator_ieee = 0
         self.link: XBeeLink | None = None
         self.frame_errors = 0
+        self.decode_errors = DecodeErrors(self.bus)
         self._reported_frame_errors = 0
         self._next_error_event = 0.0
         self._requests: dict[tuple[int, int], Request] = {}
@@ -453,7 +468,8 @@ class ZigbeeDriver(Driver):
             try:
                 ser.timeout = 0.05
                 self.link = XBeeLink(ser, self.escaped, self._on_frame,
-                                     lambda data: write_frame(ser, data, self.serial_opts))
+                                     lambda data: write_frame(ser, data, self.serial_opts),
+                                     self._on_undecodable)
                 while not self.stopping.is_set():
                     self._restart = False
                     if not self._start_session():
@@ -864,14 +880,15 @@ class ZigbeeDriver(Driver):
         if f.cluster in (zcl.METERING, zcl.ELECTRICAL_MEASUREMENT):
             dev.endpoint, dev.profile = f.src_endpoint, f.profile
             dev.endpoint_known = True
+        if not zcl.is_zcl_profile(f.profile):
+            dev.stats["non_zcl_frames"] += 1  # Digi 0xC105 etc.: not ours to read
+            self.log.debug("zigbee %s: %s: frame on profile 0x%04X (not ZCL) ignored",
+                           self.bus, dev.meter_id, f.profile)
+            return
         try:
             frame = zcl.parse_zcl(f.data)
-        except zcl.ZCLDecodeError as exc:
-            dev.stats["decode_errors"] += 1
-            self.log.warning("zigbee %s: %s: undecodable ZCL frame on 0x%04X: %s", self.bus,
-                             dev.meter_id, f.cluster, exc)
-            self._event("meter.decode_error", dev, "warning", cluster=f"0x{f.cluster:04X}",
-                        error=str(exc), hex=f.data.hex())
+        except Exception as exc:  # noqa: BLE001 - ZCLDecodeError, or a codec bug: go on
+            self._decode_error(dev, f.data, exc, cluster=f"0x{f.cluster:04X}")
             return
         hdr, p = frame.header, frame.payload
         if not hdr.is_global:
@@ -916,6 +933,21 @@ class ZigbeeDriver(Driver):
             0, dev.ieee, f.source16, f.dst_endpoint, f.src_endpoint, f.cluster, f.profile,
             0, 0, data))
 
+    def _decode_error(self, dev: Device | None, frame: bytes, exc: Exception,
+                      **detail: Any) -> None:
+        """A frame a codec failed on: counted, reported (rate-limited), and the bus goes on."""
+        if dev is not None:
+            dev.stats["decode_errors"] += 1
+        ev = self.decode_errors.report(dev.meter_id if dev else None, frame, exc, **detail)
+        if ev is not None:
+            self.log.warning("zigbee %s: %s: undecodable frame (%s: %s)", self.bus,
+                             dev.meter_id if dev else "unknown device", type(exc).__name__, exc)
+            self._out.append(ev)
+
+    def _on_undecodable(self, raw: bytes, exc: Exception) -> None:
+        self.frame_errors += 1
+        self._decode_error(None, raw, exc, layer="xbee")
+
     def _heard(self, dev: Device, nwk: int, now: float, rx: int) -> None:
         dev.stats["frames"] += 1
         dev.nwk = nwk
@@ -943,6 +975,10 @@ class ZigbeeDriver(Driver):
         except zdo.ZDODecodeError as exc:
             self.log.warning("zigbee %s: undecodable ZDO %s from %s: %s", self.bus,
                              zdo.cluster_name(f.cluster), xbee.eui64_hex(f.source64), exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a codec bug: count it, go on
+            self._decode_error(self.devices.get(f.source64), f.data, exc,
+                               cluster=f"0x{f.cluster:04X}", ieee=xbee.eui64_hex(f.source64))
             return
         if isinstance(msg, zdo.DeviceAnnounce):
             self._on_join(msg.ieee, msg.nwk, now, capability=zdo.capability_names(

@@ -362,7 +362,8 @@ def exact_decimal(text: str) -> tuple[int, int] | None:
 
 
 def parse_data_sets(data: bytes) -> list[DataSet]:
-    """Data sets from the data part of a readout (lines of ``address(value*unit)...``)."""
+    """Data sets from the data part of a readout (lines of ``address(value*unit)...``); a
+    line starting with ``(`` continues the data set before it (DSMR 2.2/3 gas)."""
     out: list[DataSet] = []
     for raw_line in bytes(data).split(b"\n"):
         line = raw_line.strip(b"\r")
@@ -376,6 +377,11 @@ def parse_data_sets(data: bytes) -> list[DataSet]:
             pos = m.end()
             address = m[1].decode("ascii", "replace").strip()
             value, _, unit = m[2].decode("ascii", "replace").partition("*")
+            if not address and current is None and out:
+                current = out.pop()  # a line that starts with '(' continues the last one
+                current = DataSet(current.address, current.value, current.unit,
+                                  current.extra + (m[2].decode("ascii", "replace"),))
+                continue
             if address or current is None:
                 if current is not None:
                     out.append(current)
@@ -424,55 +430,63 @@ def parse_readout(data: bytes) -> Readout:
         return Readout(ident, tuple(parse_data_sets(body[:body.rindex(b"!")])), "bcc")
     if ident is None:
         raise Iec62056Error("neither a readout (STX ... ETX BCC) nor a telegram (/ident ...)")
-    bang = rest.rfind(b"!")
-    if bang < 0:
-        raise Iec62056Error("telegram without the end mark '!'")
-    tail = rest[bang + 1:].strip()
-    check = "none"
-    if tail:
-        if not re.fullmatch(rb"[0-9A-Fa-f]{4}", tail):
-            raise Iec62056Error(f"telegram CRC must be 4 hex digits, got {_show(tail)}")
-        start = data.find(b"/")
-        end = data.rfind(b"!")
-        crc = crc16_arc(data[start:end + 1])
-        if crc != int(tail, 16):
-            raise BccError(f"telegram CRC mismatch: says {tail.decode()}, computed {crc:04X}")
-        check = "crc16"
-    return Readout(ident, tuple(parse_data_sets(rest[:bang])), check)
+    from .p1 import frame_telegram  # the P1 framing: CRC leniency, trailing lines
+    _ident, body, check = frame_telegram(data)
+    return Readout(ident, tuple(parse_data_sets(body)), check)
 
 
 class PushSplitter:
     """Cuts the byte stream of a meter that pushes (mode D, P1-like) into telegrams for
     :func:`parse_readout`: ``/ident CRLF ... STX data ETX BCC`` or ``/ident CRLF ... ! [CRC]
     CRLF``. Bytes before a ``/`` are skipped and counted; a telegram that outgrows
-    MAX_BLOCK is dropped (counted) and the search starts again."""
+    MAX_BLOCK is dropped (counted) and the search starts again; one cut short by a ``/``
+    (the next telegram's start; never data, §6.5) is handed over as it is, for the parser to
+    refuse, so the next one is not lost with it."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self.garbage_bytes = 0
         self.oversized = 0
+        self.truncated = 0  # telegrams cut short by the start of the next one
 
     def receive_data(self, data: bytes) -> None:
         self._buf += bytes(b & 0x7F for b in data)
 
+    def pending(self) -> bytes:
+        """What is buffered and not yet a telegram (for diagnostics)."""
+        return bytes(self._buf)
+
     def next_telegram(self) -> bytes | None:
         buf = self._buf
-        start = buf.find(b"/")
-        if start < 0:
-            self.garbage_bytes += len(buf.strip(b"\r\n"))
-            buf.clear()
-            return None
-        if start:
-            self.garbage_bytes += len(buf[:start].strip(b"\r\n"))  # line ends are not noise
-            del buf[:start]
-        head_end = buf.find(CRLF)
+        while True:
+            start = buf.find(b"/")
+            if start < 0:
+                self.garbage_bytes += len(buf.strip(b"\r\n"))
+                buf.clear()
+                return None
+            if start:
+                self.garbage_bytes += len(buf[:start].strip(b"\r\n"))  # line ends are not noise
+                del buf[:start]
+            head_end = buf.find(CRLF)
+            # '/' is never data (§6.5): a second one in the identification line means the
+            # first was noise; one later, before the telegram ended, starts the next one
+            again = buf.find(b"/", 1, head_end if head_end >= 0 else len(buf))
+            if again < 0:
+                break
+            self.garbage_bytes += again
+            del buf[:again]
         end = -1
         if head_end >= 0:
             stx = buf.find(bytes([STX]), head_end)
-            bang = buf.find(b"!", head_end)
+            bang = _end_mark(buf, head_end)
+            cut = buf.find(b"/", head_end)
             if stx >= 0 and (bang < 0 or stx < bang):
                 etx = _find_end(buf[stx:])
+                if cut >= 0 and (etx < 0 or cut < stx + etx):  # the BCC may be a '/'
+                    return self._truncated(cut)
                 end = stx + etx + 2 if etx >= 0 else -1
+            elif cut >= 0 and (bang < 0 or cut < bang):
+                return self._truncated(cut)
             elif bang >= 0:
                 end = _push_end(buf, bang)
         if end < 0:
@@ -482,6 +496,14 @@ class PushSplitter:
             return None
         telegram = bytes(buf[:end])
         del buf[:end]
+        return telegram
+
+    def _truncated(self, cut: int) -> bytes:
+        """The telegram up to ``cut`` (where the next one starts), for the parser to
+        refuse: counted, and the next one is not lost with it."""
+        self.truncated += 1
+        telegram = bytes(self._buf[:cut])
+        del self._buf[:cut]
         return telegram
 
     def flush(self) -> bytes | None:
@@ -494,11 +516,10 @@ class PushSplitter:
         head_end = buf.find(CRLF)
         if not buf.startswith(b"/") or head_end < 0 or buf.find(bytes([STX]), head_end) >= 0:
             return None
-        bang = buf.find(b"!", head_end)
+        bang = _end_mark(buf, head_end)
         if bang < 0:
             return None
-        crc = bytes(buf[bang + 1:bang + 5])
-        end = bang + 1 + (4 if len(crc) == 4 and all(c in _HEX for c in crc) else 0)
+        end = _push_end(buf, bang, final=True)
         telegram = bytes(buf[:end])
         del buf[:end]
         return telegram
@@ -507,21 +528,34 @@ class PushSplitter:
 _HEX = frozenset(b"0123456789ABCDEFabcdef")
 
 
-def _push_end(buf: bytearray, bang: int) -> int:
-    """End of a push telegram whose '!' is at bang: '!' [4 hex digits of CRC] [CR LF].
-    -1 while the bytes after '!' could still be the start of a CRC or a line end."""
-    tail = bytes(buf[bang + 1:bang + 7])
-    if tail[:2] == CRLF:
-        return bang + 3
-    crc = 0
-    while crc < min(4, len(tail)) and tail[crc] in _HEX:
-        crc += 1
-    if crc == 4:
-        return bang + 5 + (2 if tail[4:6] == CRLF else 0) if len(tail) >= 6 or \
-            tail[4:5] not in (b"", b"\r") else -1
-    if crc == len(tail) or tail[:1] == b"\r" and len(tail) < 2:
-        return -1  # more may come
-    return bang + 1
+def _end_mark(buf: bytearray, head_end: int) -> int:
+    """Index of the end mark '!' that starts a line after the identification, or -1."""
+    i = buf.find(b"\n!", head_end)
+    return i + 1 if i >= 0 else -1
+
+
+CRC_LINE_MAX: Final = 8  # '!' is followed by at most 4 hex digits and CR LF (some slack)
+
+
+def _push_end(buf: bytearray, bang: int, final: bool = False) -> int:
+    """End of a push telegram whose end mark '!' is at bang: the end of its line (the CRC,
+    1-4 hex digits as some meters drop leading zeros, then CR LF), or where the next
+    telegram's '/' starts. -1 while the line may still grow (unless ``final``: the line
+    went quiet). A byte that could be a corrupted CRC digit stays on the line for parse_p1
+    to refuse, so a damaged CRC is never taken for "no CRC"; noise (control bytes) after a
+    bare '!' is not part of the telegram; neither are the lines after the CRC line."""
+    tail = bytes(buf[bang + 1:bang + 1 + CRC_LINE_MAX])
+    for i, c in enumerate(tail):
+        if c == 0x0A:  # LF: the line ends
+            return bang + 2 + i
+        if c == 0x2F:  # '/': the next telegram
+            return bang + 1 + i
+        if c in _HEX or c in b" \r" or chr(c).isalnum():
+            continue  # CRC digits, or what may be a damaged one
+        return bang + 1 + i  # noise: the telegram ends before it
+    if len(tail) < CRC_LINE_MAX and not final:
+        return -1
+    return bang + 1 + len(tail)  # a CRC line too long: parse_p1 refuses it
 
 
 def normalise_obis(address: str, prefix: str = "1-0:") -> str:

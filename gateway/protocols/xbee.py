@@ -431,6 +431,30 @@ class NodeIdentification:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteATCommandResponse:
+    """0x97: the answer of a remote module to a Remote AT Command (0x17)."""
+
+    FRAME_TYPE: ClassVar[int] = 0x97
+    frame_id: int
+    source64: int
+    source16: int
+    command: str
+    status: int
+    data: bytes = b""
+
+    def serialize(self) -> bytes:
+        return bytes((self.FRAME_TYPE, _u8(self.frame_id, "frame id"))) \
+            + self.source64.to_bytes(8, "big") + self.source16.to_bytes(2, "big") \
+            + _at_bytes(self.command) + bytes((_u8(self.status, "status"),)) + self.data
+
+    @classmethod
+    def deserialize(cls, body: bytes) -> tuple["RemoteATCommandResponse", bytes]:
+        _need(body, 14, "Remote AT Command Response")
+        return cls(body[0], int.from_bytes(body[1:9], "big"), int.from_bytes(body[9:11], "big"),
+                   _at_name(body[11:13]), body[13], bytes(body[14:])), b""
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownFrame:
     """A frame type this codec does not model: kept whole so nothing is silently lost."""
 
@@ -443,12 +467,13 @@ class UnknownFrame:
 
 Frame = Union[ATCommand, ATCommandResponse, ModemStatus, TransmitRequest,
               ExplicitAddressingCommand, TransmitStatus, RxIndicator, ExplicitRxIndicator,
-              NodeIdentification, UnknownFrame]
+              NodeIdentification, RemoteATCommandResponse, UnknownFrame]
 
 # Frame type -> class (the modelled subset of FRAME_TYPE_NAMES).
 FRAME_CLASSES: dict[int, Any] = {c.FRAME_TYPE: c for c in (
     ATCommand, ATCommandResponse, ModemStatus, TransmitRequest, ExplicitAddressingCommand,
-    TransmitStatus, RxIndicator, ExplicitRxIndicator, NodeIdentification)}
+    TransmitStatus, RxIndicator, ExplicitRxIndicator, NodeIdentification,
+    RemoteATCommandResponse)}
 
 
 def parse_frame(frame_data: bytes) -> Frame:
@@ -576,14 +601,27 @@ class FrameDecoder:
             return self._bad(f"bad checksum 0x{csum:02X}, expected 0x{checksum(data):02X}",
                              i if self.escaped else 1)
         raw = bytes(buf[:i])
-        del buf[:i]
         try:
             frame = parse_frame(data)
         except XBeeDecodeError as exc:
+            del buf[:i]
             self.bad_frames += 1
             return BadFrame(str(exc), raw)
+        # Anything else raised above leaves the frame in the buffer, so that the caller can
+        # show it (pending()) and skip() past its start delimiter.
+        del buf[:i]
         self.frames += 1
         return frame
+
+    def pending(self, limit: int = 1024) -> bytes:
+        """The undecoded bytes, from the frame being decoded up to the next delimiter."""
+        nxt = self._buf.find(START, 1)
+        return bytes(self._buf[:nxt if nxt > 0 else limit][:limit])
+
+    def skip(self, n: int = 1) -> None:
+        """Drop ``n`` bytes (a frame the decoder failed on): decoding resumes after them."""
+        del self._buf[:max(1, n)]
+        self.bad_frames += 1
 
 
 # --------------------------------------------------------------------------- frame ids

@@ -61,6 +61,10 @@ def _types() -> dict[int, DataType]:
         0x42: DataType(0x42, "string", "string", None, False, 0xFF),
         0x43: DataType(0x43, "octstr16", "octets16", None, False, 0xFFFF),
         0x44: DataType(0x44, "string16", "string16", None, False, 0xFFFF),
+        0x48: DataType(0x48, "array", "array", None, False, 0xFFFF),
+        0x4C: DataType(0x4C, "struct", "struct", None, False, 0xFFFF),
+        0x50: DataType(0x50, "set", "array", None, False, 0xFFFF),
+        0x51: DataType(0x51, "bag", "array", None, False, 0xFFFF),
         0xE0: DataType(0xE0, "ToD", "uint", 4, True, 0xFFFFFFFF),
         0xE1: DataType(0xE1, "date", "uint", 4, True, 0xFFFFFFFF),
         0xE2: DataType(0xE2, "UTC", "uint", 4, True, 0xFFFFFFFF),
@@ -91,11 +95,15 @@ class TypedValue:
 
     ``value`` is an int for integer-like types (the raw number, sentinel included), a bool,
     a str, bytes, a Decimal (floats, exactly), or None when the encoding itself says
-    "invalid" (bool 0xFF, string length 0xFF, float NaN).
+    "invalid" (bool 0xFF, string length 0xFF, float NaN). Arrays, sets, bags and
+    structures (Xiaomi's 0xFF02 attribute...) hold a tuple of TypedValue. ``noncanonical``: the encoding
+    was not the one the spec writes (a bool sent as 0x80: read as true, as zigpy and the
+    devices that send it mean, and flagged rather than failing the whole frame).
     """
 
     type_id: int
     value: Any
+    noncanonical: bool = False
 
     @property
     def type_name(self) -> str:
@@ -121,10 +129,15 @@ def _data_type(type_id: int) -> DataType:
     return dt
 
 
-def decode_value(type_id: int, data: bytes) -> tuple[TypedValue, bytes]:
+MAX_NESTING = 8  # arrays/structures inside each other: deeper is refused, not recursed
+
+
+def decode_value(type_id: int, data: bytes, _depth: int = 0) -> tuple[TypedValue, bytes]:
     """Decode one value of ``type_id`` from the front of ``data``; return it and the rest."""
     dt = _data_type(type_id)
     kind = dt.kind
+    if kind in ("array", "struct"):
+        return _decode_composite(dt, data, _depth)
     if dt.size is not None:
         if len(data) < dt.size:
             raise ZCLDecodeError(f"truncated {dt.name}: {len(data)} of {dt.size} bytes")
@@ -136,9 +149,7 @@ def decode_value(type_id: int, data: bytes) -> tuple[TypedValue, bytes]:
         if kind == "bool":
             if raw[0] == 0xFF:
                 return TypedValue(type_id, None), rest
-            if raw[0] > 1:
-                raise ZCLDecodeError(f"bool value 0x{raw[0]:02X} is not 0x00, 0x01 or 0xFF")
-            return TypedValue(type_id, bool(raw[0])), rest
+            return TypedValue(type_id, bool(raw[0]), raw[0] > 1), rest
         if kind == "float":
             (f,) = struct.unpack(_FLOAT_FMT[dt.size], raw)
             return TypedValue(type_id, None if f != f else Decimal(f)), rest
@@ -155,8 +166,36 @@ def decode_value(type_id: int, data: bytes) -> tuple[TypedValue, bytes]:
         raise ZCLDecodeError(f"truncated {dt.name}: length {n}, {len(data) - width} bytes")
     raw, rest = data[width:width + n], data[width + n:]
     if kind.startswith("string"):
-        return TypedValue(type_id, raw.decode("utf-8", errors="replace")), rest
+        # devices pad names with NULs (Xiaomi, Tuya): the text ends at the first one
+        return TypedValue(type_id, raw.split(b"\0")[0].decode("utf-8", errors="replace")), rest
     return TypedValue(type_id, bytes(raw)), rest
+
+
+def _decode_composite(dt: DataType, data: bytes, depth: int) -> tuple[TypedValue, bytes]:
+    """ZCL 2.6.2.10-13: array/set/bag = element type, count (2), elements; structure =
+    count (2), then type + value per element. A count of 0xFFFF is the invalid value."""
+    if depth >= MAX_NESTING:
+        raise ZCLDecodeError(f"{dt.name} nested more than {MAX_NESTING} deep")
+    head = 3 if dt.kind == "array" else 2
+    if len(data) < head:
+        raise ZCLDecodeError(f"truncated {dt.name}: {len(data)} of {head} header bytes")
+    count = int.from_bytes(data[head - 2:head], "little")
+    rest = bytes(data[head:])
+    if count == 0xFFFF:
+        return TypedValue(dt.type_id, None), rest
+    if count > len(rest):  # every element takes a byte at least (its value or its type)
+        raise ZCLDecodeError(f"truncated {dt.name}: {count} elements in {len(rest)} bytes")
+    items = []
+    for _ in range(count):
+        if dt.kind == "array":
+            elem_type = data[0]
+        else:
+            if not rest:
+                raise ZCLDecodeError(f"truncated {dt.name}: {len(items)} of {count} elements")
+            elem_type, rest = rest[0], rest[1:]
+        item, rest = decode_value(elem_type, rest, depth + 1)
+        items.append(item)
+    return TypedValue(dt.type_id, tuple(items)), rest
 
 
 def encode_value(type_id: int, value: Any) -> bytes:
@@ -178,6 +217,18 @@ def encode_value(type_id: int, value: Any) -> bytes:
         return struct.pack(_FLOAT_FMT[dt.size], float("nan") if value is None else float(value))
     if kind == "nodata":
         return b""
+    if kind in ("array", "struct"):
+        if value is None:
+            return (b"\x00" if kind == "array" else b"") + b"\xff\xff"
+        items = list(value)
+        if kind == "array":
+            elem = items[0].type_id if items else 0x00
+            if any(i.type_id != elem for i in items):
+                raise ValueError(f"{dt.name} elements must share one type")
+            return bytes([elem]) + len(items).to_bytes(2, "little") + b"".join(
+                encode_value(i.type_id, i.value) for i in items)
+        return len(items).to_bytes(2, "little") + b"".join(
+            bytes([i.type_id]) + encode_value(i.type_id, i.value) for i in items)
     if kind == "bytes":
         if len(value) != dt.size:
             raise ValueError(f"{dt.name} needs exactly {dt.size} bytes")
@@ -222,6 +273,7 @@ def status_name(code: int) -> str:
 
 FRAME_TYPE_GLOBAL = 0b00
 FRAME_TYPE_CLUSTER = 0b01
+FRAME_TYPES_RESERVED = (0b10, 0b11)  # ZCL 2.4.1.1.1: reserved; the payload is kept raw
 DIRECTION_TO_SERVER = 0
 DIRECTION_TO_CLIENT = 1
 
@@ -244,6 +296,15 @@ class ZCLHeader:
     @property
     def is_global(self) -> bool:
         return self.frame_type == FRAME_TYPE_GLOBAL
+
+    @property
+    def is_reserved(self) -> bool:
+        return self.frame_type in FRAME_TYPES_RESERVED
+
+    @property
+    def frame_type_name(self) -> str:
+        return {FRAME_TYPE_GLOBAL: "global", FRAME_TYPE_CLUSTER: "cluster-specific"}.get(
+            self.frame_type, f"reserved ({self.frame_type:02b})")
 
     def serialize(self) -> bytes:
         if self.frame_type not in (0, 1, 2, 3) or self.direction not in (0, 1):
@@ -549,6 +610,9 @@ class ZCLFrame:
 
     @property
     def command_name(self) -> str:
+        if self.header.is_reserved:
+            return f"command 0x{self.header.command:02X} of reserved frame type " \
+                   f"{self.header.frame_type:02b}"
         if self.header.is_global:
             return GENERAL_COMMANDS.get(self.header.command, f"0x{self.header.command:02X}")
         return f"cluster command 0x{self.header.command:02X}"
@@ -662,7 +726,14 @@ CLUSTER_NAMES: dict[int, str] = {
 }
 
 PROFILES: dict[int, str] = {0x0000: "ZDP", 0x0104: "Home Automation", 0x0109: "Smart Energy",
-                            0xC105: "Digi"}
+                            0xC105: "Digi", 0xC05E: "Zigbee Light Link", 0xA1E0: "Green Power"}
+
+
+def is_zcl_profile(profile: int) -> bool:
+    """Public application profiles (0x0001-0x7FFF: HA, SE, building, health...), Green
+    Power and ZLL carry ZCL frames; ZDP (0x0000) and manufacturer profiles (Digi's 0xC105
+    and the rest of 0x8000-0xFFFF) carry their own payloads."""
+    return 0x0001 <= profile <= 0x7FFF or profile in (0xA1E0, 0xC05E)
 
 
 def attribute_name(cluster: int, attribute_id: int) -> str:

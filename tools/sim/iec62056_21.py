@@ -60,10 +60,12 @@ class IecBusSimulator(PtySimulator):
     """Meter-side state machine for every meter on the simulated bus."""
 
     def __init__(self, meters: list[SimIecMeter], push_s: float | None = None,
-                 push_format: str = "crc") -> None:
+                 push_format: str = "crc", push_raw: list[bytes] | None = None) -> None:
         """push_s: the first meter pushes a telegram this often (mode D), unasked, as
         ``crc`` (``/ident CRLF CRLF data !CRC16 CRLF``, P1-like), ``bcc`` (ident, then
-        ``STX data ! CRLF ETX BCC``) or ``plain`` (no check)."""
+        ``STX data ! CRLF ETX BCC``) or ``plain`` (no check). push_raw: push these bytes
+        in turn instead (captured telegrams, as they are: a real meter's exact output)."""
+        self.push_raw = list(push_raw or [])
         self.meters = meters
         self.decoder = iec.Iec62056Decoder(meter_side=True)
         self.active: SimIecMeter | None = None
@@ -86,6 +88,8 @@ class IecBusSimulator(PtySimulator):
         self.write(iec.add_even_parity(self.push_telegram(m)))
 
     def push_telegram(self, m: SimIecMeter) -> bytes:
+        if self.push_raw:
+            return self.push_raw[(self.pushes - 1) % len(self.push_raw)]
         ident = iec.Identification(m.manufacturer, m.baud_char, m.ident).serialize()
         text = m.readout_text().encode()
         if self.push_format == "bcc":
@@ -164,13 +168,13 @@ class IecBusSimulator(PtySimulator):
 def start(meters: int = 1, *, addresses: list[str] | None = None, baud_char: str = "5",
           password: str | None = None, silent: tuple[str, ...] = (), bad_bcc: bool = False,
           delay_s: float = 0.0, push_s: float | None = None,
-          push_format: str = "crc") -> IecBusSimulator:
+          push_format: str = "crc", push_raw: list[bytes] | None = None) -> IecBusSimulator:
     """Start a bus of ``meters`` simulated meters; ``.device`` is the pty path."""
     addrs = addresses or [f"{10000001 + i}" for i in range(meters)]
     sims = [SimIecMeter(a, baud_char=baud_char, password=password, silent=a in silent,
                         bad_bcc=bad_bcc, delay_s=delay_s, base_wh=1_000_000 * (i + 1),
                         ident=f"SIM{i + 1}") for i, a in enumerate(addrs)]
-    return IecBusSimulator(sims, push_s, push_format)
+    return IecBusSimulator(sims, push_s, push_format, push_raw)
 
 
 def main() -> None:
@@ -181,9 +185,17 @@ def main() -> None:
     p.add_argument("--silent", action="append", default=[], help="address of a silent meter")
     p.add_argument("--bad-bcc", action="store_true")
     p.add_argument("--delay-s", type=float, default=0.0)
+    p.add_argument("--push-s", type=float, help="mode D: push a telegram this often")
+    p.add_argument("--push-file", action="append", default=[],
+                   help="mode D: push this captured telegram (repeatable, pushed in turn)")
     a = p.parse_args()
+    raw = []
+    for name in a.push_file:
+        with open(name, "rb") as f:
+            raw.append(f.read())
     sim = start(a.meters, baud_char=a.baud_char, password=a.password, silent=tuple(a.silent),
-                bad_bcc=a.bad_bcc, delay_s=a.delay_s)
+                bad_bcc=a.bad_bcc, delay_s=a.delay_s,
+                push_s=a.push_s if a.push_s or not raw else 10.0, push_raw=raw)
     print(sim.device, flush=True)
     print("addresses: " + " ".join(m.address for m in sim.meters), flush=True)
     serve_forever(sim)
