@@ -36,7 +36,8 @@ from ..config import (
     ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, boolean, hex_bytes, integer, list_of, mapping,
     number, one_of_keys, text, time_zone,
 )
-from ..model import QUALITY_HISTORIC, QUALITY_METER_ERROR, Event, Reading, now_ms
+from ..model import (QUALITY_HISTORIC, QUALITY_METER_ERROR, QUALITY_NOT_ENCRYPTED, Event,
+                     Reading, now_ms)
 from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
@@ -438,6 +439,8 @@ def telegram_readings(t: Any, meter_id: str, bus: str, rx_ms: int,
     s = t.status or 0
     # application error / abnormal condition (bits 0-1 = 2, 3), permanent or temporary error
     quality = (QUALITY_METER_ERROR,) if (s & 0x18 or s & 0x03 >= 2) else ()
+    if t.extra.get("not_encrypted"):  # encrypted by its bits, but it came in clear
+        quality += (QUALITY_NOT_ENCRYPTED,)
     stored = quality + (QUALITY_HISTORIC,)
     nums = []
     dates = []
