@@ -141,7 +141,7 @@ def expand(fmt: bytes, data: bytes, pos: int = 0) -> bytes:
                                  f"{length} data bytes, {len(data) - pos} left")
         out += fmt[start:i] + data[pos:pos + length]
         pos += length
-    if pos != len(data):
+    if pos != len(data) and data[pos:].strip(b"\x2f"):  # 2F: the encryption's fill bytes
         raise FrameError(f"compact frame has {len(data) - pos} data bytes more than its format")
     return bytes(out)
 
@@ -164,3 +164,16 @@ def decode_compact(data: bytes, pos: int, header: dict[str, Any],
         exc.header = exc.header or header
         raise
     return parse_records(full)
+
+
+# --------------------------------------------------------------------------- encoding (simulators, tests)
+
+def compact_payload(apl: bytes) -> tuple[bytes, bytes]:
+    """-> (format, signature + CRC + data bytes) for the records ``apl`` of a full frame:
+    what follows the compact-frame CI field."""
+    recs, _, _ = parse_records(bytes(apl))
+    fmt = format_bytes(recs)
+    data = b"".join(bytes(r.raw) for r in recs)
+    full = b"".join(bytes(r.dib) + bytes(r.vib) + bytes(r.raw) for r in recs)
+    return fmt, (signature(fmt).to_bytes(2, "little") + crc_en13757(full).to_bytes(2, "little")
+                 + data)

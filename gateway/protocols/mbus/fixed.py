@@ -93,3 +93,19 @@ def decode_fixed(ci: int, data: bytes, pos: int, header: dict[str, Any], *,
     t.extra["fixed_structure"] = {"medium": med, "counter_coding": "binary" if binary
                                   else "BCD", "historic": bool(historic)}
     return t
+
+
+def encode_fixed(ident: str, access: int, status: int, unit1: int, unit2: int, counter1: int,
+                 counter2: int, *, msb: bool = False) -> bytes:
+    """The 16 bytes after CI 0x73 (0x77 with ``msb``); status bit 7 picks binary counters.
+    ``unit1``/``unit2`` are the whole bytes (medium bits included)."""
+    def counter(v: int) -> bytes:
+        if status & 0x80:
+            return v.to_bytes(4, "little")
+        return bytes.fromhex(f"{v:08d}")[::-1]
+
+    ident_b = bytes.fromhex(ident)[::-1]
+    c1, c2 = counter(counter1), counter(counter2)
+    if msb:
+        ident_b, c1, c2 = ident_b[::-1], c1[::-1], c2[::-1]
+    return ident_b + bytes((access, status, unit1, unit2)) + c1 + c2
