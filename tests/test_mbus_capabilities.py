@@ -251,3 +251,29 @@ def test_formats_are_bounded_per_meter() -> None:
     assert len(f.by_meter["m"]) == compact.MAX_FORMATS_PER_METER
 
 
+
+
+# --------------------------------------------------------------------------- the CLI
+
+def test_decode_cli_takes_several_telegrams_as_one_session(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from gateway.cli import main as cli_main
+    _, payload = compact.compact_payload(bytes.fromhex("0413" "3A300000"))
+    short, full = radio(0x79, payload).hex(), radio(0x78, bytes.fromhex("0413" "39300000")).hex()
+    assert cli_main(["decode", "wmbus", full, short, "--json"]) == 0
+    a, b = json.loads(capsys.readouterr().out)
+    assert a["records"][0]["value"] == "12.345" and b["records"][0]["value"] == "12.346"
+    assert b["compact"] is True
+    # a compact frame before its full frame: that telegram fails in one line, the rest decode
+    assert cli_main(["decode", "wmbus", short, full, short]) == 2
+    cap = capsys.readouterr()
+    assert cap.err.strip().startswith("error: telegram 1: wmbus: compact frame with format")
+    assert cap.err.count("\n") == 1 and "telegram 3:" in cap.out and "12.346" in cap.out
+    # wired frames too, and one HEX still prints one object
+    wired_hex = CORPUS["libmbus_frames"][0]["hex"]
+    assert cli_main(["decode", "mbus", wired_hex, wired_hex, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert cli_main(["decode", "mbus", wired_hex, "--json"]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out), dict)
