@@ -277,3 +277,20 @@ def test_decode_cli_takes_several_telegrams_as_one_session(
     assert len(json.loads(capsys.readouterr().out)) == 2
     assert cli_main(["decode", "mbus", wired_hex, "--json"]) == 0
     assert isinstance(json.loads(capsys.readouterr().out), dict)
+
+
+def test_meter_keys_are_aes_or_des_sized() -> None:
+    from gateway.drivers.mbus import meter_key
+    check = meter_key()
+    assert check.convert("00" * 16) == bytes(16) and check.convert("01" * 8) == b"\x01" * 8
+    for bad in ("00" * 12, "0" * 31, "zz" * 8):
+        with pytest.raises(ValueError):
+            check.convert(bad)
+    # a 16-byte key on a DES frame, or an 8-byte key on an AES frame, is a decrypt failure
+    raw = des_frame(b"\x01" * 8, bytes.fromhex("0C1301000000"), 3)
+    with pytest.raises(DecryptError, match="8-byte key"):
+        wired.decode_rsp_ud(raw, KEY)
+    aes = wireless.encode_wmbus("KAM", "12345678", 1, 7, bytes.fromhex("0C1301000000"),
+                                key=KEY, mode=5)
+    with pytest.raises(DecryptError, match="16-byte key"):
+        wireless.decode_wmbus(aes, b"\x01" * 8)

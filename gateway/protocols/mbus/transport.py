@@ -188,6 +188,9 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
             raise NoKeyError(f"encrypted with security mode {mode} and no key is configured "
                              "for this meter", h)
         blocks = (config >> 4) & 0x0F
+        if mode == 7 and len(ctx.key) != 16:
+            raise DecryptError(f"decrypt failed: security mode 7 is AES-128 and needs a "
+                               f"16-byte key, the configured key has {len(ctx.key)}", h)
         if mode == 7:
             _need(data, pos, 1, "mode 7 configuration field extension", h)
             cfe = data[pos]
@@ -199,6 +202,9 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
                 raise UnsupportedSecurityError("mode 5 with a short header needs the link-layer "
                                                "address, which a wired frame does not carry", h)
             key = ctx.key
+            if len(key) != 16:
+                raise DecryptError(f"decrypt failed: security mode 5 is AES-128 and needs a "
+                                   f"16-byte key, the configured key has {len(key)}", h)
             iv = security.mode5_iv(iv_m, iv_a, access)
         else:
             key = ctx.key
@@ -216,9 +222,9 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
             raise FrameError(f"security mode {mode} with zero encrypted blocks", h)
         _need(data, pos, n, f"{n // bsize} encrypted blocks", h)
         if mode in (2, 3):
-            if len(key) not in (8, 16, 24):
-                raise DecryptError("decrypt failed: a DES key is 8 bytes (or a 16/24-byte "
-                                   "TripleDES key)", h)
+            if len(key) != 8:
+                raise DecryptError(f"decrypt failed: security mode {mode} is DES and needs "
+                                   f"an 8-byte key, the configured key has {len(key)}", h)
             plain = security.des_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
         else:
             plain = security.aes_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))

@@ -218,6 +218,9 @@ def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto",
                     # its CRC holds in clear: stored already decrypted
                     payload = clear
                     extra["not_encrypted"] = True
+                elif len(k) != 16:
+                    raise DecryptError("decrypt failed: the ELL is AES-128 and needs a "
+                                       f"16-byte key, the configured key has {len(k)}", header)
                 else:
                     iv = security.ell_iv(m_field, a_field, cc, sn)
                     payload = security.aes_ctr(k, iv, bytes(buf[pos:]))
