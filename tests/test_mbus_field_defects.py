@@ -189,3 +189,15 @@ def test_application_error_with_a_long_header_names_the_meter() -> None:
         wired.decode_rsp_ud(raw)
     assert info.value.code == 5 and info.value.header["id"] == "12345678"
     assert info.value.header["manufacturer"] == "KAM"
+
+
+def test_manufacturer_payloads_stay_available_for_profiles() -> None:
+    from gateway.protocols.mbus.errors import UnsupportedError
+    raw = bytes.fromhex(WMBUS["xmq:HEAD:drivers/src/compact5.xmq:80"])  # CI 0xA2
+    with pytest.raises(UnsupportedError) as info:
+        wireless.decode_wmbus(raw)
+    assert info.value.payload == raw[10:] and info.value.payload[0] == 0xA2
+    assert info.value.header["id"] == "66336633"
+    # DIF 0x0F data after the records stay raw on the telegram
+    t = wired.decode_rsp_ud(bytes.fromhex(LIBMBUS["ACW_Itron-BM-plus-m"]))
+    assert t.manufacturer_data == bytes.fromhex("00017513")

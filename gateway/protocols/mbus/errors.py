@@ -28,8 +28,9 @@ class MBusError(ValueError):
                  payload: bytes = b"") -> None:
         super().__init__(message)
         self.header = dict(header) if header else {}
-        # what follows an unknown CI field or an unsupported security mode, as received:
-        # manufacturer profiles (issue 13) read it from here
+        # the undecoded bytes, as received: from an unknown CI field on (CI included), or
+        # after the TPL header of an unsupported security mode; manufacturer profiles
+        # (issue 13) read them from here
         self.payload = bytes(payload)
 
     @property

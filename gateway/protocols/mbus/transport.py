@@ -158,7 +158,7 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
         raise UnsupportedError("CI 0x76 (data sent most significant byte first)", h)
     else:
         raise UnsupportedError(f"CI field 0x{ci:02X} is not an application data response", h,
-                               payload=bytes(data[pos:]))
+                               payload=bytes(data[ci_pos:]))
 
     access, status = data[pos], data[pos + 1]
     config = int.from_bytes(data[pos + 2:pos + 4], "little")
