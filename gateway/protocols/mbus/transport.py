@@ -15,6 +15,7 @@ from .errors import (
     ApplicationError, AuthError, DecryptError, FrameError, MBusError, NoKeyError, TruncatedError, UnsupportedError,
     UnsupportedSecurityError,
 )
+from .compact import decode_compact, meter_key
 from .records import DataRecord, parse_records
 from .tables import (
     APPLICATION_ERRORS, CI_APPLICATION_ERROR, CI_APPLICATION_ERROR_LONG,
@@ -279,7 +280,6 @@ def _records(data: bytes, pos: int, h: dict[str, Any], decrypted: bool,
              compact: bool = False) -> tuple[list[DataRecord], bytes, bool]:
     """The records of a full frame (whose format is learned when ``ctx.formats`` is set),
     or of a compact frame (decoded with a learned format)."""
-    from .compact import decode_compact, meter_key
     formats = ctx.formats if ctx is not None else None
     try:
         if compact:
