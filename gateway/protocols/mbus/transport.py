@@ -1,8 +1,16 @@
 """Transport layer (EN 13757-7 TPL) and the decoded telegram shared by wired and wireless.
 
 ``decode_application(ci, data, pos, ctx)`` reads the TPL header the CI field announces
-(none, short, long), decrypts security mode 5 or 7 when the configuration word says so,
-checks the result, and parses the records.
+(none, short, long), decrypts security mode 5 or 7 (AES) or 2/3 (DES) when the
+configuration word says so, checks the result, and parses the records: a full frame's
+(whose format a session in ``ctx.formats`` learns), a compact frame's (CI 0x79/0x7B/0x73,
+decoded with a learned format), or the wired fixed data structure (CI 0x73/0x77, see
+:mod:`.fixed`). CI 0x70/0x6E/0x6F application errors raise ``ApplicationError``.
+
+Without a key, a telegram whose security bits say encrypted but whose payload starts with
+the 2F2F check bytes in clear is decoded and marked ``extra["not_encrypted"]``; with a key
+it is decrypted as always (so a wrong key still fails). On wired frames, a configuration
+word that is no defined security mode is the old "signature" field (``extra``).
 """
 
 from __future__ import annotations
