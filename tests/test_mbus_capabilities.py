@@ -294,3 +294,23 @@ def test_meter_keys_are_aes_or_des_sized() -> None:
                                 key=KEY, mode=5)
     with pytest.raises(DecryptError, match="16-byte key"):
         wireless.decode_wmbus(aes, b"\x01" * 8)
+
+
+def test_kamstrup_style_compact_frame_inside_an_encrypted_ell() -> None:
+    # the records of a real flowIQ full frame (CI 0x78 in an ELL), then its compact frame
+    full_hex = WMBUS["xmq:HEAD:drivers/src/kamwater.xmq:500"]["hex"]
+    full = bytes.fromhex(full_hex)
+    t_full = wireless.decode_wmbus(full)
+    apl = b"".join(r.dib + r.vib + r.raw for r in t_full.records)
+    fmt, body = compact.compact_payload(apl)
+    assert fmt.hex().upper().startswith("04FF23")  # DIB/VIB bytes as the meter sent them
+    head = dict(manufacturer=t_full.manufacturer, ident=t_full.id, version=t_full.version,
+                device_type=t_full.device_type)
+    full_enc = wireless.encode_ell_ctr(head["manufacturer"], head["ident"], head["version"],
+                                       head["device_type"], b"\x78" + apl, key=KEY, session=1)
+    short_enc = wireless.encode_ell_ctr(head["manufacturer"], head["ident"], head["version"],
+                                        head["device_type"], b"\x79" + body, key=KEY, session=2)
+    first, second = wireless.decode_session([full_enc, short_enc], KEY)
+    assert second.extra["compact"] and second.extra["ell"]["encryption"] == 1
+    assert [(r.key, r.value) for r in second.records] == [(r.key, r.value) for r in first.records]
+    assert any(r.quantity == "Volume" and r.value_text() == "44.206" for r in second.records)
