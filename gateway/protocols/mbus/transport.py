@@ -20,8 +20,8 @@ from typing import Any
 
 from . import security
 from .errors import (
-    ApplicationError, AuthError, DecryptError, FrameError, MBusError, NoKeyError, TruncatedError, UnsupportedError,
-    UnsupportedSecurityError,
+    ApplicationError, AuthError, DecryptError, FrameError, MBusError, NoKeyError, TruncatedError,
+    UnsupportedError, UnsupportedSecurityError,
 )
 from .compact import decode_compact, meter_key
 from .records import DataRecord, parse_records
@@ -243,7 +243,8 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
         apl, start = plain + bytes(data[pos + n:]), 0
         decrypted = True
     else:
-        name = SECURITY_MODES.get(mode, "reserved")
+        name = SECURITY_MODES.get(mode) or ("manufacturer specific" if mode >= 16
+                                            else "reserved")
         raise UnsupportedSecurityError(f"security mode {mode} ({name}) is not supported", h,
                                        payload=bytes(data[pos:]))
     return _finish(ci, apl, start, ctx, h, access, status, config, mode, link, c_field,
