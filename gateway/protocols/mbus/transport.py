@@ -255,9 +255,8 @@ def _finish(ci: int, apl: bytes, start: int, ctx: Context, h: dict[str, Any], ac
             status: int, config: int, mode: int, link: str, c_field: int | None,
             address: int | None, extra: dict[str, Any], compact: bool,
             decrypted: bool) -> Telegram:
-    if compact:
-        while start < len(apl) and apl[start] == 0x2F:  # the 2F2F check bytes
-            start += 1
+    if compact and (decrypted or extra.get("not_encrypted")):
+        start += 2  # the 2F2F check bytes (verified); the format signature follows
     records, mdata, more = _records(apl, start, h, decrypted, ctx, compact)
     return Telegram(h.get("manufacturer", ""), h.get("id", ""), h.get("version", 0),
                     h.get("device_type", 0), access, status, records, ci, config, mode,
