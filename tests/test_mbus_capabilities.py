@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from gateway.drivers.mbus import telegram_readings
 from gateway.model import QUALITY_NOT_ENCRYPTED
 from gateway.protocols.mbus import compact, fixed, records, security, wired, wireless
-from gateway.protocols.mbus.errors import DecryptError, FrameError, MBusError, NoKeyError
+from gateway.protocols.mbus.errors import (
+    ChecksumError, DecryptError, FrameError, MBusError, NoKeyError,
+)
 from tests.mbus_corpus_compare import CORPUS
 
 WMBUS = {x["cid"]: x for x in CORPUS["wmbus"]}
@@ -331,3 +333,22 @@ def test_compact_signature_starting_with_2f_is_not_taken_for_check_bytes() -> No
     t = wireless.decode_wmbus(radio(0x79, payload), formats=formats)
     assert [(r.key, r.value) for r in t.records] == [("Volume", 7),
                                                      (f"Volume/storage={storage}", 5)]
+
+
+def test_compact_frame_from_a_real_meter_pair_checks_its_full_frame_crc() -> None:
+    # a full frame (CI 0x78) and the same meter's compact frame (CI 0x79), as captured and
+    # published in another project's regression tests: signature F1E7, full-frame CRC FCA3
+    full_apl = bytes.fromhex("780306EB24004306E723000314285E00426CBF2C022D030001FF2100")
+    compact_apl = bytes.fromhex("79E7F1A3FCED2400E723002E5E00BF2C0D0000")
+    fmt = compact.format_bytes(records.parse_records(full_apl, 1)[0])
+    assert fmt == bytes.fromhex("030643060314426C022D01FF21")
+    assert compact.signature(fmt) == 0xF1E7
+    full, short = radio(full_apl[0], full_apl[1:]), radio(compact_apl[0], compact_apl[1:])
+    t_full, t = wireless.decode_session([full, short])
+    assert [r.key for r in t.records] == [r.key for r in t_full.records]
+    assert t.records[0].value == 0x0024ED and t.records[2].value == 0x005E2E
+    # one data bit changed: the rebuilt records no longer match the meter's CRC
+    bad = bytearray(short)
+    bad[-3] ^= 0x01
+    _, refused = wireless.decode_session([full, bytes(bad)])
+    assert isinstance(refused, ChecksumError) and "full-frame CRC" in str(refused)
