@@ -290,3 +290,43 @@ def test_config_schema_validates_meters(tmp_path: Path) -> None:
     text = "\n".join(str(i) for i in exc.value.issues)
     assert "meters[0].primary" in text and "meters[1].secondary" in text
     assert "meters[2]" in text
+
+
+def test_driver_reads_a_plain_text_unit_over_the_bus() -> None:
+    from tools.sim.mbus import SimMeter
+    sim = start([SimMeter(8, "61150124", "ELV", 0x16, 0x1B, humidity=4564)])
+    sink = Sink()
+    opts = {"serial": {"port": sim.device, "baud": 2400, "parity": "N", "timeout_ms": 100},
+            "interval_s": 0.2, "retries": 1, "response_timeout_ms": 500,
+            "meters": [{"primary": 8, "name": "room"}]}
+    drv = MBusDriver("bus", opts, sink)
+    drv.start()
+    try:
+        assert wait_for(lambda: sink.readings("room", "%RH"))
+    finally:
+        drv.stop()
+        sim.stop()
+    r = sink.readings("room", "%RH")[0]
+    assert (r.mantissa, r.exponent, r.unit) == (4564, -2, "")
+
+
+def test_an_application_error_answer_is_its_own_event() -> None:
+    from tools.sim.mbus import SimMeter
+    meter = SimMeter(9, "11223344", "KAM", 1, 0x04, app_error=8)
+    sim = start([meter])
+    sink = Sink()
+    opts = {"serial": {"port": sim.device, "baud": 2400, "parity": "N", "timeout_ms": 100},
+            "interval_s": 0.2, "retries": 0, "response_timeout_ms": 500,
+            "event_interval_s": 0, "meters": [{"primary": 9, "name": "busy"}]}
+    drv = MBusDriver("bus", opts, sink)
+    drv.start()
+    try:
+        assert wait_for(lambda: sink.events("meter.application_error", "busy"))
+        meter.app_error = None  # the meter is free again: readings, and it recovered
+        assert wait_for(lambda: sink.readings("busy"))
+    finally:
+        drv.stop()
+        sim.stop()
+    e = sink.events("meter.application_error", "busy")[0]
+    assert e.detail["code"] == 8 and e.detail["reason"].startswith("application too busy")
+    assert not sink.events("meter.malformed") and not sink.events("meter.unsupported")

@@ -33,16 +33,30 @@ from zoneinfo import ZoneInfo
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..config import (
-    ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, boolean, hex_bytes, integer, list_of, mapping,
-    number, one_of_keys, text, time_zone,
+    ID, PATH, REQUIRED, Check, FieldSpec, Schema, SERIAL_SCHEMA, boolean, hex_bytes, integer,
+    list_of, mapping, number, one_of_keys, text, time_zone,
 )
-from ..model import QUALITY_HISTORIC, QUALITY_METER_ERROR, Event, Reading, now_ms
+from ..model import (QUALITY_HISTORIC, QUALITY_METER_ERROR, QUALITY_NOT_ENCRYPTED, Event,
+                     Reading, now_ms)
 from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
 from .handoff import WorkQueue, keys_dir_of, stored_key
 
 SECONDARY_PATTERN = r"[0-9A-Fa-f]{8}|[0-9A-Fa-f]{16}"
+
+
+def meter_key() -> Check:
+    """A meter key: 32 hex digits (AES-128) or 16 (DES, security modes 2/3)."""
+    aes, des = hex_bytes(16), hex_bytes(8)
+
+    def convert(v: Any) -> bytes:
+        if isinstance(v, str) and len(v) == 16:
+            return des.convert(v)
+        return aes.convert(v)
+
+    return Check("32 hex digits (a 16-byte AES key) or 16 (an 8-byte DES key)", convert,
+                 as_text=True)
 TZ_HELP = ("time zone of the meters' clocks: M-Bus date/time records carry none, and the "
            "readings' meter timestamps are read in it")
 
@@ -52,8 +66,9 @@ METER_SCHEMA = Schema((
                                 "IIIIIIIIMMMMVVDD", SECONDARY_PATTERN), None,
               help="secondary address (id, optionally manufacturer/version/medium)"),
     FieldSpec("name", ID, None, help="meter id used in readings (default: the meter's id)"),
-    FieldSpec("key", hex_bytes(16), None, secret=True,
-              help="AES-128 key if the meter encrypts (security mode 5)"),
+    FieldSpec("key", meter_key(), None, secret=True,
+              help="AES-128 key if the meter encrypts (security mode 5); 8 bytes for DES "
+                   "(modes 2/3)"),
     FieldSpec("key_file", PATH, None, secret=True, path=True, must_exist=True,
               help="file holding the AES-128 key (hex), instead of key"),
 ), check=(one_of_keys("primary", "secondary", required=True), one_of_keys("key", "key_file")),
@@ -99,6 +114,25 @@ class NoAnswer(Exception):
         self.kind = kind
 
 
+class CodecCrash(Exception):
+    """The codec raised something other than its own MBusError on a frame: a bug the
+    hostile or broken bytes found. Reported as ``meter.decode_error`` with the frame's
+    hex, and the bus goes on (issue 15)."""
+
+    def __init__(self, exc: BaseException, frame: bytes) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}")
+        self.frame = bytes(frame)
+
+
+MAX_EVENT_HEX = 1024  # hex digits of a frame kept in an event (a long frame is 522)
+
+
+def decode_error_detail(message: str, frame: bytes) -> dict[str, Any]:
+    h = bytes(frame).hex().upper()
+    return {"error": message, "hex": h[:MAX_EVENT_HEX],
+            **({"hex_truncated": True} if len(h) > MAX_EVENT_HEX else {})}
+
+
 @dataclass
 class LinkStats:
     requests: int = 0
@@ -113,8 +147,9 @@ class MBusMaster:
 
     def __init__(self, ser: Any, opts: Mapping[str, Any], *, timeout_s: float,
                  retries: int = 2, write: Callable[[Any, bytes, Mapping[str, Any]], None] | None
-                 = None) -> None:
-        from ..protocols.mbus.wired import FrameDecoder
+                 = None, codec: Callable[..., Any] | None = None) -> None:
+        from ..protocols.mbus.wired import FrameDecoder, decode_rsp_ud
+        self.codec = codec or decode_rsp_ud  # frame, key -> Telegram (tests inject faults)
         self.ser = ser
         self.opts = opts
         self.timeout_s = timeout_s
@@ -145,7 +180,12 @@ class MBusMaster:
         errors_before = self.decoder.errors
         crc_before = self.decoder.crc_errors
         while True:
-            ev = self.decoder.next_event()
+            try:
+                ev = self.decoder.next_event()
+            except Exception as exc:  # a framing bug must not stop the bus
+                held = bytes(self.decoder._buf)
+                self.decoder = type(self.decoder)()
+                raise CodecCrash(exc, held) from exc
             if not isinstance(ev, NeedData):
                 return ev
             left = deadline - time.monotonic()
@@ -213,17 +253,25 @@ class MBusMaster:
         return "collision"
 
     def read_telegrams(self, address: int, *, key: bytes | None = None,
-                       max_telegrams: int = 16, first_only: bool = False) -> list[Any]:
+                       max_telegrams: int = 16, first_only: bool = False,
+                       formats: Any = None) -> list[Any]:
         """REQ_UD2 with FCB toggling until a telegram without "more records follow"
         (``first_only``: just the first telegram, e.g. to learn a meter's address)."""
-        from ..protocols.mbus.wired import LongFrame, decode_rsp_ud, req_ud2
+        from ..protocols.mbus.errors import MBusError
+        from ..protocols.mbus.wired import LongFrame, encode, req_ud2
         telegrams = []
         fcb = True
         for _ in range(max_telegrams):
             frame = self.request(req_ud2(address, fcb),
                                  lambda f: isinstance(f, LongFrame) and f.is_rsp_ud,
                                  f"REQ_UD2 to {address}")
-            telegrams.append(decode_rsp_ud(frame, key))  # MBusError propagates
+            try:
+                kw = {} if formats is None else {"formats": formats}
+                telegrams.append(self.codec(frame, key, **kw))  # MBusError propagates
+            except MBusError:
+                raise
+            except Exception as exc:
+                raise CodecCrash(exc, encode(frame)) from exc
             fcb = not fcb
             if first_only or not telegrams[-1].more_records_follow:
                 return telegrams
@@ -247,7 +295,7 @@ class MBusMaster:
                     found.append(self.read_telegrams(a, first_only=True)[0])
                 except NoAnswer:
                     continue
-                except ValueError:  # MBusError: it answered, but with a broken telegram
+                except (ValueError, CodecCrash):  # it answered, with a broken telegram
                     found.append(("error", a))
         finally:
             self.retries = saved
@@ -289,7 +337,7 @@ class MBusMaster:
             if result == "single":
                 try:
                     item = self.read_telegrams(ADDRESS_NETWORK_LAYER, first_only=True)[0]
-                except (NoAnswer, ValueError) as exc:
+                except (NoAnswer, ValueError, CodecCrash) as exc:
                     item = ("error", str(m), str(exc))
             elif result == "collision":
                 ident = m.id.upper()
@@ -407,6 +455,8 @@ def telegram_readings(t: Any, meter_id: str, bus: str, rx_ms: int,
     s = t.status or 0
     # application error / abnormal condition (bits 0-1 = 2, 3), permanent or temporary error
     quality = (QUALITY_METER_ERROR,) if (s & 0x18 or s & 0x03 >= 2) else ()
+    if t.extra.get("not_encrypted"):  # encrypted by its bits, but it came in clear
+        quality += (QUALITY_NOT_ENCRYPTED,)
     stored = quality + (QUALITY_HISTORIC,)
     nums = []
     dates = []
@@ -429,6 +479,56 @@ def telegram_readings(t: Any, meter_id: str, bus: str, rx_ms: int,
     return [Reading(meter_id, r.key, r.value, r.exponent, r.unit,
                     times.get((r.storage, r.subunit), times.get((r.storage, 0))), rx_ms,
                     stored if r.storage else quality, bus) for r in nums]
+
+
+COMPACT_CURSOR = "mbus.compact_formats"  # per-meter store cursor: learned compact formats
+
+
+def stored_cursor(sink: Any, meter_id: str, name: str, default: Any = None) -> Any:
+    """A cursor from the store behind the sink (None-safe: test sinks have none)."""
+    get = getattr(sink, "get_cursor", None)
+    if get is None:
+        get = getattr(getattr(sink, "store", None), "get_cursor", None)
+    if get is None:
+        return default
+    try:
+        return get(meter_id, name, default)
+    except Exception:  # a damaged cursor must not stop the bus; the formats are relearned
+        return default
+
+
+class CompactFormats:
+    """The compact-frame formats a driver learned, per configured meter, with what goes
+    into the store: loaded from the meter's cursor when first needed, saved with the
+    readings of the full frame that taught a new one (so a restart keeps them)."""
+
+    def __init__(self, sink: Any) -> None:
+        from ..protocols.mbus.compact import Formats
+        self.sink = sink
+        self.formats = Formats()
+        self.loaded: set[str] = set()
+        self.owner: dict[str, str] = {}  # formats key -> meter label (whose cursor)
+
+    def load(self, label: str) -> Any:
+        if label not in self.loaded:
+            self.loaded.add(label)
+            saved = stored_cursor(self.sink, label, COMPACT_CURSOR)
+            if isinstance(saved, dict):
+                for k, v in saved.items():
+                    self.formats.load(str(k), v)
+                    self.owner[str(k)] = label
+        return self.formats
+
+    def cursors(self, label: str, header_key: str | None) -> dict[tuple[str, str], Any] | None:
+        """The cursor update for ``label`` if its formats changed, else None."""
+        f = self.formats
+        if header_key is not None:
+            self.owner.setdefault(header_key, label)
+        mine = [k for k, o in self.owner.items() if o == label]
+        if not any(k in f.changed for k in mine):
+            return None
+        f.changed.difference_update(mine)
+        return {(label, COMPACT_CURSOR): {k: f.export(k) for k in mine}}
 
 
 class EventGate:
@@ -464,6 +564,7 @@ class WiredMeter:
     last_flags: tuple[str, ...] = ()
     reading_id: str | None = None  # the meter id its readings carry (name or its own id)
     device_id: str | None = None  # the id the meter reports in its telegrams
+    compact_unknown_sent: bool = False  # meter.compact_format_unknown said, until learned
 
     @property
     def label(self) -> str:
@@ -531,6 +632,10 @@ class MBusDriver(Driver):
         self._ser: Any = None
         self._scan: ScanJob | None = None
         self._read_soon: list[WiredMeter] = []  # failing meters given a new key
+        from ..protocols.mbus.wired import decode_rsp_ud
+        self.codec: Callable[..., Any] = decode_rsp_ud  # frame, key, formats= -> Telegram
+        self.decode_errors = 0
+        self.compact = CompactFormats(sink)
 
     def meter_stats(self) -> dict[str, dict[str, Any]]:
         # keyed by the id the meter's readings carry once it has answered, so the console
@@ -573,7 +678,7 @@ class MBusDriver(Driver):
         """Use ``key`` for this meter from now on; a meter whose last read failed is read
         again at once with it."""
         meter = self._find(meter_id)
-        if len(key) != 16:
+        if len(key) != 16:  # the console sets AES keys; a DES key goes in the config
             raise ValueError(f"an M-Bus key is 16 bytes (32 hex digits), got {len(key)}")
 
         def apply() -> None:
@@ -681,7 +786,8 @@ class MBusDriver(Driver):
         self.work.idle(delay)  # set_key works with the port down; reads say it is not open
 
     def _master(self, ser: Any) -> MBusMaster:
-        return MBusMaster(ser, self.serial_opts, timeout_s=self.timeout_s, retries=self.retries)
+        return MBusMaster(ser, self.serial_opts, timeout_s=self.timeout_s, retries=self.retries,
+                          codec=self.codec)
 
     def _add_link(self, master: MBusMaster) -> None:
         for k in self.link.__dict__:
@@ -723,7 +829,7 @@ class MBusDriver(Driver):
             self.log.info("M-Bus %s: scan done: %d devices", self.bus, len(job.devices))
             self._end_scan(None)
             return
-        except MBusError as exc:
+        except (MBusError, CodecCrash) as exc:
             self._end_scan(f"{type(exc).__name__}: {exc}")
             return
         job.selections += 1
@@ -775,12 +881,22 @@ class MBusDriver(Driver):
                 if self.reset:
                     master.snd_nke(address)
             telegrams = master.read_telegrams(address, key=meter.key,
-                                              max_telegrams=self.max_telegrams)
+                                              max_telegrams=self.max_telegrams,
+                                              formats=self.compact.load(meter.label))
         except NoAnswer as exc:
             self._failed(meter, exc.kind, str(exc), {})
             return None
         except MBusError as exc:
-            self._failed(meter, exc.event, str(exc), exc.header)
+            if exc.event == "meter.compact_format_unknown" and meter.compact_unknown_sent:
+                st.failures[exc.event] = st.failures.get(exc.event, 0) + 1  # said once
+                return None
+            meter.compact_unknown_sent = exc.event == "meter.compact_format_unknown"
+            self._failed(meter, exc.event, str(exc), exc.header, getattr(exc, "detail", None))
+            return None
+        except CodecCrash as exc:
+            self.decode_errors += 1
+            self._failed(meter, "meter.decode_error", str(exc), {},
+                         decode_error_detail(str(exc), exc.frame))
             return None
         finally:
             st.retries += master.stats.retries - before[0]
@@ -788,7 +904,7 @@ class MBusDriver(Driver):
         return self._succeeded(meter, telegrams)
 
     def _failed(self, meter: WiredMeter, kind: str, message: str,
-                header: Mapping[str, Any]) -> None:
+                header: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> None:
         st = meter.stats
         st.reads_failed += 1
         st.consecutive_failures += 1
@@ -805,6 +921,8 @@ class MBusDriver(Driver):
             if held:
                 detail["held_back"] = held
             detail.update({k: v for k, v in header.items() if k in ("id", "manufacturer")})
+            if extra:
+                detail.update(extra)
             self.emit([Event(kind, now_ms(), self.bus, meter.label, "warning", detail)])
 
     def _succeeded(self, meter: WiredMeter, telegrams: list[Any]) -> list[Any]:
@@ -824,7 +942,10 @@ class MBusDriver(Driver):
         st.consecutive_failures = 0
         st.last_ok_ms = rx
         st.status_flags = list(flags)
-        self.emit(events + records)
+        cursors = self.compact.cursors(meter.label, f"{first.manufacturer}:{first.id}")
+        if cursors is not None:
+            meter.compact_unknown_sent = False
+        self.emit(events + records, cursors)
         return events + records
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..config import (
-    ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, hex_bytes, integer, list_of, mapping,
+    ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, integer, list_of, mapping,
     number, one_of, one_of_keys, text, time_zone,
 )
 from ..model import Event, now_ms
@@ -42,15 +42,16 @@ from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
 from .handoff import Listeners, WorkQueue, keys_dir_of, stored_key
-from .mbus import (TZ_HELP, EventGate, MeterStats, open_port, read_ok_events,
-                   telegram_readings)
+from .mbus import (TZ_HELP, CompactFormats, EventGate, MeterStats, decode_error_detail,
+                   meter_key, open_port, read_ok_events, telegram_readings)
 
 METER_SCHEMA = Schema((
     FieldSpec("id", text("the 8-digit meter id", r"[0-9]{8}"), help="meter id (on its label)"),
     FieldSpec("manufacturer", text("a three-letter manufacturer code", r"[A-Z]{3}"), None,
               help="manufacturer code, e.g. KAM; default: any"),
     FieldSpec("name", ID, None, help="meter id used in readings (default: the id)"),
-    FieldSpec("key", hex_bytes(16), None, secret=True, help="AES-128 key (security mode 5/7, ELL)"),
+    FieldSpec("key", meter_key(), None, secret=True,
+              help="AES-128 key (security mode 5/7, ELL); 8 bytes for DES (modes 2/3)"),
     FieldSpec("key_file", PATH, None, secret=True, path=True, must_exist=True,
               help="file holding the AES-128 key (hex), instead of key"),
 ), check=one_of_keys("key", "key_file"), help="one wireless meter")
@@ -164,6 +165,7 @@ class RadioMeter:
     last_flags: tuple[str, ...] = ()
     last_readings: list[Any] = field(default_factory=list)  # of the last decoded telegram
     failed: tuple[bytes, int | None, int] | None = None  # last undecodable (frame, rssi, rx)
+    compact_unknown_sent: bool = False  # meter.compact_format_unknown said, until learned
 
     @property
     def label(self) -> str:
@@ -211,6 +213,10 @@ class WMBusDriver(Driver):
         self.dongle_stats = {"inits": 0, "init_failures": 0, "reopens": 0, "silences": 0,
                              "ping_failures": 0, "frame_errors": 0, "crc_errors": 0,
                              "telegrams": 0}
+        from ..protocols.mbus.wireless import decode_wmbus
+        self.codec: Callable[..., Any] = decode_wmbus  # frame, key, fmt=, formats= -> Telegram
+        self.compact = CompactFormats(sink)
+        self.decode_errors = 0
         self._ser: Any = None
         self._decoder: Any = None
         self.state = "opening"  # opening | initialising | listening (for diagnostics)
@@ -270,7 +276,7 @@ class WMBusDriver(Driver):
         """Use ``key`` for this meter at once; its last undecodable telegram is decoded
         again with it (so a meter that sends every 15 min need not be waited for)."""
         meter = self._find(meter_id)
-        if len(key) != 16:
+        if len(key) != 16:  # the console sets AES keys; a DES key goes in the config
             raise ValueError(f"a wM-Bus key is 16 bytes (32 hex digits), got {len(key)}")
 
         def apply() -> None:
@@ -364,13 +370,22 @@ class WMBusDriver(Driver):
         crc_before = self._decoder.crc_errors
         err_before = self._decoder.errors  # framing errors = errors - crc_errors
         while True:
-            msg = self._decoder.next_event()
+            try:
+                msg = self._decoder.next_event()
+            except Exception as exc:  # a dongle-framing bug must not stop the radio
+                self._dongle_decode_error(exc, chunk)
+                break
             if msg is None:
                 break
             if msg.damaged is not None:
                 self._on_damaged(msg)
             elif msg.is_telegram:
-                self._on_telegram(msg.telegram(), msg.rssi_dbm)
+                try:
+                    frame = msg.telegram()
+                except Exception as exc:
+                    self._dongle_decode_error(exc, bytes(getattr(msg, "payload", b"")))
+                    continue
+                self._on_telegram(frame, msg.rssi_dbm)
             else:
                 others.append(msg)
         if self._decoder.errors - self._decoder.crc_errors > err_before - crc_before:
@@ -380,6 +395,19 @@ class WMBusDriver(Driver):
                 self._dongle_event("dongle.frame_error", "warning",
                                    {"error": str(self._decoder.last_error), "held_back": held})
         return others
+
+    def _dongle_decode_error(self, exc: Exception, data: bytes) -> None:
+        """The dongle's codec raised on what arrived: count it, start a fresh decoder (its
+        buffer may be what it choked on) and go on listening."""
+        self.decode_errors += 1
+        self.dongle_stats["frame_errors"] += 1
+        self._decoder = self.adapter.decoder()
+        held = self.events.allow("<dongle>", "meter.decode_error")
+        if held is not None:
+            detail = decode_error_detail(f"{type(exc).__name__}: {exc}", data)
+            if held:
+                detail["held_back"] = held
+            self._dongle_event("meter.decode_error", "warning", detail)
 
     def _on_damaged(self, msg: Any) -> None:
         """A message whose dongle CRC/checksum failed: a damaged telegram is reported for
@@ -512,14 +540,22 @@ class WMBusDriver(Driver):
         """Decode a configured meter's telegram and emit its readings; "ok" or the error
         event kind."""
         from ..protocols.mbus.errors import MBusError
-        from ..protocols.mbus.wireless import decode_wmbus
         st = meter.stats
         try:
-            t = decode_wmbus(frame, meter.key, fmt=self.frame_format)
+            t = self.codec(frame, meter.key, fmt=self.frame_format,
+                           formats=self.compact.load(meter.label))
         except MBusError as exc:
+            if exc.event == "meter.compact_format_unknown":
+                return self._compact_unknown(meter, exc, rssi_dbm)
             meter.failed = (frame, rssi_dbm, rx)
-            self._failed(meter, exc.event, str(exc), rssi_dbm)
+            self._failed(meter, exc.event, str(exc), rssi_dbm, getattr(exc, "detail", None))
             return exc.event
+        except Exception as exc:  # a codec bug: count it with the frame, keep listening
+            self.decode_errors += 1
+            message = f"{type(exc).__name__}: {exc}"
+            self._failed(meter, "meter.decode_error", message, rssi_dbm,
+                         decode_error_detail(message, frame))
+            return "meter.decode_error"
         meter.failed = None
         meter_id = meter.name or t.id
         flags = tuple(t.status_flags)
@@ -530,11 +566,29 @@ class WMBusDriver(Driver):
         st.last_ok_ms = max(rx, st.last_ok_ms or 0)
         st.status_flags = list(flags)
         readings = telegram_readings(t, meter_id, self.bus, rx, self.tz)
-        self.emit(events + readings)
+        cursors = self.compact.cursors(meter.label, f"{t.manufacturer}:{t.id}")
+        if cursors is not None:  # a new format: say its compact frames again if unknown
+            meter.compact_unknown_sent = False
+        self.emit(events + readings, cursors)
         with self._decoded:
             meter.last_readings = readings
             self._decoded.notify_all()
         return "ok"
+
+    def _compact_unknown(self, meter: RadioMeter, exc: Any, rssi: int | None) -> str:
+        """A compact frame before any full frame taught its format: one event per meter
+        until the format is known (a Kamstrup meter sends mostly compact frames, and each
+        one is not an error), the rest counted."""
+        st = meter.stats
+        st.failures[exc.event] = st.failures.get(exc.event, 0) + 1
+        st.last_error = str(exc)
+        if not meter.compact_unknown_sent:
+            meter.compact_unknown_sent = True
+            self.log.info("wM-Bus %s: meter %s: %s", self.bus, meter.label, exc)
+            self.emit([Event(exc.event, now_ms(), self.bus, meter.name or meter.ident, "info",
+                             {"error": str(exc), "id": meter.ident, "rssi_dbm": rssi,
+                              **getattr(exc, "detail", {})})])
+        return exc.event
 
     def _duplicate(self, meter: RadioMeter, frame: bytes) -> bool:
         now = time.monotonic()
@@ -549,7 +603,8 @@ class WMBusDriver(Driver):
         recent[frame] = now
         return False
 
-    def _failed(self, meter: RadioMeter, kind: str, message: str, rssi: int | None) -> None:
+    def _failed(self, meter: RadioMeter, kind: str, message: str, rssi: int | None,
+                extra: Mapping[str, Any] | None = None) -> None:
         st = meter.stats
         st.reads_failed += 1
         st.consecutive_failures += 1
@@ -565,6 +620,8 @@ class WMBusDriver(Driver):
                                   "consecutive": st.consecutive_failures}
         if held:
             detail["held_back"] = held
+        if extra:
+            detail.update(extra)
         self.emit([Event(kind, now_ms(), self.bus, meter.name or meter.ident, "warning",
                          detail)])
 

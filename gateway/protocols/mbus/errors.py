@@ -2,14 +2,18 @@
 
 Every subclass is a *remote* error: the bytes that arrived are at fault (a broken meter, a
 noisy line, a wrong key in the config). Misuse of the API by our own code raises plain
-TypeError/ValueError instead. Each subclass names the diagnostic event a driver reports for
-it, so a wrong key, a missing key, an unsupported mode and a damaged telegram are never
-confused with each other.
+TypeError/ValueError inside; the decode entry points (``decode_rsp_ud``, ``decode_wmbus``)
+are ``guarded``, so nothing but an MBusError ever leaves them. Each subclass names the
+diagnostic event a driver reports for it, so a wrong key, a missing key, an unsupported
+mode and a damaged telegram are never confused with each other.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class MBusError(ValueError):
@@ -21,9 +25,14 @@ class MBusError(ValueError):
 
     event = "meter.malformed"
 
-    def __init__(self, message: str, header: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, header: dict[str, Any] | None = None, *,
+                 payload: bytes = b"") -> None:
         super().__init__(message)
         self.header = dict(header) if header else {}
+        # the undecoded bytes, as received: from an unknown CI field on (CI included), or
+        # after the TPL header of an unsupported security mode; manufacturer profiles
+        # (issue 13) read them from here
+        self.payload = bytes(payload)
 
     @property
     def meter_id(self) -> str | None:
@@ -80,3 +89,41 @@ class UnsupportedSecurityError(SecurityError, UnsupportedError):
     """A security mode (or ELL/AFL variant) this codec does not implement."""
 
     event = "meter.unsupported_security"
+
+
+class ApplicationError(MBusError):
+    """The meter answered with an application error (CI 0x70, or 0x6E/0x6F with a TPL
+    header): it is alive and says why it sends no data. ``code`` is its error code (None
+    when it sent none), ``reason`` the standard's words for it."""
+
+    event = "meter.application_error"
+
+    def __init__(self, message: str, header: dict[str, Any] | None = None, *,
+                 code: int | None = None, reason: str = "") -> None:
+        super().__init__(message, header)
+        self.code = code
+        self.reason = reason
+
+    @property
+    def detail(self) -> dict[str, Any]:
+        return {"code": self.code, "reason": self.reason}
+
+
+INTERNAL = "internal decoder error"
+
+
+def guarded(fn: F) -> F:
+    """Last line of defence of a decode entry point: whatever else goes wrong on hostile
+    bytes leaves as this codec's FrameError (one line, attributable), never as another
+    exception that would stop a bus. The fuzz tests assert it never fires."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MBusError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - that is the point
+            raise FrameError(f"{INTERNAL} ({type(exc).__name__}: {exc})") from exc
+
+    return wrapper  # type: ignore[return-value]

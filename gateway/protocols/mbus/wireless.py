@@ -3,10 +3,12 @@
     L C M(2) A(6: id(4) version type) CI ...
 
 Dongles usually deliver frames with the block CRCs removed (then L = length - 1); a frame
-that still carries them is recognised by its length (format A) or by its CRC (format B)
-and checked. After the DLL: an optional extended link layer (CI 0x8C-0x8F, AES-CTR when
-its session number says so), an optional authentication and fragmentation layer (CI 0x90,
-mode 7 counter and MAC), then the transport layer decoded by :mod:`.transport`.
+that still carries them is recognised by its length (format A) or by its CRC (format B:
+block 2 is the CI field and 115 bytes, its CRC at offset 126) and checked. Bytes after the
+L field's length are reported as ``trailing_bytes``, not a reason to refuse. After the
+DLL: an optional extended link layer (CI 0x8C-0x8F, AES-CTR when its session number says
+so), an optional authentication and fragmentation layer (CI 0x90, mode 7 counter and
+MAC), then the transport layer decoded by :mod:`.transport`.
 
 Encoding helpers at the end build telegrams for the simulators and tests.
 """
@@ -18,7 +20,7 @@ from typing import Any, Callable, Union
 from . import security
 from .crc import crc_en13757
 from .errors import ChecksumError, DecryptError, FrameError, NoKeyError, TruncatedError, \
-    UnsupportedError, UnsupportedSecurityError
+    UnsupportedError, UnsupportedSecurityError, guarded
 from .tables import (
     AFL_MAC_LENGTH, CI_AFL, CI_ELL_LONG, CI_ELL_LONG_ADDR, CI_ELL_SHORT_ADDR,
     ELL_HEADER_LEN, manufacturer_code, manufacturer_value,
@@ -34,7 +36,7 @@ C_RSP_UD = 0x08
 
 BLOCK1 = 10          # L C M A
 BLOCK = 16           # format A data block
-FORMAT_B_BLOCK2 = 115  # format B: data bytes in block 2 before its CRC
+FORMAT_B_BLOCK2 = 116  # format B: block 2 = the CI field and 115 bytes, then its CRC
 
 
 # --------------------------------------------------------------------------- block CRCs
@@ -65,8 +67,9 @@ def _strip_format_a(f: bytes) -> bytes:
 
 
 def _strip_format_b(f: bytes) -> bytes:
-    """Format B: L counts the CRCs; block 2 = up to 115 bytes after block 1, then CRC over
-    blocks 1 and 2; block 3 (if any) = the rest, then its own CRC."""
+    """Format B: L counts the CRCs; block 2 = the CI field and up to 115 bytes after block
+    1, then the CRC over blocks 1 and 2 (at offset 126 in a long frame); block 3 (if any) =
+    the rest, then its own CRC."""
     total = len(f)
     end2 = min(total - 2, BLOCK1 + FORMAT_B_BLOCK2)
     if crc_en13757(f[:end2]) != int.from_bytes(f[end2:end2 + 2], "big"):
@@ -81,12 +84,34 @@ def _strip_format_b(f: bytes) -> bytes:
     return bytes(out)
 
 
+def split_trailing(frame: bytes, fmt: str = "auto") -> tuple[bytes, bytes]:
+    """-> (the frame as long as its L field says, the bytes after it).
+
+    Receivers append bytes (RSSI, a CRC, padding) or deliver one byte too many; the
+    telegram is still whole, so the extra bytes are reported, not a reason to refuse it.
+    """
+    f = bytes(frame)
+    if len(f) < BLOCK1 + 1:
+        return f, b""
+    lf = f[0]
+    a_len = _format_a_length(lf)
+    if fmt == "A" or (fmt == "auto" and len(f) >= a_len):
+        if fmt == "auto" and len(f) > a_len:
+            try:
+                _strip_format_a(f[:a_len])
+            except FrameError:
+                return f[:lf + 1], f[lf + 1:]
+        return f[:a_len], f[a_len:]
+    return f[:lf + 1], f[lf + 1:]
+
+
 def strip_crc(frame: bytes, fmt: str = "auto") -> tuple[bytes, str]:
     """-> (frame without block CRCs and with L = length - 1, "A" | "B" | "none").
 
     ``fmt`` "auto" tells the three apart by length (format A adds 2 bytes per block; a
     stripped frame and a format B frame both have L = length - 1, and a format B frame is
-    recognised by a matching CRC).
+    recognised by a matching CRC). Bytes after the L field's length: see
+    :func:`split_trailing`.
     """
     f = bytes(frame)
     if len(f) < BLOCK1 + 1:
@@ -138,13 +163,16 @@ def dll_header(frame: bytes) -> dict[str, Any]:
             "id": bcd_id(frame[4:8]), "version": frame[8], "device_type": frame[9]}
 
 
-def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto") -> Telegram:
+@guarded
+def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto",
+                 formats: Any = None) -> Telegram:
     """Decode one wM-Bus frame as a dongle delivers it (starting with the L field).
 
     ``key``: the meter's AES key, or a function from the DLL header dict (manufacturer,
-    id, version, device_type) to its key or None.
+    id, version, device_type) to its key or None. ``formats``: the listening session's
+    :class:`.compact.Formats` (full frames teach it, compact frames use it), or None.
     """
-    raw = bytes(frame)
+    raw, trailing = split_trailing(bytes(frame), fmt)
     try:
         f, used = strip_crc(raw, fmt)
     except (FrameError, TruncatedError) as exc:
@@ -156,6 +184,8 @@ def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto") -> T
     k = key(dict(header)) if callable(key) else key
     m_field, a_field = f[2:4], f[4:10]
     extra: dict[str, Any] = {"frame_format": used}
+    if trailing:
+        extra["trailing_bytes"] = trailing.hex().upper()
     buf, pos = f, BLOCK1
     if pos >= len(buf):
         raise TruncatedError("no CI field after the link-layer header", header)
@@ -183,15 +213,24 @@ def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto") -> T
                 payload = buf[pos:]
             elif enc == 1:
                 if k is None:
-                    raise NoKeyError("ELL payload is AES-CTR encrypted and no key is "
-                                     "configured for this meter", header)
-                iv = security.ell_iv(m_field, a_field, cc, sn)
-                payload = security.aes_ctr(k, iv, bytes(buf[pos:]))
+                    clear = bytes(buf[pos:])
+                    if int.from_bytes(clear[:2], "little") != crc_en13757(clear[2:]):
+                        raise NoKeyError("ELL payload is AES-CTR encrypted and no key is "
+                                         "configured for this meter", header)
+                    # its CRC holds in clear: stored already decrypted
+                    payload = clear
+                    extra["not_encrypted"] = True
+                elif len(k) != 16:
+                    raise DecryptError("decrypt failed: the ELL is AES-128 and needs a "
+                                       f"16-byte key, the configured key has {len(k)}", header)
+                else:
+                    iv = security.ell_iv(m_field, a_field, cc, sn)
+                    payload = security.aes_ctr(k, iv, bytes(buf[pos:]))
             else:
                 raise UnsupportedSecurityError(f"ELL encryption {enc} is not supported", header)
             crc = int.from_bytes(payload[:2], "little")
             if crc != crc_en13757(payload[2:]):
-                if enc:
+                if enc and k is not None:
                     raise DecryptError("decrypt failed: ELL payload CRC does not match after "
                                        "AES-CTR (wrong key?)", header)
                 raise ChecksumError("ELL payload CRC does not match", header)
@@ -210,7 +249,7 @@ def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto") -> T
         ci = buf[pos]
         pos += 1
     ctx = Context(header=header, m_field=bytes(m_field), a_field=bytes(a_field), key=k,
-                  afl=afl)
+                  afl=afl, formats=formats)
     t = decode_application(ci, buf, pos, ctx, link="wireless", c_field=c_field)
     if t.access_number is None and ell_acc is not None:
         t.access_number = ell_acc
@@ -218,6 +257,22 @@ def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto") -> T
         extra["dll"] = dll_header(f)
     t.extra.update(extra)
     return t
+
+
+def decode_session(frames: list[bytes], key: KeyLookup = None, *, fmt: str = "auto",
+                   formats: Any = None) -> list[Any]:
+    """Telegrams in the order heard, as one listening session: a compact frame after its
+    meter's full frame decodes. Each item is a Telegram or the MBusError it raised."""
+    from .compact import Formats
+    from .errors import MBusError
+    formats = Formats() if formats is None else formats
+    out: list[Any] = []
+    for f in frames:
+        try:
+            out.append(decode_wmbus(f, key, fmt=fmt, formats=formats))
+        except MBusError as exc:
+            out.append(exc)
+    return out
 
 
 def _parse_afl(buf: bytes, pos: int, header: dict[str, Any]) -> tuple[Afl, int]:
