@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable, Iterable
 
-from ..model import Event, Gap, Reading, Record
+from ..model import Event, Gap, Reading, Record, to_decimal
 
 MAX_QUANTITIES_PER_METER = 64
 EVENTS_PER_METER = 20
@@ -24,7 +24,7 @@ RECENT_EVENTS = 200
 
 def exact_text(mantissa: int, exponent: int) -> str:
     """The exact decimal value as text, never via a float (``1234567, -3`` -> ``1234.567``)."""
-    return format(Decimal(mantissa).scaleb(exponent), "f")
+    return format(to_decimal(mantissa, exponent), "f")
 
 
 def record_to_dict(rec: Record) -> dict[str, Any]:

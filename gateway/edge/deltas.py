@@ -33,6 +33,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Iterable, Sequence
 
+from ..model import to_decimal
+
 # Units of cumulative quantities: energy, volume, heat (as drivers write them).
 CUMULATIVE_UNITS = frozenset({
     "Wh", "kWh", "MWh", "GWh", "varh", "kvarh", "Mvarh", "VAh", "kVAh", "MVAh",
@@ -157,7 +159,7 @@ class RegisterState:
 
     @property
     def value(self) -> Decimal:
-        return Decimal(self.m).scaleb(self.e)
+        return to_decimal(self.m, self.e)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +176,7 @@ class IntervalDelta:
 
     @property
     def value(self) -> Decimal:
-        return Decimal(self.mantissa).scaleb(self.exponent)
+        return to_decimal(self.mantissa, self.exponent)
 
 
 @dataclass(frozen=True, slots=True)

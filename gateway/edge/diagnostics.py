@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any, Callable, Iterable, Mapping
 
 from ..config import DiagThresholds
-from ..model import QUALITY_HISTORIC, QUALITY_METER_ERROR, Diag, Event, Reading
+from ..model import QUALITY_HISTORIC, QUALITY_METER_ERROR, Diag, Event, Reading, to_decimal
 from .deltas import VOLUME_UNITS, RegisterState, matches
 
 FAILURE_KINDS = {
@@ -348,7 +348,7 @@ class Diagnostics:
         if self.th.reverse_registers and matches(quantity, self.th.reverse_registers) \
                 and delta is not None:
             out.append(self._reverse(h, quantity, delta[0] > 0, now, st.t,
-                                     {"increase": str(Decimal(delta[0]).scaleb(delta[1])),
+                                     {"increase": str(to_decimal(delta[0], delta[1])),
                                       "unit": unit}))
         return [e for e in out if e]
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 from ..config import EdgeConfig
 from ..model import (QUALITY_CLOCK_UNSYNCED, QUALITY_ESTIMATED, QUALITY_HISTORIC,
-                     QUALITY_METER_ERROR, QUALITY_SIMULATED, Event, Reading, Record)
+                     QUALITY_METER_ERROR, QUALITY_SIMULATED, Event, Reading, Record, to_decimal)
 from . import deltas as dl
 from .clock import Clock
 from .diagnostics import GATEWAY, Diagnostics, boot_id, boot_reason, gateway_metrics
@@ -200,7 +200,7 @@ class EdgePipeline:
                                 "warning", {
                                     "register": r.quantity, "from_ms": g.from_ms,
                                     "to_ms": g.to_ms, "missing_intervals": g.missing_intervals,
-                                    "consumption": str(Decimal(g.mantissa).scaleb(g.exponent)),
+                                    "consumption": str(to_decimal(g.mantissa, g.exponent)),
                                     "unit": r.unit, "interval_s": self.cfg.interval_s}))
         if res.reset is not None:
             x = res.reset
@@ -208,8 +208,8 @@ class EdgePipeline:
             others.append(Event("meter.register_reset", self.clock.wall(), self.source,
                                 r.meter_id, "warning", {
                                     "register": r.quantity, "unit": r.unit,
-                                    "old": str(Decimal(x.old_m).scaleb(x.old_e)),
-                                    "new": str(Decimal(x.new_m).scaleb(x.new_e)),
+                                    "old": str(to_decimal(x.old_m, x.old_e)),
+                                    "new": str(to_decimal(x.new_m, x.new_e)),
                                     "old_ts_ms": x.old_t, "new_ts_ms": x.new_t,
                                     "series": new.series if new else None,
                                     "what": "the register went down without a rollover: "

@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from decimal import Context, Decimal
+from decimal import Decimal
 from typing import Any
+
+from ...model import to_decimal
 
 from .errors import FrameError, TruncatedError
 from .tables import (
@@ -28,9 +30,9 @@ NUMERIC_KINDS = frozenset(("number", "flags"))
 
 
 def exact_decimal(mantissa: int, exponent: int) -> Decimal:
-    """mantissa * 10**exponent, exact at any length (``Decimal.scaleb`` rounds to the
-    context's 28 digits, and a 16-byte M-Bus integer has 39)."""
-    return Decimal(mantissa).scaleb(exponent, Context(prec=max(28, len(str(mantissa)) + 2)))
+    """mantissa * 10**exponent, exact at any length (a 16-byte M-Bus integer has 39 digits;
+    ``Decimal.scaleb`` would round to 28)."""
+    return to_decimal(mantissa, exponent)
 
 
 @dataclass(slots=True)
