@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import Any, Union
+
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)  # Decimal.scaleb must not round
 
 # Quality flags a Reading may carry (free-form strings are allowed; these are the known ones).
 QUALITY_ESTIMATED = "estimated"
@@ -70,7 +72,7 @@ class Reading:
 
     @property
     def value(self) -> Decimal:
-        return Decimal(self.mantissa).scaleb(self.exponent)
+        return Decimal(self.mantissa).scaleb(self.exponent, _EXACT)  # exact at any length
 
     def to_obj(self) -> list[Any]:
         return [self.meter_id, self.quantity, self.mantissa, self.exponent, self.unit,

@@ -16,12 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = json.loads((ROOT / "tests/corpus/han.json").read_text())["han"]
 
 # id -> why it does not (yet) decode to the reference values
-EXCEPTIONS: dict[str, str] = {
-    **{i: "list identifier 0-6:25.9.0 first: the OBIS path is taken (issue 14 item 4)"
-       for i in ("shrdzm:IM350:0", "shrdzm:IM350:1", "shrdzm:AM550:0", "shrdzm:Wels:1")},
-    "dsmr_parser:test_parse_sagemcom_t210_d_r:encrypted":
-        "P1 text inside general-glo-ciphering (issue 14 item 3)",
-}
+EXCEPTIONS: dict[str, str] = {}
 
 
 def decode(entry: dict, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict | None, str]:

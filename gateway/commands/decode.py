@@ -13,7 +13,7 @@ import binascii
 import importlib
 import json
 import sys
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import Any
 
 EXIT_BAD_INPUT = 2
@@ -85,8 +85,11 @@ def read_text_arg(arg: str) -> str:
     return read_bytes_arg(arg).decode("latin-1")
 
 
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)  # scaleb must not round
+
+
 def exact_str(mantissa: int, exponent: int) -> str:
-    return format(Decimal(mantissa).scaleb(exponent), "f")
+    return format(Decimal(mantissa).scaleb(exponent, _EXACT), "f")
 
 
 def print_json(obj: Any) -> None:

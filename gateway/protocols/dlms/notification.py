@@ -1,31 +1,37 @@
 """Pushed DLMS Data-Notifications (HAN ports: Norway, Sweden, Austria, Luxembourg) ->
 exact Readings.
 
-Pipeline: HDLC stream (our length-framed decoder) -> reassembled APDU -> if
-general-glo-ciphering, decrypt with ``cryptography`` -> plaintext handed to gurux, which
-parses the Data-Notification (invoke id, date-time, body) -> OBIS values mapped here.
+Pipeline: HDLC stream (our length-framed decoder) -> reassembled APDU (HDLC segments,
+then General-Block-Transfer blocks) -> if general-glo-ciphering, decrypt with
+``cryptography`` -> the Data-Notification (invoke id, date-time, body) parsed by our strict
+A-XDR walker (:mod:`.axdr`), or a P1 text telegram (Luxembourg, parts of Austria) parsed by
+the IEC 62056-21 codec -> OBIS values mapped here.
 
-Bodies come in three shapes, all handled by :func:`map_body`:
+Bodies come in four shapes, all handled by :func:`map_body`:
 
 * ``structure{obis, value, structure{scaler, unit}}...`` (Aidon, most IDIS meters): exact;
 * a flat ``obis, value, obis, value...`` list (Kamstrup): the unit follows from the OBIS
   code, the scaler from the list's table (:data:`LIST_SCALERS`) or the config;
-* bare values without OBIS codes (Kaifa): by position, from a configured OBIS list.
+* a push object list first (E360, AM550): ``array{structure{class, obis, attribute,
+  data index}}`` names each following element;
+* bare values without OBIS codes (Kaifa; IM350/Wels after a list identifier 0-x:25.9.0):
+  by position, from a configured OBIS list.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Final, Iterable, Mapping, Sequence, Union
+from typing import Any, Callable, Final, Iterable, Mapping, Sequence, Union
 from zoneinfo import ZoneInfo
 
 from ...model import Reading
 from .. import hdlc
-from . import DlmsError, cipher, load_gurux
-from .values import UNITS, implied_unit, obis_bytes, obis_text, scaled
+from . import DecryptError, DlmsError, axdr, cipher
+from .gbt import GbtAssembler, GbtError
+from .values import UNITS, datetime_ms, implied_unit, obis_bytes, obis_text, scaled
 
 DATA_NOTIFICATION: Final = 0x0F
+SOURCES_MAX: Final = 64  # GBT assemblies kept per HDLC source address at most
 
 # Scalers of lists that carry bare values, keyed by the list's version string (first
 # element). Kamstrup HAN (NO/DK, "Kamstrup_V0001"): currents in 0.01 A, energies in
@@ -38,7 +44,8 @@ LIST_SCALERS: Final[dict[str, dict[tuple[int, int], int]]] = {
 
 @dataclass(frozen=True, slots=True)
 class Notification:
-    """A parsed Data-Notification. ``body`` is gurux's value (lists of Python values)."""
+    """A parsed Data-Notification (``body``: A-XDR values, see :mod:`.axdr`), or a P1 text
+    telegram that came general-glo-ciphered (``telegram``: an iec62056_21 Readout)."""
 
     invoke_id: int
     time_ms: int | None
@@ -46,6 +53,7 @@ class Notification:
     ciphered: bool = False
     system_title: bytes | None = None
     invocation_counter: int | None = None
+    telegram: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,65 +66,6 @@ class Value:
     unit: str
 
 
-class PushParser:
-    """Parses Data-Notification APDUs with gurux. One per thread (gurux objects are not
-    thread-safe); creating it imports gurux."""
-
-    def __init__(self, block_key: bytes | None = None, auth_key: bytes | None = None,
-                 default_tz: str = "UTC") -> None:
-        load_gurux()
-        from gurux_dlms import GXDLMSClient
-        from gurux_dlms.enums import InterfaceType
-        from gurux_dlms import GXByteBuffer, GXReplyData
-        from gurux_dlms.GXDLMS import GXDLMS
-        self._client = GXDLMSClient(True, 16, 1, interfaceType=InterfaceType.PDU)
-        self._reply_cls, self._buffer_cls = GXReplyData, GXByteBuffer
-        self._handle = GXDLMS.handleDataNotification
-        self.block_key = block_key
-        self.auth_key = auth_key
-        self.tz = ZoneInfo(default_tz)
-
-    def parse(self, apdu: bytes) -> Notification:
-        """Plain or general-glo-ciphered APDU -> Notification.
-
-        Raises DlmsError (DecryptError for a wrong key or a tampered frame).
-        """
-        apdu = bytes(apdu)
-        st = ic = None
-        ciphered = apdu[:1] == bytes([cipher.GENERAL_GLO_CIPHERING])
-        if ciphered:
-            g = cipher.parse_glo(apdu)
-            if self.block_key is None:
-                raise NoKey(g.system_title)
-            apdu = cipher.decrypt(g, self.block_key, self.auth_key)
-            st, ic = g.system_title, g.invocation_counter
-        if not apdu or apdu[0] != DATA_NOTIFICATION:
-            raise DlmsError(f"not a Data-Notification (APDU tag "
-                            f"{apdu[:1].hex().upper() or 'none'})")
-        apdu = _fix_tagged_datetime(apdu)
-        reply = self._reply_cls()
-        reply.data = self._buffer_cls(apdu)
-        reply.data.position = 1  # after the Data-Notification tag
-        try:
-            # gurux's own Data-Notification handler, called directly: the same parse
-            # GXDLMSClient.getData ends in, without its framing/dispatch overhead.
-            self._handle(self._client.settings, reply)
-        except Exception as exc:  # noqa: BLE001 - gurux raises bare ValueError/IndexError...
-            raise DlmsError(f"malformed Data-Notification: {exc or type(exc).__name__}") from None
-        notify = reply
-        invoke_id = int.from_bytes(apdu[1:5], "big")  # long-invoke-id-and-priority
-        return Notification(invoke_id, self._time_ms(notify.time), notify.value,
-                            ciphered, st, ic)
-
-    def _time_ms(self, t: Any) -> int | None:
-        if t is None or not isinstance(getattr(t, "value", None), dt.datetime):
-            return None
-        v = t.value
-        if v.tzinfo is None:  # deviation not specified: the meter's local time
-            v = v.replace(tzinfo=self.tz)
-        return int(v.timestamp() * 1000)
-
-
 class NoKey(DlmsError):
     """A ciphered notification arrived and no key is configured."""
 
@@ -126,25 +75,120 @@ class NoKey(DlmsError):
         self.system_title = system_title
 
 
-def _fix_tagged_datetime(apdu: bytes) -> bytes:
-    """Kaifa sends the optional date-time as a tagged octet-string (09 0C ...) instead of
-    the plain ``0C ...`` the Green Book defines; untag it so gurux can parse it."""
-    if len(apdu) > 7 and apdu[5] == 0x09 and apdu[6] == 0x0C:
-        return apdu[:5] + apdu[6:]
-    return apdu
+class NoValidApdu(DecryptError):
+    """Encrypted without authentication (SC 0x20) and the plaintext is no valid APDU: with
+    no tag to check, this is how a wrong key shows."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__("decryption gave no valid APDU: wrong key?")
+        self.why = why
+
+
+class PushParser:
+    """Data-Notification APDUs (plain or general-glo-ciphered) -> :class:`Notification`.
+    Holds the keys of one meter; no state between APDUs."""
+
+    def __init__(self, block_key: bytes | None = None, auth_key: bytes | None = None,
+                 default_tz: str = "UTC") -> None:
+        self.block_key = block_key
+        self.auth_key = auth_key
+        ZoneInfo(default_tz)  # a bad zone fails here, not at the first notification
+        self.tz = default_tz
+
+    def parse(self, apdu: bytes) -> Notification:
+        """Raises DlmsError only (DecryptError for a wrong key or a tampered frame)."""
+        apdu = bytes(apdu)
+        if apdu[:1] != bytes([cipher.GENERAL_GLO_CIPHERING]):
+            return self._plain(apdu, False, None, None)
+        g = cipher.parse_glo(apdu)
+        if self.block_key is None:
+            raise NoKey(g.system_title)
+        plain = cipher.decrypt(g, self.block_key, self.auth_key)
+        if g.security_control & 0x30 != cipher.SC_ENCRYPTED:
+            return self._plain(plain, True, g.system_title, g.invocation_counter)
+        try:  # no tag: only the plaintext itself can tell a wrong key
+            return self._plain(plain, True, g.system_title, g.invocation_counter)
+        except DlmsError as exc:
+            raise NoValidApdu(str(exc)) from None
+
+    def _plain(self, apdu: bytes, ciphered: bool, st: bytes | None,
+               ic: int | None) -> Notification:
+        if apdu[:1] == bytes([DATA_NOTIFICATION]):
+            invoke_id, time_ms, body = parse_data_notification(apdu, self.tz)
+            return Notification(invoke_id, time_ms, body, ciphered, st, ic)
+        if ciphered and apdu.lstrip(b"\r\n")[:1] == b"/":
+            return Notification(0, None, None, ciphered, st, ic, parse_p1(apdu))
+        raise DlmsError(f"not a Data-Notification (APDU tag {apdu[:1].hex().upper() or 'none'})")
+
+
+def parse_data_notification(apdu: bytes, tz: str = "UTC") -> tuple[int, int | None, Any]:
+    """``0F | long-invoke-id-and-priority (4) | date-time (OPTIONAL octet-string) | body``
+    (Green Book §9.5 data-notification) -> (invoke id, meter time in UTC ms, body)."""
+    if len(apdu) < 7 or apdu[0] != DATA_NOTIFICATION:
+        raise DlmsError(f"Data-Notification truncated ({len(apdu)} bytes)")
+    invoke_id = int.from_bytes(apdu[1:5], "big")
+    pos = 5
+    if apdu[pos] == axdr.OCTET_STRING and apdu[pos + 1] == 12:
+        pos += 1  # Kaifa: the date-time as a tagged octet-string (09 0C ...)
+    n, pos = axdr.decode_length(apdu, pos)
+    if pos + n > len(apdu):
+        raise DlmsError(f"Data-Notification date-time of {n} bytes truncated")
+    raw_time, pos = apdu[pos:pos + n], pos + n
+    time_ms = datetime_ms(raw_time, tz) if n == 12 else None  # a date or time alone: no instant
+    body = axdr.decode_all(apdu, pos)
+    return invoke_id, time_ms, body
+
+
+def parse_p1(text: bytes) -> Any:
+    """A P1 / IEC 62056-21 telegram that came inside general-glo-ciphering."""
+    from .. import iec62056_21 as iec
+    try:
+        return iec.parse_readout(text)
+    except iec.Iec62056Error as exc:
+        raise DlmsError(f"P1 telegram in the ciphered APDU: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - another codec's bug must not escape as ours
+        raise DlmsError(f"P1 telegram in the ciphered APDU not readable: "
+                        f"{type(exc).__name__}: {exc}") from None
+
+
+def notification_values(n: Notification, scalers: Mapping[str, int] | None = None,
+                        positional: Sequence[str] = ()) -> list[Value]:
+    """The numeric OBIS values of a notification, whichever shape it came in."""
+    if n.telegram is not None:
+        return p1_values(n.telegram)
+    return map_body(n.body, scalers, positional)
+
+
+def p1_values(readout: Any) -> list[Value]:
+    """Numbers with a unit from a P1 telegram (as the P1 driver maps them: dates, serial
+    numbers and unitless counters are not registers)."""
+    from .. import iec62056_21 as iec
+    out = []
+    for ds in readout.data_sets:
+        ex = ds.exact()
+        if ex is None or not ds.unit:
+            continue
+        out.append(Value(iec.normalise_obis(ds.address, "1-0:"), ex[0], ex[1], ds.unit))
+    return out
 
 
 def map_body(body: Any, scalers: Mapping[str, int] | None = None,
              positional: Sequence[str] = ()) -> list[Value]:
-    """Numeric OBIS values of a notification body, scaled exactly."""
+    """Numeric OBIS values of a notification body, scaled exactly. Raises DlmsError for a
+    body whose layout contradicts itself (a push object list that does not match the
+    values, a scaler_unit that is not {integer, enum})."""
     scalers = dict(scalers or {})
     items = list(body) if isinstance(body, (list, tuple)) else [body]
     out: list[Value] = []
     list_scalers: dict[tuple[int, int], int] = {}
     if items and isinstance(items[0], str) and items[0] in LIST_SCALERS:
         list_scalers = LIST_SCALERS[items[0]]
-    if not any(_is_obis(x) or _has_obis(x) for x in items):
-        for obis, value in zip(positional, items):  # Kaifa: values by position
+    if items and _is_object_list(items[0]):
+        return _map_object_list(items, scalers)
+    if _is_list_id(items[0] if items else None) or \
+            not any(_is_obis(x) or _has_obis(x) for x in items):
+        # Kaifa: values by position; IM350/Wels: the same after a list identifier
+        for obis, value in zip(positional, items):
             _append(out, obis_bytes(obis), value, None, scalers, list_scalers)
         return out
     i = 0
@@ -152,15 +196,13 @@ def map_body(body: Any, scalers: Mapping[str, int] | None = None,
         it = items[i]
         if _has_obis(it):  # structure{obis, value[, structure{scaler, unit}]}
             s = list(it)
-            su = s[2] if len(s) > 2 and isinstance(s[2], (list, tuple)) and len(s[2]) == 2 else None
-            _append(out, bytes(s[0]), s[1], su, scalers, list_scalers)
+            _append(out, bytes(s[0]), s[1], s[2] if len(s) > 2 else None, scalers, list_scalers)
             i += 1
         elif _is_obis(it) and i + 1 < len(items):
             nxt = items[i + 1]
             su = None
             step = 2
-            if i + 2 < len(items) and isinstance(items[i + 2], (list, tuple)) \
-                    and len(items[i + 2]) == 2 and not _is_obis(items[i + 2]):
+            if i + 2 < len(items) and _looks_scaler_unit(items[i + 2]):
                 su, step = items[i + 2], 3
             _append(out, bytes(it), nxt, su, scalers, list_scalers)
             i += step
@@ -177,13 +219,57 @@ def _has_obis(x: Any) -> bool:
     return isinstance(x, (list, tuple)) and len(x) >= 2 and _is_obis(x[0])
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _looks_scaler_unit(x: Any) -> bool:
+    return isinstance(x, tuple) and len(x) == 2 and _is_int(x[0]) and _is_int(x[1])
+
+
+def _is_list_id(x: Any) -> bool:
+    """The logical name of a Push setup object (0-x:25.9.0) sent as the list's first
+    element: it says which list this is, it is no value."""
+    return _is_obis(x) and x[2] == 25 and x[3] == 9
+
+
+def _is_object_list(x: Any) -> bool:
+    """array{structure{class-id, logical-name, attribute-index[, data-index]}}: the push
+    object list (Push setup attribute 2)."""
+    return isinstance(x, list) and bool(x) and all(
+        isinstance(d, tuple) and len(d) in (3, 4) and _is_int(d[0]) and _is_obis(d[1])
+        and all(_is_int(v) for v in d[2:]) for d in x)
+
+
+def _map_object_list(items: list[Any], scalers: Mapping[str, int]) -> list[Value]:
+    defs = items[0]
+    # the list usually names itself first (class 40 attribute 2): then element i is
+    # object i; otherwise the objects follow the list
+    self_named = defs[0][0] == 40 and defs[0][2] == 2
+    values = items if self_named else items[1:]
+    if len(values) != len(defs):
+        raise DlmsError(f"push object list declares {len(defs)} objects, the notification "
+                        f"carries {len(values)} values")
+    scaler_units = {bytes(d[1]): v for d, v in zip(defs, values) if d[2] == 3 and d[0] in (3, 4, 5)}
+    out: list[Value] = []
+    for d, v in zip(defs, values):
+        if d[2] != 2 or d[0] == 40:
+            continue  # scaler_unit, status, capture time... and the list itself
+        obis = bytes(d[1])
+        _append(out, obis, v, scaler_units.get(obis), scalers, {})
+    return out
+
+
 def _append(out: list[Value], obis: bytes, value: Any, scaler_unit: Any,
             scalers: Mapping[str, int], list_scalers: Mapping[tuple[int, int], int]) -> None:
-    if isinstance(value, (str, bytes, bytearray, list, tuple)) or value is None:
-        return  # identifiers, date-times, nested data: not register values
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return  # identifiers, date-times, nested data, null: not register values
     text = obis_text(obis)
     if scaler_unit is not None:
-        scaler, unit = int(scaler_unit[0]), UNITS.get(int(scaler_unit[1]), "")
+        if not _looks_scaler_unit(scaler_unit):
+            raise DlmsError(f"{text}: scaler_unit is not structure{{integer, enum}}: "
+                            f"{scaler_unit!r}"[:200])
+        scaler, unit = scaler_unit[0], UNITS.get(scaler_unit[1], "")
     else:
         unit = implied_unit(obis) or ""
         scaler = scalers.get(text, list_scalers.get((obis[2], obis[3]), 0))
@@ -206,31 +292,57 @@ class PushStats:
     decrypt_failures: int = 0
     no_key: int = 0
     malformed: int = 0
+    frame_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """A decoded notification, with the route (meter) it was decoded for."""
+
+    notification: Notification
+    route: Any
+    source: str
+    apdu: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class PushError:
     """A frame that could not become a notification; ``kind`` is the event kind."""
 
-    kind: str   # meter.decrypt_failed, meter.no_key, meter.read_failed
+    kind: str   # meter.decrypt_failed, meter.no_key, meter.decode_error, meter.frame_error
     reason: str
     source: str  # HDLC source address or system title
+    route: Any = None
+    frame_hex: str = ""
+
+
+Router = Callable[[Union[bytes, None], Union[hdlc.Address, None]], "tuple[Any, PushParser]"]
+HEX_MAX: Final = 1024  # hex digits of a bad frame kept in its event
 
 
 class PushDecoder:
-    """HDLC byte stream in, :class:`Notification` or :class:`PushError` out (sans-I/O)."""
+    """HDLC byte stream in, :class:`Pushed` or :class:`PushError` out (sans-I/O).
 
-    def __init__(self, parser: PushParser) -> None:
-        self.parser = parser
+    ``route(system_title, hdlc_source)`` picks the meter (any tag) and its parser for
+    each APDU; without it every APDU goes to ``parser``. Never raises for bad bytes.
+    """
+
+    def __init__(self, parser: PushParser | None = None, route: Router | None = None) -> None:
+        if route is None:
+            if parser is None:
+                raise ValueError("PushDecoder needs a parser or a route")
+            route = lambda st, src: (None, parser)  # noqa: E731
+        self.route = route
         self.frames = hdlc.HdlcDecoder()
         self.reassembler = hdlc.Reassembler()
+        self.gbt: dict[str, GbtAssembler] = {}
         self.stats = PushStats()
         self.last_source = ""
 
     def receive_data(self, data: bytes) -> None:
         self.frames.receive_data(data)
 
-    def next_event(self) -> Union[Notification, PushError, Any]:
+    def next_event(self) -> Union[Pushed, PushError, Any]:
         while True:
             frame = self.frames.next_event()
             if frame is hdlc.NEED_DATA:
@@ -239,26 +351,64 @@ class PushDecoder:
             try:
                 apdu = self.reassembler.add(frame)
             except hdlc.HdlcError as exc:
-                self.stats.malformed += 1
-                return PushError("meter.read_failed", str(exc), self.last_source)
+                self.stats.frame_errors += 1
+                return self._error("meter.frame_error", str(exc), frame.src, frame.info)
             if apdu is None:
                 continue
-            return self.parse_apdu(apdu)
+            try:
+                apdu = self._gbt(self.last_source).add(apdu)
+            except GbtError as exc:
+                self.stats.frame_errors += 1
+                return self._error("meter.frame_error", str(exc), frame.src, apdu)
+            if apdu is None:
+                continue
+            return self.parse_apdu(apdu, frame.src)
 
-    def parse_apdu(self, apdu: bytes) -> Union[Notification, PushError]:
+    def _gbt(self, source: str) -> GbtAssembler:
+        a = self.gbt.get(source)
+        if a is None:
+            if len(self.gbt) >= SOURCES_MAX:
+                self.gbt.clear()
+            a = self.gbt[source] = GbtAssembler()
+        return a
+
+    def parse_apdu(self, apdu: bytes, src: hdlc.Address | None = None) -> Union[Pushed, PushError]:
+        """One complete APDU (an HDLC-less HAN port hands them over directly)."""
+        apdu = bytes(apdu)
+        source = str(src) if src is not None else self.last_source
+        st = apdu[2:10] if apdu[:2] == b"\xdb\x08" and len(apdu) >= 10 else None
+        route, parser = self.route(st, src)
         try:
-            n = self.parser.parse(apdu)
+            n = parser.parse(apdu)
         except NoKey as exc:
             self.stats.no_key += 1
-            return PushError("meter.no_key", str(exc), exc.system_title.hex().upper())
-        except cipher.DecryptError as exc:
+            return PushError("meter.no_key", str(exc), exc.system_title.hex().upper(), route,
+                             _hex(apdu))
+        except DecryptError as exc:
             self.stats.decrypt_failures += 1
-            return PushError("meter.decrypt_failed", str(exc), self.last_source)
+            return PushError("meter.decrypt_failed", str(exc), source, route, _hex(apdu))
         except DlmsError as exc:
             self.stats.malformed += 1
-            return PushError("meter.read_failed", str(exc), self.last_source)
+            return PushError("meter.decode_error", str(exc), source, route, _hex(apdu))
+        except Exception as exc:  # noqa: BLE001 - a codec bug costs one frame, not the bus
+            self.stats.malformed += 1
+            return PushError("meter.decode_error", f"{type(exc).__name__}: {exc}", source,
+                             route, _hex(apdu))
         self.stats.notifications += 1
-        return n
+        return Pushed(n, route, source, apdu)
+
+    def _error(self, kind: str, reason: str, src: hdlc.Address, raw: bytes) -> PushError:
+        route = None
+        try:
+            route = self.route(None, src)[0]
+        except Exception:  # noqa: BLE001 - routing is the caller's; the error is reported anyway
+            pass
+        return PushError(kind, reason, str(src), route, _hex(raw))
+
+
+def _hex(raw: bytes) -> str:
+    h = bytes(raw).hex().upper()
+    return h if len(h) <= HEX_MAX else h[:HEX_MAX] + "..."
 
 
 @dataclass
