@@ -37,9 +37,9 @@ class GbtBlock:
 
 def parse_block(apdu: bytes) -> GbtBlock:
     apdu = bytes(apdu)
-    if len(apdu) < 6 or apdu[0] != GENERAL_BLOCK_TRANSFER:
+    if len(apdu) < 7 or apdu[0] != GENERAL_BLOCK_TRANSFER:
         raise GbtError(f"general-block-transfer APDU truncated ({len(apdu)} bytes)")
-    n, pos = decode_length(apdu, 5)
+    n, pos = decode_length(apdu, 6)
     if pos + n != len(apdu):
         raise GbtError(f"GBT block-data length {n} does not match the {len(apdu) - pos} "
                        "bytes present")
