@@ -342,6 +342,12 @@ class PushDecoder:
     def receive_data(self, data: bytes) -> None:
         self.frames.receive_data(data)
 
+    def reset(self) -> None:
+        """Drop buffered bytes and unfinished APDUs (after the caller met an error)."""
+        self.frames.clear()
+        self.reassembler = hdlc.Reassembler()
+        self.gbt.clear()
+
     def next_event(self) -> Union[Pushed, PushError, Any]:
         while True:
             frame = self.frames.next_event()
