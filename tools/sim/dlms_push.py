@@ -7,7 +7,8 @@ for import energy (Wh, scaler 0), active power (W), and voltage (V, scaler -1), 
 meter's date-time in the header. With ``key`` it is general-glo-ciphered (suite 0, SC 0x30)
 with a rising invocation counter. ``segment`` splits long APDUs over HDLC frames (S bit).
 Faults: ``wrong_key`` (cipher with another key), ``corrupt_every`` (flip a byte of every
-Nth frame, so its FCS fails).
+Nth frame, so its FCS fails), ``hostile`` (raw byte strings, e.g. mutated frames with valid
+checksums, written one before each push).
 
 The A-XDR bytes are written out here on purpose: the gateway parses them with gurux, so
 the simulator and the parser do not share an encoder that could hide a bug in both.
@@ -84,8 +85,9 @@ class PushMeter:
 
 class PushSimulator(PtySimulator):
     def __init__(self, meter: PushMeter, interval_s: float = 1.0, segment: int = 0,
-                 corrupt_every: int = 0) -> None:
+                 corrupt_every: int = 0, hostile: list[bytes] | None = None) -> None:
         self.meter = meter
+        self.hostile = list(hostile or [])
         self.interval_s = interval_s
         self.segment = segment
         self.corrupt_every = corrupt_every
@@ -99,7 +101,7 @@ class PushSimulator(PtySimulator):
             return
         self._next += self.interval_s
         t = time.time()
-        out = b""
+        out = self.hostile.pop(0) if self.hostile else b""
         for f in self.meter.frames(t, self.segment):
             self.frames_sent += 1
             if self.corrupt_every and self.frames_sent % self.corrupt_every == 0:
@@ -111,9 +113,11 @@ class PushSimulator(PtySimulator):
 
 def start(*, key: bytes | None = None, auth_key: bytes | None = None, interval_s: float = 1.0,
           segment: int = 0, wrong_key: bool = False, corrupt_every: int = 0,
-          physical: int = 17) -> PushSimulator:
-    meter = PushMeter(physical=physical, key=key, auth_key=auth_key, wrong_key=wrong_key)
-    return PushSimulator(meter, interval_s, segment, corrupt_every)
+          physical: int = 17, hostile: list[bytes] | None = None,
+          invocation_counter: int = 1) -> PushSimulator:
+    meter = PushMeter(physical=physical, key=key, auth_key=auth_key, wrong_key=wrong_key,
+                      invocation_counter=invocation_counter)
+    return PushSimulator(meter, interval_s, segment, corrupt_every, hostile)
 
 
 def main() -> None:
