@@ -173,3 +173,58 @@ def test_replayed_invocation_counter_is_suspected_and_gives_no_readings(tmp_path
         assert _stats(d)["replays"] == 0 and sum(isinstance(r, Reading) for r in recs) > before
     finally:
         store.close()
+
+
+class RaisingSession:
+    """A real DlmsSession whose register reads raise another exception type on each of the
+    first polls (as a gurux bug on a strange reply would)."""
+
+    def __init__(self, real: Any, raised: list[str]) -> None:
+        self.real, self.raised = real, raised
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def read_register(self, *args: Any) -> Any:
+        if len(self.raised) < 4:
+            exc = (TypeError, IndexError, KeyError, AttributeError)[len(self.raised)]
+            self.raised.append(exc.__name__)
+            raise exc("injected by the test")
+        return self.real.read_register(*args)
+
+
+class FaultyPollDriver(DlmsDriver):
+    raised: list[str] = []
+
+    def _session(self, m: Any) -> Any:
+        return RaisingSession(super()._session(m), self.raised)
+
+
+def test_polled_meter_codec_raising_any_exception_does_not_stop_the_bus(tmp_path):
+    from tools.sim.dlms import start as start_bus
+    sim = start_bus(1, period_s=900, history_s=3600)
+    store = Store(tmp_path / "store.db")
+    FaultyPollDriver.raised = []
+    d = FaultyPollDriver("dlms", {"serial": {"port": sim.device}, "reply_timeout_ms": 400,
+                                  "retries": 1, "backoff_max_s": 0.2,
+                                  "meters": [{"id": "m17", "physical": 17, "interval_s": 0.2,
+                                              "registers": ["1-0:32.7.0"], "clock": False}]},
+                         store)
+    try:
+        d.start()
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and d.meter_stats()["m17"]["success"] < 2:
+            time.sleep(0.05)
+        alive = d.is_alive()
+        d.stop()
+        recs = [sr.record for sr in store.read_records(0, 100_000)]
+    finally:
+        store.close()
+        sim.stop()
+    s = d.meter_stats()["m17"]
+    assert alive and FaultyPollDriver.raised == ["TypeError", "IndexError", "KeyError",
+                                                 "AttributeError"]
+    assert s["decode_errors"] == 4 and s["success"] >= 2
+    errors = [r for r in recs if isinstance(r, Event) and r.kind == "meter.decode_error"]
+    assert len(errors) == 4 and errors[0].detail["frame"].startswith("7EA0")
+    assert any(isinstance(r, Reading) and r.quantity == "1-0:32.7.0" for r in recs)

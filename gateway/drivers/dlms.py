@@ -143,6 +143,7 @@ class MeterState:
     last_error: str | None = None
     last_readings: list[Any] = field(default_factory=list)  # push: of the last notification
     push_ic: dict[str, int] = field(default_factory=dict)  # push: last invocation counters
+    last_rx_hex: str = ""  # poll: the last frame from this meter
     event_gate: dict[str, list[Any]] = field(default_factory=dict)  # push: rate limit
 
     @property
@@ -182,7 +183,9 @@ class SerialTransport:
             if ev is not NEED_DATA:
                 if ev.src.upper == self.logical and (ev.src.lower in (None, self.physical)):
                     self.m.stats["crc_errors"] += self.decoder.stats.crc_errors - crc_before
-                    return ev.serialize()
+                    raw = ev.serialize()
+                    self.m.last_rx_hex = raw.hex().upper()
+                    return raw
                 continue  # another meter's (late) frame
             if d.stopping.is_set():
                 raise TimeoutError("driver stopping")
@@ -382,6 +385,12 @@ class DlmsDriver(OwnsSerialPort, Driver):
             self._failed(m, "meter.read_failed", str(exc), manual=manual)
         except (DlmsError, ValueError) as exc:
             self._failed(m, "meter.read_failed", f"{type(exc).__name__}: {exc}", manual=manual)
+        except OSError:
+            raise  # the port: the loop reopens it
+        except Exception as exc:  # noqa: BLE001 - a codec (gurux) bug costs a read, not the bus
+            m.stats["decode_errors"] += 1
+            self._failed(m, "meter.decode_error", f"{type(exc).__name__}: {exc}"[:300],
+                         manual=manual, frame_hex=m.last_rx_hex)
         else:
             was_failing = m.backoff.failures > 0
             m.backoff.ok()
@@ -400,7 +409,7 @@ class DlmsDriver(OwnsSerialPort, Driver):
         return records
 
     def _failed(self, m: MeterState, kind: str, reason: str, permanent: bool = False,
-                manual: bool = False) -> None:
+                manual: bool = False, frame_hex: str = "") -> None:
         m.last_error = reason
         if self.stopping.is_set():
             return
@@ -413,6 +422,8 @@ class DlmsDriver(OwnsSerialPort, Driver):
             self.log.warning("meter %s: %s (next try in %.0f s)", m.id, reason, delay)
         detail = {"reason": reason, "address": f"{m.opts.get('logical', 1)}/{m.opts.get('physical')}",
                   "failures": m.stats["failures"], "crc_errors": m.stats["crc_errors"]}
+        if frame_hex:  # the last frame the meter sent (a decode error's evidence)
+            detail["frame"] = frame_hex[:HEX_MAX] + ("..." if len(frame_hex) > HEX_MAX else "")
         self.emit([Event(kind, now_ms(), self.bus, m.id, "warning", detail)])
 
     def _session(self, m: MeterState) -> Any:
