@@ -329,8 +329,9 @@ class DlmsDriver(OwnsSerialPort, Driver):
 
     # ------------------------------------------------------------------ loop
     def loop(self) -> None:
-        from ..protocols.dlms import load_gurux
-        load_gurux()  # imported here, not at module import: the driver registry stays cheap
+        if self.mode == "poll":
+            from ..protocols.dlms import load_gurux
+            load_gurux()  # here, not at import: the registry stays cheap; push needs no gurux
         self.log.info("dlms bus %s (%s): %d meters on %s", self.bus, self.mode,
                       len(self.meters), self.serial_opts["port"])
         try:

@@ -241,6 +241,10 @@ def _is_object_list(x: Any) -> bool:
         and all(_is_int(v) for v in d[2:]) for d in x)
 
 
+# class id -> attribute holding the scaler_unit: Register, Extended Register, Demand Register
+_SCALER_UNIT_ATTR: Final = {3: 3, 4: 3, 5: 4}
+
+
 def _map_object_list(items: list[Any], scalers: Mapping[str, int]) -> list[Value]:
     defs = items[0]
     # the list usually names itself first (class 40 attribute 2): then element i is
@@ -250,7 +254,8 @@ def _map_object_list(items: list[Any], scalers: Mapping[str, int]) -> list[Value
     if len(values) != len(defs):
         raise DlmsError(f"push object list declares {len(defs)} objects, the notification "
                         f"carries {len(values)} values")
-    scaler_units = {bytes(d[1]): v for d, v in zip(defs, values) if d[2] == 3 and d[0] in (3, 4, 5)}
+    scaler_units = {bytes(d[1]): v for d, v in zip(defs, values)
+                    if d[2] == _SCALER_UNIT_ATTR.get(d[0])}
     out: list[Value] = []
     for d, v in zip(defs, values):
         if d[2] != 2 or d[0] == 40:
