@@ -98,3 +98,18 @@ def test_random_gbt_streams_only_raise_gbt_error(blocks):
             a.add(apdu[:len(apdu) // 2])
         except GbtError:
             pass
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_bare_apdu_stream_never_raises(chunks):
+    from gateway.protocols.dlms import cipher
+    dec = PushDecoder(PushParser(bytes(16), bytes(16)), framing="apdu")
+    good = cipher.encrypt(b"\x0f\x00\x00\x00\x01\x00\x11\x05", b"ABCDEFGH", 7, bytes(16),
+                          bytes(16)).serialize()
+    for c in chunks:
+        assert all(isinstance(e, (Pushed, PushError)) for e in _events(dec, c))
+    # after any garbage, a good APDU (once the garbage is flushed) is read again
+    dec.reset()
+    [ev] = _events(dec, good)
+    assert isinstance(ev, Pushed)

@@ -228,3 +228,41 @@ def test_polled_meter_codec_raising_any_exception_does_not_stop_the_bus(tmp_path
     errors = [r for r in recs if isinstance(r, Event) and r.kind == "meter.decode_error"]
     assert len(errors) == 4 and errors[0].detail["frame"].startswith("7EA0")
     assert any(isinstance(r, Reading) and r.quantity == "1-0:32.7.0" for r in recs)
+
+
+def test_bare_glo_ciphered_apdus_without_hdlc_p1_inside_routed_by_system_title(tmp_path):
+    """The Luxembourg Smarty P1 port: general-glo-ciphering APDUs back to back, no HDLC;
+    one carries a P1 telegram (the corpus frame), the simulator's carry Data-Notifications;
+    garbage in between is skipped."""
+    from tests.han_mutations import CORPUS
+    e = next(x for x in CORPUS if x["id"].startswith("dsmr_parser:"))
+    smarty = bytes.fromhex(e["input_hex"])
+    sim = start(key=KEY, interval_s=3600, framing="apdu",
+                hostile=[b"\x00\xdb\x08garbage", smarty, b"\xdb\x08" + bytes(9) + b"\x7f"])
+    sim._next = time.monotonic() + 3600  # quiet until the driver has the port open
+    store = Store(tmp_path / "store.db")
+    d = DlmsDriver("han", {"serial": {"port": sim.device}, "mode": "push", "framing": "apdu",
+                           "meters": [{"id": "smarty", "system_title": b"SYSTEMID",
+                                       "block_key": bytes.fromhex(e["key"]),
+                                       "auth_key": bytes.fromhex(e["auth_key"])},
+                                      {"id": "sim", "system_title": b"SIMPUSH1",
+                                       "block_key": KEY}]}, store)
+    try:
+        d.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+                d.meter_stats()["smarty"]["notifications"] >= 1
+                and d.meter_stats()["sim"]["notifications"] >= 4):
+            if d.state == "open" and sim.interval_s > 1000:
+                sim.interval_s, sim._next = 0.05, time.monotonic() + 0.2
+            time.sleep(0.05)
+        d.stop()
+        recs = [sr.record for sr in store.read_records(0, 100_000)]
+    finally:
+        store.close()
+        sim.stop()
+    got = {(r.meter_id, r.quantity): (r.mantissa, r.exponent, r.unit) for r in recs
+           if isinstance(r, Reading)}
+    assert got[("smarty", "1-0:1.8.0")] == (6545766, 0, "Wh")
+    assert got[("sim", "1-0:32.7.0")] == (2301, -1, "V")
+    assert d.meter_stats()["sim"]["notifications"] >= 4

@@ -108,6 +108,9 @@ SCHEMA = Schema((
     FieldSpec("serial", mapping(SERIAL_SCHEMA), help="the serial port"),
     FieldSpec("mode", one_of("poll", "push"), "poll",
               help="poll the meters, or listen to pushed Data-Notifications"),
+    FieldSpec("framing", one_of("hdlc", "apdu"), "hdlc",
+              help="push: HDLC frames, or bare general-glo-ciphering APDUs without HDLC "
+                   "(the Luxembourg Smarty P1 port)"),
     FieldSpec("reply_timeout_ms", integer(50, 60000), 2000, help="HDLC reply timeout"),
     FieldSpec("retries", integer(0, 10), 2, help="resends of a frame that got no reply"),
     FieldSpec("backoff_max_s", number(gt=0, what="a number of seconds"), 300,
@@ -557,7 +560,8 @@ class DlmsDriver(OwnsSerialPort, Driver):
             if m.parser is None:
                 bk = m.opts.get("block_key")
                 m.parser = PushParser(bk, m.opts.get("auth_key") or bk, self.tz)
-        return PushDecoder(route=self._push_route)
+        return PushDecoder(route=self._push_route,
+                           framing=str(self.options.get("framing", "hdlc")))
 
     def _push_route(self, system_title: bytes | None, src: Any) -> tuple[MeterState, Any]:
         m = self._push_meter(system_title, src)

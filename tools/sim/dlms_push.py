@@ -5,7 +5,8 @@
 Each notification is an Aidon-style list: structure{obis, value, structure{scaler, unit}}
 for import energy (Wh, scaler 0), active power (W), and voltage (V, scaler -1), with the
 meter's date-time in the header. With ``key`` it is general-glo-ciphered (suite 0, SC 0x30)
-with a rising invocation counter. ``segment`` splits long APDUs over HDLC frames (S bit).
+with a rising invocation counter. ``segment`` splits long APDUs over HDLC frames (S bit);
+``framing="apdu"`` sends the ciphered APDUs bare, without HDLC (Luxembourg Smarty).
 Faults: ``wrong_key`` (cipher with another key), ``corrupt_every`` (flip a byte of every
 Nth frame, so its FCS fails), ``hostile`` (raw byte strings, e.g. mutated frames with valid
 checksums, written one before each push).
@@ -74,7 +75,10 @@ class PushMeter:
         self.invocation_counter += 1
         return g.serialize()
 
-    def frames(self, t: float, segment: int = 0) -> list[bytes]:
+    def frames(self, t: float, segment: int = 0, framing: str = "hdlc") -> list[bytes]:
+        if framing == "apdu":  # bare APDU, no HDLC (Luxembourg Smarty P1 ports)
+            self.sent += 1
+            return [self.apdu(t)]
         info = LLC_RESPONSE + self.apdu(t)
         self.sent += 1
         parts = [info] if not segment else [info[i:i + segment] for i in range(0, len(info), segment)]
@@ -85,8 +89,10 @@ class PushMeter:
 
 class PushSimulator(PtySimulator):
     def __init__(self, meter: PushMeter, interval_s: float = 1.0, segment: int = 0,
-                 corrupt_every: int = 0, hostile: list[bytes] | None = None) -> None:
+                 corrupt_every: int = 0, hostile: list[bytes] | None = None,
+                 framing: str = "hdlc") -> None:
         self.meter = meter
+        self.framing = framing
         self.hostile = list(hostile or [])
         self.interval_s = interval_s
         self.segment = segment
@@ -102,7 +108,7 @@ class PushSimulator(PtySimulator):
         self._next += self.interval_s
         t = time.time()
         out = self.hostile.pop(0) if self.hostile else b""
-        for f in self.meter.frames(t, self.segment):
+        for f in self.meter.frames(t, self.segment, self.framing):
             self.frames_sent += 1
             if self.corrupt_every and self.frames_sent % self.corrupt_every == 0:
                 f = f[:10] + bytes([f[10] ^ 0xFF]) + f[11:]
@@ -114,10 +120,10 @@ class PushSimulator(PtySimulator):
 def start(*, key: bytes | None = None, auth_key: bytes | None = None, interval_s: float = 1.0,
           segment: int = 0, wrong_key: bool = False, corrupt_every: int = 0,
           physical: int = 17, hostile: list[bytes] | None = None,
-          invocation_counter: int = 1) -> PushSimulator:
+          invocation_counter: int = 1, framing: str = "hdlc") -> PushSimulator:
     meter = PushMeter(physical=physical, key=key, auth_key=auth_key, wrong_key=wrong_key,
                       invocation_counter=invocation_counter)
-    return PushSimulator(meter, interval_s, segment, corrupt_every, hostile)
+    return PushSimulator(meter, interval_s, segment, corrupt_every, hostile, framing)
 
 
 def main() -> None:

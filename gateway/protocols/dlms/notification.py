@@ -325,19 +325,83 @@ Router = Callable[[Union[bytes, None], Union[hdlc.Address, None]], "tuple[Any, P
 HEX_MAX: Final = 1024  # hex digits of a bad frame kept in its event
 
 
-class PushDecoder:
-    """HDLC byte stream in, :class:`Pushed` or :class:`PushError` out (sans-I/O).
+class ApduSplitter:
+    """Bare general-glo-ciphering APDUs back to back, no HDLC (the Luxembourg Smarty P1
+    port): ``DB 08 <system title> <length> ...``, delimited by their own length field.
+    Bytes that cannot start one are skipped and counted."""
 
-    ``route(system_title, hdlc_source)`` picks the meter (any tag) and its parser for
-    each APDU; without it every APDU goes to ``parser``. Never raises for bad bytes.
+    def __init__(self, max_apdu: int = 8192) -> None:
+        self._buf = bytearray()
+        self.max_apdu = max_apdu
+        self.garbage_bytes = 0
+
+    def receive_data(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) > 4 * self.max_apdu:
+            drop = len(self._buf) - 4 * self.max_apdu
+            del self._buf[:drop]
+            self.garbage_bytes += drop
+
+    def clear(self) -> None:
+        self._buf.clear()
+
+    def next_event(self) -> Union[bytes, Any]:
+        buf = self._buf
+        while True:
+            start = buf.find(b"\xdb\x08")
+            if start < 0:
+                keep = 1 if buf[-1:] == b"\xdb" else 0
+                self.garbage_bytes += len(buf) - keep
+                del buf[:len(buf) - keep]
+                return hdlc.NEED_DATA
+            if start:
+                self.garbage_bytes += start
+                del buf[:start]
+            if len(buf) < 11:
+                return hdlc.NEED_DATA
+            first = buf[10]
+            size = first & 0x7F if first >= 0x80 else 0
+            if first >= 0x80 and size not in (1, 2):
+                self._skip()
+                continue
+            if len(buf) < 11 + size:
+                return hdlc.NEED_DATA
+            n = int.from_bytes(buf[11:11 + size], "big") if size else first
+            total = 11 + size + n
+            if n < 5 or total > self.max_apdu:
+                self._skip()
+                continue
+            if len(buf) < total:
+                return hdlc.NEED_DATA
+            apdu = bytes(buf[:total])
+            del buf[:total]
+            return apdu
+
+    def _skip(self) -> None:
+        del self._buf[:1]
+        self.garbage_bytes += 1
+
+
+class PushDecoder:
+    """HAN byte stream in, :class:`Pushed` or :class:`PushError` out (sans-I/O).
+
+    ``framing``: "hdlc" (HDLC frames, segments and GBT blocks joined) or "apdu" (bare
+    general-glo-ciphering APDUs, :class:`ApduSplitter`). ``route(system_title,
+    hdlc_source)`` picks the meter (any tag) and its parser for each APDU; without it every
+    APDU goes to ``parser``. Never raises for bad bytes.
     """
 
-    def __init__(self, parser: PushParser | None = None, route: Router | None = None) -> None:
+    def __init__(self, parser: PushParser | None = None, route: Router | None = None,
+                 framing: str = "hdlc") -> None:
         if route is None:
             if parser is None:
                 raise ValueError("PushDecoder needs a parser or a route")
             route = lambda st, src: (None, parser)  # noqa: E731
+        if framing not in ("hdlc", "apdu"):
+            raise ValueError(f"framing must be hdlc or apdu, not {framing!r}")
         self.route = route
+        self.framing = framing
+        self.splitter = ApduSplitter()
         self.frames = hdlc.HdlcDecoder()
         self.reassembler = hdlc.Reassembler()
         self.gbt: dict[str, GbtAssembler] = {}
@@ -345,15 +409,19 @@ class PushDecoder:
         self.last_source = ""
 
     def receive_data(self, data: bytes) -> None:
-        self.frames.receive_data(data)
+        (self.splitter if self.framing == "apdu" else self.frames).receive_data(data)
 
     def reset(self) -> None:
         """Drop buffered bytes and unfinished APDUs (after the caller met an error)."""
         self.frames.clear()
+        self.splitter.clear()
         self.reassembler = hdlc.Reassembler()
         self.gbt.clear()
 
     def next_event(self) -> Union[Pushed, PushError, Any]:
+        if self.framing == "apdu":
+            apdu = self.splitter.next_event()
+            return apdu if apdu is hdlc.NEED_DATA else self.parse_apdu(apdu)
         while True:
             frame = self.frames.next_event()
             if frame is hdlc.NEED_DATA:
@@ -386,8 +454,8 @@ class PushDecoder:
     def parse_apdu(self, apdu: bytes, src: hdlc.Address | None = None) -> Union[Pushed, PushError]:
         """One complete APDU (an HDLC-less HAN port hands them over directly)."""
         apdu = bytes(apdu)
-        source = str(src) if src is not None else self.last_source
         st = apdu[2:10] if apdu[:2] == b"\xdb\x08" and len(apdu) >= 10 else None
+        source = str(src) if src is not None else st.hex().upper() if st else self.last_source
         route, parser = self.route(st, src)
         try:
             n = parser.parse(apdu)
