@@ -139,7 +139,7 @@ def test_hostile_corpus_mutations_between_good_frames_do_not_stop_the_push_bus(t
 def test_replayed_invocation_counter_is_suspected_and_gives_no_readings(tmp_path):
     store = Store(tmp_path / "store.db")
     try:
-        sim = start(key=KEY, interval_s=0.05)
+        sim = start(key=KEY, interval_s=0.05, invocation_counter=1_000_000)
         try:
             d, recs, _ = _run(tmp_path, sim, until=lambda d: _stats(d)["notifications"] >= 3,
                               store=store, block_key=KEY)
@@ -150,7 +150,7 @@ def test_replayed_invocation_counter_is_suspected_and_gives_no_readings(tmp_path
         while store.get_cursor("han", name) is None and time.monotonic() < deadline:
             time.sleep(0.05)
         last = store.get_cursor("han", name)
-        assert last is not None and last >= 3
+        assert last is not None and last >= 1_000_002
         before = sum(isinstance(r, Reading) for r in recs)
         # a restarted gateway, the old frames replayed (the counter starts again at 1)
         sim = start(key=KEY, interval_s=0.05)
@@ -171,6 +171,22 @@ def test_replayed_invocation_counter_is_suspected_and_gives_no_readings(tmp_path
         finally:
             sim.stop()
         assert _stats(d)["replays"] == 0 and sum(isinstance(r, Reading) for r in recs) > before
+        # a re-keyed meter counts from 1 again: `keys set` restarts the guard
+        d = DlmsDriver("han", {"serial": {"port": "/dev/null"}, "mode": "push",
+                               "meters": [{"id": "han", "block_key": KEY,
+                                           "system_title": DEFAULT_SYSTEM_TITLE}]}, store)
+        d.set_key("han", KEY)
+        deadline = time.monotonic() + 10
+        while store.get_cursor("han", name) != -1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.get_cursor("han", name) == -1
+        sim = start(key=KEY, interval_s=0.05)
+        try:
+            d, recs, _ = _run(tmp_path, sim, until=lambda d: _stats(d)["notifications"] >= 2,
+                              store=store, block_key=KEY)
+        finally:
+            sim.stop()
+        assert _stats(d)["replays"] == 0 and _stats(d)["notifications"] >= 2
     finally:
         store.close()
 

@@ -293,6 +293,7 @@ class DlmsDriver(OwnsSerialPort, Driver):
 
         def apply() -> None:
             self._use_key(m, key)
+            self._reset_replay_guard(m)
             self.log.info("meter %s: new key(s) set from the console", m.id)
             if m.backoff.failures:
                 m.backoff.ok()
@@ -317,6 +318,18 @@ class DlmsDriver(OwnsSerialPort, Driver):
             from ..protocols.dlms.notification import PushParser
             bk = m.opts["block_key"]
             m.parser = PushParser(bk, m.opts.get("auth_key") or bk, self.tz)
+
+    def _reset_replay_guard(self, m: MeterState) -> None:
+        """push: a new key starts the meter's invocation counters afresh (a re-keyed meter
+        counts from 0 again), so the guard of every system title known for it restarts."""
+        if self.mode != "push":
+            return
+        names = set(m.push_ic)
+        if m.opts.get("system_title"):
+            names.add(f"{PUSH_IC_CURSOR}:{bytes(m.opts['system_title']).hex().upper()}")
+        if names:
+            m.push_ic = {n: -1 for n in names}
+            self.emit([], {(m.id, n): -1 for n in names})
 
     # ------------------------------------------------------------------ store access
     def _cursor(self, meter_id: str, name: str, default: Any = None) -> Any:
