@@ -278,3 +278,35 @@ def test_axdr_types():
     deep = bytes.fromhex("0201" * 40 + "00")
     with pytest.raises(DlmsError, match="nested"):
         axdr.decode_all(deep)
+
+
+# A real push with a version-1 push object list (6-element capture definitions: restriction
+# and columns), in an IEC 62056-47 wrapper, from a public test of another project.
+WRAPPED_OBJECT_LIST_PUSH = (
+    "000100010040018f0f400000010c07ea0a07030e3129fffed400020c010c0206120028"
+    "09060001190900ff0f0212000002021600000100020612000109060001600586ff0f02"
+    "120000020216000001000206120001090600002a0000ff0f02120000020216000001"
+    "00020612000109060000600100ff0f02120000020216000001000206120003090601"
+    "00010800ff0f0212000002021600000100020612000309060100010800ff0f031200"
+    "0002021600000100020612000309060100020800ff0f021200000202160000010002"
+    "0612000309060100020800ff0f031200000202160000010002061200030906010003"
+    "0800ff0f0212000002021600000100020612000309060100030800ff0f031200000202"
+    "1600000100020612000309060100040800ff0f02120000020216000001000206120003"
+    "09060100040800ff0f031200000202160000010016020910454c433038323653334430"
+    "3031393531090b3937363030303031393531060000005102020f01161e060000000d"
+    "02020f01161e060000005502020f011620060000000602020f011620")
+
+
+def test_real_push_object_list_with_capture_definitions_v1(capsys):
+    rc, out, err = decode(WRAPPED_OBJECT_LIST_PUSH, capsys=capsys)
+    assert rc == 0, err
+    assert out["readings"] == [{"obis": "1-0:1.8.0", "value": "810", "unit": "Wh"},
+                               {"obis": "1-0:2.8.0", "value": "130", "unit": "Wh"},
+                               {"obis": "1-0:3.8.0", "value": "850", "unit": "varh"},
+                               {"obis": "1-0:4.8.0", "value": "60", "unit": "varh"}]
+    assert out["time"] == "2026-10-07T09:49:41Z"  # 14:49:41 local, deviation -300 (UTC+5)
+    for cut in (20, 200, 398):  # each cut (with the wrapper's length kept right) refused
+        raw = bytes.fromhex(WRAPPED_OBJECT_LIST_PUSH)[8:8 + cut]
+        wrapped = bytes.fromhex("0001000100400000")[:6] + len(raw).to_bytes(2, "big") + raw
+        rc, _, err = decode(wrapped.hex(), capsys=capsys)
+        assert rc == 2 and err.count("\n") == 1

@@ -150,6 +150,9 @@ def _one_apdu(data: bytes, frames: list[dict[str, Any]]) -> bytes:
                 apdus.append(part)
         if not apdus:
             raise DecodeFailed("the frames end inside a segmented APDU (last frame has S=1)")
+    elif data[:2] == b"\x00\x01" and len(data) >= 8 and \
+            int.from_bytes(data[6:8], "big") == len(data) - 8:
+        apdus = [data[8:]]  # IEC 62056-47 wrapper (TCP/UDP push): version 1, ports, length
     else:
         apdus = [data]
     gbt = GbtAssembler()

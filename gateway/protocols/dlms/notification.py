@@ -234,11 +234,12 @@ def _is_list_id(x: Any) -> bool:
 
 
 def _is_object_list(x: Any) -> bool:
-    """array{structure{class-id, logical-name, attribute-index[, data-index]}}: the push
-    object list (Push setup attribute 2)."""
+    """array{structure{class-id, logical-name, attribute-index, data-index[, restriction,
+    columns]}}: the push object list (Push setup attribute 2; the 6-element form is the
+    Blue Book's version 1 capture object definition)."""
     return isinstance(x, list) and bool(x) and all(
-        isinstance(d, tuple) and len(d) in (3, 4) and _is_int(d[0]) and _is_obis(d[1])
-        and all(_is_int(v) for v in d[2:]) for d in x)
+        isinstance(d, tuple) and len(d) in (3, 4, 6) and _is_int(d[0]) and _is_obis(d[1])
+        and all(_is_int(v) for v in d[2:4]) for d in x)
 
 
 # class id -> attribute holding the scaler_unit: Register, Extended Register, Demand Register
@@ -267,8 +268,8 @@ def _map_object_list(items: list[Any], scalers: Mapping[str, int]) -> list[Value
 
 def _append(out: list[Value], obis: bytes, value: Any, scaler_unit: Any,
             scalers: Mapping[str, int], list_scalers: Mapping[tuple[int, int], int]) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return  # identifiers, date-times, nested data, null: not register values
+    if isinstance(value, (bool, axdr.EnumValue)) or not isinstance(value, (int, float)):
+        return  # identifiers, states (enums), date-times, nested data, null: not registers
     text = obis_text(obis)
     if scaler_unit is not None:
         if not _looks_scaler_unit(scaler_unit):
