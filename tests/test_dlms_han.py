@@ -179,7 +179,9 @@ def object_list_notification(extra: bytes = b"", count_delta: int = 0) -> bytes:
 
 
 def test_push_object_list_maps_values_by_the_list():
-    got = map_body(PushParser().parse(object_list_notification()).body)
+    n = PushParser(default_tz="Europe/Oslo").parse(object_list_notification())
+    assert n.time_ms == 1643047130000  # no header time: the pushed Clock object's
+    got = map_body(n.body)
     assert [(v.obis, v.mantissa, v.exponent, v.unit) for v in got] == \
         [("1-0:1.8.0", 123456, 2, "Wh"), ("1-0:1.7.0", 1500, 0, "W")]
 
@@ -310,3 +312,11 @@ def test_real_push_object_list_with_capture_definitions_v1(capsys):
         wrapped = bytes.fromhex("0001000100400000")[:6] + len(raw).to_bytes(2, "big") + raw
         rc, _, err = decode(wrapped.hex(), capsys=capsys)
         assert rc == 2 and err.count("\n") == 1
+
+
+def test_meter_time_from_the_pushed_clock_when_the_header_has_none(capsys):
+    e = CORPUS["amshan:test_aidon:se_list"]
+    assert e["input_hex"][10:12] == "00"  # no date-time in the header
+    rc, out, err = decode(e["input_hex"], "--tz", "Europe/Stockholm", capsys=capsys)
+    assert rc == 0, err
+    assert out["time"] == "2019-12-16T06:59:40Z"  # 07:59:40 Stockholm (CET), 0-0:1.0.0

@@ -115,6 +115,8 @@ class PushParser:
                ic: int | None) -> Notification:
         if apdu[:1] == bytes([DATA_NOTIFICATION]):
             invoke_id, time_ms, body = parse_data_notification(apdu, self.tz)
+            if time_ms is None:  # E360 & co.: no header time, the clock object is pushed
+                time_ms = clock_in_body(body, self.tz)
             return Notification(invoke_id, time_ms, body, ciphered, st, ic)
         if ciphered and apdu.lstrip(b"\r\n")[:1] == b"/":
             return Notification(0, None, None, ciphered, st, ic, parse_p1(apdu))
@@ -137,6 +139,36 @@ def parse_data_notification(apdu: bytes, tz: str = "UTC") -> tuple[int, int | No
     time_ms = datetime_ms(raw_time, tz) if n == 12 else None  # a date or time alone: no instant
     body = axdr.decode_all(apdu, pos)
     return invoke_id, time_ms, body
+
+
+def clock_in_body(body: Any, tz: str = "UTC") -> int | None:
+    """The meter time a body carries as its Clock object (0-x:1.0.0 attribute 2, a
+    12-byte date-time), in any of the body shapes; None if it has none (or an invalid one:
+    the values stand without a meter time)."""
+    items = list(body) if isinstance(body, (list, tuple)) else [body]
+    raw = None
+    if items and _is_object_list(items[0]):
+        defs = items[0]
+        values = items if defs[0][0] == 40 and defs[0][2] == 2 else items[1:]
+        raw = next((v for d, v in zip(defs, values) if d[0] == 8 and d[2] == 2), None)
+    else:
+        for i, it in enumerate(items):
+            if _has_obis(it) and _is_clock(it[0]):
+                raw = it[1]
+            elif _is_clock(it) and i + 1 < len(items):
+                raw = items[i + 1]
+            if raw is not None:
+                break
+    if not isinstance(raw, bytes) or len(raw) != 12:
+        return None
+    try:
+        return datetime_ms(raw, tz)
+    except DlmsError:
+        return None
+
+
+def _is_clock(x: Any) -> bool:
+    return _is_obis(x) and x[0] == 0 and x[2] == 1 and x[3] == 0
 
 
 def parse_p1(text: bytes) -> Any:
