@@ -282,3 +282,39 @@ def test_bare_glo_ciphered_apdus_without_hdlc_p1_inside_routed_by_system_title(t
     assert got[("smarty", "1-0:1.8.0")] == (6545766, 0, "Wh")
     assert got[("sim", "1-0:32.7.0")] == (2301, -1, "V")
     assert d.meter_stats()["sim"]["notifications"] >= 4
+
+
+def test_general_block_transfer_pushes_and_a_lost_block_over_a_pty(tmp_path):
+    """L+G E450-style: each ciphered notification in GBT blocks of 30 bytes, one per HDLC
+    frame; every 3rd transfer loses block 2 -> one meter.frame_error each, no readings
+    from it, and the next transfer reads whole."""
+    sim = start(key=KEY, interval_s=3600, gbt=30, drop_block_every=3)
+    sim._next = time.monotonic() + 3600  # quiet until the driver has the port open
+    store = Store(tmp_path / "store.db")
+    d = DlmsDriver("han", {"serial": {"port": sim.device}, "mode": "push",
+                           "meters": [{"id": "han", "block_key": KEY}]}, store)
+    try:
+        d.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(sim.pushed_at) < 9:
+            if d.state == "open" and sim.interval_s > 1000:
+                sim.interval_s, sim._next = 0.05, time.monotonic() + 0.2
+            time.sleep(0.02)
+        sim.interval_s, sim._next = 3600.0, time.monotonic() + 3600
+        time.sleep(0.1)
+        pushed = len(sim.pushed_at)
+        while time.monotonic() < deadline and \
+                _stats(d)["notifications"] + _stats(d)["frame_errors"] < pushed:
+            time.sleep(0.05)
+        d.stop()
+        recs = [sr.record for sr in store.read_records(0, 100_000)]
+    finally:
+        store.close()
+        sim.stop()
+    lost = pushed // 3
+    s = _stats(d)
+    assert s["frame_errors"] == lost and s["notifications"] == pushed - lost
+    volts = [r for r in recs if isinstance(r, Reading) and r.quantity == "1-0:32.7.0"]
+    assert len(volts) == pushed - lost and {(r.mantissa, r.exponent) for r in volts} == {(2301, -1)}
+    errors = [r for r in recs if isinstance(r, Event) and r.kind == "meter.frame_error"]
+    assert errors and "lost" in errors[0].detail["reason"]
