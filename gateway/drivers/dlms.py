@@ -10,8 +10,14 @@ duplicate, no hole), event logs as diagnostic events. The HLS frame counter is p
 across restarts in reserved blocks, so a counter value is never used twice even after a
 SIGKILL.
 
-``mode: push`` - listen to unsolicited Data-Notifications (HAN ports), general-glo-ciphered
-ones decrypted with the meter's key, OBIS values mapped to Readings.
+``mode: push`` - listen to unsolicited Data-Notifications (HAN ports): the port's bytes go
+to the one sans-I/O :class:`~gateway.protocols.dlms.notification.PushDecoder` (HDLC, or bare
+glo-ciphered APDUs with ``framing: apdu``; segments and General-Block-Transfer blocks
+joined), general-glo-ciphered ones decrypted with the meter's key (picked by system title),
+OBIS values mapped to Readings. The GCM invocation counter of each system title must rise
+(a durable cursor): a replay gives ``meter.replay_suspected`` and no readings. Whatever a
+codec raises on a frame is counted as ``meter.decode_error`` (with the frame's hex,
+rate-limited) and the port is read on.
 
 A meter that never answers costs one bounded timeout per try and is backed off; it never
 stalls the others. Timeouts, CRC errors, wrong keys and refused associations are counted
