@@ -320,3 +320,22 @@ def test_meter_time_from_the_pushed_clock_when_the_header_has_none(capsys):
     rc, out, err = decode(e["input_hex"], "--tz", "Europe/Stockholm", capsys=capsys)
     assert rc == 0, err
     assert out["time"] == "2019-12-16T06:59:40Z"  # 07:59:40 Stockholm (CET), 0-0:1.0.0
+
+
+def test_polled_scaler_unit_and_gurux_datetimes_never_raise_other_errors():
+    import datetime as dt
+    from gateway.protocols.dlms import load_gurux
+    from gateway.protocols.dlms.client import scaler_unit
+    assert scaler_unit([-1, 35], "1-0:32.7.0") == (-1, "V")
+    for bad in (None, [None, 30], [b"\x01", 30], [[1], 30], 5, [300, 30], [1, 2, 3]):
+        with pytest.raises(DlmsError):
+            scaler_unit(bad, "1-0:1.8.0")
+    load_gurux()
+    from gurux_dlms import GXDateTime
+    naive = GXDateTime()
+    naive.value = dt.datetime(2022, 1, 24, 18, 58, 50)  # as gurux parses deviation 0x8000
+    assert datetime_ms(naive, "Europe/Oslo") == 1643047130000  # no deviation: local time
+    naive.skip = 0x01  # year not specified
+    assert datetime_ms(naive) is None
+    with pytest.raises(DlmsError):
+        datetime_ms(object())

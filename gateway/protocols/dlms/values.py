@@ -124,6 +124,8 @@ def exact(mantissa: int, exponent: int) -> Decimal:
     return Decimal(mantissa).scaleb(exponent, EXACT)
 
 
+# gurux DateTimeSkips YEAR | MONTH | DAY | HOUR | MINUTE: a time that cannot be placed
+_GURUX_SKIPS_UNPLACEABLE: Final = 0x01 | 0x02 | 0x04 | 0x10 | 0x20
 EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)  # no rounding
 DEVIATION_UNSPECIFIED: Final = -0x8000
 MAX_DEVIATION_MIN: Final = 15 * 60  # UTC-12 .. UTC+14, with room; beyond: not a deviation
@@ -139,8 +141,17 @@ def datetime_ms(raw: Any, default_tz: str = "UTC") -> int | None:
     (0xFF), which cannot be placed on a time line. Raises only DlmsError.
     """
     if hasattr(raw, "value") and isinstance(getattr(raw, "value"), dt.datetime):
-        return int(raw.value.timestamp() * 1000)  # gurux already turned it into a datetime
-    b = bytes(getattr(raw, "raw", raw))
+        # gurux already turned it into a datetime (the polled client)
+        if int(getattr(raw, "skip", 0) or 0) & _GURUX_SKIPS_UNPLACEABLE:
+            return None  # gurux put 2000-01-01 00:00 where the meter said "not specified"
+        v = raw.value
+        if v.tzinfo is None:  # deviation not specified: the meter's local time
+            v = v.replace(tzinfo=ZoneInfo(default_tz))
+        return int(v.timestamp() * 1000)
+    try:
+        b = bytes(getattr(raw, "raw", raw))
+    except (TypeError, ValueError):
+        raise DlmsError(f"not a COSEM date-time: {raw!r}"[:120]) from None
     if len(b) != 12:
         raise DlmsError(f"a COSEM date-time is 12 bytes, got {len(b)}")
     year = int.from_bytes(b[0:2], "big")
