@@ -339,3 +339,18 @@ def test_polled_scaler_unit_and_gurux_datetimes_never_raise_other_errors():
     assert datetime_ms(naive) is None
     with pytest.raises(DlmsError):
         datetime_ms(object())
+
+
+def test_push_decoding_does_not_import_gurux():
+    """A HAN-only gateway has no business loading gurux (issue 17's memory budget)."""
+    import subprocess
+    import sys
+    code = ("import sys; from gateway.drivers.dlms import DlmsDriver; "
+            "from gateway.protocols.dlms.notification import PushDecoder, PushParser; "
+            "from tests.test_dlms_han import CORPUS; "
+            "e = CORPUS['amshan:test_kamstrup:comment_frame_7EA0E2']; "
+            "d = PushDecoder(PushParser()); d.receive_data(bytes.fromhex(e['input_hex'])); "
+            "ev = d.next_event(); assert ev.notification.body, ev; "
+            "assert 'gurux_dlms' not in sys.modules, 'gurux imported'")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()[-500:]
