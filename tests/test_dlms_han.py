@@ -354,3 +354,19 @@ def test_push_decoding_does_not_import_gurux():
             "assert 'gurux_dlms' not in sys.modules, 'gurux imported'")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60)
     assert p.returncode == 0, p.stderr.decode()[-500:]
+
+
+def test_a_lost_hdlc_segment_is_one_frame_error_and_the_next_apdu_reads():
+    plain = notification(entry(E_1_8_0, b"\x06\x00\x00\x10\x00"), entry(E_1_7_0, b"\x12\x05\xdc", W))
+    info = LLC_RESPONSE + plain
+    segs = [info[i:i + 20] for i in range(0, len(info), 20)]
+    frames = [frame(p, i < len(segs) - 1) for i, p in enumerate(segs)]
+    dec = PushDecoder(PushParser())
+    dec.receive_data(b"".join(frames[:1] + frames[2:-1]))  # segment 2 lost, no last one
+    dec.receive_data(frame(info))  # the next APDU, unsegmented
+    events = []
+    while not isinstance(ev := dec.next_event(), type(None)) and hasattr(ev, "route"):
+        events.append(ev)
+    assert [type(e).__name__ for e in events] == ["PushError", "Pushed"]
+    assert events[0].kind == "meter.frame_error" and "segment lost" in events[0].reason
+    assert [v.mantissa for v in notification_values(events[1].notification)] == [4096, 1500]

@@ -438,6 +438,7 @@ class PushDecoder:
         self.frames = hdlc.HdlcDecoder()
         self.reassembler = hdlc.Reassembler()
         self.gbt: dict[str, GbtAssembler] = {}
+        self._pending: list[Union[Pushed, PushError]] = []
         self.stats = PushStats()
         self.last_source = ""
 
@@ -448,6 +449,7 @@ class PushDecoder:
         """Drop buffered bytes and unfinished APDUs (after the caller met an error)."""
         self.frames.clear()
         self.splitter.clear()
+        self._pending.clear()
         self.reassembler = hdlc.Reassembler()
         self.gbt.clear()
 
@@ -455,26 +457,39 @@ class PushDecoder:
         if self.framing == "apdu":
             apdu = self.splitter.next_event()
             return apdu if apdu is hdlc.NEED_DATA else self.parse_apdu(apdu)
+        if self._pending:
+            return self._pending.pop(0)
         while True:
             frame = self.frames.next_event()
             if frame is hdlc.NEED_DATA:
                 return hdlc.NEED_DATA
             self.last_source = str(frame.src)
+            dropped = self.reassembler.dropped
             try:
                 apdu = self.reassembler.add(frame)
             except hdlc.HdlcError as exc:
                 self.stats.frame_errors += 1
                 return self._error("meter.frame_error", str(exc), frame.src, frame.info)
-            if apdu is None:
-                continue
-            try:
-                apdu = self._gbt(self.last_source).add(apdu)
-            except GbtError as exc:
+            lost = None
+            if self.reassembler.dropped != dropped:  # a segment of the previous APDU lost
                 self.stats.frame_errors += 1
-                return self._error("meter.frame_error", str(exc), frame.src, apdu)
-            if apdu is None:
-                continue
-            return self.parse_apdu(apdu, frame.src)
+                lost = self._error("meter.frame_error", "HDLC segment lost: the segmented "
+                                   "APDU before this frame is incomplete", frame.src, b"")
+            ev = self._frame_apdu(apdu, frame.src) if apdu is not None else None
+            if lost is not None:
+                if ev is not None:
+                    self._pending.append(ev)
+                return lost
+            if ev is not None:
+                return ev
+
+    def _frame_apdu(self, apdu: bytes, src: hdlc.Address) -> Union[Pushed, PushError, None]:
+        try:
+            whole = self._gbt(str(src)).add(apdu)
+        except GbtError as exc:
+            self.stats.frame_errors += 1
+            return self._error("meter.frame_error", str(exc), src, apdu)
+        return None if whole is None else self.parse_apdu(whole, src)
 
     def _gbt(self, source: str) -> GbtAssembler:
         a = self.gbt.get(source)
