@@ -116,3 +116,26 @@ def test_bare_apdu_stream_never_raises(chunks):
     dec.reset()
     [ev] = _events(dec, good)
     assert isinstance(ev, Pushed)
+
+
+@settings(max_examples=200)
+@given(st.integers(0, len(SAMPLES) - 1), st.sampled_from(OPS), st.integers(0, 4096),
+       st.integers(0, 255), st.booleans())
+def test_decode_hdlc_command_never_tracebacks(i, op, pos, arg, framed):
+    import contextlib
+    import io
+    from gateway.cli import main
+    s = SAMPLES[i]
+    raw = wire(s, mutate(s.plain, op, pos, arg)) if framed else \
+        mutate(_apdu_of(s, s.plain), op, pos, arg)
+    args = ["decode", "hdlc", raw.hex(), "--json"]
+    if s.key:
+        args += ["--key", s.key.hex(), "--auth-key", (s.auth_key or s.key).hex()]
+    if s.positional:
+        args += ["--positional", ",".join(s.positional)]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(args)
+    assert rc in (0, 2, 3)
+    if rc:
+        assert err.getvalue().startswith("error: ") and err.getvalue().count("\n") == 1
