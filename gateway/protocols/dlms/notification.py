@@ -90,6 +90,9 @@ class PushParser:
 
     def __init__(self, block_key: bytes | None = None, auth_key: bytes | None = None,
                  default_tz: str = "UTC") -> None:
+        for what, k in (("block cipher key", block_key), ("authentication key", auth_key)):
+            if k is not None and len(k) != 16:  # our mistake, not the meter's: ValueError
+                raise ValueError(f"{what} must be 16 bytes (suite 0), got {len(k)}")
         self.block_key = block_key
         self.auth_key = auth_key
         ZoneInfo(default_tz)  # a bad zone fails here, not at the first notification
