@@ -39,16 +39,13 @@ from .keys import key_from
 from .base import Driver, RecordSink
 from .serialport import OwnsSerialPort
 from .handoff import WorkQueue, keys_dir_of, stored_key
+from .dlms_push import HEX_MAX, PUSH_IC_CURSOR, PushListener  # noqa: F401 (re-exported)
 
 TYPE = "dlms"
 IC_CURSOR = "dlms.invocation_counter"
 IC_BLOCK = 10_000  # frame counters reserved (persisted) ahead of use
 READ_NOW_TIMEOUT_S = 55.0  # below the console's 60 s, so the technician sees why
 PUSH_WAIT_S = 30.0  # read_now in push mode: wait this long for a first notification
-PUSH_IC_CURSOR = "dlms.push_invocation_counter"  # + ":" + system title: replay guard
-EVENT_BURST = 3      # push error events of one kind per meter emitted before rate limiting
-EVENT_EVERY_S = 60.0  # then at most one per this many seconds
-HEX_MAX = 1024       # hex digits of a bad frame in its event
 
 _OBIS = text("an OBIS code such as 1-0:1.8.0", r"\d{1,3}-\d{1,3}:\d{1,3}\.\d{1,3}\.\d{1,3}(\*\d{1,3})?")
 
@@ -215,7 +212,7 @@ class SerialTransport:
                 self.decoder.receive_data(data)
 
 
-class DlmsDriver(OwnsSerialPort, Driver):
+class DlmsDriver(PushListener, OwnsSerialPort, Driver):
     type_name = TYPE
 
     def __init__(self, name: str, options: Mapping[str, Any], sink: RecordSink) -> None:
@@ -324,18 +321,6 @@ class DlmsDriver(OwnsSerialPort, Driver):
             from ..protocols.dlms.notification import PushParser
             bk = m.opts["block_key"]
             m.parser = PushParser(bk, m.opts.get("auth_key") or bk, self.tz)
-
-    def _reset_replay_guard(self, m: MeterState) -> None:
-        """push: a new key starts the meter's invocation counters afresh (a re-keyed meter
-        counts from 0 again), so the guard of every system title known for it restarts."""
-        if self.mode != "push":
-            return
-        names = set(m.push_ic)
-        if m.opts.get("system_title"):
-            names.add(f"{PUSH_IC_CURSOR}:{bytes(m.opts['system_title']).hex().upper()}")
-        if names:
-            m.push_ic = {n: -1 for n in names}
-            self.emit([], {(m.id, n): -1 for n in names})
 
     # ------------------------------------------------------------------ store access
     def _cursor(self, meter_id: str, name: str, default: Any = None) -> Any:
@@ -569,131 +554,6 @@ class DlmsDriver(OwnsSerialPort, Driver):
                 m.stats["profile_rows"] += len({r.meter_ts_ms for r in records})
                 m.stats["readings"] += len(records)
             cursor = newest
-
-    # ------------------------------------------------------------------ push
-    def _make_push_decoder(self) -> Any:
-        """The sans-I/O decoder the push loop feeds (PushDecoder, the one the tests and the
-        benchmark measure); one per listening session."""
-        from ..protocols.dlms.notification import PushDecoder, PushParser
-        for m in self.meters:
-            if m.parser is None:
-                bk = m.opts.get("block_key")
-                m.parser = PushParser(bk, m.opts.get("auth_key") or bk, self.tz)
-        return PushDecoder(route=self._push_route,
-                           framing=str(self.options.get("framing", "hdlc")))
-
-    def _push_route(self, system_title: bytes | None, src: Any) -> tuple[MeterState, Any]:
-        m = self._push_meter(system_title, src)
-        return m, m.parser
-
-    def _listen(self) -> None:
-        from ..protocols import hdlc
-        dec = self._make_push_decoder()
-        crc_seen = 0
-        while not self.stopping.is_set():
-            self.work.service()
-            data = self.ser.read(max(1, self.ser.in_waiting))
-            if not data:
-                continue
-            dec.receive_data(data)
-            for _ in range(10_000):  # bounded: a read holds at most a few frames
-                try:
-                    ev = dec.next_event()
-                except Exception as exc:  # noqa: BLE001 - a codec bug costs a frame, not the bus
-                    self._codec_failed(self.meters[0], exc, data.hex().upper())
-                    reset = getattr(dec, "reset", None)
-                    if reset is not None:
-                        reset()  # whatever it choked on is dropped, not met again
-                    break
-                frames = getattr(dec, "frames", None)
-                crc = getattr(getattr(frames, "stats", None), "crc_errors", crc_seen)
-                if crc != crc_seen:
-                    self.meters[0].stats["crc_errors"] += crc - crc_seen
-                    crc_seen = crc
-                if ev is hdlc.NEED_DATA:
-                    break
-                self._on_push(ev)
-
-    def _on_push(self, ev: Any) -> None:
-        """One event of the push decoder: readings, or a counted, rate-limited event."""
-        from ..protocols.dlms.notification import PushError, notification_values, to_readings
-        m = ev.route if isinstance(ev.route, MeterState) else self.meters[0]
-        if isinstance(ev, PushError):
-            if ev.kind == "meter.decrypt_failed":
-                m.stats["decrypt_failures"] += 1
-            elif ev.kind == "meter.decode_error":
-                m.stats["decode_errors"] += 1
-            elif ev.kind == "meter.frame_error":
-                m.stats["frame_errors"] += 1
-            self._push_error(m, ev.kind, ev.reason, ev.frame_hex)
-            return
-        rx = now_ms()
-        n = ev.notification
-        try:
-            values = notification_values(n, m.opts.get("scalers") or {},
-                                         tuple(m.opts.get("positional") or ()))
-            readings = to_readings(values, m.id, n.time_ms, rx, self.bus)
-        except Exception as exc:  # noqa: BLE001 - DlmsError for a self-contradicting body
-            self._codec_failed(m, exc, ev.apdu.hex().upper())
-            return
-        cursors = {}
-        if n.ciphered and n.system_title is not None and n.invocation_counter is not None:
-            name = f"{PUSH_IC_CURSOR}:{n.system_title.hex().upper()}"
-            last = m.push_ic.get(name)
-            if last is None:
-                last = self._cursor(m.id, name, None)
-            if last is not None and n.invocation_counter <= int(last):
-                m.stats["replays"] += 1
-                self._push_error(m, "meter.replay_suspected",
-                                 f"invocation counter {n.invocation_counter} of system title "
-                                 f"{n.system_title.hex().upper()} is not above the last "
-                                 f"accepted {last}: readings dropped", ev.apdu.hex().upper())
-                return
-            m.push_ic[name] = n.invocation_counter
-            cursors[(m.id, name)] = n.invocation_counter
-        m.stats["notifications"] += 1
-        m.stats["success"] += 1
-        m.stats["readings"] += len(readings)
-        m.last_ok_ms = rx
-        m.last_error = None
-        if readings or cursors:
-            self.emit(readings, cursors)
-        if readings:
-            m.last_readings = readings
-
-    def _codec_failed(self, m: MeterState, exc: BaseException, frame_hex: str) -> None:
-        m.stats["decode_errors"] += 1
-        self._push_error(m, "meter.decode_error", f"{type(exc).__name__}: {exc}"[:300], frame_hex)
-
-    def _push_meter(self, system_title: bytes | None, src: Any) -> MeterState:
-        for m in self.meters:
-            if system_title is not None and m.opts.get("system_title") == system_title:
-                return m
-        for m in self.meters:
-            if m.opts.get("physical") is not None and getattr(src, "lower", None) == \
-                    m.opts.get("physical"):
-                return m
-        return self.meters[0]
-
-    def _push_error(self, m: MeterState, kind: str, reason: str, frame_hex: str = "") -> None:
-        """Counted always; logged and emitted as an event at most EVENT_BURST times, then
-        once per EVENT_EVERY_S per meter and kind (a HAN port pushes every few seconds, an
-        attacker faster), with how many were held back."""
-        m.last_error = reason
-        m.stats["failures"] += 1
-        gate = m.event_gate.setdefault(kind, [0, 0.0, 0])  # [seen, last emitted at, held back]
-        gate[0] += 1
-        now = time.monotonic()
-        if gate[0] > EVENT_BURST and now - gate[1] < EVENT_EVERY_S:
-            gate[2] += 1
-            return
-        detail: dict[str, Any] = {"reason": reason, "failures": m.stats["failures"],
-                                  "count": gate[0], "suppressed": gate[2]}
-        if frame_hex:
-            detail["frame"] = frame_hex[:HEX_MAX] + ("..." if len(frame_hex) > HEX_MAX else "")
-        gate[1], gate[2] = now, 0
-        self.log.warning("meter %s: %s (%s, %d so far)", m.id, reason, kind, gate[0])
-        self.emit([Event(kind, now_ms(), self.bus, m.id, "warning", detail)])
 
 
 def _plain(v: Any) -> Any:
