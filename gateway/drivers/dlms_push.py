@@ -78,7 +78,11 @@ class PushListener:
                     crc_seen = crc
                 if ev is hdlc.NEED_DATA:
                     break
-                self._on_push(ev)
+                try:
+                    self._on_push(ev)
+                except Exception as exc:  # noqa: BLE001 - one event, not the bus
+                    self.log.exception("push: event %r not handled", type(ev).__name__)
+                    self._codec_failed(self.meters[0], exc, data.hex().upper())
 
     def _on_push(self, ev: Any) -> None:
         """One event of the push decoder: readings, or a counted, rate-limited event."""
