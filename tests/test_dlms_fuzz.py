@@ -139,3 +139,18 @@ def test_decode_hdlc_command_never_tracebacks(i, op, pos, arg, framed):
     assert rc in (0, 2, 3)
     if rc:
         assert err.getvalue().startswith("error: ") and err.getvalue().count("\n") == 1
+
+
+def _mbus_frame(t: tuple[bytes, int]) -> bytes:
+    from gateway.protocols.dlms.mbus_link import frame
+    return frame(t[0], t[1] & 0x0F, bool(t[1] & 0x10))
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(st.binary(max_size=40),
+                          st.tuples(st.binary(max_size=60), st.integers(0, 31)).map(_mbus_frame)),
+                max_size=8))
+def test_mbus_link_stream_never_raises(chunks):
+    dec = PushDecoder(PushParser(bytes(16), bytes(16)), framing="mbus")
+    for c in chunks:
+        assert all(isinstance(e, (Pushed, PushError)) for e in _events(dec, c))

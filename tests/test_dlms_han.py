@@ -370,3 +370,43 @@ def test_a_lost_hdlc_segment_is_one_frame_error_and_the_next_apdu_reads():
     assert [type(e).__name__ for e in events] == ["PushError", "Pushed"]
     assert events[0].kind == "meter.frame_error" and "segment lost" in events[0].reason
     assert [v.mantissa for v in notification_values(events[1].notification)] == [4096, 1500]
+
+
+# ------------------------------------------------------------------ DLMS in M-Bus frames
+
+def mbus_frames(apdu: bytes, size: int = 200) -> list[bytes]:
+    from gateway.protocols.dlms import mbus_link
+    parts = [apdu[i:i + size] for i in range(0, len(apdu), size)]
+    return [mbus_link.frame(p, i, i == len(parts) - 1) for i, p in enumerate(parts)]
+
+
+def test_dlms_in_mbus_long_frames_kaifa_ma309(capsys):
+    """Austrian Kaifa MA309: general-glo-ciphered (SC 0x20) notification split over M-Bus
+    long frames (CI 0x00, 0x11: sequence and last-segment bit)."""
+    body = b"".join(entry(bytes([1, 0, c, d, 0, 255]), b"\x06" + v.to_bytes(4, "big"), su)
+                    for c, d, v, su in ((1, 8, 14159934, b"\x02\x02\x0f\x00\x16\x1e"),
+                                        (1, 7, 544, W)))
+    pad = entry(bytes([0, 0, 96, 1, 0, 255]), b"\x09\x40" + b"K" * 64, None)
+    plain = HEADER + b"\x01\x03" + pad + body
+    g = cipher.encrypt(plain, b"KFM\x10\x20\x30\x40\x50", 77, KEY, None, 0x20).serialize()
+    frames = mbus_frames(g, 100)
+    assert len(frames) == 2 and frames[0][6] == 0x00 and frames[1][6] == 0x11
+    rc, out, err = decode("".join(f.hex() for f in frames), "--key", KEY.hex(), capsys=capsys)
+    assert rc == 0, err
+    assert out["readings"] == [{"obis": "1-0:1.8.0", "value": "14159934", "unit": "Wh"},
+                               {"obis": "1-0:1.7.0", "value": "544", "unit": "W"}]
+    bad = bytearray(frames[1])
+    bad[-2] ^= 1  # checksum
+    rc, _, err = decode(frames[0].hex() + bytes(bad).hex(), "--key", KEY.hex(), capsys=capsys)
+    assert rc == 2 and "no complete DLMS APDU" in err
+    # the push decoder: each APDU that lost a segment is one frame error (here: one that
+    # lost its first, one that lost its last), garbage is skipped, the next APDU reads
+    dec = PushDecoder(PushParser(KEY), framing="mbus")
+    events = []
+    for chunk in (frames[1], frames[0], b"\x68garbage", frames[0], frames[1]):
+        dec.receive_data(chunk)
+        while hasattr(ev := dec.next_event(), "route"):
+            events.append(ev)
+    assert [type(e).__name__ for e in events] == ["PushError", "PushError", "Pushed"]
+    assert {e.kind for e in events[:2]} == {"meter.frame_error"}
+    assert [v.mantissa for v in notification_values(events[2].notification)] == [14159934, 544]

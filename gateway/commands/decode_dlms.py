@@ -150,6 +150,8 @@ def _one_apdu(data: bytes, frames: list[dict[str, Any]]) -> bytes:
                 apdus.append(part)
         if not apdus:
             raise DecodeFailed("the frames end inside a segmented APDU (last frame has S=1)")
+    elif data[:1] == b"\x68" and data[3:4] == b"\x68":
+        apdus = _mbus_apdus(data)  # Kaifa MA309 (Austria): DLMS in M-Bus long frames
     elif data[:2] == b"\x00\x01" and len(data) >= 8 and \
             int.from_bytes(data[6:8], "big") == len(data) - 8:
         apdus = [data[8:]]  # IEC 62056-47 wrapper (TCP/UDP push): version 1, ports, length
@@ -169,6 +171,25 @@ def _one_apdu(data: bytes, frames: list[dict[str, Any]]) -> bytes:
     if len(complete) > 1:
         raise DecodeFailed(f"{len(complete)} APDUs in the input: give one notification")
     return complete[0]
+
+
+def _mbus_apdus(data: bytes) -> list[bytes]:
+    from ..protocols import hdlc
+    from ..protocols.dlms.mbus_link import MbusLinkDecoder, MbusLinkError
+    link = MbusLinkDecoder()
+    link.receive_data(data)
+    apdus = []
+    for _ in range(10_000):
+        got = link.next_event()
+        if got is hdlc.NEED_DATA:
+            break
+        if isinstance(got, MbusLinkError):
+            raise DecodeFailed(str(got))
+        apdus.append(got)
+    if not apdus:
+        raise DecodeFailed("no complete DLMS APDU in the M-Bus frames (a frame cut short, a bad "
+                           "checksum, or no last segment)")
+    return apdus
 
 
 def _jsonable(v: Any) -> Any:

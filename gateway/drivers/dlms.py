@@ -111,9 +111,10 @@ SCHEMA = Schema((
     FieldSpec("serial", mapping(SERIAL_SCHEMA), help="the serial port"),
     FieldSpec("mode", one_of("poll", "push"), "poll",
               help="poll the meters, or listen to pushed Data-Notifications"),
-    FieldSpec("framing", one_of("hdlc", "apdu"), "hdlc",
-              help="push: HDLC frames, or bare general-glo-ciphering APDUs without HDLC "
-                   "(the Luxembourg Smarty P1 port)"),
+    FieldSpec("framing", one_of("hdlc", "apdu", "mbus"), "hdlc",
+              help="push: HDLC frames; bare general-glo-ciphering APDUs without HDLC "
+                   "(apdu: the Luxembourg Smarty P1 port); or M-Bus long frames "
+                   "(mbus: Austrian Kaifa MA309)"),
     FieldSpec("reply_timeout_ms", integer(50, 60000), 2000, help="HDLC reply timeout"),
     FieldSpec("retries", integer(0, 10), 2, help="resends of a frame that got no reply"),
     FieldSpec("backoff_max_s", number(gt=0, what="a number of seconds"), 300,

@@ -17,12 +17,14 @@ from zoneinfo import ZoneInfo
 from .. import hdlc
 from . import DecryptError, DlmsError, axdr, cipher
 from .gbt import GbtAssembler, GbtError
+from .mbus_link import MbusLinkDecoder, MbusLinkError
 from .mapping import (LIST_SCALERS, PushMapping, Value, clock_in_body,  # noqa: F401
                       map_body, notification_values, p1_values, to_readings)
 from .values import datetime_ms
 
 DATA_NOTIFICATION: Final = 0x0F
 SOURCES_MAX: Final = 64  # GBT assemblies kept per HDLC source address at most
+FRAMINGS: Final = ("hdlc", "apdu", "mbus")  # HAN port link layers PushDecoder reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,11 +237,12 @@ class PushDecoder:
             if parser is None:
                 raise ValueError("PushDecoder needs a parser or a route")
             route = lambda st, src: (None, parser)  # noqa: E731
-        if framing not in ("hdlc", "apdu"):
-            raise ValueError(f"framing must be hdlc or apdu, not {framing!r}")
+        if framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")
         self.route = route
         self.framing = framing
         self.splitter = ApduSplitter()
+        self.mbus = MbusLinkDecoder()
         self.frames = hdlc.HdlcDecoder()
         self.reassembler = hdlc.Reassembler()
         self.gbt: dict[str, GbtAssembler] = {}
@@ -248,12 +251,14 @@ class PushDecoder:
         self.last_source = ""
 
     def receive_data(self, data: bytes) -> None:
-        (self.splitter if self.framing == "apdu" else self.frames).receive_data(data)
+        {"apdu": self.splitter, "mbus": self.mbus}.get(self.framing, self.frames) \
+            .receive_data(data)
 
     def reset(self) -> None:
         """Drop buffered bytes and unfinished APDUs (after the caller met an error)."""
         self.frames.clear()
         self.splitter.clear()
+        self.mbus.clear()
         self._pending.clear()
         self.reassembler = hdlc.Reassembler()
         self.gbt.clear()
@@ -262,6 +267,12 @@ class PushDecoder:
         if self.framing == "apdu":
             apdu = self.splitter.next_event()
             return apdu if apdu is hdlc.NEED_DATA else self.parse_apdu(apdu)
+        if self.framing == "mbus":
+            got = self.mbus.next_event()
+            if isinstance(got, MbusLinkError):
+                self.stats.frame_errors += 1
+                return self._error("meter.frame_error", str(got), None, b"")
+            return got if got is hdlc.NEED_DATA else self.parse_apdu(got)
         if self._pending:
             return self._pending.pop(0)
         while True:
@@ -329,13 +340,15 @@ class PushDecoder:
         self.stats.notifications += 1
         return Pushed(n, route, source, apdu)
 
-    def _error(self, kind: str, reason: str, src: hdlc.Address, raw: bytes) -> PushError:
+    def _error(self, kind: str, reason: str, src: hdlc.Address | None,
+               raw: bytes) -> PushError:
         route = None
         try:
             route = self.route(None, src)[0]
         except Exception:  # noqa: BLE001 - routing is the caller's; the error is reported anyway
             pass
-        return PushError(kind, reason, str(src), route, _hex(raw))
+        return PushError(kind, reason, str(src) if src is not None else self.framing, route,
+                         _hex(raw))
 
 
 def _hex(raw: bytes) -> str:
