@@ -55,10 +55,11 @@ class FaultyCodecDriver(DlmsDriver):
         return self.injected
 
 
-def _run(tmp_path, sim, cls=DlmsDriver, until=None, timeout=40, store=None, **meter):
+def _run(tmp_path, sim, cls=DlmsDriver, until=None, timeout=40, store=None, options=None,
+         **meter):
     own = store is None
     store = store or Store(tmp_path / f"store{time.monotonic_ns()}.db")
-    d = cls("han", {"serial": {"port": sim.device}, "mode": "push",
+    d = cls("han", {"serial": {"port": sim.device}, "mode": "push", **(options or {}),
                     "meters": [{"id": "han", **meter}]}, store)
     d.start()
     deadline = time.monotonic() + timeout
@@ -323,3 +324,18 @@ def test_general_block_transfer_pushes_and_a_lost_block_over_a_pty(tmp_path):
     assert len(volts) == pushed - lost and {(r.mantissa, r.exponent) for r in volts} == {(2301, -1)}
     errors = [r for r in recs if isinstance(r, Event) and r.kind == "meter.frame_error"]
     assert errors and "lost" in errors[0].detail["reason"]
+
+
+def test_dlms_in_mbus_frames_over_a_pty(tmp_path):
+    """framing: mbus -- the Austrian Kaifa MA309 HAN port: ciphered notifications in M-Bus
+    long frames, with garbage between them."""
+    sim = start(key=KEY, interval_s=0.05, framing="mbus",
+                hostile=[b"\x68\x05\x05\x68garbage", b"\x00" * 7])
+    try:
+        d, recs, alive = _run(tmp_path, sim, until=lambda d: _stats(d)["notifications"] >= 3,
+                              options={"framing": "mbus"}, block_key=KEY)
+    finally:
+        sim.stop()
+    assert alive and _stats(d)["notifications"] >= 3
+    volts = [r for r in recs if isinstance(r, Reading) and r.quantity == "1-0:32.7.0"]
+    assert volts and {(r.mantissa, r.exponent, r.unit) for r in volts} == {(2301, -1, "V")}

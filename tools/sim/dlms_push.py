@@ -6,7 +6,8 @@ Each notification is an Aidon-style list: structure{obis, value, structure{scale
 for import energy (Wh, scaler 0), active power (W), and voltage (V, scaler -1), with the
 meter's date-time in the header. With ``key`` it is general-glo-ciphered (suite 0, SC 0x30)
 with a rising invocation counter. ``segment`` splits long APDUs over HDLC frames (S bit);
-``framing="apdu"`` sends the ciphered APDUs bare, without HDLC (Luxembourg Smarty);
+``framing="apdu"`` sends the ciphered APDUs bare, without HDLC (Luxembourg Smarty), and
+``framing="mbus"`` in M-Bus long frames (Austrian Kaifa MA309);
 ``gbt=N`` splits each APDU into General-Block-Transfer blocks of N bytes, one per frame
 (Landis+Gyr E450), and ``drop_block_every=K`` loses block 2 of every Kth transfer.
 Faults: ``wrong_key`` (cipher with another key), ``corrupt_every`` (flip a byte of every
@@ -82,6 +83,12 @@ class PushMeter:
         if framing == "apdu":  # bare APDU, no HDLC (Luxembourg Smarty P1 ports)
             self.sent += 1
             return [self.apdu(t)]
+        if framing == "mbus":  # M-Bus long frames of 120-byte segments (Kaifa MA309)
+            from gateway.protocols.dlms.mbus_link import frame
+            apdu = self.apdu(t)
+            self.sent += 1
+            parts = [apdu[i:i + 120] for i in range(0, len(apdu), 120)]
+            return [frame(p, i, i == len(parts) - 1) for i, p in enumerate(parts)]
         src = Address.server(1, self.physical)
         if gbt:  # General-Block-Transfer (L+G E450): one block per frame, numbered from 1
             apdu = self.apdu(t)
