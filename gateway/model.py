@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Union
 
+
 # Quality flags a Reading may carry (free-form strings are allowed; these are the known ones).
 QUALITY_ESTIMATED = "estimated"
 QUALITY_CLOCK_UNSYNCED = "clock_unsynced"

@@ -86,6 +86,7 @@ def read_text_arg(arg: str) -> str:
     return read_bytes_arg(arg).decode("latin-1")
 
 
+
 def exact_str(mantissa: int, exponent: int) -> str:
     return format(to_decimal(mantissa, exponent), "f")  # exact at any length
 

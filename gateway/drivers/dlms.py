@@ -10,8 +10,14 @@ duplicate, no hole), event logs as diagnostic events. The HLS frame counter is p
 across restarts in reserved blocks, so a counter value is never used twice even after a
 SIGKILL.
 
-``mode: push`` - listen to unsolicited Data-Notifications (HAN ports), general-glo-ciphered
-ones decrypted with the meter's key, OBIS values mapped to Readings.
+``mode: push`` - listen to unsolicited Data-Notifications (HAN ports): the port's bytes go
+to the one sans-I/O :class:`~gateway.protocols.dlms.notification.PushDecoder` (HDLC, or bare
+glo-ciphered APDUs with ``framing: apdu``; segments and General-Block-Transfer blocks
+joined), general-glo-ciphered ones decrypted with the meter's key (picked by system title),
+OBIS values mapped to Readings. The GCM invocation counter of each system title must rise
+(a durable cursor): a replay gives ``meter.replay_suspected`` and no readings. Whatever a
+codec raises on a frame is counted as ``meter.decode_error`` (with the frame's hex,
+rate-limited) and the port is read on.
 
 A meter that never answers costs one bounded timeout per try and is backed off; it never
 stalls the others. Timeouts, CRC errors, wrong keys and refused associations are counted
@@ -33,6 +39,7 @@ from .keys import key_from
 from .base import Driver, RecordSink
 from .serialport import OwnsSerialPort
 from .handoff import WorkQueue, keys_dir_of, stored_key
+from .dlms_push import HEX_MAX, PUSH_IC_CURSOR, PushListener  # noqa: F401 (re-exported)
 
 TYPE = "dlms"
 IC_CURSOR = "dlms.invocation_counter"
@@ -104,6 +111,10 @@ SCHEMA = Schema((
     FieldSpec("serial", mapping(SERIAL_SCHEMA), help="the serial port"),
     FieldSpec("mode", one_of("poll", "push"), "poll",
               help="poll the meters, or listen to pushed Data-Notifications"),
+    FieldSpec("framing", one_of("hdlc", "apdu", "mbus"), "hdlc",
+              help="push: HDLC frames; bare general-glo-ciphering APDUs without HDLC "
+                   "(apdu: the Luxembourg Smarty P1 port); or M-Bus long frames "
+                   "(mbus: Austrian Kaifa MA309)"),
     FieldSpec("reply_timeout_ms", integer(50, 60000), 2000, help="HDLC reply timeout"),
     FieldSpec("retries", integer(0, 10), 2, help="resends of a frame that got no reply"),
     FieldSpec("backoff_max_s", number(gt=0, what="a number of seconds"), 300,
@@ -133,10 +144,14 @@ class MeterState:
     stats: dict[str, Any] = field(default_factory=lambda: {
         "success": 0, "failures": 0, "retries": 0, "timeouts": 0, "crc_errors": 0,
         "auth_failures": 0, "decrypt_failures": 0, "readings": 0, "profile_rows": 0,
-        "events": 0, "clock_drift_s": None, "clock_sets": 0, "notifications": 0})
+        "events": 0, "clock_drift_s": None, "clock_sets": 0, "notifications": 0,
+        "decode_errors": 0, "frame_errors": 0, "replays": 0})
     last_ok_ms: int | None = None
     last_error: str | None = None
     last_readings: list[Any] = field(default_factory=list)  # push: of the last notification
+    push_ic: dict[str, int] = field(default_factory=dict)  # push: last invocation counters
+    last_rx_hex: str = ""  # poll: the last frame from this meter
+    event_gate: dict[str, list[Any]] = field(default_factory=dict)  # push: rate limit
 
     @property
     def id(self) -> str:
@@ -175,7 +190,9 @@ class SerialTransport:
             if ev is not NEED_DATA:
                 if ev.src.upper == self.logical and (ev.src.lower in (None, self.physical)):
                     self.m.stats["crc_errors"] += self.decoder.stats.crc_errors - crc_before
-                    return ev.serialize()
+                    raw = ev.serialize()
+                    self.m.last_rx_hex = raw.hex().upper()
+                    return raw
                 continue  # another meter's (late) frame
             if d.stopping.is_set():
                 raise TimeoutError("driver stopping")
@@ -196,7 +213,7 @@ class SerialTransport:
                 self.decoder.receive_data(data)
 
 
-class DlmsDriver(OwnsSerialPort, Driver):
+class DlmsDriver(PushListener, OwnsSerialPort, Driver):
     type_name = TYPE
 
     def __init__(self, name: str, options: Mapping[str, Any], sink: RecordSink) -> None:
@@ -280,6 +297,7 @@ class DlmsDriver(OwnsSerialPort, Driver):
 
         def apply() -> None:
             self._use_key(m, key)
+            self._reset_replay_guard(m)
             self.log.info("meter %s: new key(s) set from the console", m.id)
             if m.backoff.failures:
                 m.backoff.ok()
@@ -319,8 +337,9 @@ class DlmsDriver(OwnsSerialPort, Driver):
 
     # ------------------------------------------------------------------ loop
     def loop(self) -> None:
-        from ..protocols.dlms import load_gurux
-        load_gurux()  # imported here, not at module import: the driver registry stays cheap
+        if self.mode == "poll":
+            from ..protocols.dlms import load_gurux
+            load_gurux()  # here, not at import: the registry stays cheap; push needs no gurux
         self.log.info("dlms bus %s (%s): %d meters on %s", self.bus, self.mode,
                       len(self.meters), self.serial_opts["port"])
         try:
@@ -375,6 +394,12 @@ class DlmsDriver(OwnsSerialPort, Driver):
             self._failed(m, "meter.read_failed", str(exc), manual=manual)
         except (DlmsError, ValueError) as exc:
             self._failed(m, "meter.read_failed", f"{type(exc).__name__}: {exc}", manual=manual)
+        except OSError:
+            raise  # the port: the loop reopens it
+        except Exception as exc:  # noqa: BLE001 - a codec (gurux) bug costs a read, not the bus
+            m.stats["decode_errors"] += 1
+            self._failed(m, "meter.decode_error", f"{type(exc).__name__}: {exc}"[:300],
+                         manual=manual, frame_hex=m.last_rx_hex)
         else:
             was_failing = m.backoff.failures > 0
             m.backoff.ok()
@@ -393,7 +418,7 @@ class DlmsDriver(OwnsSerialPort, Driver):
         return records
 
     def _failed(self, m: MeterState, kind: str, reason: str, permanent: bool = False,
-                manual: bool = False) -> None:
+                manual: bool = False, frame_hex: str = "") -> None:
         m.last_error = reason
         if self.stopping.is_set():
             return
@@ -406,6 +431,8 @@ class DlmsDriver(OwnsSerialPort, Driver):
             self.log.warning("meter %s: %s (next try in %.0f s)", m.id, reason, delay)
         detail = {"reason": reason, "address": f"{m.opts.get('logical', 1)}/{m.opts.get('physical')}",
                   "failures": m.stats["failures"], "crc_errors": m.stats["crc_errors"]}
+        if frame_hex:  # the last frame the meter sent (a decode error's evidence)
+            detail["frame"] = frame_hex[:HEX_MAX] + ("..." if len(frame_hex) > HEX_MAX else "")
         self.emit([Event(kind, now_ms(), self.bus, m.id, "warning", detail)])
 
     def _session(self, m: MeterState) -> Any:
@@ -528,90 +555,6 @@ class DlmsDriver(OwnsSerialPort, Driver):
                 m.stats["profile_rows"] += len({r.meter_ts_ms for r in records})
                 m.stats["readings"] += len(records)
             cursor = newest
-
-    # ------------------------------------------------------------------ push
-    def _listen(self) -> None:
-        from ..protocols import hdlc
-        from ..protocols.dlms import DlmsError
-        from ..protocols.dlms.cipher import DecryptError, GENERAL_GLO_CIPHERING, parse_glo
-        from ..protocols.dlms.notification import NoKey, PushParser, map_body, to_readings
-        for m in self.meters:
-            if m.parser is None:
-                bk = m.opts.get("block_key")
-                m.parser = PushParser(bk, m.opts.get("auth_key") or bk, self.tz)
-        frames = hdlc.HdlcDecoder()
-        assembler = hdlc.Reassembler()
-        crc_seen = 0
-        while not self.stopping.is_set():
-            self.work.service()
-            data = self.ser.read(max(1, self.ser.in_waiting))
-            if not data:
-                continue
-            frames.receive_data(data)
-            while True:
-                frame = frames.next_event()
-                if frames.stats.crc_errors != crc_seen:
-                    for m in self.meters[:1]:
-                        m.stats["crc_errors"] += frames.stats.crc_errors - crc_seen
-                    crc_seen = frames.stats.crc_errors
-                if frame is hdlc.NEED_DATA:
-                    break
-                try:
-                    apdu = assembler.add(frame)
-                except hdlc.HdlcError as exc:
-                    self.log.warning("push: %s", exc)
-                    continue
-                if apdu is None:
-                    continue
-                st = None
-                if apdu[:1] == bytes([GENERAL_GLO_CIPHERING]):
-                    try:
-                        st = parse_glo(apdu).system_title
-                    except DlmsError:
-                        st = None
-                m = self._push_meter(st, frame.src)
-                rx = now_ms()
-                try:
-                    n = m.parser.parse(apdu)
-                except NoKey as exc:
-                    self._push_error(m, "meter.no_key", str(exc))
-                    continue
-                except DecryptError as exc:
-                    m.stats["decrypt_failures"] += 1
-                    self._push_error(m, "meter.decrypt_failed", str(exc))
-                    continue
-                except DlmsError as exc:
-                    self._push_error(m, "meter.read_failed", str(exc))
-                    continue
-                values = map_body(n.body, m.opts.get("scalers") or {},
-                                  tuple(m.opts.get("positional") or ()))
-                readings = to_readings(values, m.id, n.time_ms, rx, self.bus)
-                m.stats["notifications"] += 1
-                m.stats["success"] += 1
-                m.stats["readings"] += len(readings)
-                m.last_ok_ms = rx
-                m.last_error = None
-                if readings:
-                    self.emit(readings)
-                    m.last_readings = readings
-
-    def _push_meter(self, system_title: bytes | None, src: Any) -> MeterState:
-        for m in self.meters:
-            if system_title is not None and m.opts.get("system_title") == system_title:
-                return m
-        for m in self.meters:
-            if m.opts.get("physical") is not None and src.lower == m.opts.get("physical"):
-                return m
-        return self.meters[0]
-
-    def _push_error(self, m: MeterState, kind: str, reason: str) -> None:
-        m.last_error = reason
-        m.stats["failures"] += 1
-        n = m.stats["failures"]
-        if n <= 3 or n % 100 == 0:  # a HAN port pushes every few seconds: do not flood
-            self.log.warning("meter %s: %s (%d so far)", m.id, reason, n)
-            self.emit([Event(kind, now_ms(), self.bus, m.id, "warning",
-                             {"reason": reason, "failures": n})])
 
 
 def _plain(v: Any) -> Any:

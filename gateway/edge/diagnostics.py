@@ -35,6 +35,7 @@ FAILURE_KINDS = {
     "meter.decrypt_failed": "decrypt_failures",
     "meter.auth_failed": "auth_failures",
     "meter.no_key": "decrypt_failures",
+    "meter.decode_error": "read_failures",
 }
 # Flags a meter reports (meter.status detail, or quality flags) that are alarms by themselves.
 FLAG_RULES = {"tamper": "tamper", "battery_low": "battery_low", "leak": "leak_reported",

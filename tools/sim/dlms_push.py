@@ -5,9 +5,14 @@
 Each notification is an Aidon-style list: structure{obis, value, structure{scaler, unit}}
 for import energy (Wh, scaler 0), active power (W), and voltage (V, scaler -1), with the
 meter's date-time in the header. With ``key`` it is general-glo-ciphered (suite 0, SC 0x30)
-with a rising invocation counter. ``segment`` splits long APDUs over HDLC frames (S bit).
+with a rising invocation counter. ``segment`` splits long APDUs over HDLC frames (S bit);
+``framing="apdu"`` sends the ciphered APDUs bare, without HDLC (Luxembourg Smarty), and
+``framing="mbus"`` in M-Bus long frames (Austrian Kaifa MA309);
+``gbt=N`` splits each APDU into General-Block-Transfer blocks of N bytes, one per frame
+(Landis+Gyr E450), and ``drop_block_every=K`` loses block 2 of every Kth transfer.
 Faults: ``wrong_key`` (cipher with another key), ``corrupt_every`` (flip a byte of every
-Nth frame, so its FCS fails).
+Nth frame, so its FCS fails), ``hostile`` (raw byte strings, e.g. mutated frames with valid
+checksums, written one before each push).
 
 The A-XDR bytes are written out here on purpose: the gateway parses them with gurux, so
 the simulator and the parser do not share an encoder that could hide a bug in both.
@@ -20,7 +25,7 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 
-from gateway.protocols.dlms.cipher import encrypt
+from gateway.protocols.dlms.cipher import encode_length, encrypt
 from gateway.protocols.hdlc import LLC_RESPONSE, Address, HdlcFrame
 from tools.sim.pty import PtySimulator, serve_forever
 
@@ -73,19 +78,43 @@ class PushMeter:
         self.invocation_counter += 1
         return g.serialize()
 
-    def frames(self, t: float, segment: int = 0) -> list[bytes]:
+    def frames(self, t: float, segment: int = 0, framing: str = "hdlc", gbt: int = 0,
+               drop_block: int = 0) -> list[bytes]:
+        if framing == "apdu":  # bare APDU, no HDLC (Luxembourg Smarty P1 ports)
+            self.sent += 1
+            return [self.apdu(t)]
+        if framing == "mbus":  # M-Bus long frames of 120-byte segments (Kaifa MA309)
+            from gateway.protocols.dlms.mbus_link import frame
+            apdu = self.apdu(t)
+            self.sent += 1
+            parts = [apdu[i:i + 120] for i in range(0, len(apdu), 120)]
+            return [frame(p, i, i == len(parts) - 1) for i, p in enumerate(parts)]
+        src = Address.server(1, self.physical)
+        if gbt:  # General-Block-Transfer (L+G E450): one block per frame, numbered from 1
+            apdu = self.apdu(t)
+            self.sent += 1
+            chunks = [apdu[i:i + gbt] for i in range(0, len(apdu), gbt)]
+            blocks = [b"\xe0" + bytes([0xC0 if i == len(chunks) - 1 else 0x40])
+                      + (i + 1).to_bytes(2, "big") + b"\x00\x00" + encode_length(len(c)) + c
+                      for i, c in enumerate(chunks)]
+            return [HdlcFrame(Address(16), src, 0x13, LLC_RESPONSE + b).serialize()
+                    for i, b in enumerate(blocks, 1) if i != drop_block]
         info = LLC_RESPONSE + self.apdu(t)
         self.sent += 1
         parts = [info] if not segment else [info[i:i + segment] for i in range(0, len(info), segment)]
-        src = Address.server(1, self.physical)
         return [HdlcFrame(Address(16), src, 0x13, p, segmented=i < len(parts) - 1).serialize()
                 for i, p in enumerate(parts)]
 
 
 class PushSimulator(PtySimulator):
     def __init__(self, meter: PushMeter, interval_s: float = 1.0, segment: int = 0,
-                 corrupt_every: int = 0) -> None:
+                 corrupt_every: int = 0, hostile: list[bytes] | None = None,
+                 framing: str = "hdlc", gbt: int = 0, drop_block_every: int = 0) -> None:
         self.meter = meter
+        self.framing = framing
+        self.gbt = gbt
+        self.drop_block_every = drop_block_every  # every Nth GBT transfer loses block 2
+        self.hostile = list(hostile or [])
         self.interval_s = interval_s
         self.segment = segment
         self.corrupt_every = corrupt_every
@@ -99,8 +128,10 @@ class PushSimulator(PtySimulator):
             return
         self._next += self.interval_s
         t = time.time()
-        out = b""
-        for f in self.meter.frames(t, self.segment):
+        out = self.hostile.pop(0) if self.hostile else b""
+        n = len(self.pushed_at) + 1
+        drop = 2 if self.drop_block_every and n % self.drop_block_every == 0 else 0
+        for f in self.meter.frames(t, self.segment, self.framing, self.gbt, drop):
             self.frames_sent += 1
             if self.corrupt_every and self.frames_sent % self.corrupt_every == 0:
                 f = f[:10] + bytes([f[10] ^ 0xFF]) + f[11:]
@@ -111,9 +142,13 @@ class PushSimulator(PtySimulator):
 
 def start(*, key: bytes | None = None, auth_key: bytes | None = None, interval_s: float = 1.0,
           segment: int = 0, wrong_key: bool = False, corrupt_every: int = 0,
-          physical: int = 17) -> PushSimulator:
-    meter = PushMeter(physical=physical, key=key, auth_key=auth_key, wrong_key=wrong_key)
-    return PushSimulator(meter, interval_s, segment, corrupt_every)
+          physical: int = 17, hostile: list[bytes] | None = None,
+          invocation_counter: int = 1, framing: str = "hdlc", gbt: int = 0,
+          drop_block_every: int = 0) -> PushSimulator:
+    meter = PushMeter(physical=physical, key=key, auth_key=auth_key, wrong_key=wrong_key,
+                      invocation_counter=invocation_counter)
+    return PushSimulator(meter, interval_s, segment, corrupt_every, hostile, framing, gbt,
+                         drop_block_every)
 
 
 def main() -> None:

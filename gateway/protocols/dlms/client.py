@@ -188,10 +188,7 @@ class DlmsSession:
         """A Register (3) or Extended Register (4) value with its scaler and unit applied
         exactly; for an extended register also its capture time (UTC ms)."""
         if obis not in self._scalers:
-            su = self.get(class_id, obis, 3)
-            if not isinstance(su, (list, tuple)) or len(su) != 2:
-                raise DlmsError(f"{obis}: scaler_unit is not a 2-element structure: {su!r}")
-            self._scalers[obis] = (int(su[0]), UNITS.get(int(su[1]), ""))
+            self._scalers[obis] = scaler_unit(self.get(class_id, obis, 3), obis)
         scaler, unit = self._scalers[obis]
         raw = self.get(class_id, obis, 2)
         ex = scaled(raw, scaler)
@@ -227,8 +224,7 @@ class DlmsSession:
         for class_id, col, attr in self.profile_columns(obis):
             if class_id in (3, 4) and attr == 2:
                 if col not in self._scalers:
-                    su = self.get(class_id, col, 3)
-                    self._scalers[col] = (int(su[0]), UNITS.get(int(su[1]), ""))
+                    self._scalers[col] = scaler_unit(self.get(class_id, col, 3), col)
                 out.append(self._scalers[col])
             else:
                 out.append(None)
@@ -242,6 +238,20 @@ class DlmsSession:
         end = dt.datetime.fromtimestamp(end_ms // 1000, dt.timezone.utc)
         value = self._transact(self.client.readRowsByRange(pg, start, end)).value
         return [list(r) for r in (value or [])]
+
+
+def scaler_unit(su: Any, obis: str) -> tuple[int, str]:
+    """gurux's scaler_unit value -> (scaler, unit symbol); DlmsError unless it is a
+    structure{integer, enum} (a null, a bit-string or nested data is the meter's fault)."""
+    if not isinstance(su, (list, tuple)) or len(su) != 2:
+        raise DlmsError(f"{obis}: scaler_unit is not a 2-element structure: {su!r}"[:200])
+    try:
+        scaler, unit = int(su[0]), int(su[1])
+    except (TypeError, ValueError):
+        raise DlmsError(f"{obis}: scaler_unit is not {{integer, enum}}: {su!r}"[:200]) from None
+    if not -128 <= scaler <= 127:
+        raise DlmsError(f"{obis}: scaler {scaler} out of the integer range")
+    return scaler, UNITS.get(unit, "")
 
 
 def _access_error(code: int) -> str:

@@ -5,7 +5,7 @@ date-times as UTC milliseconds. gurux parses the A-XDR; these tables only name t
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -98,36 +98,60 @@ def gurux_ln(text: str) -> str:
 def scaled(value: Any, scaler: int) -> tuple[int, int] | None:
     """(mantissa, exponent) of a raw COSEM value times 10**scaler, exactly; None if the
     value is not a number. Floats (float32/64 registers) go through their shortest repr,
-    the value the meter meant, rather than their binary expansion."""
+    the value the meter meant, rather than their binary expansion; NaN and infinities are
+    not numbers."""
     if isinstance(value, bool):
         return int(value), 0
     if isinstance(value, int):
-        return value, scaler
+        return int(value), scaler
     if isinstance(value, float):
         sign, digits, exp = Decimal(repr(value)).as_tuple()
         if not isinstance(exp, int):
             return None
         m = int("".join(map(str, digits)) or "0")
         return (-m if sign else m), exp + scaler
-    try:  # gurux's GXInt8/GXUInt32... wrappers
+    if isinstance(value, (str, bytes, bytearray, list, tuple)) or value is None:
+        return None
+    try:  # gurux's GXInt8/GXUInt32... wrappers (the polled client)
         return int(value), scaler
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
+def exact(mantissa: int, exponent: int) -> Decimal:
+    """mantissa * 10**exponent as a Decimal, exactly at any length (``Decimal.scaleb``
+    rounds to the context's 28 digits)."""
+    return Decimal(mantissa).scaleb(exponent, EXACT)
+
+
+# gurux DateTimeSkips YEAR | MONTH | DAY | HOUR | MINUTE: a time that cannot be placed
+_GURUX_SKIPS_UNPLACEABLE: Final = 0x01 | 0x02 | 0x04 | 0x10 | 0x20
+EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)  # no rounding
 DEVIATION_UNSPECIFIED: Final = -0x8000
+MAX_DEVIATION_MIN: Final = 15 * 60  # UTC-12 .. UTC+14, with room; beyond: not a deviation
 
 
 def datetime_ms(raw: Any, default_tz: str = "UTC") -> int | None:
     """COSEM date-time (12-byte octet-string, Blue Book §4.1.6.1) -> UTC epoch ms.
 
     Deviation is "UTC minus local time" in minutes, per the Blue Book; 0x8000 means not
-    specified, and the meter's local time is then read in ``default_tz``. Returns None for
-    a date-time with unspecified fields (0xFF), which cannot be placed on a time line.
+    specified, and the meter's local time is then read in ``default_tz``. A deviation no
+    time zone has (e.g. 0x8001, which some meters send for "not specified") is read the
+    same way rather than refused. Returns None for a date-time with unspecified fields
+    (0xFF), which cannot be placed on a time line. Raises only DlmsError.
     """
     if hasattr(raw, "value") and isinstance(getattr(raw, "value"), dt.datetime):
-        return int(raw.value.timestamp() * 1000)  # gurux already turned it into a datetime
-    b = bytes(raw)
+        # gurux already turned it into a datetime (the polled client)
+        if int(getattr(raw, "skip", 0) or 0) & _GURUX_SKIPS_UNPLACEABLE:
+            return None  # gurux put 2000-01-01 00:00 where the meter said "not specified"
+        v = raw.value
+        if v.tzinfo is None:  # deviation not specified: the meter's local time
+            v = v.replace(tzinfo=ZoneInfo(default_tz))
+        return int(v.timestamp() * 1000)
+    try:
+        b = bytes(getattr(raw, "raw", raw))
+    except (TypeError, ValueError):
+        raise DlmsError(f"not a COSEM date-time: {raw!r}"[:120]) from None
     if len(b) != 12:
         raise DlmsError(f"a COSEM date-time is 12 bytes, got {len(b)}")
     year = int.from_bytes(b[0:2], "big")
@@ -135,17 +159,17 @@ def datetime_ms(raw: Any, default_tz: str = "UTC") -> int | None:
     deviation = int.from_bytes(b[9:11], "big", signed=True)
     if year == 0xFFFF or 0xFF in (month, day, hour, minute, second) or month > 12:
         return None
-    if hundredths == 0xFF:
+    if hundredths > 99:  # 0xFF = not specified
         hundredths = 0
     try:
         local = dt.datetime(year, month, day, hour, minute, second, hundredths * 10_000)
-    except ValueError:
+        if deviation == DEVIATION_UNSPECIFIED or abs(deviation) > MAX_DEVIATION_MIN:
+            aware = local.replace(tzinfo=ZoneInfo(default_tz))
+            return int(aware.timestamp() * 1000)
+        utc = local.replace(tzinfo=dt.timezone.utc) + dt.timedelta(minutes=deviation)
+        return int(utc.timestamp() * 1000)
+    except (ValueError, OverflowError):
         raise DlmsError(f"invalid COSEM date-time {b.hex()}") from None
-    if deviation == DEVIATION_UNSPECIFIED:
-        aware = local.replace(tzinfo=ZoneInfo(default_tz))
-        return int(aware.timestamp() * 1000)
-    utc = local.replace(tzinfo=dt.timezone.utc) + dt.timedelta(minutes=deviation)
-    return int(utc.timestamp() * 1000)
 
 
 def datetime_bytes(ms: int) -> bytes:
