@@ -11,25 +11,13 @@ import argparse
 import datetime as dt
 from typing import Any
 
-import sys
-
 from .decode import (EXIT_BAD_INPUT, EXIT_BAD_KEY, DecodeFailed, exact_str, parse_hex,
                      print_json)
 
-HELP = "decode DLMS/HDLC frames (hdlc) or IEC 62056-21 readouts (iec62056-21)"
-
-
-def _kind_of(parser: argparse.ArgumentParser) -> str:
-    return parser.prog.split()[-1]
+HELP = "decode DLMS/HDLC frames or bare APDUs (Data-Notifications, plain or ciphered)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    if _kind_of(parser) == "iec62056-21":
-        parser.description = "Decode an IEC 62056-21 readout (mode A-C, BCC) or P1 telegram."
-        parser.add_argument("file", metavar="FILE|-", help="captured readout, or - for stdin")
-        parser.add_argument("--obis-prefix", default="1-0:",
-                            help="prefix for short C.D.E addresses (default 1-0:)")
-        return
     parser.description = ("Decode HDLC frames (one or more, segmented or not) or a bare "
                           "APDU carrying a DLMS Data-Notification, plain or "
                           "general-glo-ciphered.")
@@ -46,8 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.kind == "iec62056-21":
-        return _run_iec(args)
     return _run_hdlc(args)
 
 
@@ -117,7 +103,7 @@ def _run_hdlc(args: argparse.Namespace) -> int:
         print(f"general-glo-ciphering: system title {out['system_title']}, "
               f"invocation counter {n.invocation_counter}: decrypted")
     if p1:
-        print(f"P1 telegram ({len(n.telegram.data_sets)} data sets, check {n.telegram.check})")
+        print(f"P1 telegram ({len(n.telegram.values)} values, check {n.telegram.check})")
     else:
         print(f"Data-Notification invoke id {out['invoke_id']}, time {when or 'absent'}")
     for r in readings:
@@ -207,50 +193,3 @@ def _jsonable(v: Any) -> Any:
         return int(v)
     except (TypeError, ValueError):
         return str(v)
-
-
-# --------------------------------------------------------------------------- iec62056-21
-
-def _read_bytes(arg: str) -> bytes:
-    """The file (or stdin) as bytes: text mode would turn CR LF into LF and break the BCC."""
-    if arg == "-":
-        return sys.stdin.buffer.read()
-    try:
-        with open(arg, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise DecodeFailed(f"cannot read {arg}: {exc.strerror}") from None
-
-
-def _run_iec(args: argparse.Namespace) -> int:
-    from ..protocols import iec62056_21 as iec
-    try:
-        r = iec.parse_readout(_read_bytes(args.file))
-    except iec.Iec62056Error as exc:
-        raise DecodeFailed(str(exc)) from None
-    readings, others = [], []
-    for ds in r.data_sets:
-        ex = ds.exact()
-        obis = iec.normalise_obis(ds.address, args.obis_prefix)
-        if ex is not None:
-            readings.append({"obis": obis, "value": exact_str(*ex), "unit": ds.unit})
-        else:
-            others.append({"address": ds.address, "value": ds.value, "unit": ds.unit})
-    ident = r.identification
-    out = {"kind": "iec62056-21",
-           "identification": None if ident is None else {
-               "manufacturer": ident.manufacturer, "baud_char": ident.baud_char,
-               "mode": ident.mode, "ident": ident.ident},
-           "check": r.check, "readings": readings, "other": others}
-    if args.json:
-        print_json(out)
-        return 0
-    if ident is not None:
-        print(f"identification: /{ident.manufacturer}{ident.baud_char}{ident.ident} "
-              f"(manufacturer {ident.manufacturer}, mode {ident.mode}, up to {ident.max_baud} baud)")
-    print(f"check: {r.check}")
-    for x in readings:
-        print(f"  {x['obis']:<14} {x['value']} {x['unit']}".rstrip())
-    for x in others:
-        print(f"  {x['address']:<14} {x['value']!r} {x['unit']}".rstrip())
-    return 0

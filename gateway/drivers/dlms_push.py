@@ -87,6 +87,7 @@ class PushListener:
     def _on_push(self, ev: Any) -> None:
         """One event of the push decoder: readings, or a counted, rate-limited event."""
         from ..protocols.dlms.notification import PushError, notification_values, to_readings
+        from .p1_readings import p1_readings
         m = next((x for x in self.meters if x is ev.route), self.meters[0])
         if isinstance(ev, PushError):
             if ev.kind == "meter.decrypt_failed":
@@ -100,9 +101,12 @@ class PushListener:
         rx = now_ms()
         n = ev.notification
         try:
-            values = notification_values(n, m.opts.get("scalers") or {},
-                                         tuple(m.opts.get("positional") or ()))
-            readings = to_readings(values, m.id, n.time_ms, rx, self.bus)
+            if n.telegram is not None:  # P1 text inside glo-ciphering: the P1 mapping
+                readings = p1_readings(n.telegram, m.id, rx, self.bus)
+            else:
+                values = notification_values(n, m.opts.get("scalers") or {},
+                                             tuple(m.opts.get("positional") or ()))
+                readings = to_readings(values, m.id, n.time_ms, rx, self.bus)
         except Exception as exc:  # noqa: BLE001 - DlmsError for a self-contradicting body
             self._codec_failed(m, exc, ev.apdu.hex().upper())
             return

@@ -81,16 +81,16 @@ def notification_values(n: Any, scalers: Mapping[str, int] | None = None,
     return map_body(n.body, scalers, positional)
 
 
-def p1_values(readout: Any) -> list[Value]:
+def p1_values(telegram: Any) -> list[Value]:
     """Numbers with a unit from a P1 telegram (as the P1 driver maps them: dates, serial
-    numbers and unitless counters are not registers)."""
-    from .. import iec62056_21 as iec
+    numbers, unitless counters and buffer entries are not registers)."""
+    from ..iec62056_21 import normalise_obis
     out = []
-    for ds in readout.data_sets:
-        ex = ds.exact()
-        if ex is None or not ds.unit:
+    for v in telegram.values:
+        ex = v.exact()
+        if ex is None or not v.unit or v.buffer:
             continue
-        out.append(Value(iec.normalise_obis(ds.address, "1-0:"), ex[0], ex[1], ds.unit))
+        out.append(Value(normalise_obis(v.obis, "1-0:"), ex[0], ex[1], v.unit))
     return out
 
 

@@ -30,7 +30,7 @@ FRAMINGS: Final = ("hdlc", "apdu", "mbus")  # HAN port link layers PushDecoder r
 @dataclass(frozen=True, slots=True)
 class Notification:
     """A parsed Data-Notification (``body``: A-XDR values, see :mod:`.axdr`), or a P1 text
-    telegram that came general-glo-ciphered (``telegram``: an iec62056_21 Readout)."""
+    telegram that came general-glo-ciphered (``telegram``: a :class:`~gateway.protocols.p1.P1Telegram`)."""
 
     invoke_id: int
     time_ms: int | None
@@ -120,11 +120,13 @@ def parse_data_notification(apdu: bytes, tz: str = "UTC") -> tuple[int, int | No
 
 
 def parse_p1(text: bytes) -> Any:
-    """A P1 / IEC 62056-21 telegram that came inside general-glo-ciphering."""
-    from .. import iec62056_21 as iec
+    """A P1 telegram that came inside general-glo-ciphering, read by the one P1 parser
+    (:func:`gateway.protocols.p1.parse_p1`: gas and peak capture times, CRC leniency)."""
+    from .. import p1
+    from ..iec62056_21 import Iec62056Error
     try:
-        return iec.parse_readout(text)
-    except iec.Iec62056Error as exc:
+        return p1.parse_p1(text)
+    except Iec62056Error as exc:
         raise DlmsError(f"P1 telegram in the ciphered APDU: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - another codec's bug must not escape as ours
         raise DlmsError(f"P1 telegram in the ciphered APDU not readable: "
