@@ -29,7 +29,8 @@ DECODE_MODULES: dict[str, str] = {
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    p = sub.add_parser("decode", help="decode captured bytes (hdlc, iec62056-21, mbus, wmbus, xbee)")
+    p = sub.add_parser("decode", help="decode captured bytes (auto, hdlc, iec62056-21, mbus, "
+                                      "wmbus, xbee)")
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
     for kind, module in DECODE_MODULES.items():
         mod = importlib.import_module(module)
@@ -37,6 +38,11 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         mod.add_arguments(kp)
         kp.add_argument("--json", action="store_true", help="print one JSON object")
         kp.set_defaults(func=_guarded(mod.run))
+    from . import decode_auto
+    ap = kinds.add_parser("auto", help=decode_auto.HELP)
+    decode_auto.add_arguments(ap)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.set_defaults(func=_guarded(decode_auto.run))
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), EXIT_BAD_INPUT)[1])
 
 
@@ -58,15 +64,25 @@ class DecodeFailed(Exception):
         self.exit_code = exit_code
 
 
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
 def parse_hex(text: str, what: str = "input") -> bytes:
-    """Accept hex with spaces, colons, dashes or a 0x prefix, as people paste it."""
+    """Accept hex with spaces, colons, dashes or a 0x prefix, as people paste it; say
+    exactly what is wrong otherwise (a character that is no hex digit, an odd count)."""
     cleaned = text.strip().lower().removeprefix("0x")
     for ch in " :-\n\t\r":
         cleaned = cleaned.replace(ch, "")
-    try:
-        return binascii.unhexlify(cleaned)
-    except (binascii.Error, ValueError):
-        raise DecodeFailed(f"{what} is not valid hex ({len(cleaned)} hex digits)") from None
+    bad = next((i for i, c in enumerate(cleaned) if c not in _HEX_DIGITS), None)
+    if bad is not None:
+        raise DecodeFailed(f"{what} is not hex: {cleaned[bad]!r} at digit {bad + 1} is not a "
+                           "hex digit (0-9, A-F)")
+    if not cleaned:
+        raise DecodeFailed(f"{what} is empty")
+    if len(cleaned) % 2:
+        raise DecodeFailed(f"{what} has an odd number of hex digits ({len(cleaned)}): every "
+                           "byte is two digits; was a digit lost when copying?")
+    return binascii.unhexlify(cleaned)
 
 
 def read_bytes_arg(arg: str) -> bytes:

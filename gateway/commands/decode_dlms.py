@@ -73,7 +73,7 @@ def _run_hdlc(args: argparse.Namespace) -> int:
         n = parser.parse(apdu)
         values = notification_values(n, scalers, positional)
     except NoKey as exc:
-        raise DecodeFailed(f"{exc}: give --key", EXIT_BAD_INPUT) from None
+        raise DecodeFailed(f"{exc}: give --key", EXIT_BAD_KEY) from None
     except NoValidApdu as exc:
         raise DecodeFailed(f"{exc} ({exc.why})", EXIT_BAD_KEY) from None
     except DecryptError as exc:
