@@ -61,7 +61,7 @@ def test_decode_xbee_zdo_and_mode_1(capsys):
 @pytest.mark.parametrize("hexstr,needle", [
     (REPORT["hex"][:-2] + "00", "bad checksum"),
     (REPORT["hex"][:30], "truncated"),
-    ("zz", "not valid hex"),
+    ("zz", "is not hex: 'z' at digit 1"),
 ])
 def test_decode_xbee_bad_input_is_one_line_exit_2(capsys, hexstr, needle):
     rc, out, err = _decode(capsys, hexstr)
