@@ -1,0 +1,325 @@
+"""Exactly-once ingest of a batch of uplink messages in ONE database transaction.
+
+Sans-MQTT (the worker in :mod:`gateway.headend.worker` feeds it): verify every envelope
+first (CPU, outside the transaction), then in the transaction lock the (gateway, epoch)
+books it touches, judge each record against what the database already holds -- new,
+duplicate (same digest) or conflict (other digest, quarantined with both) -- and judge
+replays against the database too, so a restarted worker, or another one, still refuses an
+old envelope. Nothing of a batch is visible before its commit, and the caller acknowledges
+the messages to the broker only after it: a crash at any instant loses nothing (the broker
+redelivers) and duplicates nothing (the books refuse what they hold).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from hashlib import blake2b
+from typing import Any, TextIO
+
+import cbor2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.headend.verifier import SeqRanges
+from gateway.model import Diag, Event, Gap, Reading
+from gateway.uplink.envelope import (
+    WILDCARD,
+    Envelope,
+    EnvelopeError,
+    MalformedEnvelope,
+    UnknownSigner,
+    decode_envelope,
+    peek_gateway_id,
+)
+
+from gateway.headend.db import Database, to_json
+
+MAX_MESSAGE_BYTES = 4 * 2**20  # the gateway's largest envelope is far below this
+LOG_EVERY_S = 60.0
+KIND = {Reading: 0, Event: 1, Gap: 2, Diag: 3}
+
+
+def record_digest(kind: int, obj: list[Any]) -> bytes:
+    """Content digest stored with each record: stable across processes and machines."""
+    return blake2b(cbor2.dumps([kind, obj]), digest_size=16).digest()
+
+
+@dataclass
+class Message:
+    topic: str
+    payload: bytes
+
+
+@dataclass
+class Outcome:
+    """What one message did (for the worker's log line)."""
+
+    topic: str
+    gateway_id: str | None = None
+    verdict: str = "ok"  # ok | replay | bad_signature | malformed | oversized | unknown_gateway | topic_mismatch
+    accepted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Checked:
+    msg: Message
+    out: Outcome
+    env: Envelope | None = None
+    rows: list[tuple[int, int, Any, list[Any], bytes]] = field(default_factory=list)
+
+
+def topic_gateway(topic: str) -> str | None:
+    """The gateway id a topic names: the level before ``up`` (``meters/gw-1/up/data``)."""
+    parts = topic.split("/")
+    try:
+        i = parts.index("up")
+    except ValueError:
+        return None
+    return parts[i - 1] if i >= 1 else None
+
+
+class RateLog:
+    """One line per sender per minute; later lines of that minute are counted and the
+    count is said with the next line that gets through."""
+
+    def __init__(self, out: TextIO | None = None, every_s: float = LOG_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.out = out or sys.stderr
+        self.every_s = every_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def __call__(self, sender: str, line: str) -> bool:
+        now = self.clock()
+        last = self._last.get(sender)
+        if last is not None and now - last < self.every_s:
+            self._held[sender] = self._held.get(sender, 0) + 1
+            return False
+        if len(self._last) > 10_000:  # bounded: a flood of invented senders
+            self._last.clear()
+        self._last[sender] = now
+        held = self._held.pop(sender, 0)
+        print(line + (f" (+{held} more from {sender} in the last minute)" if held else ""),
+              file=self.out, flush=True)
+        return True
+
+
+class Ingestor:
+    """Verifies messages and writes them exactly once; see the module docstring."""
+
+    def __init__(self, db: Database, trusted: Mapping[str, Ed25519PublicKey], *,
+                 replay_window_s: float = 300.0, max_bytes: int = MAX_MESSAGE_BYTES,
+                 log: RateLog | None = None) -> None:
+        self.db = db
+        self.trusted = dict(trusted)
+        self.window_ms = int(replay_window_s * 1000)
+        self.max_bytes = max_bytes
+        self.log = log or RateLog()
+
+    # ------------------------------------------------------------------ checking
+    def check(self, msg: Message) -> _Checked:
+        out = Outcome(msg.topic)
+        c = _Checked(msg, out)
+        data = msg.payload
+        if len(data) > self.max_bytes:
+            out.verdict, out.error = "oversized", f"{len(data)} bytes > {self.max_bytes}"
+            out.gateway_id = peek_gateway_id(data[:4096])
+            return c
+        try:
+            env = decode_envelope(data, self.trusted)
+        except EnvelopeError as e:
+            out.gateway_id = peek_gateway_id(data)
+            out.error = f"{type(e).__name__}: {e}"
+            out.verdict = ("malformed" if isinstance(e, MalformedEnvelope) else
+                           "unknown_gateway" if isinstance(e, UnknownSigner) else "bad_signature")
+            return c
+        out.gateway_id, out.first_seq, out.last_seq = env.gateway_id, env.first_seq, env.last_seq
+        tg = topic_gateway(msg.topic)
+        if tg != env.gateway_id:
+            out.verdict = "topic_mismatch"
+            out.error = f"signed by {env.gateway_id!r}, published on {msg.topic!r}"
+            return c
+        c.env = env
+        for sr in env.records:
+            rec = sr.record
+            kind = KIND[type(rec)]
+            obj = rec.to_obj()
+            c.rows.append((sr.seq, kind, rec, obj, record_digest(kind, obj)))
+        return c
+
+    # ------------------------------------------------------------------ one batch
+    def ingest(self, msgs: Sequence[Message], now_ms: int) -> list[Outcome]:
+        """Check and write a batch in one transaction; raises a database error (see
+        :func:`gateway.headend.db.db_errors`) with nothing written when the DB fails."""
+        checked = [self.check(m) for m in msgs]
+        good = [c for c in checked if c.env is not None]
+        db = self.db
+        ts = [_reading_ts(r[2]) for c in good for r in c.rows if r[1] == 0]
+        db.ensure_partitions(ts)
+        counts: dict[tuple[str, str], int] = {}
+
+        def count(gw: str, name: str, n: int = 1) -> None:
+            if n:
+                counts[(gw, name)] = counts.get((gw, name), 0) + n
+
+        db.begin()
+        try:
+            keys = sorted({(c.env.gateway_id, c.env.epoch) for c in good})  # type: ignore[union-attr]
+            db.lock_epochs(keys, now_ms)
+            for c in checked:
+                if c.env is None:
+                    self._count_bad(c.out, count)
+            records: list[tuple[Any, ...]] = []
+            readings: list[tuple[Any, ...]] = []
+            events: list[tuple[Any, ...]] = []
+            diags: list[tuple[Any, ...]] = []
+            gaps: list[tuple[Any, ...]] = []
+            conflicts: list[tuple[Any, ...]] = []
+            for gw, ep in keys:
+                group = [c for c in good if (c.env.gateway_id, c.env.epoch) == (gw, ep)]  # type: ignore[union-attr]
+                self._judge(gw, ep, group, now_ms, count, records, readings, events, diags,
+                            gaps, conflicts)
+            db.write_records(records)
+            db.write_readings(readings)
+            db.write_rows("events", ("gateway_id", "epoch", "seq", "ts_ms", "kind", "source",
+                                     "meter_id", "severity", "detail"), events)
+            db.write_rows("diag", ("gateway_id", "epoch", "seq", "ts_ms", "scope", "meter_id",
+                                   "metrics"), diags)
+            db.write_rows("gap_records", ("gateway_id", "epoch", "seq", "first_seq", "last_seq",
+                                          "count", "reason", "ts_ms"), gaps)
+            db.write_rows("conflicts", ("gateway_id", "epoch", "seq", "stored_digest",
+                                        "new_digest", "received_ms", "record"), conflicts)
+            db.add_counters(counts)
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+        for c in checked:
+            self._log(c.out)
+        return [c.out for c in checked]
+
+    def _count_bad(self, out: Outcome, count: Callable[..., None]) -> None:
+        kid = out.gateway_id
+        # Only a gateway we know gets the count, so forgers cannot invent gateway entries.
+        known = kid is not None and kid != WILDCARD and (
+            kid in self.trusted or (out.verdict != "oversized" and self.db.known_gateway(kid)))
+        if out.verdict == "topic_mismatch":
+            known = True  # the signature verified: that gateway did sign it
+        gw = kid if known and kid is not None else ""
+        count(gw, "messages")
+        v = out.verdict
+        if v == "oversized":
+            count(gw, "malformed")
+            count(gw, "oversized")
+        elif v == "unknown_gateway":
+            count(gw, "bad_signatures")
+            count(gw, "unknown_gateways")
+        elif v == "bad_signature":
+            count(gw, "bad_signatures")
+        elif v == "malformed":
+            count(gw, "malformed")
+        elif v == "topic_mismatch":
+            count(gw, "topic_mismatches")
+
+    def _judge(self, gw: str, ep: str, group: list[_Checked], now_ms: int,
+               count: Callable[..., None], records: list[tuple[Any, ...]],
+               readings: list[tuple[Any, ...]], events: list[tuple[Any, ...]],
+               diags: list[tuple[Any, ...]], gaps: list[tuple[Any, ...]],
+               conflicts: list[tuple[Any, ...]]) -> None:
+        db = self.db
+        lo = min(c.env.first_seq for c in group)  # type: ignore[union-attr]
+        hi = max(c.env.last_seq for c in group)  # type: ignore[union-attr]
+        lo = min(lo, min(r[0] for c in group for r in c.rows))
+        hi = max(hi, max(r[0] for c in group for r in c.rows))
+        near = db.ranges_near(gw, ep, lo, hi)
+        held = SeqRanges()
+        for a, b in near:
+            held.add(a, b)
+        old = sorted({r[0] for c in group for r in c.rows if r[0] in held})
+        stored = db.digests(gw, ep, old) if old else {}
+        fresh: dict[int, bytes] = {}  # seq -> digest, accepted earlier in this batch
+        merged = SeqRanges()
+        for a, b in near:
+            merged.add(a, b)
+        for c in group:
+            env, out = c.env, c.out
+            assert env is not None
+            count(gw, "messages")
+            if abs(env.sent_ms - now_ms) > self.window_ms and all(
+                    r[0] in held or r[0] in fresh for r in c.rows):
+                out.verdict = "replay"
+                count(gw, "replays")
+                continue
+            acc = dup = conf = 0
+            for seq, kind, rec, obj, dg in c.rows:
+                prev = fresh.get(seq)
+                if prev is None and seq in held:
+                    prev = stored.get(seq)
+                    if prev is None:  # a range says held but the record row is missing
+                        prev = dg
+                if prev is not None:
+                    if prev == dg:
+                        dup += 1
+                    else:
+                        conf += 1
+                        conflicts.append((gw, ep, seq, prev, dg, now_ms, cbor2.dumps([kind, obj])))
+                    continue
+                fresh[seq] = dg
+                merged.add(seq)
+                acc += 1
+                records.append((gw, ep, seq, kind, dg, now_ms))
+                if kind == 0:
+                    readings.append(_reading_row(rec, gw, ep, seq, db.engine))
+                    count(gw, "readings")
+                elif kind == 1:
+                    events.append((gw, ep, seq, rec.ts_ms, rec.kind, rec.source, rec.meter_id,
+                                   rec.severity, to_json(rec.detail)))
+                    count(gw, "events")
+                elif kind == 2:
+                    gaps.append((gw, ep, seq, rec.first_seq, rec.last_seq, rec.count, rec.reason,
+                                 rec.ts_ms))
+                    count(gw, "gap_records")
+                else:
+                    diags.append((gw, ep, seq, rec.ts_ms, rec.scope, rec.meter_id,
+                                  to_json(rec.metrics)))
+                    count(gw, "diag")
+            out.accepted, out.duplicates, out.conflicts = acc, dup, conf
+            count(gw, "accepted", acc)
+            count(gw, "duplicates", dup)
+            count(gw, "conflicts", conf)
+        if fresh:
+            db.replace_ranges(gw, ep, near, list(merged))
+
+    def _log(self, o: Outcome) -> None:
+        if o.verdict == "ok":
+            if o.conflicts:
+                self.log(f"conflict:{o.gateway_id}",
+                         f"headend: {o.gateway_id} seq {o.first_seq}-{o.last_seq}: "
+                         f"{o.conflicts} CONFLICTING records quarantined")
+            return
+        sender = o.gateway_id or topic_gateway(o.topic) or o.topic
+        what = o.verdict.upper().replace("_", " ")
+        self.log(f"{o.verdict}:{sender}",
+                 f"headend: {o.topic}: {what} (kid {o.gateway_id!r})"
+                 + (f": {o.error}" if o.error else ""))
+
+
+def _reading_ts(r: Reading) -> int:
+    return r.meter_ts_ms if r.meter_ts_ms is not None else r.rx_ts_ms
+
+
+def _reading_row(r: Reading, gw: str, ep: str, seq: int, engine: str) -> tuple[Any, ...]:
+    v = Decimal(r.mantissa).scaleb(r.exponent)
+    mt = r.meter_ts_ms
+    return (r.meter_id, r.quantity, mt if mt is not None else r.rx_ts_ms,
+            v if engine == "postgresql" else format(v, "f"), r.unit, ",".join(r.quality),
+            r.bus, r.rx_ts_ms, mt is not None, gw, ep, seq)
