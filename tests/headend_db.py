@@ -11,14 +11,22 @@ import pytest
 
 from tools.pg import PgCluster, find_bindir
 
-needs_pg = pytest.mark.skipif(find_bindir() is None,
-                              reason="initdb not found (make test installs postgresql)")
+def _have_psycopg() -> bool:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_pg = pytest.mark.skipif(find_bindir() is None or not _have_psycopg(),
+                              reason="initdb or psycopg not found (make test installs both)")
 
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
-    if find_bindir() is None:
-        pytest.skip("initdb not found (make test installs postgresql)")
+    if find_bindir() is None or not _have_psycopg():
+        pytest.skip("initdb or psycopg not found (make test installs both)")
     c = PgCluster().start()
     try:
         yield c
