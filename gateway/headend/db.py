@@ -13,6 +13,7 @@ workers never deadlock and never both take the same seq.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -103,15 +104,28 @@ def month_bounds(ts_ms: int) -> tuple[int, int, str]:
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000), f"y{d.year:04d}m{d.month:02d}"
 
 
+def _jsonable(o: Any, depth: int = 0) -> Any:
+    if o is None or type(o) in (str, int, bool):
+        return o
+    if type(o) is float:
+        return o if math.isfinite(o) else str(o)  # jsonb has no NaN/Infinity
+    if depth > 32:
+        return repr(o)[:200]
+    if isinstance(o, dict):
+        return {k if type(k) is str else repr(k): _jsonable(v, depth + 1) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in o]
+    if isinstance(o, (bytes, bytearray)):
+        return bytes(o).hex()
+    return repr(o)[:200]
+
+
 def to_json(obj: Any) -> str:
-    """Event details and diag metrics are CBOR: bytes become hex, other oddities text."""
-    def default(o: Any) -> Any:
-        if isinstance(o, (bytes, bytearray)):
-            return o.hex()
-        if isinstance(o, Decimal):
-            return str(o)
-        return repr(o)
-    return json.dumps(obj, default=default, sort_keys=True)
+    """Event details and diag metrics are CBOR: bytes become hex, non-text keys and other
+    oddities their repr, so any CBOR a gateway signed can be stored."""
+    text = json.dumps(_jsonable(obj), sort_keys=True)
+    # PostgreSQL's jsonb refuses \u0000 in strings: such a character becomes U+FFFD.
+    return text.replace("\\u0000", "\\ufffd")
 
 
 READING_COLS = ("meter_id", "quantity", "ts_ms", "value", "unit", "quality", "bus", "rx_ts_ms",
@@ -421,10 +435,13 @@ class PostgresDatabase(Database):
         if self.timescale:
             return
         months = {}
+        cur_lo = cur_hi = 0  # the month of the previous value: most values share one
         for t in ts_values:
-            lo, hi, suffix = month_bounds(t)
+            if cur_lo <= t < cur_hi:
+                continue
+            cur_lo, cur_hi, suffix = month_bounds(t)
             if suffix not in self._partitions:
-                months[suffix] = (lo, hi)
+                months[suffix] = (cur_lo, cur_hi)
         if not months:
             return
         try:

@@ -42,9 +42,62 @@ LOG_EVERY_S = 60.0
 KIND = {Reading: 0, Event: 1, Gap: 2, Diag: 3}
 
 
-def record_digest(kind: int, obj: list[Any]) -> bytes:
-    """Content digest stored with each record: stable across processes and machines."""
+INT64 = 2**63
+MAX_EXPONENT = 64  # |decimal exponent| of a reading; real registers use -9..+9
+MAX_MANTISSA = 10**40
+
+
+class Unstorable(ValueError):
+    """A verified record the database could not hold (NUL in a text, integer out of
+    range): the whole message counts as malformed instead of wedging the batch."""
+
+
+def record_digest(kind: int, obj: list[Any], rec: Any = None) -> bytes:
+    """Content digest stored with each record: stable across processes and machines.
+    Readings (the bulk) hash a fixed text layout of their fields, other kinds their CBOR."""
+    if kind == 0:
+        r = rec if rec is not None else Reading.from_obj(obj)
+        ql = "\x1e".join(r.quality)
+        text = (f"R\x1f{r.meter_id}\x1f{r.quantity}\x1f{r.mantissa}\x1f{r.exponent}\x1f{r.unit}"
+                f"\x1f{r.meter_ts_ms}\x1f{r.rx_ts_ms}\x1f{ql}\x1f{r.bus}")
+        return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
     return blake2b(cbor2.dumps([kind, obj]), digest_size=16).digest()
+
+
+def _text(*xs: Any) -> None:
+    for x in xs:
+        if x is not None and (type(x) is not str or "\x00" in x):
+            raise Unstorable(f"text field {x!r:.60} (NUL or not a string)")
+
+
+def _int64(*xs: Any) -> None:
+    for x in xs:
+        if x is not None and not -INT64 <= x < INT64:
+            raise Unstorable(f"integer {x} out of the 64-bit range")
+
+
+def validate(gw: str, ep: str, seq: int, rec: Any) -> None:
+    """What every engine can store, checked before the transaction (see Unstorable)."""
+    t = type(rec)
+    if t is Reading:  # the hot path: the decoder already guarantees the types
+        mt, rx = rec.meter_ts_ms, rec.rx_ts_ms
+        if not (seq < INT64 and -INT64 <= rx < INT64 and (mt is None or -INT64 <= mt < INT64)
+                and -MAX_EXPONENT <= rec.exponent <= MAX_EXPONENT
+                and -MAX_MANTISSA < rec.mantissa < MAX_MANTISSA):
+            raise Unstorable(f"reading seq {seq}: value or time out of range")
+        if "\x00" in f"{rec.meter_id}{rec.quantity}{rec.unit}{rec.bus}{''.join(rec.quality)}":
+            raise Unstorable(f"reading seq {seq}: NUL in a text field")
+        return
+    _int64(seq)
+    if t is Event:
+        _text(rec.kind, rec.source, rec.meter_id, rec.severity)
+        _int64(rec.ts_ms)
+    elif t is Gap:
+        _text(rec.reason)
+        _int64(rec.first_seq, rec.last_seq, rec.count, rec.ts_ms)
+    else:
+        _text(rec.scope, rec.meter_id)
+        _int64(rec.ts_ms)
 
 
 @dataclass
@@ -148,12 +201,20 @@ class Ingestor:
             out.verdict = "topic_mismatch"
             out.error = f"signed by {env.gateway_id!r}, published on {msg.topic!r}"
             return c
+        rows = c.rows
+        try:
+            _text(env.gateway_id, env.epoch)
+            for sr in env.records:
+                rec = sr.record
+                kind = KIND[type(rec)]
+                validate(env.gateway_id, env.epoch, sr.seq, rec)
+                obj = None if kind == 0 else rec.to_obj()
+                rows.append((sr.seq, kind, rec, obj, record_digest(kind, obj, rec)))
+        except Unstorable as e:
+            rows.clear()
+            out.verdict, out.error = "malformed", f"verified but unstorable: {e}"
+            return c
         c.env = env
-        for sr in env.records:
-            rec = sr.record
-            kind = KIND[type(rec)]
-            obj = rec.to_obj()
-            c.rows.append((sr.seq, kind, rec, obj, record_digest(kind, obj)))
         return c
 
     # ------------------------------------------------------------------ one batch
@@ -236,6 +297,7 @@ class Ingestor:
                diags: list[tuple[Any, ...]], gaps: list[tuple[Any, ...]],
                conflicts: list[tuple[Any, ...]]) -> None:
         db = self.db
+        pg = db.engine == "postgresql"
         lo = min(c.env.first_seq for c in group)  # type: ignore[union-attr]
         hi = max(c.env.last_seq for c in group)  # type: ignore[union-attr]
         lo = min(lo, min(r[0] for c in group for r in c.rows))
@@ -260,6 +322,7 @@ class Ingestor:
                 count(gw, "replays")
                 continue
             acc = dup = conf = 0
+            kinds = [0, 0, 0, 0]
             for seq, kind, rec, obj, dg in c.rows:
                 prev = fresh.get(seq)
                 if prev is None and seq in held:
@@ -271,27 +334,27 @@ class Ingestor:
                         dup += 1
                     else:
                         conf += 1
-                        conflicts.append((gw, ep, seq, prev, dg, now_ms, cbor2.dumps([kind, obj])))
+                        conflicts.append((gw, ep, seq, prev, dg, now_ms,
+                                          cbor2.dumps([kind, rec.to_obj() if obj is None else obj])))
                     continue
                 fresh[seq] = dg
                 merged.add(seq)
                 acc += 1
+                kinds[kind] += 1
                 records.append((gw, ep, seq, kind, dg, now_ms))
                 if kind == 0:
-                    readings.append(_reading_row(rec, gw, ep, seq, db.engine))
-                    count(gw, "readings")
+                    readings.append(reading_row(rec, gw, ep, seq, pg))
                 elif kind == 1:
                     events.append((gw, ep, seq, rec.ts_ms, rec.kind, rec.source, rec.meter_id,
                                    rec.severity, to_json(rec.detail)))
-                    count(gw, "events")
                 elif kind == 2:
                     gaps.append((gw, ep, seq, rec.first_seq, rec.last_seq, rec.count, rec.reason,
                                  rec.ts_ms))
-                    count(gw, "gap_records")
                 else:
                     diags.append((gw, ep, seq, rec.ts_ms, rec.scope, rec.meter_id,
                                   to_json(rec.metrics)))
-                    count(gw, "diag")
+            for name, n in zip(("readings", "events", "gap_records", "diag"), kinds):
+                count(gw, name, n)
             out.accepted, out.duplicates, out.conflicts = acc, dup, conf
             count(gw, "accepted", acc)
             count(gw, "duplicates", dup)
@@ -317,9 +380,10 @@ def _reading_ts(r: Reading) -> int:
     return r.meter_ts_ms if r.meter_ts_ms is not None else r.rx_ts_ms
 
 
-def _reading_row(r: Reading, gw: str, ep: str, seq: int, engine: str) -> tuple[Any, ...]:
-    v = Decimal(r.mantissa).scaleb(r.exponent)
+def reading_row(r: Reading, gw: str, ep: str, seq: int, pg: bool) -> tuple[Any, ...]:
     mt = r.meter_ts_ms
-    return (r.meter_id, r.quantity, mt if mt is not None else r.rx_ts_ms,
-            v if engine == "postgresql" else format(v, "f"), r.unit, ",".join(r.quality),
-            r.bus, r.rx_ts_ms, mt is not None, gw, ep, seq)
+    # PostgreSQL reads "1234e-3" as the exact numeric 1.234; SQLite keeps decimal TEXT.
+    v = f"{r.mantissa}e{r.exponent}" if pg else \
+        format(Decimal(r.mantissa).scaleb(r.exponent), "f")
+    return (r.meter_id, r.quantity, mt if mt is not None else r.rx_ts_ms, v, r.unit,
+            ",".join(r.quality), r.bus, r.rx_ts_ms, mt is not None, gw, ep, seq)
