@@ -204,3 +204,30 @@ def test_mutated_messages_never_raise_and_never_store(tmp_path, data) -> None:
     if o.verdict != "ok":
         assert after == before
     ing.db.close()
+
+
+def test_a_message_the_database_refuses_is_isolated_not_wedging_the_worker(tmp_path) -> None:
+    """One message the database refuses (here an operator's trigger) is counted malformed;
+    the rest of its batch is written, and the worker goes on."""
+    import paho.mqtt.client as mqtt
+
+    from gateway.headend.worker import IngestOptions, Worker
+
+    dsn_ = f"sqlite:///{tmp_path / 'poison.db'}"
+    ing = ingestor(dsn_)
+    ing.db.execute("CREATE TRIGGER no_poison BEFORE INSERT ON readings "
+                   "WHEN NEW.meter_id = 'poison' BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    ing.db.close()
+    w = Worker(IngestOptions(db=dsn_, host="", port=0, ca="", cert="", key="",
+                             trusted={GW: KEY.public_key()}, quiet=True))
+    poison = StoredRecord(20, Reading("poison", "1-0:1.8.0", 1, 0, "kWh", NOW, NOW))
+
+    def mq(m: Message) -> mqtt.MQTTMessage:
+        x = mqtt.MQTTMessage(topic=m.topic.encode())
+        x.payload = m.payload
+        return x
+
+    batch = [mq(msg(range(1, 11))), mq(msg([], extra=[poison])), mq(msg(range(11, 20)))]
+    assert w._write([(0, x) for x in batch])
+    s = report(ingestor(dsn_).db)
+    assert (s["accepted"], s["malformed"], s["readings"]) == (19, 1, 19)

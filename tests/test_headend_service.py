@@ -179,3 +179,41 @@ def test_database_stopped_20s_and_restarted_nothing_lost(tmp_path, pki, broker):
         assert w.terminate() == 0, w.text()
     finally:
         cluster.close()
+
+
+@needs_pg
+def test_messages_held_for_a_worker_that_does_not_return_until_it_retires(
+        tmp_path, pki, broker, pg_cluster):  # noqa: F811
+    """Mosquitto keeps giving an offline member of a share group its share, held in its
+    session: the books show them missing until that id comes back (here with --retire,
+    which drains the session and leaves the group, so later traffic all goes to the other)."""
+    dsn = fresh_pg_db(pg_cluster)
+    share = ("--share", "g2", "-q")
+    a = start_worker(pki, broker.port, dsn, tmp_path / "a.log", "--client-id", "g2-a", *share)
+    b = start_worker(pki, broker.port, dsn, tmp_path / "b.log", "--client-id", "g2-b", *share)
+    assert a.wait_for_log("subscribed") and b.wait_for_log("subscribed"), a.text() + b.text()
+    assert a.terminate() == 0  # a clean stop: the session (and its subscription) stays
+    cfg = write_config(tmp_path, pki, broker.port)
+    gw = start_gateway(cfg, tmp_path / "gw1.log")
+    assert gw.wait_for_log("uplink: connected", 15), gw.text()
+    time.sleep(2)
+    assert gw.terminate() == 0, gw.text()
+    n = last_seq(tmp_path / "store.db")
+    time.sleep(2)
+    held = books(dsn)
+    ep = next(iter(held["gateways"]["gw-0001"]["epochs"].values()))
+    assert held["accepted"] < n and ep["missing_ranges"], held  # a's share waits for a
+    r = start_worker(pki, broker.port, dsn, tmp_path / "a-retire.log", "--client-id", "g2-a",
+                     "--retire", *share)
+    assert r.p.wait(60) == 0, r.text()
+    assert "left the subscriptions" in r.text()
+    assert complete(dsn, n), books(dsn)
+    gw = start_gateway(cfg, tmp_path / "gw2.log")  # later traffic: all of it reaches b
+    assert gw.wait_for_log("uplink: connected", 15), gw.text()
+    time.sleep(1.5)
+    assert gw.terminate() == 0, gw.text()
+    n2 = last_seq(tmp_path / "store.db")
+    assert n2 > n
+    assert wait_for(lambda: complete(dsn, n2), timeout=30, step=0.3), books(dsn)
+    exactly_once(dsn, n2)
+    assert b.terminate() == 0, b.text()

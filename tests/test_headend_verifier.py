@@ -230,6 +230,8 @@ def test_seq_ranges_match_a_set(adds: list[tuple[int, int]]) -> None:
         r.add(a, a + n)
         model.update(range(a, a + n + 1))
     assert all((s in r) == (s in model) for s in range(0, 210))
+    assert all(r.overlaps(a, a + k) == bool(model & set(range(a, a + k + 1)))
+               for a in range(0, 210, 7) for k in (0, 3, 20))
     pairs = list(r)
     assert all(b >= a for a, b in pairs)
     assert all(pairs[i][1] + 1 < pairs[i + 1][0] for i in range(len(pairs) - 1))  # disjoint

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--replay-window", type=float, default=300.0, metavar="S")
     ing.add_argument("--batch", type=int, default=200, metavar="N",
                      help="messages per transaction at most")
+    ing.add_argument("--retire", action="store_true",
+                     help="drain this --client-id's session, leave the share group and exit "
+                          "(a member that is just stopped keeps getting its share queued)")
     ing.add_argument("-q", "--quiet", action="store_true", help="no per-batch lines")
 
     rep = sub.add_parser("report", help="the books over everything ever ingested")
@@ -138,7 +141,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
         db=a.db, host=a.host, port=a.port, ca=ca, cert=cert, key=key, trusted=trusted,
         topics=a.topic or [DEFAULT_TOPIC], share=a.share,
         client_id=a.client_id or f"headend-ingest-{socket.gethostname()}",
-        replay_window_s=a.replay_window, max_batch=a.batch, quiet=a.quiet))
+        replay_window_s=a.replay_window, max_batch=a.batch, quiet=a.quiet, retire=a.retire))
 
     def on_signal(_s: int, _f: FrameType | None) -> None:
         w.stop()

@@ -475,3 +475,15 @@ def db_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     return tuple(errs)
+
+
+def outage_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "the database is not reachable or not usable now": wait and retry
+    the same batch. Anything else is about the data (see Worker._isolate)."""
+    errs: list[type[BaseException]] = [DbError, sqlite3.OperationalError]
+    try:
+        import psycopg
+        errs += [psycopg.OperationalError, psycopg.InterfaceError, psycopg.ProgrammingError]
+    except ImportError:
+        pass
+    return tuple(errs)

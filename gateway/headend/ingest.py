@@ -126,7 +126,8 @@ class _Checked:
     msg: Message
     out: Outcome
     env: Envelope | None = None
-    rows: list[tuple[int, int, Any, list[Any], bytes]] = field(default_factory=list)
+    rows: list[tuple[int, int, Any, list[Any] | None, bytes]] = field(default_factory=list)
+    readings_only: bool = True
 
 
 def topic_gateway(topic: str) -> str | None:
@@ -208,7 +209,10 @@ class Ingestor:
                 rec = sr.record
                 kind = KIND[type(rec)]
                 validate(env.gateway_id, env.epoch, sr.seq, rec)
-                obj = None if kind == 0 else rec.to_obj()
+                obj = None
+                if kind:
+                    obj = rec.to_obj()
+                    c.readings_only = False
                 rows.append((sr.seq, kind, rec, obj, record_digest(kind, obj, rec)))
         except Unstorable as e:
             rows.clear()
@@ -268,6 +272,26 @@ class Ingestor:
             self._log(c.out)
         return [c.out for c in checked]
 
+    def reject(self, msg: Message, reason: str, now_ms: int) -> Outcome:
+        """Count a message the database refused (after isolation) as malformed."""
+        out = Outcome(msg.topic, gateway_id=peek_gateway_id(msg.payload[:4096]),
+                      verdict="malformed", error=f"refused by the database: {reason}")
+        counts: dict[tuple[str, str], int] = {}
+
+        def count(gw: str, name: str, n: int = 1) -> None:
+            counts[(gw, name)] = counts.get((gw, name), 0) + n
+
+        self.db.begin()
+        try:
+            self._count_bad(out, count)
+            self.db.add_counters(counts)
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            raise
+        self._log(out)
+        return out
+
     def _count_bad(self, out: Outcome, count: Callable[..., None]) -> None:
         kid = out.gateway_id
         # Only a gateway we know gets the count, so forgers cannot invent gateway entries.
@@ -321,9 +345,27 @@ class Ingestor:
                 out.verdict = "replay"
                 count(gw, "replays")
                 continue
+            rows = c.rows
+            first, last = rows[0][0], rows[-1][0]  # seqs rise strictly within a message
+            if c.readings_only and not held.overlaps(first, last) \
+                    and not merged.overlaps(first, last):
+                # The common case, all new: no per-record lookups.
+                fresh.update((r[0], r[4]) for r in rows)
+                if last - first + 1 == len(rows):
+                    merged.add(first, last)
+                else:
+                    for r in rows:
+                        merged.add(r[0])
+                records.extend((gw, ep, r[0], 0, r[4], now_ms) for r in rows)
+                readings.extend(reading_row(r[2], gw, ep, r[0], pg) for r in rows)
+                n = len(rows)
+                out.accepted = n
+                count(gw, "accepted", n)
+                count(gw, "readings", n)
+                continue
             acc = dup = conf = 0
             kinds = [0, 0, 0, 0]
-            for seq, kind, rec, obj, dg in c.rows:
+            for seq, kind, rec, obj, dg in rows:
                 prev = fresh.get(seq)
                 if prev is None and seq in held:
                     prev = stored.get(seq)

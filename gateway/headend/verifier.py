@@ -79,6 +79,14 @@ class SeqRanges:
             starts[i:j] = [min(a, starts[i])]
             ends[i:j] = [max(b, ends[j - 1])]
 
+    def overlaps(self, a: int, b: int) -> bool:
+        """Whether any seq of [a, b] is in the set."""
+        ends = self.ends
+        if not ends or a > ends[-1]:
+            return False
+        i = bisect_left(ends, a)  # first range ending at or after a
+        return i < len(ends) and self.starts[i] <= b
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return zip(self.starts, self.ends)
 

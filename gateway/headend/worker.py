@@ -13,7 +13,9 @@ split the traffic. The messages the broker has handed to a member stay in that m
 session until it returns with the same client id; run workers under a supervisor that
 restarts them with their id (systemd ``Restart=always``). A member that never returns
 keeps them until the broker expires its session (Mosquitto: ``persistent_client_expiration``,
-off by default, i.e. never); the report then shows them as missing seq ranges.
+off by default, i.e. never); the report then shows them as missing seq ranges. Even a
+cleanly stopped member keeps getting its share queued: to take a worker out of a group for
+good, run it once more with ``--retire`` (it drains its session, unsubscribes and exits).
 
 A database outage stops the acknowledgements (the broker stops sending once the worker's
 in-flight window is full), the batch is retried with backoff on a new connection, and the
@@ -33,7 +35,7 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.headend.client import DEFAULT_TOPIC, tls_context
-from gateway.headend.db import Database, db_errors, open_db
+from gateway.headend.db import Database, db_errors, open_db, outage_errors
 from gateway.headend.ingest import Ingestor, Message, RateLog
 from gateway.model import now_ms
 
@@ -42,6 +44,7 @@ BATCH_WAIT_S = 0.05  # how long a batch may wait to fill once it has its first m
 DB_BACKOFF_MIN_S = 0.5
 DB_BACKOFF_MAX_S = 5.0
 POLL_S = 0.2
+RETIRE_IDLE_S = 2.0
 
 
 @dataclass
@@ -60,6 +63,7 @@ class IngestOptions:
     keepalive_s: int = 30
     max_batch: int = MAX_BATCH
     quiet: bool = False
+    retire: bool = False  # drain this client id's session, leave the group, exit
 
 
 def subscriptions(topics: list[str], share: str | None) -> list[str]:
@@ -75,9 +79,12 @@ class Worker:
         self._stop = threading.Event()
         self._db: Database | None = None
         self._errors = db_errors()
+        self._outage = outage_errors()
         self._log = RateLog(self.err)
         self.batches = 0
         self.ever_connected = False
+        self._last_rx = time.monotonic()
+        self._unsubscribed: float | None = None
 
     def stop(self) -> None:
         """Finish (or abandon, unacknowledged) the current batch and exit; signal-safe."""
@@ -107,7 +114,22 @@ class Worker:
             self.say(f"headend: broker connection lost ({reason}); reconnecting", force=True)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._last_rx = time.monotonic()
         self._q.put((self._gen, msg))
+
+    def _retire_step(self, client: mqtt.Client) -> bool:
+        """--retire: once the session is drained (idle RETIRE_IDLE_S), unsubscribe (the
+        broker stops giving this member a share), drain once more, then True = exit."""
+        idle = time.monotonic() - self._last_rx
+        if not self.ever_connected or not self._q.empty() or idle < RETIRE_IDLE_S:
+            return False
+        if self._unsubscribed is None:
+            client.unsubscribe(subscriptions(self.opts.topics, self.opts.share))
+            self._unsubscribed = self._last_rx = time.monotonic()
+            self.say(f"headend: {self.opts.client_id} drained; left the subscriptions",
+                     force=True)
+            return False
+        return True
 
     # ------------------------------------------------------------------ main loop
     def _database(self) -> Database:
@@ -139,31 +161,62 @@ class Worker:
         return batch
 
     def _write(self, batch: list[tuple[int, mqtt.MQTTMessage]]) -> bool:
-        """Commit the batch, retrying on database errors; False if stopped before."""
+        """Commit the batch, retrying on database outages; False if stopped before."""
         backoff = DB_BACKOFF_MIN_S
         msgs = [Message(m.topic, m.payload) for _, m in batch]
         while True:
             try:
                 db = self._database()
-                ing = Ingestor(db, self.opts.trusted, replay_window_s=self.opts.replay_window_s,
-                               log=self._log)
-                outs = ing.ingest(msgs, now_ms())
+                outs = self._ingestor(db).ingest(msgs, now_ms())
                 if not self.opts.quiet:
                     acc = sum(o.accepted for o in outs)
                     dup = sum(o.duplicates for o in outs)
                     self.say(f"headend: batch of {len(outs)} messages committed: {acc} new "
                              f"records, {dup} duplicates")
                 return True
-            except self._errors as e:
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
+            except self._outage as e:
+                self._drop_db()
                 self._log("database", f"headend: database error, batch of {len(batch)} "
                                       f"not acknowledged, retrying in {backoff:.1f}s: "
                                       f"{type(e).__name__}: {str(e).strip()[:300]}")
+            except Exception as e:  # noqa: BLE001 - a message the code or the DB cannot take
+                self._drop_db()
+                if self._isolate(msgs, e):
+                    return True
             if self._stop.wait(backoff):
                 return False
             backoff = min(backoff * 2, DB_BACKOFF_MAX_S)
+
+    def _ingestor(self, db: Database) -> Ingestor:
+        return Ingestor(db, self.opts.trusted, replay_window_s=self.opts.replay_window_s,
+                        log=self._log)
+
+    def _drop_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _isolate(self, msgs: list[Message], err: Exception) -> bool:
+        """A batch failed for another reason than an outage: write its messages one by one
+        and count the one(s) that still fail as malformed, so one poison message can
+        neither wedge the worker nor take the others with it. False: retry later."""
+        self._log("poison", f"headend: batch failed ({type(err).__name__}: "
+                            f"{str(err).strip()[:200]}); writing its messages one by one")
+        try:
+            for m in msgs:
+                db = self._database()
+                try:
+                    self._ingestor(db).ingest([m], now_ms())
+                except self._outage:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    self._drop_db()
+                    self._ingestor(self._database()).reject(m, f"{type(e).__name__}: {e}",
+                                                             now_ms())
+            return True
+        except self._outage:
+            self._drop_db()
+            return False
 
     def run(self) -> int:
         o = self.opts
@@ -190,6 +243,8 @@ class Worker:
             while not self._stop.is_set():
                 batch = self._take_batch()
                 if not batch:
+                    if o.retire and self._retire_step(client):
+                        break
                     continue
                 if not self._write(batch):
                     break
