@@ -1,6 +1,7 @@
 """`make demo`: dev PKI, a local mutual-TLS broker, the gateway on config/demo.yaml and the
-head-end verifier beside it, with readings printed as they arrive. Ctrl-C stops everything
-and prints the head-end's verdict."""
+head-end verifier beside it, with readings printed as they arrive, plus a `gateway-headend
+ingest` worker writing them into demo/headend.db (SQLite). Ctrl-C stops everything and prints
+the head-end's verdict and the ingested books (`gateway-headend report`)."""
 
 from __future__ import annotations
 
@@ -135,9 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     head = subprocess.Popen([sys.executable, "-m", "tools.headend", "--host", "localhost",
                              "--port", str(port), "--pki", str(pki), "--print-readings", "--quiet"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # The durable head-end beside it, on its embedded SQLite default: the books of this run.
+    books = f"sqlite:///{demo / 'headend.db'}"
+    fresh_store(demo / "headend.db")
+    ingest = subprocess.Popen([sys.executable, "-m", "gateway.headend", "ingest", "--db", books,
+                               "--host", "localhost", "--port", str(port), "--pki", str(pki),
+                               "--client-id", "demo-ingest", "--quiet"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     gw = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)],
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     threads = [threading.Thread(target=_pump, args=(head.stdout, "headend |"), daemon=True),
+               threading.Thread(target=_pump, args=(ingest.stdout, "ingest  |"), daemon=True),
                threading.Thread(target=_pump, args=(gw.stdout, "gateway |"), daemon=True)]
     for t in threads:
         t.start()
@@ -151,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if gw.poll() is not None:
             print(f"demo: the gateway exited with code {gw.returncode}", flush=True)
             break
-    for p in (gw, head):
+    for p in (gw, head, ingest):
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
         try:
@@ -160,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             p.kill()
     for t in threads:
         t.join(2)
+    rep = subprocess.run([sys.executable, "-m", "gateway.headend", "report", "--db", books],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    for line in (rep.stdout + rep.stderr).splitlines():
+        print(f"ingest  | {line}", flush=True)
     broker.stop()
     for sim in sims:
         sim.stop()
