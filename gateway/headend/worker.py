@@ -105,8 +105,16 @@ class Worker:
         subs = subscriptions(self.opts.topics, self.opts.share)
         client.subscribe([(t, 1) for t in subs])
         self.say(f"headend: ingest connected to {self.opts.host}:{self.opts.port} as "
-                 f"{self.opts.client_id} (session present: {flags.session_present}); "
-                 f"subscribed {', '.join(subs)}", force=True)
+                 f"{self.opts.client_id} (session present: {flags.session_present})", force=True)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+        subs = subscriptions(self.opts.topics, self.opts.share)
+        bad = [str(c) for c in codes if getattr(c, "is_failure", False)]
+        if bad:
+            self.say(f"headend: the broker refused the subscription ({', '.join(bad)})",
+                     force=True)
+        else:
+            self.say(f"headend: subscribed {', '.join(subs)}", force=True)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._gen += 1  # whatever that connection delivered will be delivered again
@@ -236,6 +244,7 @@ class Worker:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(0.5, 8)
         client.connect_async(o.host, o.port, keepalive=o.keepalive_s)
         client.loop_start()
