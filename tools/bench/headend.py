@@ -131,6 +131,7 @@ def bench_pipeline(env: Any, cluster: PgCluster, envs: list[tuple[str, bytes, li
             info.wait_for_publish(timeout)
         close_client(pub)
         procs = _workers(env, dsn, ids, f"bench-{tag}")
+        t_launch = time.perf_counter()
         end = time.monotonic() + timeout
         n0 = n = 0
         t0 = None
@@ -149,6 +150,8 @@ def bench_pipeline(env: Any, cluster: PgCluster, envs: list[tuple[str, bytes, li
     finally:
         _stop(procs)
         poll.close()
+    if n0 >= total:  # drained before the first poll (tiny runs): count from the launch
+        n0, dt = 0, (t0 or 0) - t_launch
     rate = (total - n0) / dt
     out(f"  pipeline: {workers} workers, {len(envs)} queued envelopes, {total - n0} readings "
         f"after the first commit in {dt:.2f}s: {rate:,.0f} readings/s")
