@@ -230,7 +230,7 @@ def run(gateways: int = 100, per_gateway: int = 20, workers: int = 2, naive_n: i
                            f"{s['ratio_vs_copy']:.2f}x")):
         out(f"{'PASS' if ok else 'FAIL'}  {name}: {val}")
     out(f"readings_per_s={rate:.0f} ratio_vs_naive={s['ratio_vs_naive']:.2f} "
-        f"ratio_vs_copy={s['ratio_vs_copy']:.2f}")
+        f"ratio_vs_copy={s['ratio_vs_copy']:.3f}")
     return s
 
 
