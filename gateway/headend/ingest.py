@@ -413,7 +413,7 @@ class Ingestor:
             return
         sender = o.gateway_id or topic_gateway(o.topic) or o.topic
         what = o.verdict.upper().replace("_", " ")
-        self.log(f"{o.verdict}:{sender}",
+        self.log(sender,
                  f"headend: {o.topic}: {what} (kid {o.gateway_id!r})"
                  + (f": {o.error}" if o.error else ""))
 
