@@ -231,3 +231,21 @@ def test_a_message_the_database_refuses_is_isolated_not_wedging_the_worker(tmp_p
     assert w._write([(0, x) for x in batch])
     s = report(ingestor(dsn_).db)
     assert (s["accepted"], s["malformed"], s["readings"]) == (19, 1, 19)
+
+
+def test_verified_but_unstorable_records_are_malformed_not_a_wedged_batch(dsn: str) -> None:
+    ing = ingestor(dsn)
+    odd = [
+        Reading("m\x00x", "1-0:1.8.0", 1, 0, "kWh", NOW, NOW),            # NUL in text
+        Reading("m1", "1-0:1.8.0", 10**50, 0, "kWh", NOW, NOW),          # absurd mantissa
+        Reading("m1", "1-0:1.8.0", 1, 10**6, "kWh", NOW, NOW),           # absurd exponent
+        Reading("m1", "1-0:1.8.0", 1, 0, "kWh", 10**17, NOW),            # beyond year 9999
+    ]
+    bad = [Message(TOPIC, encode_envelope(GW, "e1", [StoredRecord(1, r)], NOW, KEY)) for r in odd]
+    bad.append(Message(TOPIC, encode_envelope(GW, "e1", [StoredRecord(2**64, odd[0])], NOW, KEY)))
+    ev = StoredRecord(3, Event("x", NOW, "s", None, "info", {1: b"\x00", "nan": float("nan"),
+                                                             "z": "a\x00b"}))
+    outs = ing.ingest([*bad, msg([1, 2], extra=[ev])], NOW)
+    assert [o.verdict for o in outs] == ["malformed"] * 5 + ["ok"]
+    s = report(ing.db)
+    assert (s["malformed"], s["accepted"], s["events"]) == (5, 3, 1)

@@ -137,3 +137,14 @@ def test_a_profile_adds_up_to_the_register_change(reads, gap_intervals) -> None:
     (v0, _), (v1, _) = boundary_values(series, [start, end], I, gap_intervals)
     assert sum(iv.value for iv in ivs) == v1 - v0  # exact: no drift from rounding
     assert all(iv.value >= 0 for iv in ivs)  # a rising register never gives negative intervals
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_time_and_interval_parsers_raise_only_their_own_error(text: str) -> None:
+    for parse in (parse_time, parse_interval):
+        try:
+            v = parse(text)
+        except ProfileError:
+            continue
+        assert isinstance(v, int) and v >= 0

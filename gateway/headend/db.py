@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-MONTH_PARTITIONS_AHEAD = 0
 
 
 class DbError(RuntimeError):

@@ -45,6 +45,7 @@ KIND = {Reading: 0, Event: 1, Gap: 2, Diag: 3}
 INT64 = 2**63
 MAX_EXPONENT = 64  # |decimal exponent| of a reading; real registers use -9..+9
 MAX_MANTISSA = 10**40
+MAX_TS = 253_402_300_800_000  # year 10000: readings are placed in monthly partitions
 
 
 class Unstorable(ValueError):
@@ -81,7 +82,7 @@ def validate(gw: str, ep: str, seq: int, rec: Any) -> None:
     t = type(rec)
     if t is Reading:  # the hot path: the decoder already guarantees the types
         mt, rx = rec.meter_ts_ms, rec.rx_ts_ms
-        if not (seq < INT64 and -INT64 <= rx < INT64 and (mt is None or -INT64 <= mt < INT64)
+        if not (seq < INT64 and 0 <= rx < MAX_TS and (mt is None or 0 <= mt < MAX_TS)
                 and -MAX_EXPONENT <= rec.exponent <= MAX_EXPONENT
                 and -MAX_MANTISSA < rec.mantissa < MAX_MANTISSA):
             raise Unstorable(f"reading seq {seq}: value or time out of range")

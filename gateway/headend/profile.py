@@ -27,6 +27,7 @@ from fractions import Fraction
 
 QUALITIES = ("measured", "interpolated", "estimated", "missing")
 _RANK = {q: i for i, q in enumerate(QUALITIES)}
+MAX_TS = 253_402_300_800_000  # year 10000
 _UNIT_MS = {"s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -35,7 +36,7 @@ class ProfileError(ValueError):
 
 
 def parse_interval(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*(s|m|min|h|d)\s*", text)
+    m = re.fullmatch(r"\s*(\d{1,9})\s*(s|m|min|h|d)\s*", text)
     if not m or int(m.group(1)) <= 0:
         raise ProfileError(f"interval {text!r}: use e.g. 15m, 1h, 900s, 1d")
     return int(m.group(1)) * _UNIT_MS[m.group(2)]
@@ -44,16 +45,21 @@ def parse_interval(text: str) -> int:
 def parse_time(text: str) -> int:
     """ISO 8601 (naive = UTC, 'Z' allowed) or Unix milliseconds -> ms."""
     t = text.strip()
-    if re.fullmatch(r"\d{10,}", t):
-        return int(t)
-    try:
-        d = datetime.fromisoformat(t.replace("Z", "+00:00"))
-    except ValueError:
-        raise ProfileError(f"time {text!r}: use ISO 8601 (2026-12-01T00:00Z) or Unix ms") \
-            from None
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=timezone.utc)
-    return int(d.timestamp() * 1000)
+    bad = ProfileError(f"time {text!r}: use ISO 8601 (2026-12-01T00:00Z) or Unix ms "
+                       f"(years 1970-9999)")
+    if re.fullmatch(r"\d{10,20}", t):
+        ms = int(t)
+    else:
+        try:
+            d = datetime.fromisoformat(t.replace("Z", "+00:00"))
+            if d.tzinfo is None:
+                d = d.replace(tzinfo=timezone.utc)
+            ms = int(d.timestamp() * 1000)
+        except (ValueError, OverflowError, OSError):
+            raise bad from None
+    if not 0 <= ms < MAX_TS:
+        raise bad
+    return ms
 
 
 def iso(ms: int) -> str:
