@@ -245,6 +245,8 @@ class Worker:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_connect_fail = lambda _c, _u: self._log(
+            "broker", f"headend: cannot connect to the broker at {o.host}:{o.port}; retrying")
         client.reconnect_delay_set(0.5, 8)
         client.connect_async(o.host, o.port, keepalive=o.keepalive_s)
         client.loop_start()
