@@ -81,9 +81,19 @@ def test_two_workers_one_killed_and_restarted_every_record_exactly_once(
     try:
         assert gw.wait_for_log("uplink: connected", 15), gw.text()
         time.sleep(2.5)
-        a.p.send_signal(signal.SIGKILL)  # mid-stream: its unacknowledged messages wait for it
-        a.p.wait(10)
-        time.sleep(1.5)
+        # Hold the workers mid-transaction (records written, counters not yet), then kill a
+        # mid-stream: its transaction rolls back, its unacknowledged messages wait for it.
+        import psycopg
+        with psycopg.connect(dsn) as hold:
+            hold.execute("LOCK TABLE counters IN EXCLUSIVE MODE")
+            assert wait_for(lambda: hold.execute(
+                "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted").fetchone()[0] >= 2,
+                timeout=10), "both workers are held inside a transaction"
+            time.sleep(0.3)
+            a.p.send_signal(signal.SIGKILL)
+            a.p.wait(10)
+            time.sleep(0.5)
+        time.sleep(1.0)
         # the supervisor brings it back with the same client id: its session is redelivered
         a = start_worker(pki, broker.port, dsn, tmp_path / "a2.log", "--client-id", "ingest-a",
                          *share)
