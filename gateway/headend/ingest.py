@@ -275,7 +275,7 @@ class Ingestor:
 
     def reject(self, msg: Message, reason: str, now_ms: int) -> Outcome:
         """Count a message the database refused (after isolation) as malformed."""
-        out = Outcome(msg.topic, gateway_id=peek_gateway_id(msg.payload[:4096]),
+        out = Outcome(msg.topic, gateway_id=peek_gateway_id(msg.payload),
                       verdict="malformed", error=f"refused by the database: {reason}")
         counts: dict[tuple[str, str], int] = {}
 
