@@ -193,6 +193,9 @@ def cmd_profile(a: argparse.Namespace) -> int:
             profiles.append(pr.meter_profile(reads, lo, hi, interval, a.gap_intervals))
     finally:
         db.close()
+    if len(units) > 1:
+        raise pr.ProfileError(f"the readings have different units ({', '.join(sorted(units))}): "
+                              f"cannot add them up")
     ivs = pr.sum_profiles(profiles)
     unit = ",".join(sorted(units))
     if a.csv:
