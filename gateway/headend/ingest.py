@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway.headend.db import Database, to_json
 from gateway.headend.verifier import SeqRanges
 from gateway.model import Diag, Event, Gap, Reading
 from gateway.uplink.envelope import (
@@ -34,8 +35,6 @@ from gateway.uplink.envelope import (
     decode_envelope,
     peek_gateway_id,
 )
-
-from gateway.headend.db import Database, to_json
 
 MAX_MESSAGE_BYTES = 4 * 2**20  # the gateway's largest envelope is far below this
 LOG_EVERY_S = 60.0
