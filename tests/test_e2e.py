@@ -164,7 +164,7 @@ def test_tampered_and_replayed_messages_rejected(tmp_path, pki, broker, mqtt_cli
     attacker.publish(topic, cbor2.dumps(["not", "an", "envelope"]), qos=1).wait_for_publish(5)
     summary = headend_summary(head)
     assert summary["replays"] == 1, summary
-    assert summary["bad_signatures"] >= 2, summary
+    assert summary["bad_signatures"] >= 1 and summary["malformed"] >= 1, summary
     assert summary["gaps"] == 0 and summary["conflicts"] == 0
 
 

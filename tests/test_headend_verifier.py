@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 
+import cbor2
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.model import Event, Gap, Reading, StoredRecord
-from gateway.uplink.envelope import encode_envelope
-from tools.headend.verifier import SeqRanges, Verifier, missing
+from gateway.uplink.envelope import COSE_PROTECTED, SIG1_PREFIX, bstr_head, encode_envelope
+from gateway.headend.verifier import SeqRanges, Verifier, missing
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -154,9 +156,9 @@ def test_bad_signature_unknown_signer_and_random_bytes() -> None:
     r = v.feed("meters/gw-evil/up/data", msg([1], gw="gw-evil"), NOW)
     assert r.bad_signature and r.gateway_id == "gw-evil"
     r = v.feed(TOPIC, os.urandom(200), NOW)
-    assert r.bad_signature and r.malformed
+    assert r.malformed and not r.bad_signature and not r.ok
     s = v.summary()
-    assert (s["bad_signatures"], s["malformed"], s["messages"], s["accepted"]) == (3, 1, 4, 1)
+    assert (s["bad_signatures"], s["malformed"], s["messages"], s["accepted"]) == (2, 1, 4, 1)
     assert list(s["gateways"]) == [GW]  # a forger cannot create gateway entries
     assert s["gateways"][GW]["bad_signatures"] == 1
     assert s["gateways"][GW]["epochs"]["e1"]["last_seq"] == 1
@@ -167,8 +169,28 @@ def test_bad_signature_unknown_signer_and_random_bytes() -> None:
 def test_random_payloads_never_raise(data: bytes) -> None:
     v = verifier()
     r = v.feed(TOPIC, data, NOW)
-    assert r.bad_signature and r.malformed
+    assert r.malformed and not r.bad_signature
     assert v.summary()["malformed"] == 1
+
+
+def signed_payload(payload: bytes, key=KEY, gw: str = GW) -> bytes:
+    """A COSE_Sign1 whose signature verifies over whatever payload bytes we give it."""
+    sig = key.sign(SIG1_PREFIX + bstr_head(len(payload)) + payload)
+    return cbor2.dumps(cbor2.CBORTag(18, [COSE_PROTECTED, {4: gw.encode()}, payload, sig]))
+
+
+def test_gateway_signed_corrupt_body_is_malformed_not_a_forgery() -> None:
+    """Issue 15 item 10: the gateway signed it, the body is broken -> `malformed` only, so
+    nobody goes hunting for a forger."""
+    v = verifier()
+    good = cbor2.loads(msg([1, 2]))
+    payload = good.value[2]
+    for body in (payload[:-3], b"\xff\x00garbage", cbor2.dumps([3, GW, "e1", NOW, 1, 1, 1, [[0, 0, b"\x01"]]])):
+        r = v.feed(TOPIC, signed_payload(body), NOW)
+        assert r.malformed and not r.bad_signature and not r.accepted, r
+    s = v.summary()
+    assert (s["malformed"], s["bad_signatures"]) == (3, 0)
+    assert s["gateways"][GW]["malformed"] == 3 and s["gateways"][GW]["bad_signatures"] == 0
 
 
 def test_wildcard_trust_and_topic_mismatch() -> None:
@@ -208,6 +230,8 @@ def test_seq_ranges_match_a_set(adds: list[tuple[int, int]]) -> None:
         r.add(a, a + n)
         model.update(range(a, a + n + 1))
     assert all((s in r) == (s in model) for s in range(0, 210))
+    assert all(r.overlaps(a, a + k) == bool(model & set(range(a, a + k + 1)))
+               for a in range(0, 210, 7) for k in (0, 3, 20))
     pairs = list(r)
     assert all(b >= a for a, b in pairs)
     assert all(pairs[i][1] + 1 < pairs[i + 1][0] for i in range(len(pairs) - 1))  # disjoint

@@ -1,8 +1,10 @@
 """`make demo`: dev PKI, a local mutual-TLS broker, the gateway on config/demo.yaml and the
-head-end verifier beside it, with readings printed as they arrive. Ctrl-C (or --seconds)
-stops the gateway first and lets it drain, then the head-end, whose verdict comes last; the
-exit code is 0 only when that verdict is OK. Every run starts from an empty store and an
-empty broker; one demo runs at a time (demo/demo.lock)."""
+head-end verifier beside it, with readings printed as they arrive, plus a `gateway-headend
+ingest` worker writing them into demo/headend.db (SQLite). Ctrl-C (or --seconds) stops the
+gateway first and lets it drain, then the head-ends: the verifier's verdict and the ingested
+books (`gateway-headend report`) come last; the exit code is 0 only when the verdict is OK.
+Every run starts from an empty store, broker and books; one demo runs at a time
+(demo/demo.lock)."""
 
 from __future__ import annotations
 
@@ -247,10 +249,20 @@ def _run_pair(args: argparse.Namespace, config: Path, port: int, pki: Path,
                              "--port", str(port), "--pki", str(pki), "--print-readings", "--quiet"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             **own_group)
+    # The durable head-end beside it, on its embedded SQLite default: the books of this run.
+    demo = pki.parent
+    books = f"sqlite:///{demo / 'headend.db'}"
+    fresh_store(demo / "headend.db")
+    ingest = subprocess.Popen([sys.executable, "-m", "gateway.headend", "ingest", "--db", books,
+                               "--host", "localhost", "--port", str(port), "--pki", str(pki),
+                               "--client-id", "demo-ingest", "--quiet"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              **own_group)
     gw = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)],
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           **own_group)
     head_out = Pump(head.stdout, "headend |", quiet, meter)
+    ingest_out = Pump(ingest.stdout, "ingest  |")
     gw_out = Pump(gw.stdout, "gateway |")
     rel = os.path.relpath(config, ROOT)
     print(f"demo: attach the field-tech console with `make console` "
@@ -264,15 +276,21 @@ def _run_pair(args: argparse.Namespace, config: Path, port: int, pki: Path,
             print(f"demo: the gateway exited with code {gw.returncode}", flush=True)
             break
     # The gateway first: it stops its drivers, commits, and drains what is in flight. Then
-    # the head-end, once it has been quiet for a moment, so its verdict covers all of that.
+    # the head-ends, once the verifier has been quiet for a moment, so that the verdict and
+    # the books cover all of that.
     print("demo: stopping the gateway (it drains what is in flight)", flush=True)
     stop_child(gw, "gateway", 60)
     quiet_deadline = time.monotonic() + 20
     while time.monotonic() < quiet_deadline and time.monotonic() - head_out.last_output < 2:
         time.sleep(0.1)
+    stop_child(ingest, "ingest worker", 20)
     stop_child(head, "head-end", 20)
-    for pump in (gw_out, head_out):
+    for pump in (gw_out, ingest_out, head_out):
         pump.thread.join(5)
+    rep = subprocess.run([sys.executable, "-m", "gateway.headend", "report", "--db", books],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    for line in (rep.stdout + rep.stderr).splitlines():
+        print(f"ingest  | {line}", flush=True)
     gw_ok = gw.returncode in (0, -signal.SIGTERM)
     if not head_out.verdict_ok:
         print("demo: the head-end's verdict is not OK (see above)", flush=True)

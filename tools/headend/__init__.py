@@ -1,8 +1,6 @@
-"""Reference head-end: verifies signed envelopes and proves nothing was lost or forged.
+"""Development head-end tools: ``python -m tools.headend`` (the live verifier, now installed
+as :mod:`gateway.headend`) and ``python -m tools.headend cmd`` (sign and send commands)."""
 
-Run it with ``python -m tools.headend --help``.
-"""
-
-from tools.headend.verifier import FeedResult, SeqRanges, Verifier
+from gateway.headend.verifier import FeedResult, SeqRanges, Verifier
 
 __all__ = ["FeedResult", "SeqRanges", "Verifier"]
