@@ -300,3 +300,30 @@ def test_verifier_is_fast_enough_for_a_bench_run() -> None:
     assert time.perf_counter() - t < 5
     assert v.summary()["accepted"] == 10_000
 
+
+
+
+def test_live_head_end_shows_whether_a_status_is_signed(tmp_path, pki, broker,
+                                                        mqtt_client_factory) -> None:
+    """A real gateway's retained birth verifies in the live head-end; a status without a
+    signature on the same topic (published with gw-0001's own certificate, which the ACL
+    allows) is shown as NOT VERIFIED, never as the gateway's word."""
+    import json as _json
+
+    from tests.gwproc import start_gateway, start_headend, write_config
+    from tests.waiting import wait_for
+
+    cfg = write_config(tmp_path, pki, broker.port, drivers=[
+        {"type": "simulated", "name": "sim", "meters": 1, "interval_s": 60}])
+    gw = start_gateway(cfg, tmp_path / "gw.log")
+    assert gw.wait_for_log("uplink: connected", 30), gw.text()[-2000:]
+    assert gw.terminate() == 0  # its signed shutdown status stays retained
+    head = start_headend(pki, broker.port, tmp_path / "he.log", "--until-idle", "3")
+    assert wait_for(lambda: "[signed]" in head.text(), timeout=30), head.text()[-2000:]
+    forger = mqtt_client_factory("gateway")  # gw-0001's own certificate: the ACL allows it
+    forger.publish("meters/gw-0001/status", _json.dumps(
+        {"state": "online", "gateway": "gw-0001", "firmware": "evil"}), qos=1).wait_for_publish(10)
+    head.stdout(60)
+    lines = [l for l in head.text().splitlines() if l.startswith("status meters/gw-0001/status")]
+    assert any("(retained) [signed]" in l and '"offline"' in l for l in lines), lines
+    assert any("[NOT VERIFIED" in l and "not signed" in l for l in lines), lines

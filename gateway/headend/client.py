@@ -172,11 +172,19 @@ class Headend:
                       force=True)
 
     def _status(self, msg: mqtt.MQTTMessage) -> None:
+        """Status messages are signed like envelopes (gateway.uplink.status): one whose
+        signature does not verify is shown as such, never as the gateway's word."""
+        from gateway.uplink.envelope import EnvelopeError
+        from gateway.uplink.status import verify_status
+        levels = msg.topic.split("/")
+        topic_gw = levels[-2] if len(levels) >= 2 else None
         try:
-            text = json.dumps(json.loads(msg.payload), sort_keys=True)
-        except ValueError:
-            text = repr(msg.payload[:200])
-        self._log(f"status {msg.topic}{' (retained)' if msg.retain else ''}: {text}")
+            fields = verify_status(msg.payload, self.opts.trusted, topic_gw)
+            verdict, text = "signed", json.dumps(fields, sort_keys=True)
+        except EnvelopeError as exc:
+            verdict, text = f"NOT VERIFIED ({exc})", repr(msg.payload[:200])
+        self._log(f"status {msg.topic}{' (retained)' if msg.retain else ''} [{verdict}]: {text}",
+                  force=not verdict == "signed")
 
     def _print_record(self, gateway_id: str, _epoch: str, sr: StoredRecord) -> None:
         r = sr.record
