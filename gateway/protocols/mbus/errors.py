@@ -80,3 +80,10 @@ class UnsupportedSecurityError(SecurityError, UnsupportedError):
     """A security mode (or ELL/AFL variant) this codec does not implement."""
 
     event = "meter.unsupported_security"
+
+
+class UnsupportedFormatError(UnsupportedError):
+    """A manufacturer-specific payload (CI 0xA0-0xB7, security modes 16-31) that no meter
+    profile describes. The driver reports it once per meter, not per telegram."""
+
+    event = "meter.unsupported_format"

@@ -137,16 +137,18 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
         iv_m, iv_a = ctx.m_field, ctx.a_field
         kdf_id = bytes(ctx.a_field[:4]) if ctx.a_field else None
     elif ci == CI_RSP_UD_NONE:
-        records, mdata, more = _records(data, pos, h, False)
+        records, mdata, more, extra = _profiled_records(ci, data, pos, h, False)
         return Telegram(h.get("manufacturer", ""), h.get("id", ""), h.get("version", 0),
                         h.get("device_type", 0), None, None, records, ci,
                         manufacturer_data=mdata, more_records_follow=more, link=link,
-                        c_field=c_field, address=address)
+                        c_field=c_field, address=address, extra=extra)
     elif ci == CI_COMPACT:
         raise UnsupportedError("compact frame (CI 0x79) can only be decoded with the format "
                                "signature of an earlier full frame", h)
     elif ci == CI_RSP_UD_LONG_MSB:
         raise UnsupportedError("CI 0x76 (data sent most significant byte first)", h)
+    elif 0xA0 <= ci <= 0xB7:
+        return _manufacturer_ci(ci, data, pos, ctx, link, c_field, address)
     else:
         raise UnsupportedError(f"CI field 0x{ci:02X} is not an application data response", h)
 
@@ -183,13 +185,55 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
             raise DecryptError(f"decrypt failed: security mode {mode} check bytes are "
                                f"{plain[:2].hex().upper()}, not 2F2F (wrong key?)", h)
         apl, start = plain + bytes(data[pos + n:]), 0
+    elif 16 <= mode <= 31:
+        from .profiles import security_mode
+        plain, override = security_mode(mode, ci, data, pos, ctx)
+        if override:
+            h.update(override)
+        apl, start = plain, 0
     else:
         name = SECURITY_MODES.get(mode, "reserved")
         raise UnsupportedSecurityError(f"security mode {mode} ({name}) is not supported", h)
-    records, mdata, more = _records(apl, start, h, mode != 0)
+    records, mdata, more, extra = _profiled_records(ci, apl, start, h, mode != 0)
     return Telegram(h.get("manufacturer", ""), h.get("id", ""), h.get("version", 0),
                     h.get("device_type", 0), access, status, records, ci, config, mode,
-                    mdata, more, link, c_field, address)
+                    mdata, more, link, c_field, address, extra)
+
+
+def _profiled_records(ci: int, apl: bytes, start: int, h: dict[str, Any], decrypted: bool,
+                      ) -> tuple[list[DataRecord], bytes, bool, dict[str, Any]]:
+    """The records of a standard telegram, read by a meter profile where one describes
+    this meter's payload (instead of, or in addition to, the EN 13757-3 records)."""
+    from . import profiles
+    prof = profiles.payload_profile(h, ci, bytes(apl[start:]))
+    if prof is not None and prof.prefer_records:
+        try:
+            records, mdata, more = parse_records(apl, start)
+        except MBusError:
+            pass
+        else:
+            if not mdata and any(r.is_numeric for r in records):
+                prof = None  # this meter sends standard records after all
+    if prof is not None:
+        dec = profiles.apply(prof, bytes(apl[start:]), {"header": h})
+        return dec.records, b"", False, {"profile": prof.name, "registers": dec.registers}
+    records, mdata, more = _records(apl, start, h, decrypted)
+    found = profiles.augment(h, ci, records, mdata)
+    if found is None:
+        return records, mdata, more, {}
+    return (records + found[1].records, mdata, more,
+            {"profile": found[0].name, "registers": found[1].registers})
+
+
+def _manufacturer_ci(ci: int, data: bytes, pos: int, ctx: Context, link: str,
+                     c_field: int | None, address: int | None) -> Telegram:
+    """CI 0xA0-0xB7: the manufacturer's own payload, read by a meter profile."""
+    from .profiles import read_manufacturer_ci
+    prof, dec, hdr = read_manufacturer_ci(ci, bytes(data[pos:]), ctx)
+    return Telegram(hdr.get("manufacturer", ""), hdr.get("id", ""), hdr.get("version", 0),
+                    hdr.get("device_type", 0), None, None, dec.records, ci, link=link,
+                    c_field=c_field, address=address,
+                    extra={"profile": prof.name, "registers": dec.registers})
 
 
 def _records(data: bytes, pos: int, h: dict[str, Any],

@@ -1,0 +1,41 @@
+"""Apator water meters.
+
+- Apator 08 (manufacturer code 0x8614, "APT"), CI 0xA0: the payload starts with the
+  volume as a 32-bit little-endian count of 1/3 litre.
+- Apator AT-WMBUS-16-2 (APA, version 5, water), CI 0x7A: after 2F2F the payload is
+  Apator's register stream: 8 bytes of frame code, date and fault flags, then one tag byte per
+  register followed by its data, whose size the tag fixes; tag 0x10 is the total volume
+  (32-bit litres); 0xFF pads to the encryption block.
+"""
+
+from __future__ import annotations
+
+from .engine import Field, Profile, Tagged
+
+MANUFACTURERS = ("APT", "APA")
+
+# tag -> data size (published register sizes of the 16-2 stream)
+_SIZES_162: dict[int, int] = {
+    0x00: 4, 0x01: 3, 0x10: 4, 0xA1: 4, 0x11: 2, 0x40: 6, 0x41: 2, 0x42: 4, 0x43: 2, 0x44: 3,
+    0x71: 9, 0x72: 13, 0x73: 17, 0x75: 25, 0x7B: 49,
+    0x80: 10, 0x81: 10, 0x82: 10, 0x83: 10, 0x84: 10, 0x86: 10, 0x87: 10,
+    0x85: 11, 0x88: 11, 0x8F: 11, 0x8A: 9, 0x8B: 6, 0x8C: 6, 0x8E: 7,
+    0xA0: 4, 0xA2: 1, 0xA3: 7, 0xA4: 4, 0xA5: 1, 0xA9: 1, 0xAF: 1, 0xA6: 3,
+    0xA7: 2, 0xA8: 2, 0xAA: 2, 0xAB: 2, 0xAC: 2, 0xAD: 2,
+    0xB0: 5, 0xB1: 8, 0xB2: 16, 0xB3: 8, 0xB4: 2, 0xB5: 16,
+    **{t: 3 for t in range(0xB6, 0xC0)}, **{t: 3 for t in range(0xC0, 0xC8)},
+    0xD0: 3, 0xD3: 3, 0xF0: 4,
+}
+
+PROFILES = [
+    Profile("apator-08", ("APT",), (0xA0,),
+            fields=(Field("total_volume", 0, 4, quantity="Volume", unit="m3", exponent=-3,
+                          divisor=3),),
+            note="Apator 08 water meter (1/3 litre counts)"),
+    Profile("apator-16-2", ("APA",), (0x7A, 0x72), versions=(0x05,), device_types=(0x06, 0x07),
+            skip=b"\x2f\x2f", prefer_records=True,
+            tagged=Tagged(start=8, sizes=_SIZES_162, end_tag=0xFF, fields={
+                0x10: (Field("total_volume", 0, 4, quantity="Volume", unit="m3", exponent=-3),),
+            }),
+            note="Apator AT-WMBUS-16-2 register stream"),
+]
