@@ -2,8 +2,9 @@
 
 Prints the header and every record; ``--json`` prints one object with manufacturer, id,
 version, device_type, access_number, status and records (values as exact decimal
-strings). Malformed bytes: one line on stderr, exit 2. A wrong key (decryption check or
-MAC failed) or a missing key for an encrypted telegram: "decrypt failed", exit 3.
+strings) and, when a meter profile read a manufacturer-specific payload, ``profile`` and
+its canonical ``registers``. Malformed bytes: one line on stderr, exit 2. A wrong key
+(decryption check or MAC failed) or a missing key for an encrypted telegram: "decrypt failed", exit 3.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def print_text(t: Any, out: Any = None) -> None:
         sec += ", ELL AES-CTR"
     print(f"  {t.link}  CI 0x{t.ci:02X}  access {access}  status {status}  security {sec}",
           file=out)
+    if t.extra.get("profile"):
+        print(f"  profile {t.extra['profile']}", file=out)
     width = max((len(r.key) for r in t.records), default=0)
     for r in t.records:
         value = r.value_text()

@@ -164,6 +164,8 @@ class RadioMeter:
     last_flags: tuple[str, ...] = ()
     last_readings: list[Any] = field(default_factory=list)  # of the last decoded telegram
     failed: tuple[bytes, int | None, int] | None = None  # last undecodable (frame, rssi, rx)
+    profile: str | None = None  # the meter profile that read its last telegram
+    unsupported_reported: bool = False  # meter.unsupported_format is said once per meter
 
     @property
     def label(self) -> str:
@@ -478,6 +480,13 @@ class WMBusDriver(Driver):
         meter = next((m for m in self.meters.get(hdr["id"], ())
                       if m.manufacturer in (None, hdr["manufacturer"])), None)
         if meter is None:
+            from ..protocols.mbus.profiles import meter_address
+            own = meter_address(frame)  # e.g. a Diehl PRIOS meter's id is in A[2:6]
+            if own is not None:
+                hdr = own
+                meter = next((m for m in self.meters.get(hdr["id"], ())
+                              if m.manufacturer in (None, hdr["manufacturer"])), None)
+        if meter is None:
             self._unknown(hdr, rssi_dbm)
             self._heard(hdr, frame, rssi_dbm, None, "not configured")
             return
@@ -505,6 +514,11 @@ class WMBusDriver(Driver):
             "length": len(frame), "hex": frame.hex()}
         if meter is not None:
             item["meter"] = meter.label
+        if meter is not None and result == "ok":
+            item["profile"] = meter.profile or "standard"
+        else:
+            from ..protocols.mbus.profiles import identify
+            item["profile"] = identify(frame)
         self.listeners.notify(item)
 
     def _decode(self, meter: RadioMeter, frame: bytes, rssi_dbm: int | None, rx: int,
@@ -517,10 +531,14 @@ class WMBusDriver(Driver):
         try:
             t = decode_wmbus(frame, meter.key, fmt=self.frame_format)
         except MBusError as exc:
+            if exc.event == "meter.unsupported_format":
+                self._unsupported_format(meter, exc, rssi_dbm)
+                return exc.event
             meter.failed = (frame, rssi_dbm, rx)
             self._failed(meter, exc.event, str(exc), rssi_dbm)
             return exc.event
         meter.failed = None
+        meter.profile = t.extra.get("profile")
         meter_id = meter.name or t.id
         flags = tuple(t.status_flags)
         events = read_ok_events(meter, st, flags, t.status, self.bus, meter_id, rx,
@@ -535,6 +553,27 @@ class WMBusDriver(Driver):
             meter.last_readings = readings
             self._decoded.notify_all()
         return "ok"
+
+    def _unsupported_format(self, meter: RadioMeter, exc: Any, rssi: int | None) -> None:
+        """A payload no meter profile reads: one event for the meter (what it is, so a
+        profile can be added), then only counted -- it is not a failing meter."""
+        st = meter.stats
+        kind = "meter.unsupported_format"
+        st.failures[kind] = st.failures.get(kind, 0) + 1
+        st.last_error = str(exc)
+        meter.profile = None
+        if meter.unsupported_reported:
+            return
+        meter.unsupported_reported = True
+        h = exc.header
+        detail: dict[str, Any] = {
+            "id": meter.ident, "manufacturer": h.get("manufacturer"), "version": h.get("version"),
+            "device_type": h.get("device_type"),
+            "ci": None if h.get("ci") is None else f"0x{h['ci']:02X}", "rssi_dbm": rssi,
+            "error": str(exc)}
+        self.log.warning("wM-Bus %s: meter %s: %s", self.bus, meter.label, exc)
+        self.emit([Event(kind, now_ms(), self.bus, meter.name or meter.ident, "warning",
+                         detail)])
 
     def _duplicate(self, meter: RadioMeter, frame: bytes) -> bool:
         now = time.monotonic()

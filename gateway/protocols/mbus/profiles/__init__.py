@@ -113,3 +113,34 @@ def compact_format(manufacturer: str, signature: int) -> bytes | None:
         if (manufacturer, signature) in known:
             return known[(manufacturer, signature)]
     return None
+
+
+def identify(frame: bytes) -> str | None:
+    """The profile a heard telegram would be read with, from its link header and CI alone
+    (an installer's first look at a meter not yet configured): None when no profile is
+    known for it (a standard meter or an unknown format), or the header is hidden."""
+    if len(frame) < 11:
+        return None
+    from ..wireless import dll_header
+    hdr = dll_header(frame)
+    ci, pos = frame[10], 11
+    if ci == 0x8C and len(frame) > 13:  # short ELL: the CI after it is in clear
+        ci, pos = frame[13], 14
+    for p in PROFILES:
+        if p.matches(hdr, ci, None if p.signature else b""):
+            return p.name
+    return None
+
+
+def meter_address(frame: bytes) -> dict[str, Any] | None:
+    """The header a meter means when its profile codes the link address its own way
+    (Diehl PRIOS: id in A[2:6]); None when the link header is the meter's."""
+    if len(frame) < 16:
+        return None
+    from ..wireless import dll_header
+    hdr = dll_header(frame)
+    for p in PROFILES:
+        if p.address is not None and p.matches(hdr, frame[10], None):
+            ident, version, dtype = ADDRESSES[p.address](frame)
+            return {**hdr, "id": ident, "version": version, "device_type": dtype}
+    return None

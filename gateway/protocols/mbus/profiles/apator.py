@@ -5,7 +5,7 @@
 - Apator AT-WMBUS-16-2 (APA, version 5, water), CI 0x7A: after 2F2F the payload is
   Apator's register stream: 8 bytes of frame code, date and fault flags, then one tag byte per
   register followed by its data, whose size the tag fixes; tag 0x10 is the total volume
-  (32-bit litres); 0xFF pads to the encryption block.
+  (32-bit litres); 0xFF pads to the encryption block; the last 2 bytes are a checksum.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ MANUFACTURERS = ("APT", "APA")
 # tag -> data size (published register sizes of the 16-2 stream)
 _SIZES_162: dict[int, int] = {
     0x00: 4, 0x01: 3, 0x10: 4, 0xA1: 4, 0x11: 2, 0x40: 6, 0x41: 2, 0x42: 4, 0x43: 2, 0x44: 3,
-    0x71: 9, 0x72: 13, 0x73: 17, 0x75: 25, 0x7B: 49,
+    **{t: 1 + 4 * (t - 0x6F) for t in range(0x71, 0x7D)},  # monthly history: n + 1 words
     0x80: 10, 0x81: 10, 0x82: 10, 0x83: 10, 0x84: 10, 0x86: 10, 0x87: 10,
     0x85: 11, 0x88: 11, 0x8F: 11, 0x8A: 9, 0x8B: 6, 0x8C: 6, 0x8E: 7,
     0xA0: 4, 0xA2: 1, 0xA3: 7, 0xA4: 4, 0xA5: 1, 0xA9: 1, 0xAF: 1, 0xA6: 3,
@@ -34,7 +34,7 @@ PROFILES = [
             note="Apator 08 water meter (1/3 litre counts)"),
     Profile("apator-16-2", ("APA",), (0x7A, 0x72), versions=(0x05,), device_types=(0x06, 0x07),
             skip=b"\x2f\x2f", prefer_records=True,
-            tagged=Tagged(start=8, sizes=_SIZES_162, end_tag=0xFF, fields={
+            tagged=Tagged(start=8, sizes=_SIZES_162, end_tag=0xFF, trailer=2, fields={
                 0x10: (Field("total_volume", 0, 4, quantity="Volume", unit="m3", exponent=-3),),
             }),
             note="Apator AT-WMBUS-16-2 register stream"),

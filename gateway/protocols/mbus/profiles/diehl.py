@@ -66,7 +66,13 @@ def _swapped(frame: bytes) -> tuple[str, int, int]:
     return bcd_id(frame[6:10]), frame[4], frame[5]
 
 
+def _sappel(frame: bytes) -> tuple[str, int, int]:
+    """Sappel PRIOS uses the version byte as a fifth id byte; the meter is a water meter."""
+    return bcd_id(frame[4:8]), 0x00, 0x07
+
+
 ADDRESSES["diehl-swapped"] = _swapped
+ADDRESSES["sappel-prios"] = _sappel
 
 
 def security_mode(mode: int, data: bytes, origin: bytes | None,
@@ -101,7 +107,7 @@ _prios_fields = (
 _PRIOS_CI = tuple(range(0xA0, 0xA8))
 PROFILES = [
     Profile("diehl-izar-sappel", ("SAP",), _PRIOS_CI, transform="diehl-prios",
-            fields=_prios_fields, note="Sappel IZAR PRIOS water meter"),
+            address="sappel-prios", fields=_prios_fields, note="Sappel IZAR PRIOS water meter"),
     Profile("diehl-izar", ("DME", "HYD", "EWT", "SPL"), _PRIOS_CI, transform="diehl-prios",
             address="diehl-swapped", fields=_prios_fields,
             note="Diehl/Hydrometer IZAR PRIOS water meter"),

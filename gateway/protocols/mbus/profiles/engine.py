@@ -97,6 +97,7 @@ class Tagged:
     sizes: dict[int, int]
     fields: dict[int, tuple[Field, ...]]
     end_tag: int | None = None
+    trailer: int = 0   # bytes at the end that are not registers (a checksum)
 
 
 @dataclass(frozen=True)
@@ -317,7 +318,8 @@ def _tagged(t: Tagged, src: bytes, out: Decoded, dates: dict[str, tuple[int, int
             values: dict[str, DataRecord]) -> None:
     i = t.start
     seen: set[int] = set()
-    while i < len(src):
+    end = len(src) - t.trailer
+    while i < end:
         tag = src[i]
         if t.end_tag is not None and tag == t.end_tag:
             break
@@ -326,9 +328,9 @@ def _tagged(t: Tagged, src: bytes, out: Decoded, dates: dict[str, tuple[int, int
             raise FrameError(f"profile {out.profile}: register tag 0x{tag:02X} at offset {i} "
                              "has no known size")
         i += 1
-        if i + size > len(src):
+        if i + size > end:
             raise TruncatedError(f"profile {out.profile}: register 0x{tag:02X} needs {size} "
-                                 f"bytes at offset {i}, {len(src) - i} left")
+                                 f"bytes at offset {i}, {max(0, end - i)} left")
         if tag in t.fields and tag not in seen:
             seen.add(tag)
             for f in t.fields[tag]:
