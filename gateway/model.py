@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any, Union
 
 # Quality flags a Reading may carry (free-form strings are allowed; these are the known ones).
@@ -23,6 +23,9 @@ QUALITY_SIMULATED = "simulated"
 # A stored value (a load-profile row, an M-Bus storage number >= 1): its meter_ts is when the
 # meter captured it, not the meter's clock now, so it says nothing about clock drift.
 QUALITY_HISTORIC = "historic"
+# The meter's security bits say encrypted but the value arrived in clear (a capture stored
+# already decrypted, or a meter sending in clear with the flag set): not authenticated.
+QUALITY_NOT_ENCRYPTED = "not_encrypted"
 
 SEVERITIES = ("debug", "info", "warning", "error")
 
@@ -70,7 +73,9 @@ class Reading:
 
     @property
     def value(self) -> Decimal:
-        return Decimal(self.mantissa).scaleb(self.exponent)
+        # exact at any length: the default context would round to 28 digits
+        return Decimal(self.mantissa).scaleb(
+            self.exponent, Context(prec=max(28, len(str(self.mantissa)) + 2)))
 
     def to_obj(self) -> list[Any]:
         return [self.meter_id, self.quantity, self.mantissa, self.exponent, self.unit,

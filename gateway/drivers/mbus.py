@@ -99,6 +99,25 @@ class NoAnswer(Exception):
         self.kind = kind
 
 
+class CodecCrash(Exception):
+    """The codec raised something other than its own MBusError on a frame: a bug the
+    hostile or broken bytes found. Reported as ``meter.decode_error`` with the frame's
+    hex, and the bus goes on (issue 15)."""
+
+    def __init__(self, exc: BaseException, frame: bytes) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}")
+        self.frame = bytes(frame)
+
+
+MAX_EVENT_HEX = 1024  # hex digits of a frame kept in an event (a long frame is 522)
+
+
+def decode_error_detail(message: str, frame: bytes) -> dict[str, Any]:
+    h = bytes(frame).hex().upper()
+    return {"error": message, "hex": h[:MAX_EVENT_HEX],
+            **({"hex_truncated": True} if len(h) > MAX_EVENT_HEX else {})}
+
+
 @dataclass
 class LinkStats:
     requests: int = 0
@@ -113,8 +132,9 @@ class MBusMaster:
 
     def __init__(self, ser: Any, opts: Mapping[str, Any], *, timeout_s: float,
                  retries: int = 2, write: Callable[[Any, bytes, Mapping[str, Any]], None] | None
-                 = None) -> None:
-        from ..protocols.mbus.wired import FrameDecoder
+                 = None, codec: Callable[..., Any] | None = None) -> None:
+        from ..protocols.mbus.wired import FrameDecoder, decode_rsp_ud
+        self.codec = codec or decode_rsp_ud  # frame, key -> Telegram (tests inject faults)
         self.ser = ser
         self.opts = opts
         self.timeout_s = timeout_s
@@ -145,7 +165,12 @@ class MBusMaster:
         errors_before = self.decoder.errors
         crc_before = self.decoder.crc_errors
         while True:
-            ev = self.decoder.next_event()
+            try:
+                ev = self.decoder.next_event()
+            except Exception as exc:  # a framing bug must not stop the bus
+                held = bytes(self.decoder._buf)
+                self.decoder = type(self.decoder)()
+                raise CodecCrash(exc, held) from exc
             if not isinstance(ev, NeedData):
                 return ev
             left = deadline - time.monotonic()
@@ -216,14 +241,20 @@ class MBusMaster:
                        max_telegrams: int = 16, first_only: bool = False) -> list[Any]:
         """REQ_UD2 with FCB toggling until a telegram without "more records follow"
         (``first_only``: just the first telegram, e.g. to learn a meter's address)."""
-        from ..protocols.mbus.wired import LongFrame, decode_rsp_ud, req_ud2
+        from ..protocols.mbus.errors import MBusError
+        from ..protocols.mbus.wired import LongFrame, encode, req_ud2
         telegrams = []
         fcb = True
         for _ in range(max_telegrams):
             frame = self.request(req_ud2(address, fcb),
                                  lambda f: isinstance(f, LongFrame) and f.is_rsp_ud,
                                  f"REQ_UD2 to {address}")
-            telegrams.append(decode_rsp_ud(frame, key))  # MBusError propagates
+            try:
+                telegrams.append(self.codec(frame, key))  # MBusError propagates
+            except MBusError:
+                raise
+            except Exception as exc:
+                raise CodecCrash(exc, encode(frame)) from exc
             fcb = not fcb
             if first_only or not telegrams[-1].more_records_follow:
                 return telegrams
@@ -247,7 +278,7 @@ class MBusMaster:
                     found.append(self.read_telegrams(a, first_only=True)[0])
                 except NoAnswer:
                     continue
-                except ValueError:  # MBusError: it answered, but with a broken telegram
+                except (ValueError, CodecCrash):  # it answered, with a broken telegram
                     found.append(("error", a))
         finally:
             self.retries = saved
@@ -289,7 +320,7 @@ class MBusMaster:
             if result == "single":
                 try:
                     item = self.read_telegrams(ADDRESS_NETWORK_LAYER, first_only=True)[0]
-                except (NoAnswer, ValueError) as exc:
+                except (NoAnswer, ValueError, CodecCrash) as exc:
                     item = ("error", str(m), str(exc))
             elif result == "collision":
                 ident = m.id.upper()
@@ -531,6 +562,9 @@ class MBusDriver(Driver):
         self._ser: Any = None
         self._scan: ScanJob | None = None
         self._read_soon: list[WiredMeter] = []  # failing meters given a new key
+        from ..protocols.mbus.wired import decode_rsp_ud
+        self.codec: Callable[..., Any] = decode_rsp_ud  # frame, key -> Telegram
+        self.decode_errors = 0
 
     def meter_stats(self) -> dict[str, dict[str, Any]]:
         # keyed by the id the meter's readings carry once it has answered, so the console
@@ -681,7 +715,8 @@ class MBusDriver(Driver):
         self.work.idle(delay)  # set_key works with the port down; reads say it is not open
 
     def _master(self, ser: Any) -> MBusMaster:
-        return MBusMaster(ser, self.serial_opts, timeout_s=self.timeout_s, retries=self.retries)
+        return MBusMaster(ser, self.serial_opts, timeout_s=self.timeout_s, retries=self.retries,
+                          codec=self.codec)
 
     def _add_link(self, master: MBusMaster) -> None:
         for k in self.link.__dict__:
@@ -723,7 +758,7 @@ class MBusDriver(Driver):
             self.log.info("M-Bus %s: scan done: %d devices", self.bus, len(job.devices))
             self._end_scan(None)
             return
-        except MBusError as exc:
+        except (MBusError, CodecCrash) as exc:
             self._end_scan(f"{type(exc).__name__}: {exc}")
             return
         job.selections += 1
@@ -780,7 +815,12 @@ class MBusDriver(Driver):
             self._failed(meter, exc.kind, str(exc), {})
             return None
         except MBusError as exc:
-            self._failed(meter, exc.event, str(exc), exc.header)
+            self._failed(meter, exc.event, str(exc), exc.header, getattr(exc, "detail", None))
+            return None
+        except CodecCrash as exc:
+            self.decode_errors += 1
+            self._failed(meter, "meter.decode_error", str(exc), {},
+                         decode_error_detail(str(exc), exc.frame))
             return None
         finally:
             st.retries += master.stats.retries - before[0]
@@ -788,7 +828,7 @@ class MBusDriver(Driver):
         return self._succeeded(meter, telegrams)
 
     def _failed(self, meter: WiredMeter, kind: str, message: str,
-                header: Mapping[str, Any]) -> None:
+                header: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> None:
         st = meter.stats
         st.reads_failed += 1
         st.consecutive_failures += 1
@@ -805,6 +845,8 @@ class MBusDriver(Driver):
             if held:
                 detail["held_back"] = held
             detail.update({k: v for k, v in header.items() if k in ("id", "manufacturer")})
+            if extra:
+                detail.update(extra)
             self.emit([Event(kind, now_ms(), self.bus, meter.label, "warning", detail)])
 
     def _succeeded(self, meter: WiredMeter, telegrams: list[Any]) -> list[Any]:

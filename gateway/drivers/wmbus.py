@@ -42,8 +42,8 @@ from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
 from .handoff import Listeners, WorkQueue, keys_dir_of, stored_key
-from .mbus import (TZ_HELP, EventGate, MeterStats, open_port, read_ok_events,
-                   telegram_readings)
+from .mbus import (TZ_HELP, EventGate, MeterStats, decode_error_detail, open_port,
+                   read_ok_events, telegram_readings)
 
 METER_SCHEMA = Schema((
     FieldSpec("id", text("the 8-digit meter id", r"[0-9]{8}"), help="meter id (on its label)"),
@@ -213,6 +213,9 @@ class WMBusDriver(Driver):
         self.dongle_stats = {"inits": 0, "init_failures": 0, "reopens": 0, "silences": 0,
                              "ping_failures": 0, "frame_errors": 0, "crc_errors": 0,
                              "telegrams": 0}
+        from ..protocols.mbus.wireless import decode_wmbus
+        self.codec: Callable[..., Any] = decode_wmbus  # frame, key, fmt= -> Telegram
+        self.decode_errors = 0
         self._ser: Any = None
         self._decoder: Any = None
         self.state = "opening"  # opening | initialising | listening (for diagnostics)
@@ -366,13 +369,22 @@ class WMBusDriver(Driver):
         crc_before = self._decoder.crc_errors
         err_before = self._decoder.errors  # framing errors = errors - crc_errors
         while True:
-            msg = self._decoder.next_event()
+            try:
+                msg = self._decoder.next_event()
+            except Exception as exc:  # a dongle-framing bug must not stop the radio
+                self._dongle_decode_error(exc, chunk)
+                break
             if msg is None:
                 break
             if msg.damaged is not None:
                 self._on_damaged(msg)
             elif msg.is_telegram:
-                self._on_telegram(msg.telegram(), msg.rssi_dbm)
+                try:
+                    frame = msg.telegram()
+                except Exception as exc:
+                    self._dongle_decode_error(exc, bytes(getattr(msg, "payload", b"")))
+                    continue
+                self._on_telegram(frame, msg.rssi_dbm)
             else:
                 others.append(msg)
         if self._decoder.errors - self._decoder.crc_errors > err_before - crc_before:
@@ -382,6 +394,19 @@ class WMBusDriver(Driver):
                 self._dongle_event("dongle.frame_error", "warning",
                                    {"error": str(self._decoder.last_error), "held_back": held})
         return others
+
+    def _dongle_decode_error(self, exc: Exception, data: bytes) -> None:
+        """The dongle's codec raised on what arrived: count it, start a fresh decoder (its
+        buffer may be what it choked on) and go on listening."""
+        self.decode_errors += 1
+        self.dongle_stats["frame_errors"] += 1
+        self._decoder = self.adapter.decoder()
+        held = self.events.allow("<dongle>", "meter.decode_error")
+        if held is not None:
+            detail = decode_error_detail(f"{type(exc).__name__}: {exc}", data)
+            if held:
+                detail["held_back"] = held
+            self._dongle_event("meter.decode_error", "warning", detail)
 
     def _on_damaged(self, msg: Any) -> None:
         """A message whose dongle CRC/checksum failed: a damaged telegram is reported for
@@ -526,17 +551,22 @@ class WMBusDriver(Driver):
         """Decode a configured meter's telegram and emit its readings; "ok" or the error
         event kind."""
         from ..protocols.mbus.errors import MBusError
-        from ..protocols.mbus.wireless import decode_wmbus
         st = meter.stats
         try:
-            t = decode_wmbus(frame, meter.key, fmt=self.frame_format)
+            t = self.codec(frame, meter.key, fmt=self.frame_format)
         except MBusError as exc:
             if exc.event == "meter.unsupported_format":
                 self._unsupported_format(meter, exc, rssi_dbm)
                 return exc.event
             meter.failed = (frame, rssi_dbm, rx)
-            self._failed(meter, exc.event, str(exc), rssi_dbm)
+            self._failed(meter, exc.event, str(exc), rssi_dbm, getattr(exc, "detail", None))
             return exc.event
+        except Exception as exc:  # a codec bug: count it with the frame, keep listening
+            self.decode_errors += 1
+            message = f"{type(exc).__name__}: {exc}"
+            self._failed(meter, "meter.decode_error", message, rssi_dbm,
+                         decode_error_detail(message, frame))
+            return "meter.decode_error"
         meter.failed = None
         meter.profile = t.extra.get("profile")
         meter_id = meter.name or t.id
@@ -588,7 +618,8 @@ class WMBusDriver(Driver):
         recent[frame] = now
         return False
 
-    def _failed(self, meter: RadioMeter, kind: str, message: str, rssi: int | None) -> None:
+    def _failed(self, meter: RadioMeter, kind: str, message: str, rssi: int | None,
+                extra: Mapping[str, Any] | None = None) -> None:
         st = meter.stats
         st.reads_failed += 1
         st.consecutive_failures += 1
@@ -604,6 +635,8 @@ class WMBusDriver(Driver):
                                   "consecutive": st.consecutive_failures}
         if held:
             detail["held_back"] = held
+        if extra:
+            detail.update(extra)
         self.emit([Event(kind, now_ms(), self.bus, meter.name or meter.ident, "warning",
                          detail)])
 

@@ -9,7 +9,10 @@ confused with each other.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class MBusError(ValueError):
@@ -87,3 +90,41 @@ class UnsupportedFormatError(UnsupportedError):
     profile describes. The driver reports it once per meter, not per telegram."""
 
     event = "meter.unsupported_format"
+
+
+class ApplicationError(MBusError):
+    """The meter answered with an application error (CI 0x70, or 0x6E/0x6F with a TPL
+    header): it is alive and says why it sends no data. ``code`` is its error code (None
+    when it sent none), ``reason`` the standard's words for it."""
+
+    event = "meter.application_error"
+
+    def __init__(self, message: str, header: dict[str, Any] | None = None, *,
+                 code: int | None = None, reason: str = "") -> None:
+        super().__init__(message, header)
+        self.code = code
+        self.reason = reason
+
+    @property
+    def detail(self) -> dict[str, Any]:
+        return {"code": self.code, "reason": self.reason}
+
+
+INTERNAL = "internal decoder error"
+
+
+def guarded(fn: F) -> F:
+    """Last line of defence of a decode entry point: whatever else goes wrong on hostile
+    bytes leaves as this codec's FrameError (one line, attributable), never as another
+    exception that would stop a bus. The fuzz tests assert it never fires."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MBusError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - that is the point
+            raise FrameError(f"{INTERNAL} ({type(exc).__name__}: {exc})") from exc
+
+    return wrapper  # type: ignore[return-value]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 from .errors import FrameError, TruncatedError
@@ -25,6 +25,12 @@ from .tables import (
 )
 
 NUMERIC_KINDS = frozenset(("number", "flags"))
+
+
+def exact_decimal(mantissa: int, exponent: int) -> Decimal:
+    """mantissa * 10**exponent, exact at any length (``Decimal.scaleb`` rounds to the
+    context's 28 digits, and a 16-byte M-Bus integer has 39)."""
+    return Decimal(mantissa).scaleb(exponent, Context(prec=max(28, len(str(mantissa)) + 2)))
 
 
 @dataclass(slots=True)
@@ -60,14 +66,14 @@ class DataRecord:
         """The exact value of a numeric record."""
         if not self.is_numeric:
             raise TypeError(f"record {self.quantity!r} is not numeric ({self.kind})")
-        return Decimal(self.value).scaleb(self.exponent)
+        return exact_decimal(self.value, self.exponent)
 
     def value_text(self) -> str | None:
         """The value as the one string a person or JSON sees: exact decimal, ISO date..."""
         if self.value is None:
             return None
         if self.kind in NUMERIC_KINDS:
-            return format(Decimal(self.value).scaleb(self.exponent), "f")
+            return format(exact_decimal(self.value, self.exponent), "f")
         if isinstance(self.value, (bytes, bytearray)):
             return bytes(self.value).hex().upper()
         return str(self.value)
@@ -114,22 +120,16 @@ _PRIMARY_FAST: list[_Vib | None] = [
 
 
 def _vib_end(data: bytes, pos: int, end: int) -> int:
-    """Index after the VIB starting at pos (VIF, VIFEs, and a plain-text unit)."""
+    """Index after the VIB starting at pos: the VIF, for a plain-text VIF (0x7C/0xFC) its
+    length byte and text (which come before the VIFEs, EN 13757-3 6.4.2), then the VIFEs.
+
+    At most 10 VIFEs (an FB/FD table byte counts as one, as in libmbus): more is refused.
+    """
     start = pos
     if pos >= end:
         raise TruncatedError(f"offset {pos}: record ends before its VIF")
     vif = data[pos]
     pos += 1
-    b = vif
-    n = 0
-    while b & 0x80:
-        if pos >= end:
-            raise TruncatedError(f"offset {start}: record ends inside its VIFEs")
-        b = data[pos]
-        pos += 1
-        n += 1
-        if n > MAX_VIFE + 1:  # +1: the FB/FD byte itself
-            raise FrameError(f"offset {start}: more than {MAX_VIFE} VIFEs")
     if vif & 0x7F == VIF_PLAIN_TEXT:
         if pos >= end:
             raise TruncatedError(f"offset {start}: plain-text VIF without its length")
@@ -137,6 +137,16 @@ def _vib_end(data: bytes, pos: int, end: int) -> int:
         pos += 1 + ln
         if pos > end:
             raise TruncatedError(f"offset {start}: plain-text VIF needs {ln} characters")
+    b = vif
+    n = 0
+    while b & 0x80:
+        if pos >= end:
+            raise TruncatedError(f"offset {start}: record ends inside its VIFEs")
+        if n >= MAX_VIFE:
+            raise FrameError(f"offset {start}: more than {MAX_VIFE} VIFEs")
+        b = data[pos]
+        pos += 1
+        n += 1
     return pos
 
 
@@ -147,7 +157,10 @@ def _decode_vib(vib: bytes) -> _Vib:
     error: str | None = None
     if code == VIF_FD or code == VIF_FB:
         if len(vib) < 2:
-            raise FrameError("VIF 0x%02X without its extension byte" % vif)
+            # the extension bit is clear: the table byte is missing. The data field still
+            # says how long the data are, so only this record is lost.
+            return (f"VIF {vif:02X} without its extension byte", "", 0, "number", 1,
+                    f"VIF 0x{vif:02X} without its extension byte")
         ext = vib[1]
         table = FD_VIF if code == VIF_FD else FB_VIF
         v = table.get(ext & 0x7F)
@@ -157,15 +170,12 @@ def _decode_vib(vib: bytes) -> _Vib:
         has_more = bool(ext & 0x80)
         i = 2
     elif code == VIF_PLAIN_TEXT:
-        # VIFEs (if any) come first, then the length and the text, last character first.
-        j = 1
-        while vib[j - 1] & 0x80:
-            j += 1
-        ln = vib[j]
-        text = vib[j + 1:j + 1 + ln][::-1].decode("latin-1")
+        # the length and the text (last character first) come first, then the VIFEs
+        ln = vib[1]
+        text = vib[2:2 + ln][::-1].decode("latin-1")
         quantity, unit, exponent, kind, seconds = text, "", 0, "number", 1
         has_more = bool(vif & 0x80)
-        vib = vib[:j]  # the combinable VIFEs below stop before the text
+        i = 2 + ln
     elif code == VIF_MANUFACTURER:
         # meaning known only to the manufacturer: the data stay raw bytes
         quantity = "Manufacturer specific " + vib.hex().upper()
@@ -308,6 +318,8 @@ _DATE_DECODERS = {2: ("date", decode_date_g), 4: ("datetime", decode_datetime_f)
 
 def decode_bcd(b: bytes) -> int | None:
     """Type A, little-endian; a high nibble F marks a negative value. None if not BCD."""
+    if not b:
+        return None  # LVAR 0xC0/0xD0: no digits at all
     s = b[::-1].hex()
     neg = s[0] == "f"
     if neg:
@@ -316,6 +328,10 @@ def decode_bcd(b: bytes) -> int | None:
         return None if s else (0 if neg else None)
     v = int(s)
     return -v if neg else v
+
+
+def _bcd_error(raw: bytes) -> str:
+    return "invalid BCD " + raw[::-1].hex().upper() if raw else "BCD of zero length"
 
 
 def decode_real(b: bytes) -> tuple[int, int] | None:
@@ -450,7 +466,7 @@ def parse_records(data: bytes, pos: int = 0,
         elif coding == "bcd":
             value = decode_bcd(raw)
             if value is None:
-                error = error or "invalid BCD " + raw[::-1].hex().upper()
+                error = error or _bcd_error(raw)
         elif coding == "real":
             r = decode_real(raw)
             if r is None:
@@ -469,7 +485,7 @@ def parse_records(data: bytes, pos: int = 0,
             v = decode_bcd(raw)
             value = None if v is None else -v
             if value is None:
-                error = error or "invalid BCD " + raw[::-1].hex().upper()
+                error = error or _bcd_error(raw)
         else:  # unreachable: every coding is handled above
             raise FrameError(f"unknown data coding {coding}")
         if kind == "duration":
@@ -543,3 +559,12 @@ def encode_datetime_f(year: int, month: int, day: int, hour: int, minute: int,
 
 def encode_record(vib: bytes, data_field: int, data: bytes, **dib: int) -> bytes:
     return encode_dib(data_field, **dib) + bytes(vib) + bytes(data)
+
+
+def encode_plain_text_vib(text: str, vifes: bytes = b"") -> bytes:
+    """A plain-text VIB: 0x7C (0xFC when VIFEs follow), the length, the text last
+    character first, then the VIFEs (EN 13757-3 6.4.2: the text precedes the VIFEs)."""
+    t = text.encode("latin-1")
+    if len(t) > 255:
+        raise ValueError("a plain-text unit has at most 255 characters")
+    return bytes((VIF_PLAIN_TEXT | (0x80 if vifes else 0), len(t))) + t[::-1] + bytes(vifes)

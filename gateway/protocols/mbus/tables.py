@@ -305,6 +305,16 @@ CI_RSP_UD_SHORT = 0x7A      # APL with short TPL header (4 bytes)
 CI_RSP_UD_LONG_MSB = 0x76   # rare, MSB-first data: unsupported
 CI_COMPACT = 0x79           # Kamstrup/OMS compact frame: needs a format signature
 CI_SELECT = 0x52            # wired: select slave by secondary address
+CI_APPLICATION_ERROR = 0x70        # no TPL header (wired and wireless)
+CI_APPLICATION_ERROR_SHORT = 0x6E  # short TPL header
+CI_APPLICATION_ERROR_LONG = 0x6F   # long TPL header
+CI_FIXED = 0x73             # wired: fixed data structure (EN 13757-3:2004 Annex), LSB first
+CI_FIXED_MSB = 0x77         # wired: the same, most significant byte first
+CI_COMPACT_LONG = 0x73      # wireless (EN 13757-7): compact frame, long TPL header
+CI_COMPACT_SHORT = 0x7B     # wireless: compact frame, short TPL header
+CI_FORMAT_NONE = 0x69       # format frame (the DIF/VIF bytes of a compact frame), no header
+CI_FORMAT_SHORT = 0x6A
+CI_FORMAT_LONG = 0x6B
 CI_APPLICATION_RESET = 0x50
 CI_ELL_SHORT = 0x8C         # CC ACC
 CI_ELL_LONG = 0x8D          # CC ACC SN(4) [PayloadCRC(2) encrypted]
@@ -314,6 +324,14 @@ CI_AFL = 0x90               # authentication and fragmentation layer
 
 ELL_HEADER_LEN: Final[dict[int, int]] = {CI_ELL_SHORT: 2, CI_ELL_LONG: 6, CI_ELL_SHORT_ADDR: 10,
                                           CI_ELL_LONG_ADDR: 14}
+
+# Application error codes (EN 13757-3 Table "Codes for application errors"; libmbus words)
+APPLICATION_ERRORS: Final[dict[int, str]] = {
+    0: "unspecified error", 1: "unimplemented CI field", 2: "buffer too long, truncated",
+    3: "too many records", 4: "premature end of record", 5: "more than 10 DIFEs",
+    6: "more than 10 VIFEs", 7: "reserved", 8: "application too busy for handling readout "
+    "request", 9: "too many readouts",
+}
 
 # --------------------------------------------------------------------------- security modes (EN 13757-7 Table 19)
 

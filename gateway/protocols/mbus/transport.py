@@ -12,12 +12,13 @@ from typing import Any
 
 from . import security
 from .errors import (
-    AuthError, DecryptError, FrameError, MBusError, NoKeyError, TruncatedError, UnsupportedError,
+    ApplicationError, AuthError, DecryptError, FrameError, MBusError, NoKeyError, TruncatedError, UnsupportedError,
     UnsupportedSecurityError,
 )
 from .records import DataRecord, parse_records
 from .tables import (
-    CI_COMPACT, CI_RSP_UD_LONG, CI_RSP_UD_LONG_MSB, CI_RSP_UD_NONE, CI_RSP_UD_SHORT,
+    APPLICATION_ERRORS, CI_APPLICATION_ERROR, CI_APPLICATION_ERROR_LONG,
+    CI_APPLICATION_ERROR_SHORT, CI_COMPACT, CI_RSP_UD_LONG, CI_RSP_UD_LONG_MSB, CI_RSP_UD_NONE, CI_RSP_UD_SHORT,
     SECURITY_MODES, device_type_name, manufacturer_code, status_flags,
 )
 
@@ -142,6 +143,8 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
                         h.get("device_type", 0), None, None, records, ci,
                         manufacturer_data=mdata, more_records_follow=more, link=link,
                         c_field=c_field, address=address, extra=extra)
+    elif ci in (CI_APPLICATION_ERROR, CI_APPLICATION_ERROR_SHORT, CI_APPLICATION_ERROR_LONG):
+        raise _application_error(ci, data, pos, ctx)
     elif ci == CI_COMPACT:
         raise UnsupportedError("compact frame (CI 0x79) can only be decoded with the format "
                                "signature of an earlier full frame", h)
@@ -157,6 +160,12 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
     h.update(access_number=access)
     pos += 4
     mode = (config >> 8) & 0x1F
+    extra: dict[str, Any] = {}
+    if link == "wired" and mode not in SECURITY_MODES:
+        # EN 13757-3:2004 calls these two bytes the signature, and meters (Aquametro,
+        # Itron) put values there that are no security mode: libmbus ignores them too.
+        extra["signature"] = data[pos - 2:pos].hex().upper()
+        mode = 0
     if mode == 0:
         apl, start = data, pos
     elif mode in (5, 7):
@@ -194,7 +203,8 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
     else:
         name = SECURITY_MODES.get(mode, "reserved")
         raise UnsupportedSecurityError(f"security mode {mode} ({name}) is not supported", h)
-    records, mdata, more, extra = _profiled_records(ci, apl, start, h, mode != 0)
+    records, mdata, more, found = _profiled_records(ci, apl, start, h, mode != 0)
+    extra.update(found)
     return Telegram(h.get("manufacturer", ""), h.get("id", ""), h.get("version", 0),
                     h.get("device_type", 0), access, status, records, ci, config, mode,
                     mdata, more, link, c_field, address, extra)
@@ -234,6 +244,26 @@ def _manufacturer_ci(ci: int, data: bytes, pos: int, ctx: Context, link: str,
                     hdr.get("device_type", 0), None, None, dec.records, ci, link=link,
                     c_field=c_field, address=address,
                     extra={"profile": prof.name, "registers": dec.registers})
+
+
+def _application_error(ci: int, data: bytes, pos: int, ctx: Context) -> ApplicationError:
+    """CI 0x70 (no header), 0x6E (short) or 0x6F (long header): the meter's error code."""
+    h = ctx.header
+    if ci == CI_APPLICATION_ERROR_LONG:
+        _need(data, pos, 12, "long TPL header", h)
+        h.update(manufacturer=manufacturer_code(int.from_bytes(data[pos + 4:pos + 6], "little")),
+                 id=bcd_id(data[pos:pos + 4]), version=data[pos + 6], device_type=data[pos + 7],
+                 access_number=data[pos + 8])
+        pos += 12
+    elif ci == CI_APPLICATION_ERROR_SHORT:
+        _need(data, pos, 4, "short TPL header", h)
+        h.update(access_number=data[pos])
+        pos += 4
+    code = data[pos] if pos < len(data) else None
+    reason = "unspecified error" if code is None else APPLICATION_ERRORS.get(code, "reserved")
+    shown = "no code" if code is None else f"code {code}"
+    return ApplicationError(f"application error ({shown}): {reason} (CI 0x{ci:02X})", h,
+                            code=code, reason=reason)
 
 
 def _records(data: bytes, pos: int, h: dict[str, Any],

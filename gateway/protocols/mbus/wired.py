@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from .dongle_stream import BoundedStreamBuffer
-from .errors import ChecksumError, FrameError, MBusError, TruncatedError
+from .errors import ChecksumError, FrameError, MBusError, TruncatedError, guarded
 from .tables import CI_SELECT, manufacturer_code, manufacturer_value
 from .transport import Context, Telegram, bcd_id, decode_application
 
@@ -183,12 +183,13 @@ class FrameDecoder(BoundedStreamBuffer):
 
 # --------------------------------------------------------------------------- application
 
+@guarded
 def decode_rsp_ud(frame: LongFrame | bytes, key: bytes | None = None) -> Telegram:
-    """Decode an RSP_UD long frame (or its bytes) into a Telegram."""
+    """Decode an RSP_UD long frame (or its bytes) into a Telegram. Bytes after the stop
+    byte are reported (``trailing_bytes``), not a reason to refuse a whole frame."""
+    rest = b""
     if not isinstance(frame, LongFrame):
         f, rest = deserialize(bytes(frame))
-        if rest:
-            raise FrameError(f"{len(rest)} bytes after the frame's stop byte")
         if not isinstance(f, LongFrame):
             raise FrameError(f"expected a long frame (RSP_UD), got {type(f).__name__}")
         frame = f
@@ -196,8 +197,11 @@ def decode_rsp_ud(frame: LongFrame | bytes, key: bytes | None = None) -> Telegra
         raise FrameError(f"C field 0x{frame.c:02X} is not RSP_UD")
     data = bytes((frame.ci,)) + frame.data
     ctx = Context(header={"address": frame.a}, key=key, frame=data)
-    return decode_application(frame.ci, data, 1, ctx, link="wired", c_field=frame.c,
-                              address=frame.a)
+    t = decode_application(frame.ci, data, 1, ctx, link="wired", c_field=frame.c,
+                           address=frame.a)
+    if rest:
+        t.extra["trailing_bytes"] = rest.hex().upper()
+    return t
 
 
 def encode_rsp_ud(address: int, ci: int, payload: bytes, *, acd: bool = False,

@@ -18,7 +18,7 @@ from typing import Any, Callable, Union
 from . import security
 from .crc import crc_en13757
 from .errors import ChecksumError, DecryptError, FrameError, NoKeyError, TruncatedError, \
-    UnsupportedError, UnsupportedSecurityError
+    UnsupportedError, UnsupportedSecurityError, guarded
 from .tables import (
     AFL_MAC_LENGTH, CI_AFL, CI_ELL_LONG, CI_ELL_LONG_ADDR, CI_ELL_SHORT_ADDR,
     ELL_HEADER_LEN, manufacturer_code, manufacturer_value,
@@ -34,7 +34,7 @@ C_RSP_UD = 0x08
 
 BLOCK1 = 10          # L C M A
 BLOCK = 16           # format A data block
-FORMAT_B_BLOCK2 = 115  # format B: data bytes in block 2 before its CRC
+FORMAT_B_BLOCK2 = 116  # format B: block 2 = the CI field and 115 bytes, then its CRC
 
 
 # --------------------------------------------------------------------------- block CRCs
@@ -65,8 +65,9 @@ def _strip_format_a(f: bytes) -> bytes:
 
 
 def _strip_format_b(f: bytes) -> bytes:
-    """Format B: L counts the CRCs; block 2 = up to 115 bytes after block 1, then CRC over
-    blocks 1 and 2; block 3 (if any) = the rest, then its own CRC."""
+    """Format B: L counts the CRCs; block 2 = the CI field and up to 115 bytes after block
+    1, then the CRC over blocks 1 and 2 (at offset 126 in a long frame); block 3 (if any) =
+    the rest, then its own CRC."""
     total = len(f)
     end2 = min(total - 2, BLOCK1 + FORMAT_B_BLOCK2)
     if crc_en13757(f[:end2]) != int.from_bytes(f[end2:end2 + 2], "big"):
@@ -81,12 +82,34 @@ def _strip_format_b(f: bytes) -> bytes:
     return bytes(out)
 
 
+def split_trailing(frame: bytes, fmt: str = "auto") -> tuple[bytes, bytes]:
+    """-> (the frame as long as its L field says, the bytes after it).
+
+    Receivers append bytes (RSSI, a CRC, padding) or deliver one byte too many; the
+    telegram is still whole, so the extra bytes are reported, not a reason to refuse it.
+    """
+    f = bytes(frame)
+    if len(f) < BLOCK1 + 1:
+        return f, b""
+    lf = f[0]
+    a_len = _format_a_length(lf)
+    if fmt == "A" or (fmt == "auto" and len(f) >= a_len):
+        if fmt == "auto" and len(f) > a_len:
+            try:
+                _strip_format_a(f[:a_len])
+            except FrameError:
+                return f[:lf + 1], f[lf + 1:]
+        return f[:a_len], f[a_len:]
+    return f[:lf + 1], f[lf + 1:]
+
+
 def strip_crc(frame: bytes, fmt: str = "auto") -> tuple[bytes, str]:
     """-> (frame without block CRCs and with L = length - 1, "A" | "B" | "none").
 
     ``fmt`` "auto" tells the three apart by length (format A adds 2 bytes per block; a
     stripped frame and a format B frame both have L = length - 1, and a format B frame is
-    recognised by a matching CRC).
+    recognised by a matching CRC). Bytes after the L field's length: see
+    :func:`split_trailing`.
     """
     f = bytes(frame)
     if len(f) < BLOCK1 + 1:
@@ -138,13 +161,14 @@ def dll_header(frame: bytes) -> dict[str, Any]:
             "id": bcd_id(frame[4:8]), "version": frame[8], "device_type": frame[9]}
 
 
+@guarded
 def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto") -> Telegram:
     """Decode one wM-Bus frame as a dongle delivers it (starting with the L field).
 
     ``key``: the meter's AES key, or a function from the DLL header dict (manufacturer,
     id, version, device_type) to its key or None.
     """
-    raw = bytes(frame)
+    raw, trailing = split_trailing(bytes(frame), fmt)
     try:
         f, used = strip_crc(raw, fmt)
     except (FrameError, TruncatedError) as exc:
@@ -156,6 +180,8 @@ def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto") -> T
     k = key(dict(header)) if callable(key) else key
     m_field, a_field = f[2:4], f[4:10]
     extra: dict[str, Any] = {"frame_format": used}
+    if trailing:
+        extra["trailing_bytes"] = trailing.hex().upper()
     buf, pos = f, BLOCK1
     if pos >= len(buf):
         raise TruncatedError("no CI field after the link-layer header", header)
