@@ -46,7 +46,8 @@ from .mbus import (TZ_HELP, EventGate, MeterStats, decode_error_detail, open_por
                    read_ok_events, telegram_readings)
 
 METER_SCHEMA = Schema((
-    FieldSpec("id", text("the 8-digit meter id", r"[0-9]{8}"), help="meter id (on its label)"),
+    FieldSpec("id", text("the 8-digit meter id", r"[0-9A-Fa-f]{8}"),
+              help="meter id (on its label; Diehl IZAR ids also use A-F)"),
     FieldSpec("manufacturer", text("a three-letter manufacturer code", r"[A-Z]{3}"), None,
               help="manufacturer code, e.g. KAM; default: any"),
     FieldSpec("name", ID, None, help="meter id used in readings (default: the id)"),
@@ -197,7 +198,7 @@ class WMBusDriver(Driver):
         self.keys_dir = keys_dir_of(self.options, sink)
         self.tz = ZoneInfo(str(self.options.get("default_tz", "UTC")))
         for m in options.get("meters") or []:
-            rm = RadioMeter(m["id"], m.get("manufacturer"), m.get("name"),
+            rm = RadioMeter(str(m["id"]).upper(), m.get("manufacturer"), m.get("name"),
                             key_from(m.get("key"), m.get("key_file")))
             stored = stored_key(self.keys_dir, (rm.name, rm.ident), (16,), self.log)
             if stored is not None:  # set with `keys set` after the config was written
