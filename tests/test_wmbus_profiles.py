@@ -176,6 +176,43 @@ def test_apator_16_2_register_stream_of_decrypted_captures() -> None:
         assert Decimal(dec.registers["total_volume"]) == Decimal(total)
 
 
+# Telegrams of the same families from wmbusmeters' published driver tests that are not in
+# the shared corpus: (hex, profile, {register: reference value}).
+PUBLISHED = [
+    ("73441486DD4444000303A0B9E527004C4034B31CED0106FF01D093270065F022009661230054D02300EC4924"
+     "0018B424005F012500936D2500FFD525000E3D26001EAC26000B2027000300000000371D0B20000000000000"
+     "24000000000000280000000000002C0033150C010D2F000000000000", "apator-08",
+     {"total_volume": "871.571"}),
+    ("2F446850313233347462A2069F255900B029310000000306060906030609070606050509050505050407040605"
+     "070500", "techem-mkradio3", {"total_volume": "13.8", "due_date_volume": "8.9",
+                                   "due_date": "2018-12-31", "meter_date": "2019-04-27"}),
+    ("36446850626262624543A1009F2777010060780000000A000000000000000000000000000000000000000000"
+     "000000A0400000B4010000", "techem-compact5",
+     {"total_energy": "495", "current_period_energy": "120", "due_date_energy": "375"}),
+    ("32446850059605416980A0019F334805400CFE029808B1080000000000060F4F3467AEA9A88D7B8D503E0000"
+     "00000000000000", "techem-fhkvdataiii",
+     {"hca": "766", "meter_date": "2026-06-04", "due_date_hca": "1352", "due_date": "2025-12-31",
+      "room_temperature": "22.00", "radiator_temperature": "22.25"}),
+    ("3644D7088877700002087A8BC000002F2F011F03C1038D152A0000000000000000000000000200040400040E"
+     "00E20A23C11D238D010321", "bfw-240radio",
+     {"hca": "909", "due_date_hca": "961", "meter_date": "2021-03-01"}),
+    ("3644D7087670700002087A9CC000002F2F6E1F000000000B3600000000000000000000000000000000000000"
+     "0000000000000000260221", "bfw-240radio", {"hca": "0", "meter_date": "2021-02-26"}),
+    ("1944A511780779194820A121170013355F8EDB2D03C6912B1E37", "diehl-izar",
+     {"total_volume": "4.366", "due_date_volume": "0.000", "due_date": "2020-12-31"}),
+    ("1944304c9c5824210c04a363140013716577ec59e8663ab0d31c", "diehl-izar-sappel",
+     {"total_volume": "38.944", "due_date_volume": "38.691", "due_date": "2021-02-01"}),
+]
+
+
+@pytest.mark.parametrize("hexframe,profile,want", PUBLISHED, ids=[p for _, p, _ in PUBLISHED])
+def test_published_telegrams_not_in_the_corpus(hexframe: str, profile: str,
+                                               want: dict[str, str]) -> None:
+    t = decode_wmbus(bytes.fromhex(hexframe))
+    assert t.extra["profile"] == profile
+    assert {k: t.extra["registers"].get(k) for k in want} == want
+
+
 def test_every_profile_uses_canonical_registers_and_one_source() -> None:
     for p in profiles.PROFILES:
         fields = list(p.fields) + list(p.sequence) + [f for _, fs in p.record_fields for f in fs]

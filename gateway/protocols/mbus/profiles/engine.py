@@ -206,6 +206,7 @@ def _date(f: Field, raw: bytes, dates: dict[str, tuple[int, int, int]]) -> str |
         y, m, d = 2000 + ((v >> 9) & 0x3F), (v >> 5) & 0x0F, v & 0x1F
     elif enc == "date_tch_cur":
         m, d = (v >> 9) & 0x0F, (v >> 4) & 0x1F
+        m, d = m or 12, d or 1  # Techem sends month 0 for December and day 0 for the 1st
         ref = dates.get(f.relative_to or "")
         if ref is None:
             return None

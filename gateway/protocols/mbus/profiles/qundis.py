@@ -15,10 +15,10 @@ MANUFACTURERS = ("QDS",)
 
 _walk_by = (
     Field("total_{q}", 12, 4, "bcd", vif_at=9),
-    Field("due_date", 16, 2, "date_g", storage=1, invalid=(0xFFFF,)),
-    Field("due_date_{q}", 18, 4, "bcd", vif_at=9, storage=1),
-    Field("month_end_date", 22, 2, "date_g", storage=17, invalid=(0xFFFF,)),
-    Field("month_end_{q}", 24, 4, "bcd", vif_at=9, storage=17),
+    Field("due_date", 16, 2, "date_g", storage=1, invalid=(0xFFFF,), optional=True),
+    Field("due_date_{q}", 18, 4, "bcd", vif_at=9, storage=1, optional=True),
+    Field("month_end_date", 22, 2, "date_g", storage=17, invalid=(0xFFFF,), optional=True),
+    Field("month_end_{q}", 24, 4, "bcd", vif_at=9, storage=17, optional=True),
 )
 
 PROFILES = [
