@@ -134,6 +134,9 @@ def record_count(refs: list[dict[str, str]]) -> int:
     return sum(1 for r in refs if r["Function"] not in MFR_FUNCTIONS)
 
 
+JOULES_PER_KWH = Decimal(3_600_000)
+
+
 def wmbus_main_values(expected: dict[str, Any] | None) -> dict[str, tuple[str, Decimal]]:
     if not expected:
         return {}
@@ -145,7 +148,8 @@ def wmbus_mismatches(t: Any, expected: dict[str, Any] | None) -> list[str]:
     """Main wmbusmeters values that no record of the same unit carries."""
     out = []
     for name, (unit, value) in wmbus_main_values(expected).items():
-        got = [r.decimal() for r in t.records if r.unit == unit and r.is_numeric
+        got = [r.decimal() / (JOULES_PER_KWH if r.unit == "J" else 1) for r in t.records
+               if (r.unit == unit or unit == "kWh" and r.unit == "J") and r.is_numeric
                and r.storage == 0 and r.function == "instantaneous"]
         if not any(close(g, value) for g in got):
             out.append(f"{name}={value}: ours {[str(g) for g in got]}")

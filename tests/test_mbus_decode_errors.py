@@ -170,3 +170,70 @@ def test_radio_survives_a_dongle_codec_that_raises() -> None:
     errors = sink.events("meter.decode_error")
     assert len(errors) == 3 and all(e.meter_id is None for e in errors)
     assert all("IndexError" in e.detail["error"] for e in errors)
+
+
+# --------------------------------------------------------------------------- compact frames in the driver
+
+class CursorSink(Sink):
+    """A sink that keeps cursors like the store does (committed with their records)."""
+
+    def __init__(self, cursors: dict[tuple[str, str], Any] | None = None) -> None:
+        super().__init__()
+        self.cursors: dict[tuple[str, str], Any] = {} if cursors is None else cursors
+
+    def submit(self, records: Any, cursors: Any = None) -> Any:
+        if cursors:
+            with self.cond:
+                self.cursors.update(cursors)
+        return super().submit(records, cursors)
+
+    def get_cursor(self, meter_id: str, name: str, default: Any = None) -> Any:
+        return self.cursors.get((meter_id, name), default)
+
+
+def radio_driver(sim: Any, sink: Sink) -> WMBusDriver:
+    opts = {"dongle": "im871a", "mode": "t1",
+            "serial": {"port": sim.device, "baud": 57600, "parity": "N", "timeout_ms": 100},
+            "command_timeout_ms": 1000, "duplicate_window_s": 0, "event_interval_s": 0,
+            "meters": [{"id": "11111111", "name": "flowiq"}]}
+    drv = WMBusDriver("radio", opts, sink)
+    drv.start()
+    return drv
+
+
+def test_compact_frames_use_the_format_learned_and_kept_across_a_restart() -> None:
+    meter = wmbus_sim.SimRadioMeter("11111111", "KAM", 0x1B, 0x16, None, "none",
+                                    interval_s=0.05, compact="mixed")
+    sim = wmbus_sim.start("im871a", [meter])
+    sink = CursorSink()
+    drv = radio_driver(sim, sink)
+    try:
+        assert wait_for(lambda: meter.sent > 12 and len(sink.readings("flowiq")) >= 4 * 10,
+                        timeout=60)
+    finally:
+        drv.stop()
+    # compact frames became readings too: more telegrams decoded than full ones sent
+    assert drv.meter_stats()["flowiq"]["reads_ok"] > (meter.sent + 7) // 8
+    assert ("flowiq", "mbus.compact_formats") in sink.cursors
+    # a restarted gateway reads a meter that now sends compact frames only, at once
+    meter.compact = "only"
+    fresh = CursorSink(dict(sink.cursors))
+    drv = radio_driver(sim, fresh)
+    try:
+        assert wait_for(lambda: len(fresh.readings("flowiq")) >= 8, timeout=60)
+    finally:
+        drv.stop()
+    assert not fresh.events("meter.compact_format_unknown")
+    # without the cursor: one event for the meter, however many compact frames it sends
+    blank = CursorSink()
+    drv = radio_driver(sim, blank)
+    try:
+        assert wait_for(lambda: drv.meter_stats()["flowiq"]["failures"].get(
+            "meter.compact_format_unknown", 0) >= 5, timeout=60)
+    finally:
+        drv.stop()
+        sim.stop()
+    unknown = blank.events("meter.compact_format_unknown")
+    assert len(unknown) == 1 and unknown[0].meter_id == "flowiq"
+    assert len(unknown[0].detail["signature"]) == 4
+    assert not blank.readings("flowiq") and not blank.events("meter.unsupported")

@@ -1,10 +1,16 @@
-"""`gateway decode mbus HEX` and `gateway decode wmbus HEX [--key K]`.
+"""`gateway decode mbus HEX [HEX ...]` and `gateway decode wmbus HEX [HEX ...] [--key K]`.
 
 Prints the header and every record; ``--json`` prints one object with manufacturer, id,
 version, device_type, access_number, status and records (values as exact decimal
 strings) and, when a meter profile read a manufacturer-specific payload, ``profile`` and
 its canonical ``registers``. Malformed bytes: one line on stderr, exit 2. A wrong key
-(decryption check or MAC failed) or a missing key for an encrypted telegram: "decrypt failed", exit 3.
+(decryption check or MAC failed) or a missing key for an encrypted telegram: "decrypt
+failed", exit 3.
+
+Several telegrams are decoded in order as one listening session, as the runtime would: a
+compact frame after its meter's full frame decodes. Then ``--json`` prints a list (a
+telegram that failed is ``{"error": ...}``), each failure is one line on stderr naming
+the telegram, and the exit code is the first failure's.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ HELP = "decode a wired M-Bus RSP_UD frame (mbus) or a wireless M-Bus telegram (w
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("hex", metavar="HEX", help="the frame as hex (spaces allowed), "
-                   "or @FILE / - to read it from a file / stdin")
+    p.add_argument("hex", metavar="HEX", nargs="+", help="the frame as hex (spaces allowed), "
+                   "or @FILE / - to read it from a file / stdin; several are decoded in "
+                   "order as one listening session")
     p.add_argument("--key", help="AES-128 key, 32 hex digits (encrypted telegrams)")
     p.add_argument("--format", choices=["auto", "A", "B", "none"], default="auto",
                    help="wmbus: block CRCs present (A, B), stripped (none) or guess (auto)")
@@ -35,15 +42,17 @@ def _frame_bytes(arg: str) -> bytes:
     return parse_hex(text, "frame")
 
 
-def decode(kind: str, data: bytes, key: bytes | None, fmt: str = "auto") -> Any:
-    """The Telegram, or DecodeFailed with the exit code the CLI contract gives."""
+def decode(kind: str, data: bytes, key: bytes | None, fmt: str = "auto",
+           formats: Any = None) -> Any:
+    """The Telegram, or DecodeFailed with the exit code the CLI contract gives.
+    ``formats``: the session's learned compact-frame formats (see run)."""
     from ..protocols.mbus.errors import DecryptError, MBusError, NoKeyError
     try:
         if kind == "wmbus":
             from ..protocols.mbus.wireless import decode_wmbus
-            return decode_wmbus(data, key, fmt=fmt)
+            return decode_wmbus(data, key, fmt=fmt, formats=formats)
         from ..protocols.mbus.wired import decode_rsp_ud
-        return decode_rsp_ud(data, key)
+        return decode_rsp_ud(data, key, formats=formats)
     except DecryptError as exc:
         msg = str(exc)
         raise DecodeFailed(msg if msg.startswith("decrypt failed") else f"decrypt failed: {msg}",
@@ -55,18 +64,43 @@ def decode(kind: str, data: bytes, key: bytes | None, fmt: str = "auto") -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    data = _frame_bytes(args.hex)
+    from ..protocols.mbus.compact import Formats
+    hexes = args.hex if isinstance(args.hex, list) else [args.hex]
+    frames = [_frame_bytes(h) for h in hexes]
     key = None
     if args.key:
         key = parse_hex(args.key, "key")
-        if len(key) != 16:
-            raise DecodeFailed(f"key must be 16 bytes (32 hex digits), got {len(key)}")
-    t = decode(args.kind, data, key, args.format)
+        if len(key) not in (8, 16):
+            raise DecodeFailed(f"key must be 16 bytes (32 hex digits; 8 for DES), got "
+                               f"{len(key)}")
+    formats = Formats()
+    if len(frames) == 1:
+        t = decode(args.kind, frames[0], key, args.format, formats)
+        if args.json:
+            print_json(t.to_json())
+        else:
+            print_text(t)
+        return 0
+    code = 0
+    out: list[Any] = []
+    for i, data in enumerate(frames, start=1):
+        try:
+            t = decode(args.kind, data, key, args.format, formats)
+        except DecodeFailed as exc:
+            print(f"error: telegram {i}: {exc}", file=sys.stderr)
+            code = code or exc.exit_code
+            out.append({"error": str(exc)})
+            continue
+        if args.json:
+            out.append(t.to_json())
+        else:
+            if i > 1:
+                print()
+            print(f"telegram {i}:")
+            print_text(t)
     if args.json:
-        print_json(t.to_json())
-    else:
-        print_text(t)
-    return 0
+        print_json(out)
+    return code
 
 
 def print_text(t: Any, out: Any = None) -> None:

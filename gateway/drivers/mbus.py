@@ -36,7 +36,8 @@ from ..config import (
     ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, boolean, hex_bytes, integer, list_of, mapping,
     number, one_of_keys, text, time_zone,
 )
-from ..model import QUALITY_HISTORIC, QUALITY_METER_ERROR, Event, Reading, now_ms
+from ..model import (QUALITY_HISTORIC, QUALITY_METER_ERROR, QUALITY_NOT_ENCRYPTED, Event,
+                     Reading, now_ms)
 from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
@@ -238,7 +239,8 @@ class MBusMaster:
         return "collision"
 
     def read_telegrams(self, address: int, *, key: bytes | None = None,
-                       max_telegrams: int = 16, first_only: bool = False) -> list[Any]:
+                       max_telegrams: int = 16, first_only: bool = False,
+                       formats: Any = None) -> list[Any]:
         """REQ_UD2 with FCB toggling until a telegram without "more records follow"
         (``first_only``: just the first telegram, e.g. to learn a meter's address)."""
         from ..protocols.mbus.errors import MBusError
@@ -250,7 +252,8 @@ class MBusMaster:
                                  lambda f: isinstance(f, LongFrame) and f.is_rsp_ud,
                                  f"REQ_UD2 to {address}")
             try:
-                telegrams.append(self.codec(frame, key))  # MBusError propagates
+                kw = {} if formats is None else {"formats": formats}
+                telegrams.append(self.codec(frame, key, **kw))  # MBusError propagates
             except MBusError:
                 raise
             except Exception as exc:
@@ -438,6 +441,8 @@ def telegram_readings(t: Any, meter_id: str, bus: str, rx_ms: int,
     s = t.status or 0
     # application error / abnormal condition (bits 0-1 = 2, 3), permanent or temporary error
     quality = (QUALITY_METER_ERROR,) if (s & 0x18 or s & 0x03 >= 2) else ()
+    if t.extra.get("not_encrypted"):  # encrypted by its bits, but it came in clear
+        quality += (QUALITY_NOT_ENCRYPTED,)
     stored = quality + (QUALITY_HISTORIC,)
     nums = []
     dates = []
@@ -460,6 +465,56 @@ def telegram_readings(t: Any, meter_id: str, bus: str, rx_ms: int,
     return [Reading(meter_id, r.key, r.value, r.exponent, r.unit,
                     times.get((r.storage, r.subunit), times.get((r.storage, 0))), rx_ms,
                     stored if r.storage else quality, bus) for r in nums]
+
+
+COMPACT_CURSOR = "mbus.compact_formats"  # per-meter store cursor: learned compact formats
+
+
+def stored_cursor(sink: Any, meter_id: str, name: str, default: Any = None) -> Any:
+    """A cursor from the store behind the sink (None-safe: test sinks have none)."""
+    get = getattr(sink, "get_cursor", None)
+    if get is None:
+        get = getattr(getattr(sink, "store", None), "get_cursor", None)
+    if get is None:
+        return default
+    try:
+        return get(meter_id, name, default)
+    except Exception:  # a damaged cursor must not stop the bus; the formats are relearned
+        return default
+
+
+class CompactFormats:
+    """The compact-frame formats a driver learned, per configured meter, with what goes
+    into the store: loaded from the meter's cursor when first needed, saved with the
+    readings of the full frame that taught a new one (so a restart keeps them)."""
+
+    def __init__(self, sink: Any) -> None:
+        from ..protocols.mbus.compact import Formats
+        self.sink = sink
+        self.formats = Formats()
+        self.loaded: set[str] = set()
+        self.owner: dict[str, str] = {}  # formats key -> meter label (whose cursor)
+
+    def load(self, label: str) -> Any:
+        if label not in self.loaded:
+            self.loaded.add(label)
+            saved = stored_cursor(self.sink, label, COMPACT_CURSOR)
+            if isinstance(saved, dict):
+                for k, v in saved.items():
+                    self.formats.load(str(k), v)
+                    self.owner[str(k)] = label
+        return self.formats
+
+    def cursors(self, label: str, header_key: str | None) -> dict[tuple[str, str], Any] | None:
+        """The cursor update for ``label`` if its formats changed, else None."""
+        f = self.formats
+        if header_key is not None:
+            self.owner.setdefault(header_key, label)
+        mine = [k for k, o in self.owner.items() if o == label]
+        if not any(k in f.changed for k in mine):
+            return None
+        f.changed.difference_update(mine)
+        return {(label, COMPACT_CURSOR): {k: f.export(k) for k in mine}}
 
 
 class EventGate:
@@ -495,6 +550,7 @@ class WiredMeter:
     last_flags: tuple[str, ...] = ()
     reading_id: str | None = None  # the meter id its readings carry (name or its own id)
     device_id: str | None = None  # the id the meter reports in its telegrams
+    compact_unknown_sent: bool = False  # meter.compact_format_unknown said, until learned
 
     @property
     def label(self) -> str:
@@ -563,8 +619,9 @@ class MBusDriver(Driver):
         self._scan: ScanJob | None = None
         self._read_soon: list[WiredMeter] = []  # failing meters given a new key
         from ..protocols.mbus.wired import decode_rsp_ud
-        self.codec: Callable[..., Any] = decode_rsp_ud  # frame, key -> Telegram
+        self.codec: Callable[..., Any] = decode_rsp_ud  # frame, key, formats= -> Telegram
         self.decode_errors = 0
+        self.compact = CompactFormats(sink)
 
     def meter_stats(self) -> dict[str, dict[str, Any]]:
         # keyed by the id the meter's readings carry once it has answered, so the console
@@ -810,11 +867,16 @@ class MBusDriver(Driver):
                 if self.reset:
                     master.snd_nke(address)
             telegrams = master.read_telegrams(address, key=meter.key,
-                                              max_telegrams=self.max_telegrams)
+                                              max_telegrams=self.max_telegrams,
+                                              formats=self.compact.load(meter.label))
         except NoAnswer as exc:
             self._failed(meter, exc.kind, str(exc), {})
             return None
         except MBusError as exc:
+            if exc.event == "meter.compact_format_unknown" and meter.compact_unknown_sent:
+                st.failures[exc.event] = st.failures.get(exc.event, 0) + 1  # said once
+                return None
+            meter.compact_unknown_sent = exc.event == "meter.compact_format_unknown"
             self._failed(meter, exc.event, str(exc), exc.header, getattr(exc, "detail", None))
             return None
         except CodecCrash as exc:
@@ -866,7 +928,10 @@ class MBusDriver(Driver):
         st.consecutive_failures = 0
         st.last_ok_ms = rx
         st.status_flags = list(flags)
-        self.emit(events + records)
+        cursors = self.compact.cursors(meter.label, f"{first.manufacturer}:{first.id}")
+        if cursors is not None:
+            meter.compact_unknown_sent = False
+        self.emit(events + records, cursors)
         return events + records
 
 

@@ -42,8 +42,8 @@ from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
 from .handoff import Listeners, WorkQueue, keys_dir_of, stored_key
-from .mbus import (TZ_HELP, EventGate, MeterStats, decode_error_detail, open_port,
-                   read_ok_events, telegram_readings)
+from .mbus import (TZ_HELP, CompactFormats, EventGate, MeterStats, decode_error_detail,
+                   open_port, read_ok_events, telegram_readings)
 
 METER_SCHEMA = Schema((
     FieldSpec("id", text("the 8-digit meter id", r"[0-9A-Fa-f]{8}"),
@@ -167,6 +167,7 @@ class RadioMeter:
     failed: tuple[bytes, int | None, int] | None = None  # last undecodable (frame, rssi, rx)
     profile: str | None = None  # the meter profile that read its last telegram
     unsupported_reported: bool = False  # meter.unsupported_format is said once per meter
+    compact_unknown_sent: bool = False  # meter.compact_format_unknown said, until learned
 
     @property
     def label(self) -> str:
@@ -215,7 +216,8 @@ class WMBusDriver(Driver):
                              "ping_failures": 0, "frame_errors": 0, "crc_errors": 0,
                              "telegrams": 0}
         from ..protocols.mbus.wireless import decode_wmbus
-        self.codec: Callable[..., Any] = decode_wmbus  # frame, key, fmt= -> Telegram
+        self.codec: Callable[..., Any] = decode_wmbus  # frame, key, fmt=, formats= -> Telegram
+        self.compact = CompactFormats(sink)
         self.decode_errors = 0
         self._ser: Any = None
         self._decoder: Any = None
@@ -554,11 +556,14 @@ class WMBusDriver(Driver):
         from ..protocols.mbus.errors import MBusError
         st = meter.stats
         try:
-            t = self.codec(frame, meter.key, fmt=self.frame_format)
+            t = self.codec(frame, meter.key, fmt=self.frame_format,
+                           formats=self.compact.load(meter.label))
         except MBusError as exc:
             if exc.event == "meter.unsupported_format":
                 self._unsupported_format(meter, exc, rssi_dbm)
                 return exc.event
+            if exc.event == "meter.compact_format_unknown":
+                return self._compact_unknown(meter, exc, rssi_dbm)
             meter.failed = (frame, rssi_dbm, rx)
             self._failed(meter, exc.event, str(exc), rssi_dbm, getattr(exc, "detail", None))
             return exc.event
@@ -579,7 +584,10 @@ class WMBusDriver(Driver):
         st.last_ok_ms = max(rx, st.last_ok_ms or 0)
         st.status_flags = list(flags)
         readings = telegram_readings(t, meter_id, self.bus, rx, self.tz)
-        self.emit(events + readings)
+        cursors = self.compact.cursors(meter.label, f"{t.manufacturer}:{t.id}")
+        if cursors is not None:  # a new format: say its compact frames again if unknown
+            meter.compact_unknown_sent = False
+        self.emit(events + readings, cursors)
         with self._decoded:
             meter.last_readings = readings
             self._decoded.notify_all()
@@ -605,6 +613,21 @@ class WMBusDriver(Driver):
         self.log.warning("wM-Bus %s: meter %s: %s", self.bus, meter.label, exc)
         self.emit([Event(kind, now_ms(), self.bus, meter.name or meter.ident, "warning",
                          detail)])
+
+    def _compact_unknown(self, meter: RadioMeter, exc: Any, rssi: int | None) -> str:
+        """A compact frame before any full frame taught its format: one event per meter
+        until the format is known (a Kamstrup meter sends mostly compact frames, and each
+        one is not an error), the rest counted."""
+        st = meter.stats
+        st.failures[exc.event] = st.failures.get(exc.event, 0) + 1
+        st.last_error = str(exc)
+        if not meter.compact_unknown_sent:
+            meter.compact_unknown_sent = True
+            self.log.info("wM-Bus %s: meter %s: %s", self.bus, meter.label, exc)
+            self.emit([Event(exc.event, now_ms(), self.bus, meter.name or meter.ident, "info",
+                             {"error": str(exc), "id": meter.ident, "rssi_dbm": rssi,
+                              **getattr(exc, "detail", {})})])
+        return exc.event
 
     def _duplicate(self, meter: RadioMeter, frame: bytes) -> bool:
         now = time.monotonic()

@@ -12,6 +12,8 @@ Faults per meter (``fault``): ``truncate`` (the end of every telegram is lost),
 ``crc`` (the dongle's CRC16/checksum of the message is damaged), ``duplicate`` (every
 telegram heard twice), ``unsupported`` (a security mode the gateway does not implement).
 A wrong key is simply a meter whose key differs from the one the gateway is given.
+``compact``: ``mixed`` sends compact frames (CI 0x7B) with a full frame every 8th, ``only``
+never sends the full frame (a gateway must have learned the format before).
 Dongle faults: ``hang(seconds)`` -- no telegrams and no answers to anything for a while.
 """
 
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 
 from gateway.protocols.mbus import amb8465, im871a, wireless
 from gateway.protocols.mbus import records as rec
+
+from gateway.protocols.mbus.compact import compact_payload
 
 from .pty import PtyEndpoint, serve_forever
 
@@ -38,6 +42,7 @@ class SimRadioMeter:
     link_mode: str = "T1"
     interval_s: float = 1.0
     fault: str | None = None         # truncate | crc | duplicate | unsupported
+    compact: str = "off"             # off | mixed (a full frame every 8th) | only
     rssi_dbm: int = -60              # signal strength the dongle reports
     litres_base: int = 123456
     flow_lph: int = 40
@@ -66,6 +71,11 @@ class SimRadioMeter:
             cw = (9 << 8) | (1 << 4)  # security mode 9 (AES-GCM): not implemented
             return wireless.finish(head + wireless.tpl_short(self.access, self.status, cw)
                                    + bytes(16))
+        if self.compact == "only" or (self.compact == "mixed" and (self.sent - 1) % 8):
+            # CI 0x7B: short header, then signature, CRC and the data bytes only
+            _, body = compact_payload(apl)
+            head = wireless.dll(0x44, *args)
+            return wireless.finish(head + bytes((0x7B, self.access, self.status, 0, 0)) + body)
         if self.security == "none" or self.key is None:
             return wireless.encode_wmbus(*args, apl, access=self.access, status=self.status)
         if self.security == "mode5":

@@ -24,9 +24,13 @@ class MBusError(ValueError):
 
     event = "meter.malformed"
 
-    def __init__(self, message: str, header: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, header: dict[str, Any] | None = None, *,
+                 payload: bytes = b"") -> None:
         super().__init__(message)
         self.header = dict(header) if header else {}
+        # what follows an unknown CI field or an unsupported security mode, as received:
+        # manufacturer profiles (issue 13) read it from here
+        self.payload = bytes(payload)
 
     @property
     def meter_id(self) -> str | None:

@@ -6,6 +6,8 @@ Mode 7 (EN 13757-7 9.4.5, OMS Vol. 2 9.5): AES-128-CBC with a zero IV, under an 
 key Kenc = CMAC(K, 0x00 | counter(4, LE) | meter id(4) | 0x07 x 7); the AFL MAC uses
 Kmac = the same with 0x01, and is CMAC(Kmac, MCL | counter | [ML] | TPL..end) truncated.
 ELL (EN 13757-4 13.2.6): AES-128-CTR, IV = M | A | CC | SN(4) | FN(2)=0 | BC=0.
+Modes 2/3 (EN 13757-3:2004, deprecated): DES-CBC of older meters, mode 2 with a zero IV,
+mode 3 with IV = M(2) | A(6); an 8-byte key (single DES as TripleDES with the key thrice).
 """
 
 from __future__ import annotations
@@ -70,6 +72,38 @@ def aes_cmac(key: bytes, data: bytes) -> bytes:
     c = cmac.CMAC(algorithms.AES(key))
     c.update(data)
     return c.finalize()
+
+
+def _triple_des() -> Any:
+    try:  # cryptography >= 43 keeps the old ciphers in "decrepit"
+        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    except ImportError:  # pragma: no cover - older cryptography
+        TripleDES = algorithms.TripleDES  # type: ignore[attr-defined]
+    return TripleDES
+
+
+def _des_key(key: bytes) -> bytes:
+    if len(key) == 8:
+        return bytes(key) * 3  # K1 = K2 = K3: single DES
+    if len(key) in (16, 24):
+        return bytes(key)
+    raise ValueError("a DES key is 8 bytes (16 or 24 for TripleDES)")
+
+
+def des_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+    if len(data) % 8 or len(iv) != 8:
+        raise ValueError("DES-CBC works on whole 8-byte blocks with an 8-byte IV")
+    d = Cipher(_triple_des()(_des_key(key)), modes.CBC(bytes(iv))).decryptor()
+    return d.update(bytes(data)) + d.finalize()
+
+
+def des_cbc_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+    e = Cipher(_triple_des()(_des_key(key)), modes.CBC(bytes(iv))).encryptor()
+    return e.update(bytes(data)) + e.finalize()
+
+
+def des_iv(m_field: bytes, a_field: bytes) -> bytes:
+    return bytes(m_field) + bytes(a_field)
 
 
 def mode5_iv(m_field: bytes, a_field: bytes, access_number: int) -> bytes:

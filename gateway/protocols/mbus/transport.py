@@ -18,7 +18,8 @@ from .errors import (
 from .records import DataRecord, parse_records
 from .tables import (
     APPLICATION_ERRORS, CI_APPLICATION_ERROR, CI_APPLICATION_ERROR_LONG,
-    CI_APPLICATION_ERROR_SHORT, CI_COMPACT, CI_RSP_UD_LONG, CI_RSP_UD_LONG_MSB, CI_RSP_UD_NONE, CI_RSP_UD_SHORT,
+    CI_APPLICATION_ERROR_SHORT, CI_COMPACT, CI_COMPACT_LONG, CI_COMPACT_SHORT, CI_FIXED,
+    CI_FIXED_MSB, CI_RSP_UD_LONG, CI_RSP_UD_LONG_MSB, CI_RSP_UD_NONE, CI_RSP_UD_SHORT,
     SECURITY_MODES, device_type_name, manufacturer_code, status_flags,
 )
 
@@ -52,6 +53,7 @@ class Context:
     key: bytes | None = None
     afl: Afl | None = None
     frame: bytes = b""             # the whole (CRC-free) message, for the AFL MAC
+    formats: Any = None            # compact.Formats of this listening session, or None
 
 
 @dataclass(slots=True)
@@ -124,7 +126,13 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
     """Decode from the byte after the CI field to the end of ``data``."""
     h = ctx.header
     ci_pos = pos - 1
-    if ci == CI_RSP_UD_LONG:
+    if link == "wired" and ci in (CI_FIXED, CI_FIXED_MSB):
+        from .fixed import decode_fixed
+        return decode_fixed(ci, data, pos, h, c_field=c_field, address=address)
+    if ci in (CI_APPLICATION_ERROR, CI_APPLICATION_ERROR_SHORT, CI_APPLICATION_ERROR_LONG):
+        raise _application_error(ci, data, pos, ctx)
+    compact = ci in (CI_COMPACT, CI_COMPACT_SHORT, CI_COMPACT_LONG)
+    if ci in (CI_RSP_UD_LONG, CI_COMPACT_LONG):
         _need(data, pos, 12, "long TPL header", h)
         ident = data[pos:pos + 4]
         mfr = data[pos + 4:pos + 6]
@@ -133,27 +141,26 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
         iv_m, iv_a = bytes(mfr), bytes(data[pos:pos + 4]) + bytes(data[pos + 6:pos + 8])
         kdf_id = bytes(ident)
         pos += 8
-    elif ci == CI_RSP_UD_SHORT:
+    elif ci in (CI_RSP_UD_SHORT, CI_COMPACT_SHORT):
         _need(data, pos, 4, "short TPL header", h)
         iv_m, iv_a = ctx.m_field, ctx.a_field
         kdf_id = bytes(ctx.a_field[:4]) if ctx.a_field else None
-    elif ci == CI_RSP_UD_NONE:
-        records, mdata, more, extra = _profiled_records(ci, data, pos, h, False)
-        return Telegram(h.get("manufacturer", ""), h.get("id", ""), h.get("version", 0),
-                        h.get("device_type", 0), None, None, records, ci,
-                        manufacturer_data=mdata, more_records_follow=more, link=link,
-                        c_field=c_field, address=address, extra=extra)
-    elif ci in (CI_APPLICATION_ERROR, CI_APPLICATION_ERROR_SHORT, CI_APPLICATION_ERROR_LONG):
-        raise _application_error(ci, data, pos, ctx)
-    elif ci == CI_COMPACT:
-        raise UnsupportedError("compact frame (CI 0x79) can only be decoded with the format "
-                               "signature of an earlier full frame", h)
+    elif ci in (CI_RSP_UD_NONE, CI_COMPACT):
+        records, mdata, more, found = _profiled_records(ci, data, pos, h, False, ctx, compact)
+        t = Telegram(h.get("manufacturer", ""), h.get("id", ""), h.get("version", 0),
+                     h.get("device_type", 0), None, None, records, ci,
+                     manufacturer_data=mdata, more_records_follow=more, link=link,
+                     c_field=c_field, address=address, extra=found)
+        if compact:
+            t.extra["compact"] = True
+        return t
     elif ci == CI_RSP_UD_LONG_MSB:
         raise UnsupportedError("CI 0x76 (data sent most significant byte first)", h)
     elif 0xA0 <= ci <= 0xB7:
         return _manufacturer_ci(ci, data, pos, ctx, link, c_field, address)
     else:
-        raise UnsupportedError(f"CI field 0x{ci:02X} is not an application data response", h)
+        raise UnsupportedError(f"CI field 0x{ci:02X} is not an application data response", h,
+                               payload=bytes(data[pos:]))
 
     access, status = data[pos], data[pos + 1]
     config = int.from_bytes(data[pos + 2:pos + 4], "little")
@@ -161,15 +168,25 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
     pos += 4
     mode = (config >> 8) & 0x1F
     extra: dict[str, Any] = {}
+    if compact:
+        extra["compact"] = True
     if link == "wired" and mode not in SECURITY_MODES:
         # EN 13757-3:2004 calls these two bytes the signature, and meters (Aquametro,
         # Itron) put values there that are no security mode: libmbus ignores them too.
         extra["signature"] = data[pos - 2:pos].hex().upper()
         mode = 0
+    decrypted = False
     if mode == 0:
         apl, start = data, pos
-    elif mode in (5, 7):
+    elif mode in (2, 3, 5, 7):
+        cfe_len = 1 if mode == 7 else 0
         if ctx.key is None:
+            if data[pos + cfe_len:pos + cfe_len + 2] == b"\x2f\x2f":
+                # no key, encrypted by its bits but in clear: decode, and say so
+                extra["not_encrypted"] = True
+                apl, start = data, pos + cfe_len
+                return _finish(ci, apl, start, ctx, h, access, status, config, mode, link,
+                               c_field, address, extra, compact, False)
             raise NoKeyError(f"encrypted with security mode {mode} and no key is configured "
                              "for this meter", h)
         blocks = (config >> 4) & 0x0F
@@ -179,31 +196,62 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
             pos += 1
             key = _mode7_key(cfe, ctx, kdf_id, data, ci_pos, h)
             iv = b"\x00" * 16
-        else:
+        elif mode == 5:
             if iv_m is None or iv_a is None:
                 raise UnsupportedSecurityError("mode 5 with a short header needs the link-layer "
                                                "address, which a wired frame does not carry", h)
             key = ctx.key
             iv = security.mode5_iv(iv_m, iv_a, access)
-        n = blocks * 16
+        else:
+            key = ctx.key
+            iv = b"\x00" * 8
+            if mode == 3:
+                if iv_m is None or iv_a is None:
+                    raise UnsupportedSecurityError("mode 3 with a short header needs the "
+                                                   "link-layer address", h)
+                iv = security.des_iv(iv_m, iv_a)
+        bsize = 8 if mode in (2, 3) else 16
+        n = blocks * bsize
+        if mode in (2, 3) and n == 0:
+            n = (len(data) - pos) // 8 * 8  # no count: everything that fills whole blocks
         if n == 0:
             raise FrameError(f"security mode {mode} with zero encrypted blocks", h)
-        _need(data, pos, n, f"{blocks} encrypted blocks", h)
-        plain = security.aes_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
+        _need(data, pos, n, f"{n // bsize} encrypted blocks", h)
+        if mode in (2, 3):
+            if len(key) not in (8, 16, 24):
+                raise DecryptError("decrypt failed: a DES key is 8 bytes (or a 16/24-byte "
+                                   "TripleDES key)", h)
+            plain = security.des_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
+        else:
+            plain = security.aes_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
         if plain[:2] != b"\x2f\x2f":
             raise DecryptError(f"decrypt failed: security mode {mode} check bytes are "
                                f"{plain[:2].hex().upper()}, not 2F2F (wrong key?)", h)
         apl, start = plain + bytes(data[pos + n:]), 0
+        decrypted = True
     elif 16 <= mode <= 31:
         from .profiles import security_mode
         plain, override = security_mode(mode, ci, data, pos, ctx)
         if override:
             h.update(override)
         apl, start = plain, 0
+        decrypted = True
     else:
         name = SECURITY_MODES.get(mode, "reserved")
-        raise UnsupportedSecurityError(f"security mode {mode} ({name}) is not supported", h)
-    records, mdata, more, found = _profiled_records(ci, apl, start, h, mode != 0)
+        raise UnsupportedSecurityError(f"security mode {mode} ({name}) is not supported", h,
+                                       payload=bytes(data[pos:]))
+    return _finish(ci, apl, start, ctx, h, access, status, config, mode, link, c_field,
+                   address, extra, compact, decrypted)
+
+
+def _finish(ci: int, apl: bytes, start: int, ctx: Context, h: dict[str, Any], access: int,
+            status: int, config: int, mode: int, link: str, c_field: int | None,
+            address: int | None, extra: dict[str, Any], compact: bool,
+            decrypted: bool) -> Telegram:
+    if compact:
+        while start < len(apl) and apl[start] == 0x2F:  # the 2F2F check bytes
+            start += 1
+    records, mdata, more, found = _profiled_records(ci, apl, start, h, decrypted, ctx, compact)
     extra.update(found)
     return Telegram(h.get("manufacturer", ""), h.get("id", ""), h.get("version", 0),
                     h.get("device_type", 0), access, status, records, ci, config, mode,
@@ -211,11 +259,12 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
 
 
 def _profiled_records(ci: int, apl: bytes, start: int, h: dict[str, Any], decrypted: bool,
+                      ctx: Context | None, compact: bool,
                       ) -> tuple[list[DataRecord], bytes, bool, dict[str, Any]]:
-    """The records of a standard telegram, read by a meter profile where one describes
-    this meter's payload (instead of, or in addition to, the EN 13757-3 records)."""
+    """The records of a telegram, read by a meter profile where one describes this meter's
+    payload (instead of, or in addition to, the EN 13757-3 records)."""
     from . import profiles
-    prof = profiles.payload_profile(h, ci, bytes(apl[start:]))
+    prof = None if compact else profiles.payload_profile(h, ci, bytes(apl[start:]))
     if prof is not None and prof.prefer_records:
         try:
             records, mdata, more = parse_records(apl, start)
@@ -227,7 +276,7 @@ def _profiled_records(ci: int, apl: bytes, start: int, h: dict[str, Any], decryp
     if prof is not None:
         dec = profiles.apply(prof, bytes(apl[start:]), {"header": h})
         return dec.records, b"", False, {"profile": prof.name, "registers": dec.registers}
-    records, mdata, more = _records(apl, start, h, decrypted)
+    records, mdata, more = _records(apl, start, h, decrypted, ctx, compact)
     found = profiles.augment(h, ci, records, mdata)
     if found is None:
         return records, mdata, more, {}
@@ -266,10 +315,20 @@ def _application_error(ci: int, data: bytes, pos: int, ctx: Context) -> Applicat
                             code=code, reason=reason)
 
 
-def _records(data: bytes, pos: int, h: dict[str, Any],
-             decrypted: bool) -> tuple[list[DataRecord], bytes, bool]:
+def _records(data: bytes, pos: int, h: dict[str, Any], decrypted: bool,
+             ctx: Context | None = None,
+             compact: bool = False) -> tuple[list[DataRecord], bytes, bool]:
+    """The records of a full frame (whose format is learned when ``ctx.formats`` is set),
+    or of a compact frame (decoded with a learned format)."""
+    from .compact import decode_compact, meter_key
+    formats = ctx.formats if ctx is not None else None
     try:
-        return parse_records(data, pos)
+        if compact:
+            return decode_compact(data, pos, h, formats)
+        out = parse_records(data, pos)
+        if formats is not None and h.get("id"):
+            formats.learn(meter_key(h), out[0])
+        return out
     except MBusError as exc:
         exc.header = exc.header or h
         if decrypted:

@@ -14,7 +14,7 @@ lives in the driver, not here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 from .dongle_stream import BoundedStreamBuffer
 from .errors import ChecksumError, FrameError, MBusError, TruncatedError, guarded
@@ -184,7 +184,8 @@ class FrameDecoder(BoundedStreamBuffer):
 # --------------------------------------------------------------------------- application
 
 @guarded
-def decode_rsp_ud(frame: LongFrame | bytes, key: bytes | None = None) -> Telegram:
+def decode_rsp_ud(frame: LongFrame | bytes, key: bytes | None = None, *,
+                  formats: Any = None) -> Telegram:
     """Decode an RSP_UD long frame (or its bytes) into a Telegram. Bytes after the stop
     byte are reported (``trailing_bytes``), not a reason to refuse a whole frame."""
     rest = b""
@@ -196,12 +197,27 @@ def decode_rsp_ud(frame: LongFrame | bytes, key: bytes | None = None) -> Telegra
     if not frame.is_rsp_ud:
         raise FrameError(f"C field 0x{frame.c:02X} is not RSP_UD")
     data = bytes((frame.ci,)) + frame.data
-    ctx = Context(header={"address": frame.a}, key=key, frame=data)
+    ctx = Context(header={"address": frame.a}, key=key, frame=data, formats=formats)
     t = decode_application(frame.ci, data, 1, ctx, link="wired", c_field=frame.c,
                            address=frame.a)
     if rest:
         t.extra["trailing_bytes"] = rest.hex().upper()
     return t
+
+
+def decode_session(frames: list[bytes], key: bytes | None = None, *,
+                   formats: Any = None) -> list[Any]:
+    """RSP_UD frames in order as one session (compact frames after full ones); each item
+    is a Telegram or the MBusError it raised."""
+    from .compact import Formats
+    formats = Formats() if formats is None else formats
+    out: list[Any] = []
+    for f in frames:
+        try:
+            out.append(decode_rsp_ud(f, key, formats=formats))
+        except MBusError as exc:
+            out.append(exc)
+    return out
 
 
 def encode_rsp_ud(address: int, ci: int, payload: bytes, *, acd: bool = False,

@@ -162,11 +162,13 @@ def dll_header(frame: bytes) -> dict[str, Any]:
 
 
 @guarded
-def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto") -> Telegram:
+def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto",
+                 formats: Any = None) -> Telegram:
     """Decode one wM-Bus frame as a dongle delivers it (starting with the L field).
 
     ``key``: the meter's AES key, or a function from the DLL header dict (manufacturer,
-    id, version, device_type) to its key or None.
+    id, version, device_type) to its key or None. ``formats``: the listening session's
+    :class:`.compact.Formats` (full frames teach it, compact frames use it), or None.
     """
     raw, trailing = split_trailing(bytes(frame), fmt)
     try:
@@ -209,15 +211,21 @@ def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto") -> T
                 payload = buf[pos:]
             elif enc == 1:
                 if k is None:
-                    raise NoKeyError("ELL payload is AES-CTR encrypted and no key is "
-                                     "configured for this meter", header)
-                iv = security.ell_iv(m_field, a_field, cc, sn)
-                payload = security.aes_ctr(k, iv, bytes(buf[pos:]))
+                    clear = bytes(buf[pos:])
+                    if int.from_bytes(clear[:2], "little") != crc_en13757(clear[2:]):
+                        raise NoKeyError("ELL payload is AES-CTR encrypted and no key is "
+                                         "configured for this meter", header)
+                    # its CRC holds in clear: stored already decrypted
+                    payload = clear
+                    extra["not_encrypted"] = True
+                else:
+                    iv = security.ell_iv(m_field, a_field, cc, sn)
+                    payload = security.aes_ctr(k, iv, bytes(buf[pos:]))
             else:
                 raise UnsupportedSecurityError(f"ELL encryption {enc} is not supported", header)
             crc = int.from_bytes(payload[:2], "little")
             if crc != crc_en13757(payload[2:]):
-                if enc:
+                if enc and k is not None:
                     raise DecryptError("decrypt failed: ELL payload CRC does not match after "
                                        "AES-CTR (wrong key?)", header)
                 raise ChecksumError("ELL payload CRC does not match", header)
@@ -236,7 +244,7 @@ def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto") -> T
         ci = buf[pos]
         pos += 1
     ctx = Context(header=header, m_field=bytes(m_field), a_field=bytes(a_field), key=k,
-                  afl=afl)
+                  afl=afl, formats=formats)
     t = decode_application(ci, buf, pos, ctx, link="wireless", c_field=c_field)
     if t.access_number is None and ell_acc is not None:
         t.access_number = ell_acc
@@ -244,6 +252,22 @@ def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto") -> T
         extra["dll"] = dll_header(f)
     t.extra.update(extra)
     return t
+
+
+def decode_session(frames: list[bytes], key: KeyLookup = None, *, fmt: str = "auto",
+                   formats: Any = None) -> list[Any]:
+    """Telegrams in the order heard, as one listening session: a compact frame after its
+    meter's full frame decodes. Each item is a Telegram or the MBusError it raised."""
+    from .compact import Formats
+    from .errors import MBusError
+    formats = Formats() if formats is None else formats
+    out: list[Any] = []
+    for f in frames:
+        try:
+            out.append(decode_wmbus(f, key, fmt=fmt, formats=formats))
+        except MBusError as exc:
+            out.append(exc)
+    return out
 
 
 def _parse_afl(buf: bytes, pos: int, header: dict[str, Any]) -> tuple[Afl, int]:

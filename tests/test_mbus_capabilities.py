@@ -1,0 +1,279 @@
+"""Issue 12's new capabilities in the codec: payloads stored already decrypted, the wired
+fixed data structure (CI 0x73/0x77), DES-CBC security modes 2/3, compact frames decoded
+with a format learned from the meter's full frame, and decoding several telegrams as one
+listening session. Property-based where the path parses bytes."""
+
+from __future__ import annotations
+
+
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from gateway.drivers.mbus import telegram_readings
+from gateway.model import QUALITY_NOT_ENCRYPTED
+from gateway.protocols.mbus import compact, fixed, records, security, wired, wireless
+from gateway.protocols.mbus.errors import DecryptError, FrameError, MBusError, NoKeyError
+from tests.mbus_corpus_compare import CORPUS
+
+WMBUS = {x["cid"]: x for x in CORPUS["wmbus"]}
+KEY = bytes(range(16))
+
+
+def frame(body: bytes) -> bytes:
+    b = bytes.fromhex("0801") + body
+    return bytes((0x68, len(b), len(b), 0x68)) + b + bytes((sum(b) & 0xFF, 0x16))
+
+
+# --------------------------------------------------------------------------- already decrypted
+
+@pytest.mark.parametrize("cid", ["xmq:HEAD:drivers/src/amiplus.xmq:184",
+                                 "xmq:HEAD:drivers/src/dme173.xmq:74",
+                                 "xmq:HEAD:drivers/src/kamheat.xmq:653"])
+def test_payload_stored_decrypted_is_read_and_flagged(cid: str) -> None:
+    raw = bytes.fromhex(WMBUS[cid]["hex"])
+    t = wireless.decode_wmbus(raw)  # no key configured
+    assert t.extra["not_encrypted"] is True and t.records
+    readings = telegram_readings(t, "m", "radio", 0)
+    assert readings and all(QUALITY_NOT_ENCRYPTED in r.quality for r in readings)
+    # with a key configured it is decrypted as always, and that fails: no silent fallback
+    with pytest.raises(DecryptError):
+        wireless.decode_wmbus(raw, KEY)
+
+
+def test_encrypted_payload_without_key_is_still_no_key() -> None:
+    raw = wireless.encode_wmbus("KAM", "12345678", 1, 7, bytes.fromhex("0C1301000000"),
+                                key=KEY, mode=5)
+    with pytest.raises(NoKeyError):
+        wireless.decode_wmbus(raw)
+    t = wireless.decode_wmbus(raw, KEY)
+    assert "not_encrypted" not in t.extra and t.records[0].value == 1
+    assert not any(QUALITY_NOT_ENCRYPTED in r.quality for r in telegram_readings(t, "m", "b", 0))
+
+
+# --------------------------------------------------------------------------- fixed structure
+
+def test_fixed_data_structure_example() -> None:
+    # ident 12345678, access 0x0A, status 0 (BCD, actual), counter 1 in litres (unit 0x29,
+    # medium bits 11), counter 2 "same unit, historic" (0x3E, medium bits 01): water
+    body = bytes.fromhex("73" "78563412" "0A" "00" "E9" "7E" "01000000" "35010000")
+    t = wired.decode_rsp_ud(frame(body))
+    assert (t.id, t.device_type, t.access_number, t.ci) == ("12345678", 0x07, 0x0A, 0x73)
+    a, b = t.records
+    assert (a.quantity, a.unit, a.value_text(), a.storage) == ("Volume", "m3", "0.001", 0)
+    assert (b.quantity, b.unit, b.value_text(), b.storage) == ("Volume", "m3", "0.135", 1)
+    assert t.extra["fixed_structure"] == {"medium": 0x0D, "counter_coding": "BCD",
+                                          "historic": False}
+    assert fixed.encode_fixed("12345678", 0x0A, 0, 0xE9, 0x7E, 1, 135) == body[1:]
+
+
+@settings(max_examples=300)
+@given(ident=st.integers(0, 99_999_999), access=st.integers(0, 255),
+       status=st.integers(0, 255), u1=st.sampled_from(sorted(fixed.UNITS)),
+       u2=st.sampled_from(sorted(fixed.UNITS) + [fixed.SAME_BUT_HISTORIC]),
+       m1=st.integers(0, 3), m2=st.integers(0, 3), c1=st.integers(0, 99_999_999),
+       c2=st.integers(0, 99_999_999), msb=st.booleans())
+def test_fixed_structure_round_trip(ident: int, access: int, status: int, u1: int, u2: int,
+                                    m1: int, m2: int, c1: int, c2: int, msb: bool) -> None:
+    ident_s = f"{ident:08d}"
+    b = fixed.encode_fixed(ident_s, access, status, u1 | m1 << 6, u2 | m2 << 6, c1, c2,
+                           msb=msb)
+    t = wired.decode_rsp_ud(frame(bytes((0x77 if msb else 0x73,)) + b))
+    assert t.id == ident_s and t.access_number == access and t.status == status & 0x3F
+    assert t.extra["fixed_structure"]["medium"] == (m1 << 2 | m2)
+    assert [r.value for r in t.records] == [c1, c2]
+    hist = 1 if status & 0x40 else 0
+    assert t.records[0].storage == hist
+    assert t.records[1].storage == (1 if u2 == fixed.SAME_BUT_HISTORIC else hist)
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=0, max_size=40))
+def test_fixed_structure_random_bytes_raise_only_mbus_errors(data: bytes) -> None:
+    for ci in (0x73, 0x77):
+        try:
+            wired.decode_rsp_ud(frame(bytes((ci,)) + data))
+        except MBusError as exc:
+            assert "internal decoder error" not in str(exc)
+
+
+# --------------------------------------------------------------------------- DES (modes 2/3)
+
+def test_des_cbc_against_fips_81() -> None:
+    key = bytes.fromhex("0123456789ABCDEF")
+    iv = bytes.fromhex("1234567890ABCDEF")
+    plain = b"Now is the time for all "
+    cipher = bytes.fromhex("E5C7CDDE872BF27C43E934008C389C0F683788499A7C05F6")
+    assert security.des_cbc_encrypt(key, iv, plain) == cipher
+    assert security.des_cbc_decrypt(key, iv, cipher) == plain
+
+
+def des_frame(key: bytes, apl: bytes, mode: int, *, blocks: bool = True) -> bytes:
+    mfr, ident = bytes.fromhex("2D2C"), bytes.fromhex("78563412")
+    plain = b"\x2f\x2f" + apl
+    plain += b"\x2f" * (-len(plain) % 8)
+    n = len(plain) // 8
+    iv = security.des_iv(mfr, ident + bytes((1, 7))) if mode == 3 else bytes(8)
+    config = (mode << 8) | ((n if blocks else 0) << 4)
+    head = ident + mfr + bytes((1, 7, 0x2A, 0)) + config.to_bytes(2, "little")
+    return frame(b"\x72" + head + security.des_cbc_encrypt(key, iv, plain))
+
+
+records_strategy = st.lists(
+    st.tuples(st.sampled_from([b"\x13", b"\x06", b"\x2b", b"\x5b", b"\xfd\x17"]),
+              st.sampled_from([1, 2, 4]), st.integers(0, 2 ** 31 - 1)),
+    min_size=1, max_size=12)
+
+
+def build_apl(recs: list[tuple[bytes, int, int]]) -> bytes:
+    return b"".join(records.encode_record(vib, *records.encode_int(v % (1 << (8 * n - 1)), n))
+                    for vib, n, v in recs)
+
+
+@settings(max_examples=200)
+@given(key=st.binary(min_size=8, max_size=8), recs=records_strategy,
+       mode=st.sampled_from([2, 3]), blocks=st.booleans())
+def test_des_modes_round_trip(key: bytes, recs: list[tuple[bytes, int, int]], mode: int,
+                              blocks: bool) -> None:
+    apl = build_apl(recs)
+    assume(len(apl) + 2 <= 15 * 8 or not blocks)
+    raw = des_frame(key, apl, mode, blocks=blocks)
+    t = wired.decode_rsp_ud(raw, key)
+    assert t.security_mode == mode
+    assert [r.raw for r in t.records] == [r.raw for r in records.parse_records(apl)[0]]
+    other = bytes(b ^ 0xFE for b in key)  # flips key bits, not only DES parity bits
+    try:
+        wired.decode_rsp_ud(raw, other)
+    except DecryptError:
+        pass
+    with pytest.raises(NoKeyError):
+        wired.decode_rsp_ud(raw)
+
+
+# --------------------------------------------------------------------------- compact frames
+
+def radio(apl_ci: int, body: bytes, ident: str = "12345678") -> bytes:
+    return wireless.finish(wireless.dll(0x44, "KAM", ident, 0x1B, 0x16) + bytes((apl_ci,)) + body)
+
+
+@settings(max_examples=300)
+@given(recs=records_strategy, values=st.lists(st.integers(0, 127), min_size=12, max_size=12))
+def test_compact_frame_decodes_after_its_full_frame(recs: list[tuple[bytes, int, int]],
+                                                    values: list[int]) -> None:
+    apl = build_apl(recs)
+    later = build_apl([(v, n, values[i]) for i, (v, n, _) in enumerate(recs)])
+    fmt, payload = compact.compact_payload(later)
+    assert compact.signature(fmt) == int.from_bytes(payload[:2], "little")
+    full = radio(0x78, apl)
+    short = radio(0x79, payload)
+    formats = compact.Formats()
+    with pytest.raises(compact.CompactFormatUnknown) as info:
+        wireless.decode_wmbus(short, formats=formats)
+    assert info.value.event == "meter.compact_format_unknown"
+    assert info.value.signature == compact.signature(fmt)
+    t_full = wireless.decode_wmbus(full, formats=formats)
+    t = wireless.decode_wmbus(short, formats=formats)
+    assert t.extra["compact"] is True
+    expect = records.parse_records(later)[0]
+    assert [(r.key, r.value, r.unit) for r in t.records] == \
+        [(r.key, r.value, r.unit) for r in expect]
+    assert len(t.records) == len(t_full.records)
+    # what the driver keeps in its cursor brings the format back after a restart
+    saved = formats.export("KAM:12345678")
+    again = compact.Formats()
+    again.load("KAM:12345678", saved)
+    assert wireless.decode_wmbus(short, formats=again).records == t.records
+    # another meter's compact frame does not use this meter's format
+    with pytest.raises(compact.CompactFormatUnknown):
+        wireless.decode_wmbus(radio(0x79, payload, "87654321"), formats=formats)
+
+
+def test_compact_frame_with_short_header_and_mode5() -> None:
+    apl = bytes.fromhex("0413" "39300000" "02FD17" "0000")
+    fmt, payload = compact.compact_payload(apl)
+    full = wireless.encode_wmbus("KAM", "12345678", 0x1B, 0x16, apl, key=KEY, mode=5,
+                                 access=1)
+    head = wireless.dll(0x44, "KAM", "12345678", 0x1B, 0x16)
+    cw, enc = wireless.encrypt_mode5(KEY, head[1:3], head[3:9], 2, payload)
+    short = wireless.finish(head + bytes((0x7B, 2, 0)) + cw.to_bytes(2, "little") + enc)
+    t_full, t = wireless.decode_session([full, short], KEY)
+    assert t.records[0].value == 12345 and t.ci == 0x7B and t.extra["compact"]
+
+
+def test_session_decodes_several_telegrams_in_order() -> None:
+    apl = bytes.fromhex("0413" "39300000")
+    _, payload = compact.compact_payload(bytes.fromhex("0413" "3A300000"))
+    short, full = radio(0x79, payload), radio(0x78, apl)
+    first, second, third = wireless.decode_session([short, full, short])
+    assert isinstance(first, compact.CompactFormatUnknown)
+    assert second.records[0].value == 12345 and third.records[0].value == 12346
+
+
+def test_compact_frame_whose_data_do_not_fit_the_format_is_refused() -> None:
+    apl = bytes.fromhex("0413" "39300000")
+    formats = compact.Formats()
+    wireless.decode_wmbus(radio(0x78, apl), formats=formats)
+    _, payload = compact.compact_payload(apl)
+    with pytest.raises(FrameError, match="more than its format"):
+        wireless.decode_wmbus(radio(0x79, payload + b"\x00"), formats=formats)
+    with pytest.raises(MBusError, match="needs 4 data bytes"):
+        wireless.decode_wmbus(radio(0x79, payload[:-1]), formats=formats)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=60))
+def test_compact_frames_with_random_data_raise_only_mbus_errors(data: bytes) -> None:
+    formats = compact.Formats()
+    wireless.decode_wmbus(radio(0x78, bytes.fromhex("0413393000000259BC06")), formats=formats)
+    sig = compact.signature(bytes.fromhex("04130259")).to_bytes(2, "little")
+    for body in (data, sig + data):
+        for ci in (0x79, 0x7B, 0x73):
+            try:
+                wireless.decode_wmbus(radio(ci, body), formats=formats)
+            except MBusError as exc:
+                assert "internal decoder error" not in str(exc)
+
+
+def test_formats_load_ignores_what_is_not_a_format() -> None:
+    f = compact.Formats()
+    for junk in (None, 5, "x", {"ZZZZ": "00"}, {"0000": "nothex"}, {"1234": "0413"}):
+        f.load("m", junk)
+    assert f.by_meter == {}
+
+
+def test_formats_are_bounded_per_meter() -> None:
+    f = compact.Formats()
+    for i in range(40):
+        recs = records.parse_records(records.encode_record(b"\x13", *records.encode_int(0, 4))
+                                     * (i + 1))[0]
+        f.learn("m", recs)
+    assert len(f.by_meter["m"]) == compact.MAX_FORMATS_PER_METER
+
+
+
+
+# --------------------------------------------------------------------------- the CLI
+
+def test_decode_cli_takes_several_telegrams_as_one_session(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from gateway.cli import main as cli_main
+    _, payload = compact.compact_payload(bytes.fromhex("0413" "3A300000"))
+    short, full = radio(0x79, payload).hex(), radio(0x78, bytes.fromhex("0413" "39300000")).hex()
+    assert cli_main(["decode", "wmbus", full, short, "--json"]) == 0
+    a, b = json.loads(capsys.readouterr().out)
+    assert a["records"][0]["value"] == "12.345" and b["records"][0]["value"] == "12.346"
+    assert b["compact"] is True
+    # a compact frame before its full frame: that telegram fails in one line, the rest decode
+    assert cli_main(["decode", "wmbus", short, full, short]) == 2
+    cap = capsys.readouterr()
+    assert cap.err.strip().startswith("error: telegram 1: wmbus: compact frame with format")
+    assert cap.err.count("\n") == 1 and "telegram 3:" in cap.out and "12.346" in cap.out
+    # wired frames too, and one HEX still prints one object
+    wired_hex = CORPUS["libmbus_frames"][0]["hex"]
+    assert cli_main(["decode", "mbus", wired_hex, wired_hex, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert cli_main(["decode", "mbus", wired_hex, "--json"]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out), dict)
