@@ -233,6 +233,26 @@ def test_kamstrup_compact_formats_are_their_own_signatures() -> None:
     assert profiles.compact_format("KAM", 0x0000) is None
 
 
+def test_kamstrup_compact_frame_decodes_before_any_full_frame() -> None:
+    """A Multical 21 compact frame (signature A8ED) with no full frame heard: the profile's
+    published format reads it; the info codes give the leak/burst flags."""
+    from gateway.protocols.mbus import records as rec
+    from gateway.protocols.mbus.compact import compact_payload
+    apl = (rec.encode_record(b"\xff\x20", 0x2, (0x0004).to_bytes(2, "little"))
+           + rec.encode_record(b"\x13", *rec.encode_int(60770, 4))
+           + rec.encode_record(b"\x13", *rec.encode_int(51508, 4), storage=1)
+           + rec.encode_record(b"\x5b", 0x1, b"\x11", function=2, storage=1)
+           + rec.encode_record(b"\x67", 0x1, b"\x17", function=2, storage=1))
+    fmt, payload = compact_payload(apl)
+    assert fmt == profiles.kamstrup.COMPACT_FORMATS[("KAM", 0xA8ED)]
+    frame = wireless.finish(wireless.dll(0x44, "KAM", "54084283", 0x1B, 0x16) + b"\x79" + payload)
+    t = decode_wmbus(frame)
+    assert t.extra["profile"] == "kamstrup-water"
+    assert t.extra["registers"]["total_volume"] == "60.770"
+    assert t.extra["registers"]["due_date_volume"] == "51.508"
+    assert (t.extra["registers"]["leak"], t.extra["registers"]["burst"]) == ("1", "0")
+
+
 def test_a_third_of_a_litre_is_rounded_not_floated() -> None:
     dec = engine.apply(profiles.BY_NAME["apator-08"], (1372738).to_bytes(4, "little"))
     rec = dec.records[0]
