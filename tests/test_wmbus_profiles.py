@@ -72,6 +72,19 @@ FAMILIES: dict[str, tuple[str | None, dict[str, str]]] = {
     "hydrodigit": ("bmeters-hydrodigit", {"total_volume": "total_m3", "battery_voltage": "voltage_v",
                                           "backflow_volume": "backflow_m3"}),
     "supercom587": ("sontex-supercom587", {"total_volume": "total_m3"}),
+    "apator172": ("apator-172", {"total_volume": "total_m3"}),
+    "kamwater": ("kamstrup-water", {"total_volume": "total_m3", "due_date_volume": "target_m3",
+                                    "due_date": "target_date"}),
+    "flowiq2200": ("kamstrup-water", {"total_volume": "total_m3", "due_date_volume": "target_m3",
+                                      "due_date": "target_date"}),
+    "kamheat": (None, {"total_energy": "total_energy_consumption_kwh",
+                       "total_volume": "total_volume_m3"}),
+    "multical403": ("kamstrup-heat", {"total_energy": "total_energy_consumption_kwh",
+                                      "total_volume": "total_volume_m3"}),
+    "multical603": ("kamstrup-heat", {"total_energy": "total_energy_consumption_kwh",
+                                      "total_volume": "total_volume_m3"}),
+    "multical803": ("kamstrup-heat", {"total_energy": "total_energy_consumption_kwh",
+                                      "total_volume": "total_volume_m3"}),
 }
 # registers the standard decoder gives when a meter of the family sends EN 13757-3 records
 STANDARD = {"total_volume": ("Volume", 0), "due_date_volume": ("Volume", 1),
@@ -90,6 +103,9 @@ def _key(e: dict[str, Any]) -> bytes | None:
 
 def _decode(e: dict[str, Any]) -> Any:
     frame = bytes.fromhex(e["hex"])
+    if frame[:1] == b"\x68" and frame[3:4] == b"\x68":  # a wired M-Bus frame
+        from gateway.protocols.mbus.wired import decode_rsp_ud
+        return decode_rsp_ud(frame, _key(e))
     try:
         return decode_wmbus(frame, _key(e))
     except NoKeyError:
@@ -140,6 +156,8 @@ def _same(ours: tuple[Any, str], theirs: Any, field: str) -> bool:
 
 @pytest.mark.parametrize("entry", CASES, ids=[f"{e['driver']}-{i}" for i, e in enumerate(CASES)])
 def test_corpus_telegrams_match_the_reference(entry: dict[str, Any]) -> None:
+    if not entry["expected"]:
+        pytest.skip("the reference read nothing from this telegram")
     t = _decode(entry)
     profile, regs = FAMILIES[entry["driver"]]
     got = t.extra.get("profile")
@@ -148,7 +166,7 @@ def test_corpus_telegrams_match_the_reference(entry: dict[str, Any]) -> None:
         assert got == profile
     ids = {t.id.upper()} | {bytes(r.raw[:4])[::-1].hex().upper() for r in t.records
                             if r.quantity == "Enhanced identification"}
-    assert entry["expected"]["id"].upper() in ids
+    assert entry["expected"].get("id", t.id).upper() in ids
     checked = 0
     for register, field in regs.items():
         if field not in entry["expected"]:

@@ -1,7 +1,8 @@
 """Apator water meters.
 
-- Apator 08 (manufacturer code 0x8614, "APT"), CI 0xA0: the payload starts with the
-  volume as a 32-bit little-endian count of 1/3 litre.
+- Apator 08 (manufacturer code 0x8614, "APT", version/type 3/3 or 0x0F/0x0F), CI 0xA0:
+  the payload starts with the volume as a 32-bit little-endian count of 1/3 litre; the
+  Apator 17-2 (version 4, type 0x11) sends the same word counting 1/3 m3.
 - Apator AT-WMBUS-16-2 (APA, version 5, water), CI 0x7A: after 2F2F the payload is
   Apator's register stream: 8 bytes of frame code, date and fault flags, then one tag byte per
   register followed by its data, whose size the tag fixes; tag 0x10 is the total volume
@@ -28,10 +29,13 @@ _SIZES_162: dict[int, int] = {
 }
 
 PROFILES = [
-    Profile("apator-08", ("APT",), (0xA0,),
+    Profile("apator-08", ("APT",), (0xA0,), versions=(0x03, 0x0F), device_types=(0x03, 0x0F),
             fields=(Field("total_volume", 0, 4, quantity="Volume", unit="m3", exponent=-3,
                           divisor=3),),
             note="Apator 08 water meter (1/3 litre counts)"),
+    Profile("apator-172", ("APT",), (0xA0,), versions=(0x04,), device_types=(0x11,),
+            fields=(Field("total_volume", 0, 4, quantity="Volume", unit="m3", divisor=3),),
+            note="Apator 17-2 water meter (counts of 1/3 m3)"),
     Profile("apator-16-2", ("APA",), (0x7A, 0x72), versions=(0x05,), device_types=(0x06, 0x07),
             skip=b"\x2f\x2f", prefer_records=True,
             tagged=Tagged(start=8, sizes=_SIZES_162, end_tag=0xFF, trailer=2, fields={

@@ -1,4 +1,4 @@
-"""Kamstrup (KAM) water and heat meters.
+"""Kamstrup (KAM, KAW) water and heat meters.
 
 Their compact frames (CI 0x79) name only the format signature (a CRC over the records'
 DIF/VIF bytes); ``COMPACT_FORMATS`` are the DIF/VIF sequences Kamstrup's Multical 21 /
@@ -9,16 +9,20 @@ equals the EN 13757 CRC of these bytes, which the tests check). The info-code re
 
 from __future__ import annotations
 
+from ..crc import crc_en13757
 from .engine import Field, Profile, RecordName
 
-MANUFACTURERS = ("KAM",)
+MANUFACTURERS = ("KAM", "KAW")  # KAW: the code of Kamstrup's water meters
 
+_FORMATS = (  # DIF/VIF sequences of Multical 21, flowIQ 2200/3100 and KWM2231 frames
+    "02FF2004134413615B6167", "02FF20041392013BA1015B8101E7FF0F",
+    "02FF2004134413A1015B8101E7FF0F", "02FF2004134413615B5167", "02FF2004134413",
+    "02FF200413523B", "02FF2004134413426C523B615B616751678101E7FF0F06FF1B",
+    "04FF2304134413426C023B92013BA2013B06FF1BA1015B91015BA10167",
+    "04FF234413523B06FF1B426C61675167023B04138101E7FF0F",
+)
 COMPACT_FORMATS: dict[tuple[str, int], bytes] = {
-    ("KAM", 0xA8ED): bytes.fromhex("02FF2004134413615B6167"),
-    ("KAM", 0xC412): bytes.fromhex("02FF20041392013BA1015B8101E7FF0F"),
-    ("KAM", 0x61EB): bytes.fromhex("02FF2004134413A1015B8101E7FF0F"),
-    ("KAM", 0xD2F7): bytes.fromhex("02FF2004134413615B5167"),
-}
+    (m, crc_en13757(bytes.fromhex(f))): bytes.fromhex(f) for f in _FORMATS for m in MANUFACTURERS}
 
 _info = (
     Field("dry", 0, 2, "bits", quantity="Alarm dry", shift=0, mask=1),
@@ -35,7 +39,7 @@ PROFILES = [
                    RecordName("due_date_volume", "Volume", 1)),
             note="Multical 21 / flowIQ water meter"),
     Profile("kamstrup-heat", MANUFACTURERS, (0x78, 0x79, 0x7A, 0x72),
-            device_types=(0x04, 0x0C, 0x0D), source="records",
+            device_types=(0x04, 0x0A, 0x0B, 0x0C, 0x0D), source="records",
             names=(RecordName("total_energy", "Energy"),
                    RecordName("total_volume", "Volume"),
                    RecordName("due_date_energy", "Energy", 1)),
