@@ -320,6 +320,17 @@ def test_diehl_security_mode_16_real_data_with_the_default_key() -> None:
         decode_wmbus(other)
 
 
+def test_diehl_real_data_capture_stored_unscrambled() -> None:
+    """A Hydrus capture (mode 29) stored after unscrambling: its own bytes pass the check,
+    so it is read as it is, flagged not_encrypted, under the meter's own (swapped) id."""
+    frame = bytes.fromhex("1E4424238B07797389607A8F00107D041312170100426CBF23441344100100")
+    t = decode_wmbus(frame)
+    assert (t.id, t.security_mode, t.extra.get("not_encrypted")) == ("60897379", 29, True)
+    vols = {r.storage: r.decimal() for r in t.records if r.quantity == "Volume"}
+    assert vols == {0: Decimal("71.442"), 1: Decimal("69.700")}
+    assert profiles.meter_address(frame)["id"] == "60897379"
+
+
 def test_diehl_prios_meter_is_known_by_its_own_id() -> None:
     e = next(e for e in CORPUS if e["driver"] == "izarv2" and e["hex"].startswith("19442423"))
     frame = bytes.fromhex(e["hex"])

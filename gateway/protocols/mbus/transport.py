@@ -231,11 +231,12 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
         decrypted = True
     elif 16 <= mode <= 31:
         from .profiles import security_mode
-        plain, override = security_mode(mode, ci, data, pos, ctx)
+        plain, override, more_extra = security_mode(mode, ci, data, pos, ctx)
         if override:
             h.update(override)
+        extra.update(more_extra)
         apl, start = plain, 0
-        decrypted = True
+        decrypted = not more_extra.get("not_encrypted")
     else:
         name = SECURITY_MODES.get(mode, "reserved")
         raise UnsupportedSecurityError(f"security mode {mode} ({name}) is not supported", h,

@@ -94,9 +94,10 @@ def augment(hdr: dict[str, Any], ci: int, records: list[DataRecord],
 
 
 def security_mode(mode: int, ci: int, data: bytes, pos: int, ctx: Any,
-                  ) -> tuple[bytes, dict[str, Any] | None]:
+                  ) -> tuple[bytes, dict[str, Any] | None, dict[str, Any]]:
     """Security modes 16-31 are manufacturer-specific: the family module of the meter's
-    manufacturer makes the payload readable (-> plain payload, header to report)."""
+    manufacturer makes the payload readable (-> plain payload, header to report, extra
+    telegram details such as ``not_encrypted``)."""
     h = ctx.header
     for fam in FAMILIES:
         scheme = getattr(fam, "security_mode", None)
@@ -143,4 +144,10 @@ def meter_address(frame: bytes) -> dict[str, Any] | None:
         if p.address is not None and p.matches(hdr, frame[10], None):
             ident, version, dtype = ADDRESSES[p.address](frame)
             return {**hdr, "id": ident, "version": version, "device_type": dtype}
+    for fam in FAMILIES:
+        own = getattr(fam, "link_address", None)
+        if own is not None and hdr["manufacturer"] in getattr(fam, "MANUFACTURERS", ()):
+            found = own(frame)
+            if found is not None:
+                return {**hdr, "id": found[0], "version": found[1], "device_type": found[2]}
     return None

@@ -75,18 +75,31 @@ ADDRESSES["diehl-swapped"] = _swapped
 ADDRESSES["sappel-prios"] = _sappel
 
 
-def security_mode(mode: int, data: bytes, origin: bytes | None,
-                  hdr: dict[str, Any]) -> tuple[bytes, dict[str, Any] | None]:
-    """Modes 16-31 of a Diehl meter: the LFSR "real data" scheme with the default keys."""
+def link_address(frame: bytes) -> tuple[str, int, int] | None:
+    """The meter's own id of a "real data" frame (CI 0x7A, modes 16-31): it is swapped as
+    in PRIOS frames."""
+    if len(frame) >= 15 and frame[10] == 0x7A and frame[14] & 0x10:
+        return _swapped(frame)
+    return None
+
+
+def security_mode(mode: int, data: bytes, origin: bytes | None, hdr: dict[str, Any]
+                  ) -> tuple[bytes, dict[str, Any] | None, dict[str, Any]]:
+    """Modes 16-31 of a Diehl meter: the LFSR "real data" scheme with the default keys.
+    A capture stored already unscrambled (its own bytes pass the check) is read as it is
+    and flagged ``not_encrypted``."""
     from . import unsupported
     if origin is None or len(origin) < 16:
         raise unsupported(hdr, 0, f"security mode {mode} outside a radio short-header frame")
     check = origin[14] & 0xEF
+    ident, version, dtype = _swapped(origin)
+    own = {"id": ident, "version": version, "device_type": dtype}
     for key in DEFAULT_KEYS:
         plain = lfsr(origin, key)
         if plain and sum(plain) & 0xEF == check:
-            ident, version, dtype = _swapped(origin)
-            return plain, {"id": ident, "version": version, "device_type": dtype}
+            return plain, own, {}
+    if origin[15:] and sum(origin[15:]) & 0xEF == check:
+        return bytes(origin[15:]), own, {"not_encrypted": True}
     raise DecryptError(f"decrypt failed: security mode {mode} (Diehl real data) checksum does "
                        "not match with the default keys", hdr)
 
