@@ -410,7 +410,10 @@ def test_mutated_corpus_telegrams_raise_only_mbus_errors(data: st.DataObject) ->
 def test_tagged_stream_with_an_unknown_tag_is_a_frame_error() -> None:
     prof = profiles.BY_NAME["apator-16-2"]
     with pytest.raises(MBusError, match="no known size"):
-        engine.apply(prof, b"\x2f\x2f" + bytes(8) + b"\x10\x01\x00\x00\x00\x33\x00\x00\x00")
+        engine.apply(prof, b"\x2f\x2f" + bytes(8) + b"\x33\x10\x01\x00\x00\x00\x00\x00")
+    # after a register it knows, an unknown one ends the stream: what came before stands
+    dec = engine.apply(prof, b"\x2f\x2f" + bytes(8) + b"\x10\x01\x00\x00\x00\x33\x00\x00\x00")
+    assert dec.registers == {"total_volume": "0.001"} and "0x33" in dec.notes[0]
 
 
 def test_profiles_are_data_a_new_family_needs_no_decoder_change() -> None:

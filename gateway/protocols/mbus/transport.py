@@ -276,13 +276,12 @@ def _profiled_records(ci: int, apl: bytes, start: int, h: dict[str, Any], decryp
                 prof = None  # this meter sends standard records after all
     if prof is not None:
         dec = profiles.apply(prof, bytes(apl[start:]), {"header": h})
-        return dec.records, b"", False, {"profile": prof.name, "registers": dec.registers}
+        return dec.records, b"", False, dec.extra()
     records, mdata, more = _records(apl, start, h, decrypted, ctx, compact)
     found = profiles.augment(h, ci, records, mdata)
     if found is None:
         return records, mdata, more, {}
-    return (records + found[1].records, mdata, more,
-            {"profile": found[0].name, "registers": found[1].registers})
+    return records + found[1].records, mdata, more, found[1].extra()
 
 
 def _manufacturer_ci(ci: int, data: bytes, pos: int, ctx: Context, link: str,
@@ -292,8 +291,7 @@ def _manufacturer_ci(ci: int, data: bytes, pos: int, ctx: Context, link: str,
     prof, dec, hdr = read_manufacturer_ci(ci, bytes(data[pos:]), ctx)
     return Telegram(hdr.get("manufacturer", ""), hdr.get("id", ""), hdr.get("version", 0),
                     hdr.get("device_type", 0), None, None, dec.records, ci, link=link,
-                    c_field=c_field, address=address,
-                    extra={"profile": prof.name, "registers": dec.registers})
+                    c_field=c_field, address=address, extra=dec.extra())
 
 
 def _application_error(ci: int, data: bytes, pos: int, ctx: Context) -> ApplicationError:

@@ -175,6 +175,14 @@ class Decoded:
     profile: str
     records: list[DataRecord]
     registers: dict[str, str | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the profile could not read
+
+    def extra(self) -> dict[str, Any]:
+        """The telegram details a profile adds (``Telegram.extra``)."""
+        out: dict[str, Any] = {"profile": self.profile, "registers": self.registers}
+        if self.notes:
+            out["profile_notes"] = self.notes
+        return out
 
 
 def _raw_int(b: bytes, enc: str) -> int:
@@ -326,6 +334,10 @@ def _tagged(t: Tagged, src: bytes, out: Decoded, dates: dict[str, tuple[int, int
             break
         size = t.sizes.get(tag)
         if size is None:
+            if seen:  # what came before it stands; nothing after it can be placed
+                out.notes.append(f"register stream read up to the unknown tag 0x{tag:02X} "
+                                 f"at offset {i}")
+                return
             raise FrameError(f"profile {out.profile}: register tag 0x{tag:02X} at offset {i} "
                              "has no known size")
         i += 1
