@@ -216,6 +216,10 @@ PUBLISHED = [
      {"hca": "909", "due_date_hca": "961", "meter_date": "2021-03-01"}),
     ("3644D7087670700002087A9CC000002F2F6E1F000000000B3600000000000000000000000000000000000000"
      "0000000000000000260221", "bfw-240radio", {"hca": "0", "meter_date": "2021-02-26"}),
+    ("374468506549235827C3A2129F25383300A8622600008200800A2AF862115175552877A36F26C9AB1CB2440"
+     "0000004000000000004908002", "techem-vario451",
+     {"total_energy": "22938000000", "due_date_energy": "13112000000",
+      "current_period_energy": "9826000000"}),  # 6371.67 / 3642.22 / 2729.44 kWh
     ("1944A511780779194820A121170013355F8EDB2D03C6912B1E37", "diehl-izar",
      {"total_volume": "4.366", "due_date_volume": "0.000", "due_date": "2020-12-31"}),
     ("1944304c9c5824210c04a363140013716577ec59e8663ab0d31c", "diehl-izar-sappel",
@@ -329,6 +333,21 @@ def test_diehl_real_data_capture_stored_unscrambled() -> None:
     vols = {r.storage: r.decimal() for r in t.records if r.quantity == "Volume"}
     assert vols == {0: Decimal("71.442"), 1: Decimal("69.700")}
     assert profiles.meter_address(frame)["id"] == "60897379"
+
+
+def test_diehl_prios_with_the_meters_own_key() -> None:
+    """A meter configured with its own key: the LFSR key is its first two words XORed; the
+    published defaults still apply when it is not the one."""
+    e = next(e for e in CORPUS if e["driver"] == "izar")
+    frame = bytes.fromhex(e["hex"])
+    own = bytes.fromhex("0123456789ABCDEF") + bytes(8)
+    plain = diehl.lfsr(frame, diehl.DEFAULT_KEYS[0])
+    stream = diehl.lfsr(frame[:15] + bytes(len(frame) - 15), diehl._key(own))
+    rekeyed = frame[:15] + bytes(a ^ b for a, b in zip(plain, stream))
+    assert decode_wmbus(rekeyed, own).extra["registers"]["total_volume"] == "1248.146"
+    with pytest.raises(MBusError, match="decrypt failed"):
+        decode_wmbus(rekeyed)
+    assert decode_wmbus(frame, own).extra["registers"]["total_volume"] == "1248.146"
 
 
 def test_diehl_prios_meter_is_known_by_its_own_id() -> None:

@@ -57,7 +57,7 @@ def read_manufacturer_ci(ci: int, payload: bytes, ctx: Any) -> tuple[Profile, De
     if prof is None:
         raise unsupported(h, ci, "manufacturer-specific payload")
     origin = origin_frame(ctx, ci, payload)
-    dec = apply(prof, payload, {"frame": origin, "header": h})
+    dec = apply(prof, payload, {"frame": origin, "header": h, "key": ctx.key})
     header = dict(h)
     if prof.address is not None and origin is not None:
         ident, version, dtype = ADDRESSES[prof.address](origin)
@@ -103,7 +103,7 @@ def security_mode(mode: int, ci: int, data: bytes, pos: int, ctx: Any,
         scheme = getattr(fam, "security_mode", None)
         if scheme is not None and h.get("manufacturer") in getattr(fam, "MANUFACTURERS", ()):
             origin = origin_frame(ctx, ci, bytes(data[pos - 4:])) if ci == 0x7A else None
-            return scheme(mode, bytes(data[pos:]), origin, h)
+            return scheme(mode, bytes(data[pos:]), origin, h, ctx.key)
     raise unsupported(h, ci, f"security mode {mode} (manufacturer-specific)")
 
 

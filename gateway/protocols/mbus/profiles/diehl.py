@@ -24,12 +24,17 @@ from .engine import ADDRESSES, Field, Profile, transform
 MANUFACTURERS = ("DME", "SAP", "HYD", "EWT", "SPL")
 
 
-def _key(hexkey: str) -> int:
-    b = bytes.fromhex(hexkey)
+def _key(b: bytes) -> int:
+    """The 32-bit LFSR key of a configured key: its first two 32-bit words XORed."""
     return int.from_bytes(b[:4], "big") ^ int.from_bytes(b[4:8], "big")
 
 
-DEFAULT_KEYS = (_key("39BC8A10E66D83F8"), _key("51728910E66D83F8"))
+DEFAULT_KEYS = (_key(bytes.fromhex("39BC8A10E66D83F8")), _key(bytes.fromhex("51728910E66D83F8")))
+
+
+def _keys(configured: bytes | None) -> tuple[int, ...]:
+    """The meter's own key first (when one is configured), then the published defaults."""
+    return ((_key(configured),) if configured and len(configured) >= 8 else ()) + DEFAULT_KEYS
 
 
 def lfsr(frame: bytes, key: int, start: int = 15) -> bytes:
@@ -54,12 +59,13 @@ def _prios(payload: bytes, ctx: dict[str, Any]) -> bytes:
                            ctx.get("header"))
     if len(frame) < 16:
         raise TruncatedError("PRIOS payload shorter than its header", ctx.get("header"))
-    for key in DEFAULT_KEYS:
+    for key in _keys(ctx.get("key")):
         plain = lfsr(frame, key)
         if plain[0] == 0x4B:
             return payload[:4] + plain
-    raise DecryptError("decrypt failed: PRIOS check byte is not 0x4B with the default keys "
-                       "(a meter with its own key)", ctx.get("header"))
+    raise DecryptError("decrypt failed: PRIOS check byte is not 0x4B with the "
+                       + ("configured key or " if ctx.get("key") else "") + "default keys",
+                       ctx.get("header"))
 
 
 def _swapped(frame: bytes) -> tuple[str, int, int]:
@@ -83,7 +89,8 @@ def link_address(frame: bytes) -> tuple[str, int, int] | None:
     return None
 
 
-def security_mode(mode: int, data: bytes, origin: bytes | None, hdr: dict[str, Any]
+def security_mode(mode: int, data: bytes, origin: bytes | None, hdr: dict[str, Any],
+                  key: bytes | None = None
                   ) -> tuple[bytes, dict[str, Any] | None, dict[str, Any]]:
     """Modes 16-31 of a Diehl meter: the LFSR "real data" scheme with the default keys.
     A capture stored already unscrambled (its own bytes pass the check) is read as it is
@@ -94,8 +101,8 @@ def security_mode(mode: int, data: bytes, origin: bytes | None, hdr: dict[str, A
     check = origin[14] & 0xEF
     ident, version, dtype = _swapped(origin)
     own = {"id": ident, "version": version, "device_type": dtype}
-    for key in DEFAULT_KEYS:
-        plain = lfsr(origin, key)
+    for k in _keys(key):
+        plain = lfsr(origin, k)
         if plain and sum(plain) & 0xEF == check:
             return plain, own, {}
     if origin[15:] and sum(origin[15:]) & 0xEF == check:
