@@ -24,6 +24,7 @@ CORPUS = json.loads((ROOT / "tests/corpus/wmbus_profiles.json").read_text())["te
 
 MKRADIO3 = [bytes.fromhex(e["hex"]) for e in CORPUS if e["driver"] == "mkradio3"]  # 34333231
 IZAR = [bytes.fromhex(e["hex"]) for e in CORPUS if e["driver"] == "izar"]          # 208962F3
+MKRADIO4 = [bytes.fromhex(e["hex"]) for e in CORPUS if e["driver"] == "mkradio4"]  # 02410120
 # a Zenner meter with a manufacturer CI no profile describes
 UNKNOWN = bytes.fromhex("1344496A56341278210FB4712F03130CEB627A81")
 
@@ -31,7 +32,8 @@ UNKNOWN = bytes.fromhex("1344496A56341278210FB4712F03130CEB627A81")
 def replay_meters() -> list[SimRadioMeter]:
     ms = [SimRadioMeter("34333231", "TCH", 0x74, 0x62, None, "replay", frames=MKRADIO3),
           SimRadioMeter("208962F3", "SAP", 0xBC, 0x01, None, "replay", frames=IZAR),
-          SimRadioMeter("78123456", "ZRI", 0x21, 0x0F, None, "replay", frames=[UNKNOWN])]
+          SimRadioMeter("78123456", "ZRI", 0x21, 0x0F, None, "replay", frames=[UNKNOWN]),
+          SimRadioMeter("02410120", "TCH", 0x95, 0x62, None, "replay", frames=MKRADIO4)]
     for i, m in enumerate(ms):
         m.interval_s = 0.2
         m.rssi_dbm = -55 - i
@@ -85,6 +87,9 @@ def test_profile_meters_read_and_unsupported_said_once() -> None:
     assert by_id["208962F3"]["profile"] == "diehl-izar-sappel"
     assert by_id["78123456"]["profile"] is None
     assert by_id["78123456"]["result"] == "meter.unsupported_format"
+    # a meter not configured yet: the installer sees which profile would read it
+    assert by_id["02410120"]["known"] is False
+    assert by_id["02410120"]["profile"] == "techem-mkradio4"
 
 
 def test_listen_line_shows_the_profile() -> None:
