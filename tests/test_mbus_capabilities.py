@@ -277,3 +277,40 @@ def test_decode_cli_takes_several_telegrams_as_one_session(
     assert len(json.loads(capsys.readouterr().out)) == 2
     assert cli_main(["decode", "mbus", wired_hex, "--json"]) == 0
     assert isinstance(json.loads(capsys.readouterr().out), dict)
+
+
+def test_meter_keys_are_aes_or_des_sized() -> None:
+    from gateway.drivers.mbus import meter_key
+    check = meter_key()
+    assert check.convert("00" * 16) == bytes(16) and check.convert("01" * 8) == b"\x01" * 8
+    for bad in ("00" * 12, "0" * 31, "zz" * 8):
+        with pytest.raises(ValueError):
+            check.convert(bad)
+    # a 16-byte key on a DES frame, or an 8-byte key on an AES frame, is a decrypt failure
+    raw = des_frame(b"\x01" * 8, bytes.fromhex("0C1301000000"), 3)
+    with pytest.raises(DecryptError, match="8-byte key"):
+        wired.decode_rsp_ud(raw, KEY)
+    aes = wireless.encode_wmbus("KAM", "12345678", 1, 7, bytes.fromhex("0C1301000000"),
+                                key=KEY, mode=5)
+    with pytest.raises(DecryptError, match="16-byte key"):
+        wireless.decode_wmbus(aes, b"\x01" * 8)
+
+
+def test_kamstrup_style_compact_frame_inside_an_encrypted_ell() -> None:
+    # the records of a real flowIQ full frame (CI 0x78 in an ELL), then its compact frame
+    full_hex = WMBUS["xmq:HEAD:drivers/src/kamwater.xmq:500"]["hex"]
+    full = bytes.fromhex(full_hex)
+    t_full = wireless.decode_wmbus(full)
+    apl = b"".join(r.dib + r.vib + r.raw for r in t_full.records)
+    fmt, body = compact.compact_payload(apl)
+    assert fmt.hex().upper().startswith("04FF23")  # DIB/VIB bytes as the meter sent them
+    head = dict(manufacturer=t_full.manufacturer, ident=t_full.id, version=t_full.version,
+                device_type=t_full.device_type)
+    full_enc = wireless.encode_ell_ctr(head["manufacturer"], head["ident"], head["version"],
+                                       head["device_type"], b"\x78" + apl, key=KEY, session=1)
+    short_enc = wireless.encode_ell_ctr(head["manufacturer"], head["ident"], head["version"],
+                                        head["device_type"], b"\x79" + body, key=KEY, session=2)
+    first, second = wireless.decode_session([full_enc, short_enc], KEY)
+    assert second.extra["compact"] and second.extra["ell"]["encryption"] == 1
+    assert [(r.key, r.value) for r in second.records] == [(r.key, r.value) for r in first.records]
+    assert any(r.quantity == "Volume" and r.value_text() == "44.206" for r in second.records)

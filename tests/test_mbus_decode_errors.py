@@ -237,3 +237,32 @@ def test_compact_frames_use_the_format_learned_and_kept_across_a_restart() -> No
     assert len(unknown) == 1 and unknown[0].meter_id == "flowiq"
     assert len(unknown[0].detail["signature"]) == 4
     assert not blank.readings("flowiq") and not blank.events("meter.unsupported")
+
+
+def test_compact_formats_survive_a_restart_in_the_real_store(tmp_path: Any) -> None:
+    from gateway.store import Store
+    meter = wmbus_sim.SimRadioMeter("11111111", "KAM", 0x1B, 0x16, None, "none",
+                                    interval_s=0.05, compact="mixed")
+    sim = wmbus_sim.start("im871a", [meter])
+    path = tmp_path / "store.db"
+    try:
+        store = Store(path)
+        drv = radio_driver(sim, store)  # type: ignore[arg-type]
+        try:
+            assert wait_for(lambda: drv.meter_stats()["flowiq"]["reads_ok"] >= 10, timeout=60)
+        finally:
+            drv.stop()
+        saved = store.get_cursor("flowiq", "mbus.compact_formats")
+        store.close()
+        assert saved and list(saved) == ["KAM:11111111"]
+        meter.compact = "only"
+        store = Store(path)
+        drv = radio_driver(sim, store)  # type: ignore[arg-type]
+        try:
+            assert wait_for(lambda: drv.meter_stats()["flowiq"]["reads_ok"] >= 5, timeout=60)
+        finally:
+            drv.stop()
+            store.close()
+        assert "meter.compact_format_unknown" not in drv.meter_stats()["flowiq"]["failures"]
+    finally:
+        sim.stop()

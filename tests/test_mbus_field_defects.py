@@ -189,3 +189,29 @@ def test_application_error_with_a_long_header_names_the_meter() -> None:
         wired.decode_rsp_ud(raw)
     assert info.value.code == 5 and info.value.header["id"] == "12345678"
     assert info.value.header["manufacturer"] == "KAM"
+
+
+def test_manufacturer_payloads_stay_available_for_profiles() -> None:
+    from gateway.protocols.mbus.errors import UnsupportedError
+    raw = bytes.fromhex(WMBUS["xmq:HEAD:drivers/src/compact5.xmq:80"])  # CI 0xA2
+    with pytest.raises(UnsupportedError) as info:
+        wireless.decode_wmbus(raw)
+    assert info.value.payload == raw[10:] and info.value.payload[0] == 0xA2
+    assert info.value.header["id"] == "66336633"
+    # DIF 0x0F data after the records stay raw on the telegram
+    t = wired.decode_rsp_ud(bytes.fromhex(LIBMBUS["ACW_Itron-BM-plus-m"]))
+    assert t.manufacturer_data == bytes.fromhex("00017513")
+
+
+def test_plain_text_after_the_vifes_is_read_when_the_standard_layout_cannot_be() -> None:
+    # libmbus' example_plain_text_placement: 0xFC, VIFE 0x20 (per second), then "ABC"
+    raw = bytes.fromhex("6819196808027278563412244001075500000003FC200343424115310007F16"
+                        .replace("07F16", "7F16"))
+    (r,) = wired.decode_rsp_ud(raw).records
+    assert (r.quantity, r.unit, r.value) == ("ABC", "/s", 12565)
+    # the standard layout wins whenever it fits (Elvaco CMa10, text then VIFE 0x74)
+    t = wired.decode_rsp_ud(long_frame("02FC0348522574D411"))
+    assert t.records[0].quantity == "%RH" and t.records[0].value_text() == "45.64"
+    # and a text running past the frame either way stays refused
+    with pytest.raises(MBusError):
+        wired.decode_rsp_ud(long_frame("12FC1348522574B416"))

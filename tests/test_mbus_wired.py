@@ -290,3 +290,21 @@ def test_config_schema_validates_meters(tmp_path: Path) -> None:
     text = "\n".join(str(i) for i in exc.value.issues)
     assert "meters[0].primary" in text and "meters[1].secondary" in text
     assert "meters[2]" in text
+
+
+def test_driver_reads_a_plain_text_unit_over_the_bus() -> None:
+    from tools.sim.mbus import SimMeter
+    sim = start([SimMeter(8, "61150124", "ELV", 0x16, 0x1B, humidity=4564)])
+    sink = Sink()
+    opts = {"serial": {"port": sim.device, "baud": 2400, "parity": "N", "timeout_ms": 100},
+            "interval_s": 0.2, "retries": 1, "response_timeout_ms": 500,
+            "meters": [{"primary": 8, "name": "room"}]}
+    drv = MBusDriver("bus", opts, sink)
+    drv.start()
+    try:
+        assert wait_for(lambda: sink.readings("room", "%RH"))
+    finally:
+        drv.stop()
+        sim.stop()
+    r = sink.readings("room", "%RH")[0]
+    assert (r.mantissa, r.exponent, r.unit) == (4564, -2, "")

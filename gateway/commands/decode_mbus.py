@@ -110,10 +110,12 @@ def print_text(t: Any, out: Any = None) -> None:
     access = "-" if t.access_number is None else str(t.access_number)
     print(f"{t.manufacturer} {t.id}  version {t.version}  {t.device_type_name} "
           f"(0x{t.device_type:02X})", file=out)
-    sec = {0: "none", 5: "mode 5 (AES-CBC)", 7: "mode 7 (AES-CBC, KDF, CMAC)"}.get(
-        t.security_mode, str(t.security_mode))
+    sec = {0: "none", 2: "mode 2 (DES-CBC)", 3: "mode 3 (DES-CBC, IV)", 5: "mode 5 (AES-CBC)",
+           7: "mode 7 (AES-CBC, KDF, CMAC)"}.get(t.security_mode, str(t.security_mode))
     if "ell" in t.extra and t.extra["ell"].get("encryption") == 1:
         sec += ", ELL AES-CTR"
+    if t.extra.get("not_encrypted"):
+        sec += ", but the payload came in clear (readings flagged not_encrypted)"
     print(f"  {t.link}  CI 0x{t.ci:02X}  access {access}  status {status}  security {sec}",
           file=out)
     if t.extra.get("profile"):
@@ -124,7 +126,11 @@ def print_text(t: Any, out: Any = None) -> None:
         shown = f"{value} {r.unit}".rstrip() if value is not None else "-"
         note = f"  [{r.error}]" if r.error else ""
         print(f"  {r.key:<{width}}  {shown}{note}", file=out)
+    if t.extra.get("compact"):
+        print("  compact frame, decoded with the format of an earlier full frame", file=out)
     if t.manufacturer_data:
         print(f"  manufacturer data: {t.manufacturer_data.hex().upper()}", file=out)
+    if t.extra.get("trailing_bytes"):
+        print(f"  bytes after the frame's length: {t.extra['trailing_bytes']}", file=out)
     if t.more_records_follow:
         print("  more records follow in the next telegram", file=out)

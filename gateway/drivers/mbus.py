@@ -33,8 +33,8 @@ from zoneinfo import ZoneInfo
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..config import (
-    ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, boolean, hex_bytes, integer, list_of, mapping,
-    number, one_of_keys, text, time_zone,
+    ID, PATH, REQUIRED, Check, FieldSpec, Schema, SERIAL_SCHEMA, boolean, hex_bytes, integer,
+    list_of, mapping, number, one_of_keys, text, time_zone,
 )
 from ..model import (QUALITY_HISTORIC, QUALITY_METER_ERROR, QUALITY_NOT_ENCRYPTED, Event,
                      Reading, now_ms)
@@ -44,6 +44,20 @@ from .base import Driver, RecordSink
 from .handoff import WorkQueue, keys_dir_of, stored_key
 
 SECONDARY_PATTERN = r"[0-9A-Fa-f]{8}|[0-9A-Fa-f]{16}"
+KEY_SIZES = (16, 8)  # AES-128 (modes 5/7, ELL), DES (the deprecated modes 2/3)
+
+
+def meter_key() -> Check:
+    """A meter key: 32 hex digits (AES-128) or 16 (DES, security modes 2/3)."""
+    aes, des = hex_bytes(16), hex_bytes(8)
+
+    def convert(v: Any) -> bytes:
+        if isinstance(v, str) and len(v) == 16:
+            return des.convert(v)
+        return aes.convert(v)
+
+    return Check("32 hex digits (a 16-byte AES key) or 16 (an 8-byte DES key)", convert,
+                 as_text=True)
 TZ_HELP = ("time zone of the meters' clocks: M-Bus date/time records carry none, and the "
            "readings' meter timestamps are read in it")
 
@@ -53,8 +67,9 @@ METER_SCHEMA = Schema((
                                 "IIIIIIIIMMMMVVDD", SECONDARY_PATTERN), None,
               help="secondary address (id, optionally manufacturer/version/medium)"),
     FieldSpec("name", ID, None, help="meter id used in readings (default: the meter's id)"),
-    FieldSpec("key", hex_bytes(16), None, secret=True,
-              help="AES-128 key if the meter encrypts (security mode 5)"),
+    FieldSpec("key", meter_key(), None, secret=True,
+              help="AES-128 key if the meter encrypts (security mode 5); 8 bytes for DES "
+                   "(modes 2/3)"),
     FieldSpec("key_file", PATH, None, secret=True, path=True, must_exist=True,
               help="file holding the AES-128 key (hex), instead of key"),
 ), check=(one_of_keys("primary", "secondary", required=True), one_of_keys("key", "key_file")),
@@ -603,7 +618,7 @@ class MBusDriver(Driver):
                        for m in options["meters"]]
         self.keys_dir = keys_dir_of(self.options, sink)
         for meter in self.meters:
-            stored = stored_key(self.keys_dir, (meter.name, meter.label), (16,), self.log)
+            stored = stored_key(self.keys_dir, (meter.name, meter.label), KEY_SIZES, self.log)
             if stored is not None:  # set with `keys set` after the config was written
                 meter.key = stored[0]
                 self.log.info("M-Bus %s: meter %s uses the key stored in %s", self.bus,
@@ -664,8 +679,9 @@ class MBusDriver(Driver):
         """Use ``key`` for this meter from now on; a meter whose last read failed is read
         again at once with it."""
         meter = self._find(meter_id)
-        if len(key) != 16:
-            raise ValueError(f"an M-Bus key is 16 bytes (32 hex digits), got {len(key)}")
+        if len(key) not in KEY_SIZES:
+            raise ValueError(f"an M-Bus key is 16 bytes (32 hex digits; 8 for DES), got "
+                             f"{len(key)}")
 
         def apply() -> None:
             meter.key = bytes(key)

@@ -42,8 +42,8 @@ from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
 from .handoff import Listeners, WorkQueue, keys_dir_of, stored_key
-from .mbus import (TZ_HELP, CompactFormats, EventGate, MeterStats, decode_error_detail,
-                   open_port, read_ok_events, telegram_readings)
+from .mbus import (KEY_SIZES, TZ_HELP, CompactFormats, EventGate, MeterStats, decode_error_detail,
+                   meter_key, open_port, read_ok_events, telegram_readings)
 
 METER_SCHEMA = Schema((
     FieldSpec("id", text("the 8-digit meter id", r"[0-9A-Fa-f]{8}"),
@@ -51,7 +51,8 @@ METER_SCHEMA = Schema((
     FieldSpec("manufacturer", text("a three-letter manufacturer code", r"[A-Z]{3}"), None,
               help="manufacturer code, e.g. KAM; default: any"),
     FieldSpec("name", ID, None, help="meter id used in readings (default: the id)"),
-    FieldSpec("key", hex_bytes(16), None, secret=True, help="AES-128 key (security mode 5/7, ELL)"),
+    FieldSpec("key", meter_key(), None, secret=True,
+              help="AES-128 key (security mode 5/7, ELL); 8 bytes for DES (modes 2/3)"),
     FieldSpec("key_file", PATH, None, secret=True, path=True, must_exist=True,
               help="file holding the AES-128 key (hex), instead of key"),
 ), check=one_of_keys("key", "key_file"), help="one wireless meter")
@@ -201,7 +202,7 @@ class WMBusDriver(Driver):
         for m in options.get("meters") or []:
             rm = RadioMeter(str(m["id"]).upper(), m.get("manufacturer"), m.get("name"),
                             key_from(m.get("key"), m.get("key_file")))
-            stored = stored_key(self.keys_dir, (rm.name, rm.ident), (16,), self.log)
+            stored = stored_key(self.keys_dir, (rm.name, rm.ident), KEY_SIZES, self.log)
             if stored is not None:  # set with `keys set` after the config was written
                 rm.key = stored[0]
                 self.log.info("wM-Bus %s: meter %s uses the key stored in %s", self.bus,
@@ -278,8 +279,9 @@ class WMBusDriver(Driver):
         """Use ``key`` for this meter at once; its last undecodable telegram is decoded
         again with it (so a meter that sends every 15 min need not be waited for)."""
         meter = self._find(meter_id)
-        if len(key) != 16:
-            raise ValueError(f"a wM-Bus key is 16 bytes (32 hex digits), got {len(key)}")
+        if len(key) not in KEY_SIZES:
+            raise ValueError(f"a wM-Bus key is 16 bytes (32 hex digits; 8 for DES), got "
+                             f"{len(key)}")
 
         def apply() -> None:
             meter.key = bytes(key)

@@ -41,6 +41,7 @@ class SimMeter:
     silent: bool = False
     drop: int = 0
     corrupt: int = 0
+    humidity: int | None = None  # 0.01 %RH: adds an Elvaco-style plain-text VIF record
     # state
     selected: bool = False
     last_fcb: bool | None = None
@@ -74,6 +75,9 @@ class SimMeter:
                     + rec.encode_record(b"\x5a", *rec.encode_int(654, 2))              # 0.1 C
                     + rec.encode_record(b"\x5e", *rec.encode_int(421, 2))
                     + rec.encode_record(b"\x6d", *self.clock()))                       # now
+            if self.humidity is not None:  # VIF 0xFC, "%RH" (text first), VIFE 10^-2
+                body += rec.encode_record(rec.encode_plain_text_vib("%RH", b"\x74"),
+                                          *rec.encode_int(self.humidity, 2))
         else:
             body = b"".join(rec.encode_record(b"\x06", *rec.encode_bcd(
                 max(0, wh // 1000 - 100 * (part * 4 + s)), 4), storage=part * 4 + s)

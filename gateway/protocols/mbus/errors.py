@@ -2,7 +2,8 @@
 
 Every subclass is a *remote* error: the bytes that arrived are at fault (a broken meter, a
 noisy line, a wrong key in the config). Misuse of the API by our own code raises plain
-TypeError/ValueError instead. Each subclass names the diagnostic event a driver reports for
+TypeError/ValueError inside; the decode entry points (``decode_rsp_ud``, ``decode_wmbus``)
+are ``guarded``, so nothing but an MBusError ever leaves them. Each subclass names the diagnostic event a driver reports for
 it, so a wrong key, a missing key, an unsupported mode and a damaged telegram are never
 confused with each other.
 """
@@ -28,8 +29,9 @@ class MBusError(ValueError):
                  payload: bytes = b"") -> None:
         super().__init__(message)
         self.header = dict(header) if header else {}
-        # what follows an unknown CI field or an unsupported security mode, as received:
-        # manufacturer profiles (issue 13) read it from here
+        # the undecoded bytes, as received: from an unknown CI field on (CI included), or
+        # after the TPL header of an unsupported security mode; manufacturer profiles
+        # (issue 13) read them from here
         self.payload = bytes(payload)
 
     @property

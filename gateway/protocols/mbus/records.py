@@ -119,11 +119,28 @@ _PRIMARY_FAST: list[_Vib | None] = [
 ]
 
 
+def _vifes_end(data: bytes, pos: int, end: int, start: int) -> int:
+    """Index after a chain of VIFEs starting at pos (the byte before had its extension bit
+    set). At most 10 VIFEs (an FB/FD table byte counts as one, as in libmbus)."""
+    n = 0
+    while True:
+        if pos >= end:
+            raise TruncatedError(f"offset {start}: record ends inside its VIFEs")
+        if n >= MAX_VIFE:
+            raise FrameError(f"offset {start}: more than {MAX_VIFE} VIFEs")
+        b = data[pos]
+        pos += 1
+        n += 1
+        if not b & 0x80:
+            return pos
+
+
 def _vib_end(data: bytes, pos: int, end: int) -> int:
     """Index after the VIB starting at pos: the VIF, for a plain-text VIF (0x7C/0xFC) its
     length byte and text (which come before the VIFEs, EN 13757-3 6.4.2), then the VIFEs.
 
-    At most 10 VIFEs (an FB/FD table byte counts as one, as in libmbus): more is refused.
+    Some meters put the VIFEs of 0xFC first and the text after them; that reading is
+    tried only when the standard one runs past the record.
     """
     start = pos
     if pos >= end:
@@ -134,20 +151,32 @@ def _vib_end(data: bytes, pos: int, end: int) -> int:
         if pos >= end:
             raise TruncatedError(f"offset {start}: plain-text VIF without its length")
         ln = data[pos]
-        pos += 1 + ln
-        if pos > end:
-            raise TruncatedError(f"offset {start}: plain-text VIF needs {ln} characters")
-    b = vif
-    n = 0
-    while b & 0x80:
-        if pos >= end:
-            raise TruncatedError(f"offset {start}: record ends inside its VIFEs")
-        if n >= MAX_VIFE:
-            raise FrameError(f"offset {start}: more than {MAX_VIFE} VIFEs")
-        b = data[pos]
-        pos += 1
-        n += 1
+        after = pos + 1 + ln
+        try:
+            if after > end:
+                raise TruncatedError(f"offset {start}: plain-text VIF needs {ln} characters")
+            return _vifes_end(data, after, end, start) if vif & 0x80 else after
+        except TruncatedError:
+            if not vif & 0x80:
+                raise
+            p = _vifes_end(data, pos, end, start)  # VIFEs first, then length and text
+            if p >= end or p + 1 + data[p] > end:
+                raise
+            return p + 1 + data[p]
+    if vif & 0x80:
+        return _vifes_end(data, pos, end, start)
     return pos
+
+
+def _text_first(vib: bytes) -> bool:
+    """Whether a plain-text VIB has its text right after the VIF (the standard layout)."""
+    after = 2 + vib[1]
+    if after > len(vib):
+        return False
+    if not vib[0] & 0x80:
+        return after == len(vib)
+    tail = vib[after:]
+    return bool(tail) and all(b & 0x80 for b in tail[:-1]) and not tail[-1] & 0x80
 
 
 def _decode_vib(vib: bytes) -> _Vib:
@@ -170,12 +199,22 @@ def _decode_vib(vib: bytes) -> _Vib:
         has_more = bool(ext & 0x80)
         i = 2
     elif code == VIF_PLAIN_TEXT:
-        # the length and the text (last character first) come first, then the VIFEs
-        ln = vib[1]
-        text = vib[2:2 + ln][::-1].decode("latin-1")
+        # the length and the text (last character first), then the VIFEs; or the VIFEs
+        # first where a meter sends them so (see _vib_end)
+        if _text_first(vib):
+            ln = vib[1]
+            text = vib[2:2 + ln][::-1].decode("latin-1")
+            i = 2 + ln
+        else:
+            j = 1
+            while vib[j] & 0x80:
+                j += 1
+            ln = vib[j + 1]
+            text = vib[j + 2:j + 2 + ln][::-1].decode("latin-1")
+            vib = vib[:j + 1]  # the VIFEs below stop before the length and text
+            i = 1
         quantity, unit, exponent, kind, seconds = text, "", 0, "number", 1
         has_more = bool(vif & 0x80)
-        i = 2 + ln
     elif code == VIF_MANUFACTURER:
         # meaning known only to the manufacturer: the data stay raw bytes
         quantity = "Manufacturer specific " + vib.hex().upper()

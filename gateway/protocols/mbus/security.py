@@ -83,11 +83,9 @@ def _triple_des() -> Any:
 
 
 def _des_key(key: bytes) -> bytes:
-    if len(key) == 8:
-        return bytes(key) * 3  # K1 = K2 = K3: single DES
-    if len(key) in (16, 24):
-        return bytes(key)
-    raise ValueError("a DES key is 8 bytes (16 or 24 for TripleDES)")
+    if len(key) != 8:
+        raise ValueError("a DES key is 8 bytes")
+    return bytes(key) * 3  # K1 = K2 = K3: single DES
 
 
 def des_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:

@@ -1,8 +1,16 @@
 """Transport layer (EN 13757-7 TPL) and the decoded telegram shared by wired and wireless.
 
 ``decode_application(ci, data, pos, ctx)`` reads the TPL header the CI field announces
-(none, short, long), decrypts security mode 5 or 7 when the configuration word says so,
-checks the result, and parses the records.
+(none, short, long), decrypts security mode 5 or 7 (AES) or 2/3 (DES) when the
+configuration word says so, checks the result, and parses the records: a full frame's
+(whose format a session in ``ctx.formats`` learns), a compact frame's (CI 0x79/0x7B/0x73,
+decoded with a learned format), or the wired fixed data structure (CI 0x73/0x77, see
+:mod:`.fixed`). CI 0x70/0x6E/0x6F application errors raise ``ApplicationError``.
+
+Without a key, a telegram whose security bits say encrypted but whose payload starts with
+the 2F2F check bytes in clear is decoded and marked ``extra["not_encrypted"]``; with a key
+it is decrypted as always (so a wrong key still fails). On wired frames, a configuration
+word that is no defined security mode is the old "signature" field (``extra``).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from .errors import (
     ApplicationError, AuthError, DecryptError, FrameError, MBusError, NoKeyError, TruncatedError, UnsupportedError,
     UnsupportedSecurityError,
 )
+from .compact import decode_compact, meter_key
 from .records import DataRecord, parse_records
 from .tables import (
     APPLICATION_ERRORS, CI_APPLICATION_ERROR, CI_APPLICATION_ERROR_LONG,
@@ -160,7 +169,7 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
         return _manufacturer_ci(ci, data, pos, ctx, link, c_field, address)
     else:
         raise UnsupportedError(f"CI field 0x{ci:02X} is not an application data response", h,
-                               payload=bytes(data[pos:]))
+                               payload=bytes(data[ci_pos:]))
 
     access, status = data[pos], data[pos + 1]
     config = int.from_bytes(data[pos + 2:pos + 4], "little")
@@ -190,6 +199,9 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
             raise NoKeyError(f"encrypted with security mode {mode} and no key is configured "
                              "for this meter", h)
         blocks = (config >> 4) & 0x0F
+        if mode == 7 and len(ctx.key) != 16:
+            raise DecryptError(f"decrypt failed: security mode 7 is AES-128 and needs a "
+                               f"16-byte key, the configured key has {len(ctx.key)}", h)
         if mode == 7:
             _need(data, pos, 1, "mode 7 configuration field extension", h)
             cfe = data[pos]
@@ -201,6 +213,9 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
                 raise UnsupportedSecurityError("mode 5 with a short header needs the link-layer "
                                                "address, which a wired frame does not carry", h)
             key = ctx.key
+            if len(key) != 16:
+                raise DecryptError(f"decrypt failed: security mode 5 is AES-128 and needs a "
+                                   f"16-byte key, the configured key has {len(key)}", h)
             iv = security.mode5_iv(iv_m, iv_a, access)
         else:
             key = ctx.key
@@ -218,9 +233,9 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
             raise FrameError(f"security mode {mode} with zero encrypted blocks", h)
         _need(data, pos, n, f"{n // bsize} encrypted blocks", h)
         if mode in (2, 3):
-            if len(key) not in (8, 16, 24):
-                raise DecryptError("decrypt failed: a DES key is 8 bytes (or a 16/24-byte "
-                                   "TripleDES key)", h)
+            if len(key) != 8:
+                raise DecryptError(f"decrypt failed: security mode {mode} is DES and needs "
+                                   f"an 8-byte key, the configured key has {len(key)}", h)
             plain = security.des_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
         else:
             plain = security.aes_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
@@ -319,7 +334,6 @@ def _records(data: bytes, pos: int, h: dict[str, Any], decrypted: bool,
              compact: bool = False) -> tuple[list[DataRecord], bytes, bool]:
     """The records of a full frame (whose format is learned when ``ctx.formats`` is set),
     or of a compact frame (decoded with a learned format)."""
-    from .compact import decode_compact, meter_key
     formats = ctx.formats if ctx is not None else None
     try:
         if compact:

@@ -3,8 +3,9 @@
     L C M(2) A(6: id(4) version type) CI ...
 
 Dongles usually deliver frames with the block CRCs removed (then L = length - 1); a frame
-that still carries them is recognised by its length (format A) or by its CRC (format B)
-and checked. After the DLL: an optional extended link layer (CI 0x8C-0x8F, AES-CTR when
+that still carries them is recognised by its length (format A) or by its CRC (format B:
+block 2 is the CI field and 115 bytes, its CRC at offset 126) and checked. Bytes after the
+L field's length are reported as ``trailing_bytes``, not a reason to refuse. After the DLL: an optional extended link layer (CI 0x8C-0x8F, AES-CTR when
 its session number says so), an optional authentication and fragmentation layer (CI 0x90,
 mode 7 counter and MAC), then the transport layer decoded by :mod:`.transport`.
 
@@ -218,6 +219,9 @@ def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto",
                     # its CRC holds in clear: stored already decrypted
                     payload = clear
                     extra["not_encrypted"] = True
+                elif len(k) != 16:
+                    raise DecryptError("decrypt failed: the ELL is AES-128 and needs a "
+                                       f"16-byte key, the configured key has {len(k)}", header)
                 else:
                     iv = security.ell_iv(m_field, a_field, cc, sn)
                     payload = security.aes_ctr(k, iv, bytes(buf[pos:]))
