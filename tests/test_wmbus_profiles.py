@@ -409,6 +409,20 @@ def test_random_payloads_under_each_profile_raise_only_mbus_errors(name: str,
         r.value_text()  # every value renders exactly
 
 
+@settings(max_examples=300, deadline=None)
+@given(mfr=st.sampled_from(["DME", "HYD", "SAP", "KAM"]), mode=st.integers(16, 31),
+       hi=st.integers(0, 7), payload=st.binary(max_size=80))
+def test_random_security_mode_16_31_payloads_raise_only_mbus_errors(
+        mfr: str, mode: int, hi: int, payload: bytes) -> None:
+    head = wireless.dll(0x44, mfr, "12345678", 0x70, 0x07)
+    frame = wireless.finish(head + bytes((0x7A, 1, 0, 0x10, mode | hi << 5)) + payload)
+    try:
+        t = decode_wmbus(frame, fmt="none")
+    except MBusError:
+        return
+    assert t.security_mode == mode
+
+
 @settings(max_examples=400, deadline=None)
 @given(data=st.data())
 def test_mutated_corpus_telegrams_raise_only_mbus_errors(data: st.DataObject) -> None:
