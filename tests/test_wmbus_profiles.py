@@ -245,6 +245,16 @@ PUBLISHED += [(h, "apator-16-2", {"total_volume": v}) for h, v in (  # wmbusmete
 )]
 
 
+def test_qundis_record_in_another_layout_is_left_raw() -> None:
+    """wmbusmeters' HCA4: the VIF 0xFF 0x5F data are not the walk-by structure (scrambled):
+    no values are made up from them."""
+    t = decode_wmbus(bytes.fromhex(
+        "49449344825253303608780DFF5F350082430035E3DFC4EAC97A58B8610713D93549E2601258D617D267E7"
+        "515C764B002A88CD341A9F9DF3C6034DE5B6D1FAB3619CBA9F046D250DDA2C"))
+    assert "profile" not in t.extra
+    assert [r.quantity for r in t.records] == ["Manufacturer specific FF5F", "Date and time"]
+
+
 @pytest.mark.parametrize("hexframe,profile,want", PUBLISHED,
                          ids=[f"{p}-{i}" for i, (_, p, _) in enumerate(PUBLISHED)])
 def test_published_telegrams_not_in_the_corpus(hexframe: str, profile: str,
@@ -375,6 +385,8 @@ def test_diehl_prios_meter_is_known_by_its_own_id() -> None:
     assert profiles.meter_address(frame)["id"] == "48500375"
     assert decode_wmbus(frame).id == "48500375"
     assert profiles.identify(frame) == "diehl-izar"
+    fhkv = next(e for e in CORPUS if e["driver"] == "fhkvdataiii")
+    assert profiles.identify(bytes.fromhex(fhkv["hex"])) == "techem-fhkvdataiii"
 
 
 def test_decode_wmbus_prints_the_profile() -> None:

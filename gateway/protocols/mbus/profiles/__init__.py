@@ -75,22 +75,23 @@ def augment(hdr: dict[str, Any], ci: int, records: list[DataRecord],
             mdata: bytes) -> tuple[Profile, Decoded] | None:
     """A profile that reads the manufacturer data (DIF 0x0F), a VIF 0x7F/0xFF record or
     names the standard records of this meter."""
-    prof = find(hdr, ci, (MFCT_DATA, "vib", RECORDS), None)
-    if prof is None:
-        return None
-    if prof.source == MFCT_DATA:
-        if not mdata:
-            return None  # this telegram carries no manufacturer data
-        src = mdata
-    elif prof.source.startswith("vib:"):
-        vib = bytes.fromhex(prof.source[4:])
-        rec = next((r for r in records if r.vib == vib and isinstance(r.value, bytes)), None)
-        if rec is None:
-            return None  # this telegram of the meter does not carry it
-        src = bytes(rec.raw)
-    else:
-        src = b""
-    return prof, apply(prof, src, {"header": hdr}, records)
+    for prof in PROFILES:
+        kind = "vib" if prof.source.startswith("vib:") else prof.source
+        if kind not in (MFCT_DATA, "vib", RECORDS) or not prof.matches(hdr, ci, None, True):
+            continue
+        if prof.source == MFCT_DATA:
+            src = mdata
+        elif kind == "vib":
+            vib = bytes.fromhex(prof.source[4:])
+            rec = next((r for r in records if r.vib == vib and isinstance(r.value, bytes)),
+                       None)
+            src = b"" if rec is None else bytes(rec.raw)
+        else:
+            src = b""
+        if kind != RECORDS and (not src or not prof.matches(hdr, ci, src)):
+            continue  # this telegram does not carry the data, or not in this layout
+        return prof, apply(prof, src, {"header": hdr}, records)
+    return None
 
 
 def security_mode(mode: int, ci: int, data: bytes, pos: int, ctx: Any,
@@ -128,7 +129,7 @@ def identify(frame: bytes) -> str | None:
     if ci == 0x8C and len(frame) > 13:  # short ELL: the CI after it is in clear
         ci, pos = frame[13], 14
     for p in PROFILES:
-        if p.matches(hdr, ci, None if p.signature else b""):
+        if p.matches(hdr, ci, None, header_only=True):
             return p.name
     return None
 

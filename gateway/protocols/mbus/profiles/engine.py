@@ -132,14 +132,16 @@ class Profile:
     prefer_records: bool = False      # a payload that is valid EN 13757-3 records stays so
     note: str = ""
 
-    def matches(self, hdr: dict[str, Any], ci: int, source: bytes | None) -> bool:
+    def matches(self, hdr: dict[str, Any], ci: int, source: bytes | None,
+                header_only: bool = False) -> bool:
+        """This meter and CI (and, unless ``header_only``, the signature on ``source``)."""
         if hdr.get("manufacturer") not in self.manufacturers or ci not in self.cis:
             return False
         if self.versions is not None and hdr.get("version") not in self.versions:
             return False
         if self.device_types is not None and hdr.get("device_type") not in self.device_types:
             return False
-        if self.signature:
+        if self.signature and not header_only:
             if source is None:
                 return False
             for off, sig in self.signature:

@@ -3,7 +3,8 @@ structure. Bytes 7-9 of its data are a DIF/VIF-like header whose VIF (byte 9) gi
 quantity and scale of every value (0x13 litres, 0x05 0.1 kWh, 0x0D 0.1 MJ, 0x6E HCA
 units); then the current value (4-byte BCD), the year-end due date (type G) and value,
 the month-end date and value (EN 13757-3 storage numbers 1 and 17, as Qundis' own
-standard-record telegrams use them), and monthly deltas. Water (Q water), heat (Q heat)
+standard-record telegrams use them), and monthly deltas. Byte 7 is 0x07 in this structure;
+a record whose data differ (scrambled, another layout) is left as raw bytes. Water (Q water), heat (Q heat)
 and heat cost allocators (Q caloric) share the structure.
 """
 
@@ -23,5 +24,5 @@ _walk_by = (
 
 PROFILES = [
     Profile("qundis-walk-by", MANUFACTURERS, (0x78, 0x7A, 0x72), source=vif_record(b"\xff\x5f"),
-            fields=_walk_by, note="Q water / Q heat / Q caloric walk-by structure"),
+            signature=((7, b"\x07"),), fields=_walk_by, note="Q water / Q heat / Q caloric walk-by structure"),
 ]
