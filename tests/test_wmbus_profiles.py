@@ -245,6 +245,21 @@ PUBLISHED += [(h, "apator-16-2", {"total_volume": v}) for h, v in (  # wmbusmete
 )]
 
 
+SONTEX_868 = ("44EE4D1955332816087A9200B025351FF8F999176A2E38DD8C6AC62B8D9453009F42A0828C23F6F"
+              "0602AAE7101912A309C1570FFD519785FEB5A7AF908515775C9947A6F7EC16214A666E0685BD5FF16"
+              "2A28B32C9F9ED67500ECA19EB4873D837DB219A2E865574A5D0D34E00DE45E0DC3FB2767E5CF7881B6"
+              "74719CC84C8C89D73C55779A7D37DDBD439D6B402B0912BEA8DA52073791488224334C48188AAA7DB"
+              "D83A0A856657B649C40B809DF325CFA0C39D817466847F4CB83E623BA",
+              "1AC8BD4C1421E45C4D11456AC0467A83")  # Exmbus' Sontex 868 capture (no L field)
+
+
+def test_sontex_868_names_its_standard_records() -> None:
+    body = bytes.fromhex(SONTEX_868[0])
+    t = decode_wmbus(bytes((len(body),)) + body, bytes.fromhex(SONTEX_868[1]))
+    assert (t.id, t.security_mode, t.extra["profile"]) == ("28335519", 5, "sontex-868")
+    assert t.extra["registers"]["hca"] == "0" and t.extra["registers"]["due_date_hca"] == "0"
+
+
 def test_qundis_record_in_another_layout_is_left_raw() -> None:
     """wmbusmeters' HCA4: the VIF 0xFF 0x5F data are not the walk-by structure (scrambled):
     no values are made up from them."""
