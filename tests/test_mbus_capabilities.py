@@ -314,3 +314,20 @@ def test_kamstrup_style_compact_frame_inside_an_encrypted_ell() -> None:
     assert second.extra["compact"] and second.extra["ell"]["encryption"] == 1
     assert [(r.key, r.value) for r in second.records] == [(r.key, r.value) for r in first.records]
     assert any(r.quantity == "Volume" and r.value_text() == "44.206" for r in second.records)
+
+
+def test_compact_signature_starting_with_2f_is_not_taken_for_check_bytes() -> None:
+    # records whose format signature begins with 0x2F (found by varying a storage number),
+    # sent compactly without encryption: there are no check bytes to skip
+    for storage in range(1, 1 << 20):
+        apl = records.encode_record(b"\x13", *records.encode_int(7, 4)) \
+            + records.encode_record(b"\x13", *records.encode_int(5, 4), storage=storage)
+        fmt, payload = compact.compact_payload(apl)
+        if payload[0] == 0x2F:
+            break
+    assert payload[0] == 0x2F
+    formats = compact.Formats()
+    wireless.decode_wmbus(radio(0x78, apl), formats=formats)
+    t = wireless.decode_wmbus(radio(0x79, payload), formats=formats)
+    assert [(r.key, r.value) for r in t.records] == [("Volume", 7),
+                                                     (f"Volume/storage={storage}", 5)]

@@ -172,7 +172,7 @@ def test_radio_survives_a_dongle_codec_that_raises() -> None:
     assert all("IndexError" in e.detail["error"] for e in errors)
 
 
-# --------------------------------------------------------------------------- compact frames in the driver
+# ------------------------------------------------------------ compact frames in the driver
 
 class CursorSink(Sink):
     """A sink that keeps cursors like the store does (committed with their records)."""

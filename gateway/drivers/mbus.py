@@ -44,7 +44,6 @@ from .base import Driver, RecordSink
 from .handoff import WorkQueue, keys_dir_of, stored_key
 
 SECONDARY_PATTERN = r"[0-9A-Fa-f]{8}|[0-9A-Fa-f]{16}"
-KEY_SIZES = (16, 8)  # AES-128 (modes 5/7, ELL), DES (the deprecated modes 2/3)
 
 
 def meter_key() -> Check:
@@ -618,7 +617,7 @@ class MBusDriver(Driver):
                        for m in options["meters"]]
         self.keys_dir = keys_dir_of(self.options, sink)
         for meter in self.meters:
-            stored = stored_key(self.keys_dir, (meter.name, meter.label), KEY_SIZES, self.log)
+            stored = stored_key(self.keys_dir, (meter.name, meter.label), (16,), self.log)
             if stored is not None:  # set with `keys set` after the config was written
                 meter.key = stored[0]
                 self.log.info("M-Bus %s: meter %s uses the key stored in %s", self.bus,
@@ -679,9 +678,8 @@ class MBusDriver(Driver):
         """Use ``key`` for this meter from now on; a meter whose last read failed is read
         again at once with it."""
         meter = self._find(meter_id)
-        if len(key) not in KEY_SIZES:
-            raise ValueError(f"an M-Bus key is 16 bytes (32 hex digits; 8 for DES), got "
-                             f"{len(key)}")
+        if len(key) != 16:  # the console sets AES keys; a DES key goes in the config
+            raise ValueError(f"an M-Bus key is 16 bytes (32 hex digits), got {len(key)}")
 
         def apply() -> None:
             meter.key = bytes(key)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..config import (
-    ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, hex_bytes, integer, list_of, mapping,
+    ID, PATH, REQUIRED, FieldSpec, Schema, SERIAL_SCHEMA, integer, list_of, mapping,
     number, one_of, one_of_keys, text, time_zone,
 )
 from ..model import Event, now_ms
@@ -42,7 +42,7 @@ from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
 from .handoff import Listeners, WorkQueue, keys_dir_of, stored_key
-from .mbus import (KEY_SIZES, TZ_HELP, CompactFormats, EventGate, MeterStats, decode_error_detail,
+from .mbus import (TZ_HELP, CompactFormats, EventGate, MeterStats, decode_error_detail,
                    meter_key, open_port, read_ok_events, telegram_readings)
 
 METER_SCHEMA = Schema((
@@ -202,7 +202,7 @@ class WMBusDriver(Driver):
         for m in options.get("meters") or []:
             rm = RadioMeter(str(m["id"]).upper(), m.get("manufacturer"), m.get("name"),
                             key_from(m.get("key"), m.get("key_file")))
-            stored = stored_key(self.keys_dir, (rm.name, rm.ident), KEY_SIZES, self.log)
+            stored = stored_key(self.keys_dir, (rm.name, rm.ident), (16,), self.log)
             if stored is not None:  # set with `keys set` after the config was written
                 rm.key = stored[0]
                 self.log.info("wM-Bus %s: meter %s uses the key stored in %s", self.bus,
@@ -279,9 +279,8 @@ class WMBusDriver(Driver):
         """Use ``key`` for this meter at once; its last undecodable telegram is decoded
         again with it (so a meter that sends every 15 min need not be waited for)."""
         meter = self._find(meter_id)
-        if len(key) not in KEY_SIZES:
-            raise ValueError(f"a wM-Bus key is 16 bytes (32 hex digits; 8 for DES), got "
-                             f"{len(key)}")
+        if len(key) != 16:  # the console sets AES keys; a DES key goes in the config
+            raise ValueError(f"a wM-Bus key is 16 bytes (32 hex digits), got {len(key)}")
 
         def apply() -> None:
             meter.key = bytes(key)

@@ -169,7 +169,7 @@ def decode_compact(data: bytes, pos: int, header: dict[str, Any],
     return parse_records(full)
 
 
-# --------------------------------------------------------------------------- encoding (simulators, tests)
+# ----------------------------------------------------------------- encoding (simulators, tests)
 
 def compact_payload(apl: bytes) -> tuple[bytes, bytes]:
     """-> (format, signature + CRC + data bytes) for the records ``apl`` of a full frame:

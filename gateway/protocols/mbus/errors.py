@@ -3,9 +3,9 @@
 Every subclass is a *remote* error: the bytes that arrived are at fault (a broken meter, a
 noisy line, a wrong key in the config). Misuse of the API by our own code raises plain
 TypeError/ValueError inside; the decode entry points (``decode_rsp_ud``, ``decode_wmbus``)
-are ``guarded``, so nothing but an MBusError ever leaves them. Each subclass names the diagnostic event a driver reports for
-it, so a wrong key, a missing key, an unsupported mode and a damaged telegram are never
-confused with each other.
+are ``guarded``, so nothing but an MBusError ever leaves them. Each subclass names the
+diagnostic event a driver reports for it, so a wrong key, a missing key, an unsupported
+mode and a damaged telegram are never confused with each other.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The fixed data structure of wired M-Bus (EN 13757-3:2004 / EN 1434-3, CI 0x73; CI 0x77
 sends its multi-byte fields most significant byte first):
 
-    ident (4, BCD) | access | status | unit/medium 1 | unit/medium 2 | counter 1 (4) | counter 2 (4)
+    ident (4, BCD) | access | status | unit/medium 1 | unit/medium 2 | counter 1 | counter 2
+    (counters: 4 bytes each)
 
 Status bit 7: counters binary (1) or BCD (0); bit 6: historic (1) or actual values (0);
 bits 0-4 as in the variable structure. The two top bits of each unit byte form the medium

@@ -20,8 +20,8 @@ from typing import Any
 
 from . import security
 from .errors import (
-    ApplicationError, AuthError, DecryptError, FrameError, MBusError, NoKeyError, TruncatedError, UnsupportedError,
-    UnsupportedSecurityError,
+    ApplicationError, AuthError, DecryptError, FrameError, MBusError, NoKeyError, TruncatedError,
+    UnsupportedError, UnsupportedSecurityError,
 )
 from .compact import decode_compact, meter_key
 from .records import DataRecord, parse_records
@@ -253,7 +253,8 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
         apl, start = plain, 0
         decrypted = not more_extra.get("not_encrypted")
     else:
-        name = SECURITY_MODES.get(mode, "reserved")
+        name = SECURITY_MODES.get(mode) or ("manufacturer specific" if mode >= 16
+                                            else "reserved")
         raise UnsupportedSecurityError(f"security mode {mode} ({name}) is not supported", h,
                                        payload=bytes(data[pos:]))
     return _finish(ci, apl, start, ctx, h, access, status, config, mode, link, c_field,
@@ -264,9 +265,9 @@ def _finish(ci: int, apl: bytes, start: int, ctx: Context, h: dict[str, Any], ac
             status: int, config: int, mode: int, link: str, c_field: int | None,
             address: int | None, extra: dict[str, Any], compact: bool,
             decrypted: bool) -> Telegram:
-    if compact:
-        while start < len(apl) and apl[start] == 0x2F:  # the 2F2F check bytes
-            start += 1
+    if compact and (decrypted or extra.get("not_encrypted")) \
+            and apl[start:start + 2] == b"\x2f\x2f":
+        start += 2  # the 2F2F check bytes (verified); the format signature follows
     records, mdata, more, found = _profiled_records(ci, apl, start, h, decrypted, ctx, compact)
     extra.update(found)
     return Telegram(h.get("manufacturer", ""), h.get("id", ""), h.get("version", 0),

@@ -5,9 +5,10 @@
 Dongles usually deliver frames with the block CRCs removed (then L = length - 1); a frame
 that still carries them is recognised by its length (format A) or by its CRC (format B:
 block 2 is the CI field and 115 bytes, its CRC at offset 126) and checked. Bytes after the
-L field's length are reported as ``trailing_bytes``, not a reason to refuse. After the DLL: an optional extended link layer (CI 0x8C-0x8F, AES-CTR when
-its session number says so), an optional authentication and fragmentation layer (CI 0x90,
-mode 7 counter and MAC), then the transport layer decoded by :mod:`.transport`.
+L field's length are reported as ``trailing_bytes``, not a reason to refuse. After the
+DLL: an optional extended link layer (CI 0x8C-0x8F, AES-CTR when its session number says
+so), an optional authentication and fragmentation layer (CI 0x90, mode 7 counter and
+MAC), then the transport layer decoded by :mod:`.transport`.
 
 Encoding helpers at the end build telegrams for the simulators and tests.
 """
