@@ -504,3 +504,11 @@ def test_profiles_are_data_a_new_family_needs_no_decoder_change() -> None:
     dec = engine.apply(p, bytes((0x08, 0x56, 0x34, 0x12)))
     assert dec.registers == {"total_volume": "1234.56", "leak": "1"}
     assert manufacturer_value("ACM") > 0
+
+
+@settings(max_examples=500, deadline=None)
+@given(mantissa=st.integers(-10**30, 10**30), exponent=st.integers(-20, 5))
+def test_register_text_is_the_exact_decimal(mantissa: int, exponent: int) -> None:
+    from gateway.protocols.mbus.records import DataRecord
+    r = DataRecord("q", "", "number", mantissa, exponent, "instantaneous", 0, 0, 0, b"", b"", b"")
+    assert engine.text(r) == r.value_text()

@@ -19,13 +19,17 @@ from .engine import ADDRESSES, MFCT_DATA, PAYLOAD, RECORDS, Decoded, Profile, ap
 FAMILIES = (techem, qundis, apator, diehl, bfw, bmeters, sontex, kamstrup)
 PROFILES: tuple[Profile, ...] = tuple(p for fam in FAMILIES for p in fam.PROFILES)
 BY_NAME: dict[str, Profile] = {p.name: p for p in PROFILES}
+# manufacturer -> its profiles, in order: a telegram of any other maker costs one lookup
+BY_MANUFACTURER: dict[str, tuple[Profile, ...]] = {
+    m: tuple(p for p in PROFILES if m in p.manufacturers)
+    for m in {m for p in PROFILES for m in p.manufacturers}}
 MANUFACTURER_CI = range(0xA0, 0xB8)
 
 
 def find(hdr: dict[str, Any], ci: int, sources: tuple[str, ...],
          data: bytes | None) -> Profile | None:
     """The first profile of one of ``sources`` matching this meter and payload."""
-    for p in PROFILES:
+    for p in BY_MANUFACTURER.get(hdr.get("manufacturer", ""), ()):
         kind = "vib" if p.source.startswith("vib:") else p.source
         if kind in sources and p.matches(hdr, ci, data if p.source == PAYLOAD else None):
             return p
@@ -75,7 +79,7 @@ def augment(hdr: dict[str, Any], ci: int, records: list[DataRecord],
             mdata: bytes) -> tuple[Profile, Decoded] | None:
     """A profile that reads the manufacturer data (DIF 0x0F), a VIF 0x7F/0xFF record or
     names the standard records of this meter."""
-    for prof in PROFILES:
+    for prof in BY_MANUFACTURER.get(hdr.get("manufacturer", ""), ()):
         kind = "vib" if prof.source.startswith("vib:") else prof.source
         if kind not in (MFCT_DATA, "vib", RECORDS) or not prof.matches(hdr, ci, None, True):
             continue
@@ -128,7 +132,7 @@ def identify(frame: bytes) -> str | None:
     ci, pos = frame[10], 11
     if ci == 0x8C and len(frame) > 13:  # short ELL: the CI after it is in clear
         ci, pos = frame[13], 14
-    for p in PROFILES:
+    for p in BY_MANUFACTURER.get(hdr["manufacturer"], ()):
         if p.matches(hdr, ci, None, header_only=True):
             return p.name
     return None
@@ -141,7 +145,7 @@ def meter_address(frame: bytes) -> dict[str, Any] | None:
         return None
     from ..wireless import dll_header
     hdr = dll_header(frame)
-    for p in PROFILES:
+    for p in BY_MANUFACTURER.get(hdr["manufacturer"], ()):
         if p.address is not None and p.matches(hdr, frame[10], None):
             ident, version, dtype = ADDRESSES[p.address](frame)
             return {**hdr, "id": ident, "version": version, "device_type": dtype}

@@ -187,6 +187,19 @@ class Decoded:
         return out
 
 
+def text(rec: DataRecord) -> str | None:
+    """``rec.value_text()`` without Decimal for the usual int mantissa (a register is
+    rendered for every telegram of a profiled meter)."""
+    v = rec.value
+    if type(v) is int and rec.kind in ("number", "flags"):
+        e = rec.exponent
+        if e >= 0:
+            return str(v * 10 ** e)
+        digits = str(abs(v)).rjust(1 - e, "0")
+        return ("-" if v < 0 else "") + digits[:e] + "." + digits[e:]
+    return rec.value_text()
+
+
 def _raw_int(b: bytes, enc: str) -> int:
     if enc == "uint_be":
         return int.from_bytes(b, "big")
@@ -281,7 +294,7 @@ def _field(f: Field, src: bytes, base: int, out: Decoded,
                              "instantaneous", f.storage, 0, 0, b"", b"", raw, None)
         out.records.append(rec)
         values[f.register] = rec
-        out.registers[f.register] = rec.value_text()
+        out.registers[f.register] = text(rec)
         return
     if f.encoding in DATE_ENCODINGS:
         value: Any = _date(f, raw, dates)
@@ -322,7 +335,7 @@ def _field(f: Field, src: bytes, base: int, out: Decoded,
                      "instantaneous", f.storage, 0, 0, b"", b"", raw, error)
     out.records.append(rec)
     values[f.register] = rec
-    out.registers[f.register] = rec.value_text()
+    out.registers[f.register] = text(rec)
 
 
 def _tagged(t: Tagged, src: bytes, out: Decoded, dates: dict[str, tuple[int, int, int]],
@@ -367,7 +380,7 @@ def _derived(d: Derived, out: Decoded, values: dict[str, DataRecord]) -> None:
                      "instantaneous", d.storage, 0, 0, b"", b"", b"", None)
     out.records.append(rec)
     values[d.register] = rec
-    out.registers[d.register] = rec.value_text()
+    out.registers[d.register] = text(rec)
 
 
 def apply(profile: Profile, src: bytes, ctx: dict[str, Any] | None = None,
@@ -411,7 +424,7 @@ def apply(profile: Profile, src: bytes, ctx: dict[str, Any] | None = None,
                       and r.function == n.function and r.tariff == 0 and r.subunit == 0), None)
             if r is not None:
                 values[n.register] = r
-                out.registers[n.register] = r.value_text()
+                out.registers[n.register] = text(r)
     for d in profile.derived:
         _derived(d, out, values)
     return out
