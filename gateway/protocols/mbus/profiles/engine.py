@@ -283,12 +283,12 @@ def _field(f: Field, src: bytes, base: int, out: Decoded,
     quantity, unit, exponent = f.quantity, f.unit, f.exponent
     error = None
     if f.encoding == "table":
-        text = dict(f.table).get(int.from_bytes(raw, "little"))
-        if text is None:
+        code = dict(f.table).get(int.from_bytes(raw, "little"))
+        if code is None:
             rec = DataRecord(quantity or f.register, unit, "number", None, 0, "instantaneous",
                              f.storage, 0, 0, b"", b"", raw, "code not in the profile's table")
         else:
-            sign, digits, exp = Decimal(text).as_tuple()
+            sign, digits, exp = Decimal(code).as_tuple()
             mant = int("".join(map(str, digits))) * (-1 if sign else 1)
             rec = DataRecord(quantity or f.register, unit, "number", mant, int(exp),
                              "instantaneous", f.storage, 0, 0, b"", b"", raw, None)
