@@ -3,6 +3,10 @@
 - Apator 08 (manufacturer code 0x8614, "APT", version/type 3/3 or 0x0F/0x0F), CI 0xA0:
   the payload starts with the volume as a 32-bit little-endian count of 1/3 litre; the
   Apator 17-2 (version 4, type 0x11) sends the same word counting 1/3 m3.
+- Apator E-ITN heat cost allocators (version 4, type 8), CI 0xA0: season start, the HCA
+  units at the due date, the seal-break date, the current units, the current date (Techem
+  style day | month << 5 | year << 9) and the season's average room temperatures (1/256
+  °C); CI 0xB6 frames put a counted block and 0xA0 before the same data.
 - Apator AT-WMBUS-16-2 (APA, version 5, water), CI 0x7A: after 2F2F the payload is
   Apator's register stream: 8 bytes of frame code, date and fault flags, then one tag byte per
   register followed by its data, whose size the tag fixes; tag 0x10 is the total volume
@@ -11,7 +15,10 @@
 
 from __future__ import annotations
 
-from .engine import Field, Profile, Tagged
+from typing import Any
+
+from ..errors import FrameError
+from .engine import Field, Profile, Tagged, transform
 
 MANUFACTURERS = ("APT", "APA")
 
@@ -28,6 +35,30 @@ _SIZES_162: dict[int, int] = {
     0xD0: 3, 0xD3: 3, 0xF0: 4,
 }
 
+@transform("apator-b6")
+def _b6(payload: bytes, ctx: dict[str, Any]) -> bytes:
+    """CI 0xB6 frames put a counted block (count byte, then that many bytes) and 0xA0
+    before the same data a CI 0xA0 frame carries."""
+    n = payload[0] if payload else 0
+    rest = payload[1 + n:]
+    if not payload or rest[:1] != b"\xa0":
+        raise FrameError("Apator CI 0xB6 frame without the 0xA0 data block after its "
+                         "counted prefix", ctx.get("header"))
+    return rest[1:]
+
+
+def _eitn() -> tuple[Field, ...]:
+    """E-ITN heat cost allocator data (after CI 0xA0, or the 0xB6 prefix)."""
+    return (
+        Field("due_date_hca", 3, 2, quantity="HCA units", storage=1),
+        Field("tamper", 5, 2, "nonzero", quantity="Alarm seal broken"),  # seal-break date set
+        Field("hca", 7, 2, quantity="HCA units"),
+        Field("meter_date", 9, 2, "date_tch", quantity="Date (current)"),
+        Field("room_temperature", 13, 2, quantity="External temperature (season average)",
+              unit="°C", divisor=256),
+    )
+
+
 PROFILES = [
     Profile("apator-08", ("APT",), (0xA0,), versions=(0x03, 0x0F), device_types=(0x03, 0x0F),
             fields=(Field("total_volume", 0, 4, quantity="Volume", unit="m3", exponent=-3,
@@ -36,6 +67,11 @@ PROFILES = [
     Profile("apator-172", ("APT",), (0xA0,), versions=(0x04,), device_types=(0x11,),
             fields=(Field("total_volume", 0, 4, quantity="Volume", unit="m3", divisor=3),),
             note="Apator 17-2 water meter (counts of 1/3 m3)"),
+    Profile("apator-eitn", ("APA", "APT"), (0xA0,), versions=(0x04,), device_types=(0x08,),
+            fields=_eitn(), note="Apator E-ITN 30 heat cost allocator"),
+    Profile("apator-eitn", ("APA", "APT"), (0xB6,), versions=(0x04,), device_types=(0x08,),
+            transform="apator-b6", fields=_eitn(),
+            note="Apator E-ITN 30 heat cost allocator (CI 0xB6 frame)"),
     Profile("apator-16-2", ("APA",), (0x7A, 0x72), versions=(0x05,), device_types=(0x06, 0x07),
             skip=b"\x2f\x2f", prefer_records=True,
             tagged=Tagged(start=8, sizes=_SIZES_162, end_tag=0xFF, trailer=2, fields={

@@ -50,9 +50,11 @@ class Field:
     type G), date_tch (Techem day | month << 5 | year << 9), date_tch_cur (day << 4 |
     month << 9, year from the ``relative_to`` date: the first such day after it),
     date_bcd_ymd / date_bcd_dmy (three BCD bytes, 20YY), bits (``(v >> shift) & mask`` of
-    a little-endian int, a flag or a small code).
+    a little-endian int, a flag or a small code), nonzero (a flag: the field is not all
+    zero), table (raw -> exact decimal text).
     The value is ``raw * 10**exponent / divisor`` in ``unit`` (a divisor other than 1 is
-    rounded half-even to ``10**exponent``-th, e.g. meters counting 1/3 litre). ``vif_at``:
+    exact when it is made of twos and fives, e.g. 1/256 °C, else rounded half-even to 6 more
+    places, e.g. meters counting 1/3 litre). ``vif_at``:
     the unit and exponent are given by the primary VIF byte at that offset of the source
     (Qundis). ``invalid``: raw values that mean "no value" (e.g. 0xFFFF dates).
     """
@@ -263,6 +265,10 @@ def _scaled(raw: int, exponent: int, divisor: int) -> tuple[int, int]:
     q, r = divmod(raw, divisor)
     if r == 0:
         return q, exponent
+    for places in range(1, 13):  # a divisor of twos and fives (1/256 °C) divides exactly
+        m, r = divmod(raw * 10 ** places, divisor)
+        if r == 0:
+            return m, exponent - places
     places = 6
     exact = Decimal(raw) * (Decimal(10) ** places) / Decimal(divisor)
     return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_EVEN)), exponent - places
@@ -321,6 +327,8 @@ def _field(f: Field, src: bytes, base: int, out: Decoded,
     elif f.encoding == "bits":
         mant = (int.from_bytes(raw, "little") >> f.shift) & (f.mask if f.mask is not None else -1)
         kind = "flags"
+    elif f.encoding == "nonzero":  # a flag that is set when the field holds anything
+        mant, kind = int(any(raw)), "flags"
     elif f.encoding in ("uint_le", "uint_be", "int_le"):
         mant = _raw_int(raw, f.encoding)
         if f.mask is not None:
