@@ -231,6 +231,12 @@ PUBLISHED = [
                      "tamper": "0", "room_temperature": "25.78125"}),
     ("29441486333737370408B60EFFFFF1460186EC1B934EE91BA57BA0A1000059009C250100322DE413B415",
      "apator-eitn", {"hca": "1", "due_date_hca": "89", "tamper": "1"}),
+    ("2444B4090155240317068C00487AC00000000C1335670000046D172EEA280F030000000000",
+     "bmeters-hydrodigit", {"total_volume": "6.735", "battery_voltage": "3.7", "tamper": "0"}),
+    ("4E44B4098686868613077AF00040052F2F0C1366380000046D27287E2A0F150E00000000C10000D10000E6"
+     "0000FD00000C01002F0100410100540100680100890000A00000B30000002F2F2F2F2F2F",
+     "bmeters-hydrodigit", {"total_volume": "3.866", "battery_voltage": "3.7",
+                            "backflow_volume": "0.000"}),
     ("1944A511780779194820A121170013355F8EDB2D03C6912B1E37", "diehl-izar",
      {"total_volume": "4.366", "due_date_volume": "0.000", "due_date": "2020-12-31"}),
     ("1944304c9c5824210c04a363140013716577ec59e8663ab0d31c", "diehl-izar-sappel",

@@ -1,8 +1,9 @@
 """Bmeters Hydrodigit water meters (BMT, versions 0x13/0x15/0x17): standard records for the
 volume and date, then manufacturer data after DIF 0x0F: a contents byte whose bits say
-which blocks follow (0x01 battery voltage, 0x02 fraud date, 0x80 leak date, 0x04 backflow,
-0x10 twelve monthly values), the voltage code (low nibble), the fraud and leak dates
-(3 BCD bytes, year first), the backflow (32-bit, litres) and the monthly totals.
+which blocks follow (0x01 battery voltage, 0x02 fraud, 0x80 leak date, 0x04 backflow,
+0x10 twelve monthly values), in that order: the voltage code (low nibble), the fraud type
+(bits 5-7) and its date, the leak date (3 BCD bytes, year first), the backflow (32-bit,
+litres) and the monthly totals.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ PROFILES = [
                 Field("battery_voltage", 0, 1, "table", quantity="Battery voltage", unit="V",
                       table=tuple((hi << 4 | lo, v) for hi in range(16) for lo, v in _VOLTS),
                       when=(0, 0x01)),
+                Field("tamper", 0, 1, "bits", quantity="Alarm fraud", shift=5, mask=0x07,
+                      when=(0, 0x02)),  # magnetic 0x80, sensor 0x40, module removed 0x20
                 Field("", 0, 3, when=(0, 0x02)),  # fraud date
                 Field("leak_date", 0, 3, "date_bcd_ymd", quantity="Date (leak)",
                       when=(0, 0x80), invalid=(0,)),
