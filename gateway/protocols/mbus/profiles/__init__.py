@@ -36,12 +36,15 @@ def find(hdr: dict[str, Any], ci: int, sources: tuple[str, ...],
     return None
 
 
-def unsupported(hdr: dict[str, Any], ci: int, why: str) -> UnsupportedFormatError:
+def unsupported(hdr: dict[str, Any], ci: int, why: str,
+                payload: bytes = b"") -> UnsupportedFormatError:
+    """The error for a payload no profile reads; ``payload`` (from the CI on) stays on it
+    so the telegram can be kept and read once a profile exists."""
     h = {**hdr, "ci": ci}
     return UnsupportedFormatError(
         f"{why}: no meter profile for manufacturer {hdr.get('manufacturer')} version "
         f"0x{hdr.get('version', 0):02X} device type 0x{hdr.get('device_type', 0):02X} "
-        f"CI 0x{ci:02X}", h)
+        f"CI 0x{ci:02X}", h, payload=payload)
 
 
 def origin_frame(ctx: Any, ci: int, payload: bytes) -> bytes | None:
@@ -59,7 +62,7 @@ def read_manufacturer_ci(ci: int, payload: bytes, ctx: Any) -> tuple[Profile, De
     h = ctx.header
     prof = find(h, ci, (PAYLOAD,), payload)
     if prof is None:
-        raise unsupported(h, ci, "manufacturer-specific payload")
+        raise unsupported(h, ci, "manufacturer-specific payload", bytes((ci,)) + payload)
     origin = origin_frame(ctx, ci, payload)
     dec = apply(prof, payload, {"frame": origin, "header": h, "key": ctx.key})
     header = dict(h)
@@ -109,7 +112,8 @@ def security_mode(mode: int, ci: int, data: bytes, pos: int, ctx: Any,
         if scheme is not None and h.get("manufacturer") in getattr(fam, "MANUFACTURERS", ()):
             origin = origin_frame(ctx, ci, bytes(data[pos - 4:])) if ci == 0x7A else None
             return scheme(mode, bytes(data[pos:]), origin, h, ctx.key)
-    raise unsupported(h, ci, f"security mode {mode} (manufacturer-specific)")
+    raise unsupported(h, ci, f"security mode {mode} (manufacturer-specific)",
+                      bytes(data[pos - 5:]) if pos >= 5 else b"")
 
 
 def compact_format(manufacturer: str, signature: int) -> bytes | None:
