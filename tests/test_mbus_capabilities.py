@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from gateway.drivers.mbus import telegram_readings
 from gateway.model import QUALITY_NOT_ENCRYPTED
 from gateway.protocols.mbus import compact, fixed, records, security, wired, wireless
-from gateway.protocols.mbus.errors import DecryptError, FrameError, MBusError, NoKeyError
+from gateway.protocols.mbus.errors import (
+    ChecksumError, DecryptError, FrameError, MBusError, NoKeyError,
+)
 from tests.mbus_corpus_compare import CORPUS
 
 WMBUS = {x["cid"]: x for x in CORPUS["wmbus"]}
@@ -153,6 +155,12 @@ def test_des_modes_round_trip(key: bytes, recs: list[tuple[bytes, int, int]], mo
 
 # --------------------------------------------------------------------------- compact frames
 
+def decode(frame: bytes, key: bytes | None = None, **kw: object) -> object:
+    """As a dongle delivers telegrams: block CRCs removed (so no frame format guessing,
+    which a random payload could fool)."""
+    return wireless.decode_wmbus(frame, key, fmt="none", **kw)  # type: ignore[arg-type]
+
+
 def radio(apl_ci: int, body: bytes, ident: str = "12345678") -> bytes:
     return wireless.finish(wireless.dll(0x44, "KAM", ident, 0x1B, 0x16) + bytes((apl_ci,)) + body)
 
@@ -169,11 +177,11 @@ def test_compact_frame_decodes_after_its_full_frame(recs: list[tuple[bytes, int,
     short = radio(0x79, payload)
     formats = compact.Formats()
     with pytest.raises(compact.CompactFormatUnknown) as info:
-        wireless.decode_wmbus(short, formats=formats)
+        decode(short, formats=formats)
     assert info.value.event == "meter.compact_format_unknown"
     assert info.value.signature == compact.signature(fmt)
-    t_full = wireless.decode_wmbus(full, formats=formats)
-    t = wireless.decode_wmbus(short, formats=formats)
+    t_full = decode(full, formats=formats)
+    t = decode(short, formats=formats)
     assert t.extra["compact"] is True
     expect = records.parse_records(later)[0]
     assert [(r.key, r.value, r.unit) for r in t.records] == \
@@ -183,10 +191,10 @@ def test_compact_frame_decodes_after_its_full_frame(recs: list[tuple[bytes, int,
     saved = formats.export("KAM:12345678")
     again = compact.Formats()
     again.load("KAM:12345678", saved)
-    assert wireless.decode_wmbus(short, formats=again).records == t.records
+    assert decode(short, formats=again).records == t.records
     # another meter's compact frame does not use this meter's format
     with pytest.raises(compact.CompactFormatUnknown):
-        wireless.decode_wmbus(radio(0x79, payload, "87654321"), formats=formats)
+        decode(radio(0x79, payload, "87654321"), formats=formats)
 
 
 def test_compact_frame_with_short_header_and_mode5() -> None:
@@ -197,7 +205,7 @@ def test_compact_frame_with_short_header_and_mode5() -> None:
     head = wireless.dll(0x44, "KAM", "12345678", 0x1B, 0x16)
     cw, enc = wireless.encrypt_mode5(KEY, head[1:3], head[3:9], 2, payload)
     short = wireless.finish(head + bytes((0x7B, 2, 0)) + cw.to_bytes(2, "little") + enc)
-    t_full, t = wireless.decode_session([full, short], KEY)
+    t_full, t = wireless.decode_session([full, short], KEY, fmt="none")
     assert t.records[0].value == 12345 and t.ci == 0x7B and t.extra["compact"]
 
 
@@ -205,7 +213,7 @@ def test_session_decodes_several_telegrams_in_order() -> None:
     apl = bytes.fromhex("0413" "39300000")
     _, payload = compact.compact_payload(bytes.fromhex("0413" "3A300000"))
     short, full = radio(0x79, payload), radio(0x78, apl)
-    first, second, third = wireless.decode_session([short, full, short])
+    first, second, third = wireless.decode_session([short, full, short], fmt="none")
     assert isinstance(first, compact.CompactFormatUnknown)
     assert second.records[0].value == 12345 and third.records[0].value == 12346
 
@@ -213,24 +221,24 @@ def test_session_decodes_several_telegrams_in_order() -> None:
 def test_compact_frame_whose_data_do_not_fit_the_format_is_refused() -> None:
     apl = bytes.fromhex("0413" "39300000")
     formats = compact.Formats()
-    wireless.decode_wmbus(radio(0x78, apl), formats=formats)
+    decode(radio(0x78, apl), formats=formats)
     _, payload = compact.compact_payload(apl)
     with pytest.raises(FrameError, match="more than its format"):
-        wireless.decode_wmbus(radio(0x79, payload + b"\x00"), formats=formats)
+        decode(radio(0x79, payload + b"\x00"), formats=formats)
     with pytest.raises(MBusError, match="needs 4 data bytes"):
-        wireless.decode_wmbus(radio(0x79, payload[:-1]), formats=formats)
+        decode(radio(0x79, payload[:-1]), formats=formats)
 
 
 @settings(max_examples=300)
 @given(st.binary(max_size=60))
 def test_compact_frames_with_random_data_raise_only_mbus_errors(data: bytes) -> None:
     formats = compact.Formats()
-    wireless.decode_wmbus(radio(0x78, bytes.fromhex("0413393000000259BC06")), formats=formats)
+    decode(radio(0x78, bytes.fromhex("0413393000000259BC06")), formats=formats)
     sig = compact.signature(bytes.fromhex("04130259")).to_bytes(2, "little")
     for body in (data, sig + data):
         for ci in (0x79, 0x7B, 0x73):
             try:
-                wireless.decode_wmbus(radio(ci, body), formats=formats)
+                decode(radio(ci, body), formats=formats)
             except MBusError as exc:
                 assert "internal decoder error" not in str(exc)
 
@@ -293,14 +301,14 @@ def test_meter_keys_are_aes_or_des_sized() -> None:
     aes = wireless.encode_wmbus("KAM", "12345678", 1, 7, bytes.fromhex("0C1301000000"),
                                 key=KEY, mode=5)
     with pytest.raises(DecryptError, match="16-byte key"):
-        wireless.decode_wmbus(aes, b"\x01" * 8)
+        decode(aes, b"\x01" * 8)
 
 
 def test_kamstrup_style_compact_frame_inside_an_encrypted_ell() -> None:
     # the records of a real flowIQ full frame (CI 0x78 in an ELL), then its compact frame
     full_hex = WMBUS["xmq:HEAD:drivers/src/kamwater.xmq:500"]["hex"]
     full = bytes.fromhex(full_hex)
-    t_full = wireless.decode_wmbus(full)
+    t_full = decode(full)
     apl = b"".join(r.dib + r.vib + r.raw for r in t_full.records)
     fmt, body = compact.compact_payload(apl)
     assert fmt.hex().upper().startswith("04FF23")  # DIB/VIB bytes as the meter sent them
@@ -310,7 +318,7 @@ def test_kamstrup_style_compact_frame_inside_an_encrypted_ell() -> None:
                                        head["device_type"], b"\x78" + apl, key=KEY, session=1)
     short_enc = wireless.encode_ell_ctr(head["manufacturer"], head["ident"], head["version"],
                                         head["device_type"], b"\x79" + body, key=KEY, session=2)
-    first, second = wireless.decode_session([full_enc, short_enc], KEY)
+    first, second = wireless.decode_session([full_enc, short_enc], KEY, fmt="none")
     assert second.extra["compact"] and second.extra["ell"]["encryption"] == 1
     assert [(r.key, r.value) for r in second.records] == [(r.key, r.value) for r in first.records]
     assert any(r.quantity == "Volume" and r.value_text() == "44.206" for r in second.records)
@@ -327,7 +335,26 @@ def test_compact_signature_starting_with_2f_is_not_taken_for_check_bytes() -> No
             break
     assert payload[0] == 0x2F
     formats = compact.Formats()
-    wireless.decode_wmbus(radio(0x78, apl), formats=formats)
-    t = wireless.decode_wmbus(radio(0x79, payload), formats=formats)
+    decode(radio(0x78, apl), formats=formats)
+    t = decode(radio(0x79, payload), formats=formats)
     assert [(r.key, r.value) for r in t.records] == [("Volume", 7),
                                                      (f"Volume/storage={storage}", 5)]
+
+
+def test_compact_frame_from_a_real_meter_pair_checks_its_full_frame_crc() -> None:
+    # a full frame (CI 0x78) and the same meter's compact frame (CI 0x79), as captured and
+    # published in another project's regression tests: signature F1E7, full-frame CRC FCA3
+    full_apl = bytes.fromhex("780306EB24004306E723000314285E00426CBF2C022D030001FF2100")
+    compact_apl = bytes.fromhex("79E7F1A3FCED2400E723002E5E00BF2C0D0000")
+    fmt = compact.format_bytes(records.parse_records(full_apl, 1)[0])
+    assert fmt == bytes.fromhex("030643060314426C022D01FF21")
+    assert compact.signature(fmt) == 0xF1E7
+    full, short = radio(full_apl[0], full_apl[1:]), radio(compact_apl[0], compact_apl[1:])
+    t_full, t = wireless.decode_session([full, short], fmt="none")
+    assert [r.key for r in t.records] == [r.key for r in t_full.records]
+    assert t.records[0].value == 0x0024ED and t.records[2].value == 0x005E2E
+    # one data bit changed: the rebuilt records no longer match the meter's CRC
+    bad = bytearray(short)
+    bad[-3] ^= 0x01
+    _, refused = wireless.decode_session([full, bytes(bad)], fmt="none")
+    assert isinstance(refused, ChecksumError) and "full-frame CRC" in str(refused)

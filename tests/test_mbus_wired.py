@@ -308,3 +308,25 @@ def test_driver_reads_a_plain_text_unit_over_the_bus() -> None:
         sim.stop()
     r = sink.readings("room", "%RH")[0]
     assert (r.mantissa, r.exponent, r.unit) == (4564, -2, "")
+
+
+def test_an_application_error_answer_is_its_own_event() -> None:
+    from tools.sim.mbus import SimMeter
+    meter = SimMeter(9, "11223344", "KAM", 1, 0x04, app_error=8)
+    sim = start([meter])
+    sink = Sink()
+    opts = {"serial": {"port": sim.device, "baud": 2400, "parity": "N", "timeout_ms": 100},
+            "interval_s": 0.2, "retries": 0, "response_timeout_ms": 500,
+            "event_interval_s": 0, "meters": [{"primary": 9, "name": "busy"}]}
+    drv = MBusDriver("bus", opts, sink)
+    drv.start()
+    try:
+        assert wait_for(lambda: sink.events("meter.application_error", "busy"))
+        meter.app_error = None  # the meter is free again: readings, and it recovered
+        assert wait_for(lambda: sink.readings("busy"))
+    finally:
+        drv.stop()
+        sim.stop()
+    e = sink.events("meter.application_error", "busy")[0]
+    assert e.detail["code"] == 8 and e.detail["reason"].startswith("application too busy")
+    assert not sink.events("meter.malformed") and not sink.events("meter.unsupported")

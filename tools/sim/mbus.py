@@ -42,6 +42,7 @@ class SimMeter:
     drop: int = 0
     corrupt: int = 0
     humidity: int | None = None  # 0.01 %RH: adds an Elvaco-style plain-text VIF record
+    app_error: int | None = None  # answer with this CI 0x70 application error code
     # state
     selected: bool = False
     last_fcb: bool | None = None
@@ -87,6 +88,8 @@ class SimMeter:
         return body
 
     def telegram(self, address: int) -> bytes:
+        if self.app_error is not None:
+            return wired.encode_rsp_ud(address, 0x70, bytes((self.app_error,)))
         self.access = (self.access + 1) & 0xFF
         head = wired.long_header(self.ident, self.manufacturer, self.version, self.medium,
                                  self.access, self.status)

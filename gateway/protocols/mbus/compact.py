@@ -2,11 +2,11 @@
 the meter sends only the data bytes of its records, preceded by
 
     format signature (2, LE) = CRC-16/EN 13757 over the DIB and VIB bytes of every record
-    full-frame CRC (2, LE)   = a check over the records (kept in ``extra``, not enforced:
-                               its coverage differs between OMS editions and meters, and
-                               the link layer's CRCs already protect the bytes)
+    full-frame CRC (2, LE)   = CRC-16/EN 13757 over the records as the full frame carries
+                               them (DIB, VIB and data interleaved)
 
-A learned format must also account for every data byte exactly, or the frame is refused.
+So a compact frame is decoded only when the learned format accounts for every data byte
+and rebuilds a full frame whose CRC the meter sent: a wrong format cannot pass as data.
 
 The DIB/VIB bytes (the "format") must have been seen in an earlier full frame of the same
 meter. ``Formats`` holds what was learned, per meter, as plain data so a driver can keep
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .crc import crc_en13757
-from .errors import FrameError, TruncatedError, UnsupportedError
+from .errors import ChecksumError, FrameError, TruncatedError, UnsupportedError
 from .records import DataRecord, parse_records
 from .tables import DATA_FIELDS
 
@@ -153,6 +153,7 @@ def decode_compact(data: bytes, pos: int, header: dict[str, Any],
         raise TruncatedError("compact frame: format signature and data CRC need 4 bytes",
                              header)
     sig = int.from_bytes(data[pos:pos + 2], "little")
+    crc = int.from_bytes(data[pos + 2:pos + 4], "little")
     body = bytes(data[pos + 4:])
     fmt = formats.lookup(meter_key(header), sig) if formats is not None else None
     if fmt is None:  # a format the manufacturer's meter profile publishes (Kamstrup)
@@ -166,6 +167,10 @@ def decode_compact(data: bytes, pos: int, header: dict[str, Any],
     except FrameError as exc:
         exc.header = exc.header or header
         raise
+    if crc_en13757(full) != crc:
+        raise ChecksumError(f"compact frame: full-frame CRC {crc:04X} does not match the "
+                            f"records rebuilt with format {sig:04X} "
+                            f"({crc_en13757(full):04X})", header)
     return parse_records(full)
 
 
