@@ -90,6 +90,8 @@ def test_profile_meters_read_and_unsupported_said_once() -> None:
     # a meter not configured yet: the installer sees which profile would read it
     assert by_id["02410120"]["known"] is False
     assert by_id["02410120"]["profile"] == "techem-mkradio4"
+    unknown = {u["id"]: u for u in drv.unknown_meters()}
+    assert unknown["02410120"]["profile"] == "techem-mkradio4"
 
 
 def test_listen_line_shows_the_profile() -> None:

@@ -516,7 +516,7 @@ class WMBusDriver(Driver):
                 meter = next((m for m in self.meters.get(hdr["id"], ())
                               if m.manufacturer in (None, hdr["manufacturer"])), None)
         if meter is None:
-            self._unknown(hdr, rssi_dbm)
+            self._unknown(hdr, rssi_dbm, frame)
             self._heard(hdr, frame, rssi_dbm, None, "not configured")
             return
         st = meter.stats
@@ -665,7 +665,8 @@ class WMBusDriver(Driver):
         self.emit([Event(kind, now_ms(), self.bus, meter.name or meter.ident, "warning",
                          detail)])
 
-    def _unknown(self, hdr: dict[str, Any], rssi: int | None) -> None:
+    def _unknown(self, hdr: dict[str, Any], rssi: int | None, frame: bytes = b"") -> None:
+        from ..protocols.mbus.profiles import identify
         from ..protocols.mbus.tables import device_type_name
         self.unknown_telegrams += 1
         key = (hdr["manufacturer"], hdr["id"])
@@ -674,7 +675,8 @@ class WMBusDriver(Driver):
             if len(self.unknown) >= 1000:
                 return
             entry = self.unknown[key] = {"count": 0, "version": hdr["version"],
-                                         "device_type": device_type_name(hdr["device_type"])}
+                                         "device_type": device_type_name(hdr["device_type"]),
+                                         "profile": identify(frame)}  # would read it
             self.log.info("wM-Bus %s: heard %s %s (%s), not configured: ignored", self.bus,
                           key[0], key[1], entry["device_type"])
         entry["count"] += 1
