@@ -430,7 +430,8 @@ def test_decode_wmbus_prints_the_profile() -> None:
     doc = json.loads(out.stdout)
     assert doc["profile"] == "techem-mkradio4" and doc["registers"]["total_volume"] == "0.4"
     text = run(e["hex"])
-    assert "profile techem-mkradio4" in text.stdout
+    assert "profile techem-mkradio4: due_date_volume=0.1 current_period_volume=0.3 " \
+        "total_volume=0.4" in text.stdout
     unknown = run("1344304CF3628920BC01B4712F03130CEB627A81")
     assert unknown.returncode == 2 and "no meter profile" in unknown.stderr
     assert len(unknown.stderr.strip().splitlines()) == 1

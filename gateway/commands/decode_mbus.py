@@ -119,7 +119,9 @@ def print_text(t: Any, out: Any = None) -> None:
     print(f"  {t.link}  CI 0x{t.ci:02X}  access {access}  status {status}  security {sec}",
           file=out)
     if t.extra.get("profile"):
-        print(f"  profile {t.extra['profile']}", file=out)
+        regs = " ".join(f"{k}={v}" for k, v in t.extra.get("registers", {}).items()
+                        if v is not None)
+        print(f"  profile {t.extra['profile']}" + (f": {regs}" if regs else ""), file=out)
     width = max((len(r.key) for r in t.records), default=0)
     for r in t.records:
         value = r.value_text()

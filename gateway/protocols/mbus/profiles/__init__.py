@@ -4,7 +4,13 @@ One module per meter family (``techem``, ``qundis``, ...) holds a ``PROFILES`` l
 :class:`~.engine.Profile`; the engine reads them. The transport layer asks this package
 three questions: which profile reads a manufacturer-CI payload (CI 0xA0-0xB7), which one
 reads (or adds to) a standard telegram's payload, and how a security mode 16-31 payload is
-made readable. Adding a family is adding a module here and its test vectors.
+made readable. Adding a family is adding a module here and its test vectors, e.g.
+
+    PROFILES = [Profile("acme-water", ("ACM",), (0xA5,), versions=(0x01,),
+                        fields=(Field("total_volume", 1, 4, "bcd", quantity="Volume",
+                                      unit="m3", exponent=-3),))]
+
+and naming the module in ``FAMILIES``. Registers use the names in ``engine.REGISTERS``.
 """
 
 from __future__ import annotations
