@@ -19,10 +19,10 @@ from typing import Any
 
 from ..errors import UnsupportedFormatError
 from ..records import DataRecord
-from . import apator, bfw, bmeters, diehl, kamstrup, qundis, sontex, techem
+from . import apator, bfw, bmeters, diehl, kamstrup, qundis, sontex, techem, zenner
 from .engine import ADDRESSES, MFCT_DATA, PAYLOAD, RECORDS, Decoded, Profile, apply
 
-FAMILIES = (techem, qundis, apator, diehl, bfw, bmeters, sontex, kamstrup)
+FAMILIES = (techem, qundis, apator, diehl, bfw, bmeters, sontex, kamstrup, zenner)
 PROFILES: tuple[Profile, ...] = tuple(p for fam in FAMILIES for p in fam.PROFILES)
 BY_NAME: dict[str, Profile] = {p.name: p for p in PROFILES}
 # manufacturer -> its profiles, in order: a telegram of any other maker costs one lookup
