@@ -73,6 +73,7 @@ FAMILIES: dict[str, tuple[str | None, dict[str, str]]] = {
                                           "backflow_volume": "backflow_m3"}),
     "supercom587": ("sontex-supercom587", {"total_volume": "total_m3"}),
     "apator172": ("apator-172", {"total_volume": "total_m3"}),
+    "apatorna1": ("apator-na1", {"total_volume": "total_m3"}),
     "zenner0b": ("zenner-0b", {"total_volume": "total_m3", "current_period_volume": "target_m3"}),
     "apatoreitn": ("apator-eitn", {"hca": "current_hca", "due_date_hca": "previous_hca",
                                    "meter_date": "current_date",
@@ -511,6 +512,14 @@ def test_mutated_corpus_telegrams_raise_only_mbus_errors(data: st.DataObject) ->
         decode_wmbus(bytes(frame), _key(e), fmt="none")
     except MBusError:
         pass
+
+
+def test_apator_na1_needs_the_meters_key() -> None:
+    e = next(e for e in CORPUS if e["driver"] == "apatorna1")
+    with pytest.raises(NoKeyError):
+        decode_wmbus(bytes.fromhex(e["hex"]))
+    with pytest.raises(MBusError, match="decrypt failed"):
+        decode_wmbus(bytes.fromhex(e["hex"]), bytes(range(16)))
 
 
 def test_tagged_stream_with_an_unknown_tag_is_a_frame_error() -> None:

@@ -7,6 +7,8 @@
   units at the due date, the seal-break date, the current units, the current date (Techem
   style day | month << 5 | year << 9) and the season's average room temperatures (1/256
   °C); CI 0xB6 frames put a counted block and 0xA0 before the same data.
+- Apator AT-WMBUS-NA-1 (version 0x14, water), CI 0xA0/0xA1: one AES block under the
+  meter's key holding a packed 28-bit litre count and its decimal scale.
 - Apator AT-WMBUS-16-2 (APA, version 5, water), CI 0x7A: after 2F2F the payload is
   Apator's register stream: 8 bytes of frame code, date and fault flags, then one tag byte per
   register followed by its data, whose size the tag fixes; tag 0x10 is the total volume
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import FrameError
+from .. import security
+from ..errors import DecryptError, FrameError, NoKeyError, TruncatedError
 from .engine import Field, Profile, Tagged, transform
 
 MANUFACTURERS = ("APT", "APA")
@@ -47,6 +50,30 @@ def _b6(payload: bytes, ctx: dict[str, Any]) -> bytes:
     return rest[1:]
 
 
+@transform("apator-na1")
+def _na1(payload: bytes, ctx: dict[str, Any]) -> bytes:
+    """AT-WMBUS-NA-1: byte 0 is the access number, bytes 2-17 one AES-128-CBC block under
+    the meter's key with the mode 5 IV (M, A, access number x 8). Plain byte 0 is 0x2F;
+    the volume is a 28-bit count (low nibble of byte 1, then bytes 2-4) of litres times
+    10 ** (bits 4-5 of byte 1). -> the count (32-bit LE) and the VIF of its scale."""
+    h = ctx.get("header")
+    frame, key = ctx.get("frame"), ctx.get("key")
+    if key is None:
+        raise NoKeyError("Apator NA-1 payload is AES encrypted and no key is configured "
+                         "for this meter", h)
+    if frame is None:
+        raise DecryptError("Apator NA-1 payload needs the radio link header for its IV", h)
+    if len(payload) < 18:
+        raise TruncatedError(f"Apator NA-1 payload needs 18 bytes, got {len(payload)}", h)
+    iv = security.mode5_iv(frame[2:4], frame[4:10], payload[0])
+    p = security.aes_cbc_decrypt(key, iv, bytes(payload[2:18]))
+    if p[0] != 0x2F:
+        raise DecryptError(f"decrypt failed: Apator NA-1 check byte is {p[0]:02X}, not 2F "
+                           "(wrong key?)", h)
+    count = p[4] << 20 | p[3] << 12 | p[2] << 4 | (p[1] & 0x0F)
+    return count.to_bytes(4, "little") + bytes((0x13 + ((p[1] >> 4) & 0x03),))
+
+
 def _eitn() -> tuple[Field, ...]:
     """E-ITN heat cost allocator data (after CI 0xA0, or the 0xB6 prefix)."""
     return (
@@ -72,6 +99,10 @@ PROFILES = [
     Profile("apator-eitn", ("APA", "APT"), (0xB6,), versions=(0x04,), device_types=(0x08,),
             transform="apator-b6", fields=_eitn(),
             note="Apator E-ITN 30 heat cost allocator (CI 0xB6 frame)"),
+    Profile("apator-na1", ("APA",), (0xA0, 0xA1), versions=(0x14,), device_types=(0x07,),
+            transform="apator-na1",
+            fields=(Field("total_volume", 0, 4, vif_at=4),),
+            note="Apator AT-WMBUS-NA-1 water meter module (AES, meter key)"),
     Profile("apator-16-2", ("APA",), (0x7A, 0x72), versions=(0x05,), device_types=(0x06, 0x07),
             skip=b"\x2f\x2f", prefer_records=True,
             tagged=Tagged(start=8, sizes=_SIZES_162, end_tag=0xFF, trailer=2, fields={
