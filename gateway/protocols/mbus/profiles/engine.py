@@ -29,7 +29,7 @@ REGISTERS: frozenset[str] = frozenset((
     "backflow_volume", "battery_voltage", "room_temperature", "radiator_temperature",
     "monthly_volume", "leak", "burst", "tamper", "battery_low", "meter_blocked",
     "backflow", "dry", "leak_date", "error_flags", "remaining_battery_years",
-    "transmit_period",
+    "transmit_period", "smoke", "defect",
 ))
 
 PAYLOAD = "payload"        # the bytes after the CI field (manufacturer CI) or TPL header
