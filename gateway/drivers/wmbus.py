@@ -6,7 +6,10 @@ are decrypted with their keys and become Readings; the same telegram heard twice
 reading; telegrams from other meters are counted and listed (``unknown_meters()``), never
 forwarded. Every failure is its own event for that meter -- no key, wrong key, MAC failed,
 unsupported security, truncated, CRC damaged, malformed -- and the meter's next telegram
-is decoded afresh (nothing is blacklisted).
+is decoded afresh (nothing is blacklisted). Manufacturer-specific payloads are read by the
+meter profiles (``gateway/protocols/mbus/profiles``); a meter whose format no profile
+reads is one ``meter.unsupported_format`` event (manufacturer, version, device type, CI),
+then only counted. ``listen`` shows for every meter heard the profile that reads it.
 
 A dongle that goes silent (no telegram for ``silence_timeout_s`` while meters are
 expected, or no answer to the periodic ping) is re-initialised; if that fails its port is
