@@ -2,8 +2,10 @@
 
 Prints the header and every record; ``--json`` prints one object with manufacturer, id,
 version, device_type, access_number, status and records (values as exact decimal
-strings). Malformed bytes: one line on stderr, exit 2. A wrong key (decryption check or
-MAC failed) or a missing key for an encrypted telegram: "decrypt failed", exit 3.
+strings) and, when a meter profile read a manufacturer-specific payload, ``profile`` and
+its canonical ``registers``. Malformed bytes: one line on stderr, exit 2. A wrong key
+(decryption check or MAC failed) or a missing key for an encrypted telegram: "decrypt
+failed", exit 3.
 
 Several telegrams are decoded in order as one listening session, as the runtime would: a
 compact frame after its meter's full frame decodes. Then ``--json`` prints a list (a
@@ -116,6 +118,10 @@ def print_text(t: Any, out: Any = None) -> None:
         sec += ", but the payload came in clear (readings flagged not_encrypted)"
     print(f"  {t.link}  CI 0x{t.ci:02X}  access {access}  status {status}  security {sec}",
           file=out)
+    if t.extra.get("profile"):
+        regs = " ".join(f"{k}={v}" for k, v in t.extra.get("registers", {}).items()
+                        if v is not None)
+        print(f"  profile {t.extra['profile']}" + (f": {regs}" if regs else ""), file=out)
     width = max((len(r.key) for r in t.records), default=0)
     for r in t.records:
         value = r.value_text()

@@ -200,9 +200,10 @@ def r_telegram(item: dict[str, Any], out: Out) -> None:
     rssi = item.get("rssi_dbm")
     result = item.get("result")
     problem = f" {result}" if item.get("known") and result and result != "ok" else ""
+    profile = f"[{item['profile']}] " if item.get("profile") else ""  # the meter profile
     out.line(fit(f"{clock(item.get('ts_ms'))} {item.get('manufacturer', '?'):<4} "
                  f"{item.get('id', '?'):<10} ver {item.get('version', '-')} "
-                 f"type {item.get('device_type', '-')} "
+                 f"{item.get('device_type', '-')} {profile}"
                  f"{'' if rssi is None else f'{rssi} dBm '}{known}{problem}"))
 
 

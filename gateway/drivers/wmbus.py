@@ -6,7 +6,10 @@ are decrypted with their keys and become Readings; the same telegram heard twice
 reading; telegrams from other meters are counted and listed (``unknown_meters()``), never
 forwarded. Every failure is its own event for that meter -- no key, wrong key, MAC failed,
 unsupported security, truncated, CRC damaged, malformed -- and the meter's next telegram
-is decoded afresh (nothing is blacklisted).
+is decoded afresh (nothing is blacklisted). Manufacturer-specific payloads are read by the
+meter profiles (``gateway/protocols/mbus/profiles``); a meter whose format no profile
+reads is one ``meter.unsupported_format`` event (manufacturer, version, device type, CI),
+then only counted. ``listen`` shows for every meter heard the profile that reads it.
 
 A dongle that goes silent (no telegram for ``silence_timeout_s`` while meters are
 expected, or no answer to the periodic ping) is re-initialised; if that fails its port is
@@ -46,7 +49,8 @@ from .mbus import (TZ_HELP, CompactFormats, EventGate, MeterStats, decode_error_
                    meter_key, open_port, read_ok_events, telegram_readings)
 
 METER_SCHEMA = Schema((
-    FieldSpec("id", text("the 8-digit meter id", r"[0-9]{8}"), help="meter id (on its label)"),
+    FieldSpec("id", text("the 8-digit meter id", r"[0-9A-Fa-f]{8}"),
+              help="meter id (on its label; Diehl IZAR ids also use A-F)"),
     FieldSpec("manufacturer", text("a three-letter manufacturer code", r"[A-Z]{3}"), None,
               help="manufacturer code, e.g. KAM; default: any"),
     FieldSpec("name", ID, None, help="meter id used in readings (default: the id)"),
@@ -165,6 +169,8 @@ class RadioMeter:
     last_flags: tuple[str, ...] = ()
     last_readings: list[Any] = field(default_factory=list)  # of the last decoded telegram
     failed: tuple[bytes, int | None, int] | None = None  # last undecodable (frame, rssi, rx)
+    profile: str | None = None  # the meter profile that read its last telegram
+    unsupported_reported: bool = False  # meter.unsupported_format is said once per meter
     compact_unknown_sent: bool = False  # meter.compact_format_unknown said, until learned
 
     @property
@@ -197,7 +203,7 @@ class WMBusDriver(Driver):
         self.keys_dir = keys_dir_of(self.options, sink)
         self.tz = ZoneInfo(str(self.options.get("default_tz", "UTC")))
         for m in options.get("meters") or []:
-            rm = RadioMeter(m["id"], m.get("manufacturer"), m.get("name"),
+            rm = RadioMeter(str(m["id"]).upper(), m.get("manufacturer"), m.get("name"),
                             key_from(m.get("key"), m.get("key_file")))
             stored = stored_key(self.keys_dir, (rm.name, rm.ident), (16,), self.log)
             if stored is not None:  # set with `keys set` after the config was written
@@ -506,7 +512,14 @@ class WMBusDriver(Driver):
         meter = next((m for m in self.meters.get(hdr["id"], ())
                       if m.manufacturer in (None, hdr["manufacturer"])), None)
         if meter is None:
-            self._unknown(hdr, rssi_dbm)
+            from ..protocols.mbus.profiles import meter_address
+            own = meter_address(frame)  # e.g. a Diehl PRIOS meter's id is in A[2:6]
+            if own is not None:
+                hdr = own
+                meter = next((m for m in self.meters.get(hdr["id"], ())
+                              if m.manufacturer in (None, hdr["manufacturer"])), None)
+        if meter is None:
+            self._unknown(hdr, rssi_dbm, frame)
             self._heard(hdr, frame, rssi_dbm, None, "not configured")
             return
         st = meter.stats
@@ -533,6 +546,11 @@ class WMBusDriver(Driver):
             "length": len(frame), "hex": frame.hex()}
         if meter is not None:
             item["meter"] = meter.label
+        if meter is not None and result == "ok":
+            item["profile"] = meter.profile or "standard"
+        else:
+            from ..protocols.mbus.profiles import identify
+            item["profile"] = identify(frame)
         self.listeners.notify(item)
 
     def _decode(self, meter: RadioMeter, frame: bytes, rssi_dbm: int | None, rx: int,
@@ -545,6 +563,9 @@ class WMBusDriver(Driver):
             t = self.codec(frame, meter.key, fmt=self.frame_format,
                            formats=self.compact.load(meter.label))
         except MBusError as exc:
+            if exc.event == "meter.unsupported_format":
+                self._unsupported_format(meter, exc, rssi_dbm)
+                return exc.event
             if exc.event == "meter.compact_format_unknown":
                 return self._compact_unknown(meter, exc, rssi_dbm)
             meter.failed = (frame, rssi_dbm, rx)
@@ -557,6 +578,7 @@ class WMBusDriver(Driver):
                          decode_error_detail(message, frame))
             return "meter.decode_error"
         meter.failed = None
+        meter.profile = t.extra.get("profile")
         meter_id = meter.name or t.id
         flags = tuple(t.status_flags)
         events = read_ok_events(meter, st, flags, t.status, self.bus, meter_id, rx,
@@ -574,6 +596,27 @@ class WMBusDriver(Driver):
             meter.last_readings = readings
             self._decoded.notify_all()
         return "ok"
+
+    def _unsupported_format(self, meter: RadioMeter, exc: Any, rssi: int | None) -> None:
+        """A payload no meter profile reads: one event for the meter (what it is, so a
+        profile can be added), then only counted -- it is not a failing meter."""
+        st = meter.stats
+        kind = "meter.unsupported_format"
+        st.failures[kind] = st.failures.get(kind, 0) + 1
+        st.last_error = str(exc)
+        meter.profile = None
+        if meter.unsupported_reported:
+            return
+        meter.unsupported_reported = True
+        h = exc.header
+        detail: dict[str, Any] = {
+            "id": meter.ident, "manufacturer": h.get("manufacturer"), "version": h.get("version"),
+            "device_type": h.get("device_type"),
+            "ci": None if h.get("ci") is None else f"0x{h['ci']:02X}", "rssi_dbm": rssi,
+            "error": str(exc)}
+        self.log.warning("wM-Bus %s: meter %s: %s", self.bus, meter.label, exc)
+        self.emit([Event(kind, now_ms(), self.bus, meter.name or meter.ident, "warning",
+                         detail)])
 
     def _compact_unknown(self, meter: RadioMeter, exc: Any, rssi: int | None) -> str:
         """A compact frame before any full frame taught its format: one event per meter
@@ -625,7 +668,8 @@ class WMBusDriver(Driver):
         self.emit([Event(kind, now_ms(), self.bus, meter.name or meter.ident, "warning",
                          detail)])
 
-    def _unknown(self, hdr: dict[str, Any], rssi: int | None) -> None:
+    def _unknown(self, hdr: dict[str, Any], rssi: int | None, frame: bytes = b"") -> None:
+        from ..protocols.mbus.profiles import identify
         from ..protocols.mbus.tables import device_type_name
         self.unknown_telegrams += 1
         key = (hdr["manufacturer"], hdr["id"])
@@ -634,7 +678,8 @@ class WMBusDriver(Driver):
             if len(self.unknown) >= 1000:
                 return
             entry = self.unknown[key] = {"count": 0, "version": hdr["version"],
-                                         "device_type": device_type_name(hdr["device_type"])}
+                                         "device_type": device_type_name(hdr["device_type"]),
+                                         "profile": identify(frame)}  # would read it
             self.log.info("wM-Bus %s: heard %s %s (%s), not configured: ignored", self.bus,
                           key[0], key[1], entry["device_type"])
         entry["count"] += 1

@@ -5,7 +5,8 @@
 The dongle answers its host protocol (set mode, ping, reset, device info / serial number)
 and, once put in a link mode, delivers the telegrams of the meters in that mode, each
 encrypted with the key that meter uses (security mode 5, mode 7 with AFL/CMAC, ELL
-AES-CTR, or none). Registers rise with wall-clock time.
+AES-CTR, or none). Registers rise with wall-clock time. A ``replay`` meter sends given
+telegrams of a real meter in turn (manufacturer-specific payloads).
 
 Faults per meter (``fault``): ``truncate`` (the end of every telegram is lost),
 ``crc`` (the dongle's CRC16/checksum of the message is damaged), ``duplicate`` (every
@@ -37,7 +38,7 @@ class SimRadioMeter:
     version: int = 1
     device_type: int = 0x07          # water
     key: bytes | None = None         # the key this meter encrypts with
-    security: str = "mode5"          # none | mode5 | mode7 | ell
+    security: str = "mode5"          # none | mode5 | mode7 | ell | replay
     link_mode: str = "T1"
     interval_s: float = 1.0
     fault: str | None = None         # truncate | crc | duplicate | unsupported
@@ -49,6 +50,7 @@ class SimRadioMeter:
     access: int = 0
     sent: int = 0
     next_at: float = 0.0
+    frames: list[bytes] = field(default_factory=list)  # replay: telegrams as sent, in turn
 
     def apl(self, now: float) -> bytes:
         litres = self.litres_base + int(self.flow_lph * (now % 10_000_000) / 3600)
@@ -60,6 +62,8 @@ class SimRadioMeter:
     def telegram(self, now: float) -> bytes:
         self.access = (self.access + 1) & 0xFF
         self.sent += 1
+        if self.security == "replay":  # a real meter's telegrams (manufacturer formats)
+            return self.frames[(self.sent - 1) % len(self.frames)]
         apl = self.apl(now)
         args = (self.manufacturer, self.ident, self.version, self.device_type)
         if self.fault == "unsupported":

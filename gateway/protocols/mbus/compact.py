@@ -156,6 +156,9 @@ def decode_compact(data: bytes, pos: int, header: dict[str, Any],
     crc = int.from_bytes(data[pos + 2:pos + 4], "little")
     body = bytes(data[pos + 4:])
     fmt = formats.lookup(meter_key(header), sig) if formats is not None else None
+    if fmt is None:  # a format the manufacturer's meter profile publishes (Kamstrup)
+        from .profiles import compact_format
+        fmt = compact_format(str(header.get("manufacturer", "")), sig)
     if fmt is None:
         raise CompactFormatUnknown(f"compact frame with format signature {sig:04X}, not yet "
                                    "seen in a full frame of this meter", header, signature=sig)

@@ -91,6 +91,13 @@ class UnsupportedSecurityError(SecurityError, UnsupportedError):
     event = "meter.unsupported_security"
 
 
+class UnsupportedFormatError(UnsupportedError):
+    """A manufacturer-specific payload (CI 0xA0-0xB7, security modes 16-31) that no meter
+    profile describes. The driver reports it once per meter, not per telegram."""
+
+    event = "meter.unsupported_format"
+
+
 class ApplicationError(MBusError):
     """The meter answered with an application error (CI 0x70, or 0x6E/0x6F with a TPL
     header): it is alive and says why it sends no data. ``code`` is its error code (None

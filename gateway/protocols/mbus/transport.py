@@ -155,16 +155,18 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
         iv_m, iv_a = ctx.m_field, ctx.a_field
         kdf_id = bytes(ctx.a_field[:4]) if ctx.a_field else None
     elif ci in (CI_RSP_UD_NONE, CI_COMPACT):
-        records, mdata, more = _records(data, pos, h, False, ctx, compact)
+        records, mdata, more, found = _profiled_records(ci, data, pos, h, False, ctx, compact)
         t = Telegram(h.get("manufacturer", ""), h.get("id", ""), h.get("version", 0),
                      h.get("device_type", 0), None, None, records, ci,
                      manufacturer_data=mdata, more_records_follow=more, link=link,
-                     c_field=c_field, address=address)
+                     c_field=c_field, address=address, extra=found)
         if compact:
             t.extra["compact"] = True
         return t
     elif ci == CI_RSP_UD_LONG_MSB:
         raise UnsupportedError("CI 0x76 (data sent most significant byte first)", h)
+    elif 0xA0 <= ci <= 0xB7:
+        return _manufacturer_ci(ci, data, pos, ctx, link, c_field, address)
     else:
         raise UnsupportedError(f"CI field 0x{ci:02X} is not an application data response", h,
                                payload=bytes(data[ci_pos:]))
@@ -242,6 +244,14 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
                                f"{plain[:2].hex().upper()}, not 2F2F (wrong key?)", h)
         apl, start = plain + bytes(data[pos + n:]), 0
         decrypted = True
+    elif 16 <= mode <= 31:
+        from .profiles import security_mode
+        plain, override, more_extra = security_mode(mode, ci, data, pos, ctx)
+        if override:
+            h.update(override)
+        extra.update(more_extra)
+        apl, start = plain, 0
+        decrypted = not more_extra.get("not_encrypted")
     else:
         name = SECURITY_MODES.get(mode) or ("manufacturer specific" if mode >= 16
                                             else "reserved")
@@ -255,12 +265,49 @@ def _finish(ci: int, apl: bytes, start: int, ctx: Context, h: dict[str, Any], ac
             status: int, config: int, mode: int, link: str, c_field: int | None,
             address: int | None, extra: dict[str, Any], compact: bool,
             decrypted: bool) -> Telegram:
-    if compact and (decrypted or extra.get("not_encrypted")):
+    if compact and (decrypted or extra.get("not_encrypted")) \
+            and apl[start:start + 2] == b"\x2f\x2f":
         start += 2  # the 2F2F check bytes (verified); the format signature follows
-    records, mdata, more = _records(apl, start, h, decrypted, ctx, compact)
+    records, mdata, more, found = _profiled_records(ci, apl, start, h, decrypted, ctx, compact)
+    extra.update(found)
     return Telegram(h.get("manufacturer", ""), h.get("id", ""), h.get("version", 0),
                     h.get("device_type", 0), access, status, records, ci, config, mode,
                     mdata, more, link, c_field, address, extra)
+
+
+def _profiled_records(ci: int, apl: bytes, start: int, h: dict[str, Any], decrypted: bool,
+                      ctx: Context | None, compact: bool,
+                      ) -> tuple[list[DataRecord], bytes, bool, dict[str, Any]]:
+    """The records of a telegram, read by a meter profile where one describes this meter's
+    payload (instead of, or in addition to, the EN 13757-3 records)."""
+    from . import profiles
+    prof = None if compact else profiles.payload_profile(h, ci, bytes(apl[start:]))
+    if prof is not None and prof.prefer_records:
+        try:
+            records, mdata, more = parse_records(apl, start)
+        except MBusError:
+            pass
+        else:
+            if not mdata and any(r.is_numeric for r in records):
+                prof = None  # this meter sends standard records after all
+    if prof is not None:
+        dec = profiles.apply(prof, bytes(apl[start:]), {"header": h})
+        return dec.records, b"", False, dec.extra()
+    records, mdata, more = _records(apl, start, h, decrypted, ctx, compact)
+    found = profiles.augment(h, ci, records, mdata)
+    if found is None:
+        return records, mdata, more, {}
+    return records + found[1].records, mdata, more, found[1].extra()
+
+
+def _manufacturer_ci(ci: int, data: bytes, pos: int, ctx: Context, link: str,
+                     c_field: int | None, address: int | None) -> Telegram:
+    """CI 0xA0-0xB7: the manufacturer's own payload, read by a meter profile."""
+    from .profiles import read_manufacturer_ci
+    prof, dec, hdr = read_manufacturer_ci(ci, bytes(data[pos:]), ctx)
+    return Telegram(hdr.get("manufacturer", ""), hdr.get("id", ""), hdr.get("version", 0),
+                    hdr.get("device_type", 0), None, None, dec.records, ci, link=link,
+                    c_field=c_field, address=address, extra=dec.extra())
 
 
 def _application_error(ci: int, data: bytes, pos: int, ctx: Context) -> ApplicationError:
