@@ -22,30 +22,15 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from gateway.headend.client import DEFAULT_TOPIC, human_summary, load_public_key
-from gateway.uplink.envelope import WILDCARD
+from gateway.headend.broker_args import add_broker_args, broker_identity
+from gateway.headend.client import DEFAULT_TOPIC, human_summary
 
 DEFAULT_DB = "sqlite:///headend.db"
 EXIT_CONFIG = 2
 EXIT_DB = 3
-
-
-def _add_tls(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8883)
-    p.add_argument("--pki", metavar="DIR",
-                   help="dev PKI: DIR/ca.pem, DIR/headend.pem/.key, trust DIR/gateway-sign.pub")
-    p.add_argument("--ca", help="CA bundle for the broker (overrides --pki)")
-    p.add_argument("--cert", help="head-end client certificate (overrides --pki)")
-    p.add_argument("--key", help="head-end client key (overrides --pki)")
-    p.add_argument("--trust", action="append", default=[], metavar="GWID=PUBFILE",
-                   help="trust PUBFILE for gateway GWID (repeatable; GWID '*' = any gateway)")
-    p.add_argument("--gateway-id", action="append", default=[], metavar="GWID",
-                   help="with --pki: trust gateway-sign.pub only for these ids (default: any)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ing = sub.add_parser("ingest", help="one ingest worker: MQTT -> verified -> database")
     ing.add_argument("--db", default=DEFAULT_DB, metavar="DSN")
-    _add_tls(ing)
+    add_broker_args(ing)
     ing.add_argument("--share", metavar="GROUP",
                      help="subscribe as $share/GROUP/...: workers of a group split the traffic")
     ing.add_argument("--client-id", default=None,
@@ -103,34 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _trusted(a: argparse.Namespace) -> tuple[str, str, str, dict[str, Any]]:
-    pki = Path(a.pki) if a.pki else None
-    ca = a.ca or (pki and str(pki / "ca.pem"))
-    cert = a.cert or (pki and str(pki / "headend.pem"))
-    key = a.key or (pki and str(pki / "headend.key"))
-    if not (ca and cert and key):
-        raise ValueError("need --pki DIR or all of --ca, --cert and --key")
-    trusted: dict[str, Any] = {}
-    if pki is not None:
-        pub = load_public_key(pki / "gateway-sign.pub")
-        for gid in a.gateway_id or [WILDCARD]:
-            trusted[gid] = pub
-    for spec in a.trust:
-        gid, sep, path = spec.partition("=")
-        if not sep or not gid or not path:
-            raise ValueError(f"--trust wants GWID=PUBFILE, got {spec!r}")
-        trusted[gid] = load_public_key(path)
-    if not trusted:
-        raise ValueError("no trusted gateway key: use --pki or --trust GWID=PUBFILE")
-    return ca, cert, key, trusted
-
-
 def cmd_ingest(a: argparse.Namespace) -> int:
     from gateway.headend.db import Dsn, DsnError
     from gateway.headend.worker import IngestOptions, Worker
     try:
         Dsn.parse(a.db)
-        ca, cert, key, trusted = _trusted(a)
+        ca, cert, key, trusted = broker_identity(a)
     except (OSError, ValueError, DsnError) as e:
         print(f"gateway-headend: {e}", file=sys.stderr)
         return EXIT_CONFIG

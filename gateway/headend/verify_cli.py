@@ -6,17 +6,15 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 
-from gateway.uplink.envelope import WILDCARD
+from gateway.headend.broker_args import add_broker_args, broker_identity
 from gateway.headend.client import (
     DEFAULT_TOPIC,
     EXIT_CONFIG,
     Headend,
     HeadendOptions,
     default_client_id,
-    load_public_key,
 )
 
 
@@ -25,17 +23,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m tools.headend",
         description="Subscribe to gateway uplinks over MQTT/TLS, verify every envelope and "
                     "report accepted/duplicate/missing/replayed/forged records.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8883)
-    p.add_argument("--pki", metavar="DIR",
-                   help="dev PKI: DIR/ca.pem, DIR/headend.pem/.key, trust DIR/gateway-sign.pub")
-    p.add_argument("--ca", help="CA bundle for the broker (overrides --pki)")
-    p.add_argument("--cert", help="head-end client certificate (overrides --pki)")
-    p.add_argument("--key", help="head-end client key (overrides --pki)")
-    p.add_argument("--trust", action="append", default=[], metavar="GWID=PUBFILE",
-                   help="trust PUBFILE for gateway GWID (repeatable; GWID '*' = any gateway)")
-    p.add_argument("--gateway-id", action="append", default=[], metavar="GWID",
-                   help="with --pki: trust gateway-sign.pub only for these ids (default: any)")
+    add_broker_args(p)
     p.add_argument("--topic", action="append", metavar="T",
                    help=f"subscription (repeatable, default {DEFAULT_TOPIC})")
     p.add_argument("--client-id", default=None, help="MQTT client id (default headend-<host>)")
@@ -51,24 +39,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _options(a: argparse.Namespace) -> HeadendOptions:
-    pki = Path(a.pki) if a.pki else None
-    ca = a.ca or (pki and str(pki / "ca.pem"))
-    cert = a.cert or (pki and str(pki / "headend.pem"))
-    key = a.key or (pki and str(pki / "headend.key"))
-    if not (ca and cert and key):
-        raise ValueError("need --pki DIR or all of --ca, --cert and --key")
-    trusted = {}
-    if pki is not None:
-        pub = load_public_key(pki / "gateway-sign.pub")
-        for gid in a.gateway_id or [WILDCARD]:
-            trusted[gid] = pub
-    for spec in a.trust:
-        gid, sep, path = spec.partition("=")
-        if not sep or not gid or not path:
-            raise ValueError(f"--trust wants GWID=PUBFILE, got {spec!r}")
-        trusted[gid] = load_public_key(path)
-    if not trusted:
-        raise ValueError("no trusted gateway key: use --pki or --trust GWID=PUBFILE")
+    ca, cert, key, trusted = broker_identity(a)
     return HeadendOptions(
         host=a.host, port=a.port, ca=ca, cert=cert, key=key, trusted=trusted,
         topics=a.topic or [DEFAULT_TOPIC], client_id=a.client_id or default_client_id(),
