@@ -537,14 +537,16 @@ def _wrap(text: str, width: int) -> list[str]:
     return textwrap.wrap(text, width)
 
 
-def ask_key(meter_id: str) -> str:
+def ask_key(meter_id: str, sizes: list[int] | None = None) -> str:
     """Ask for a key without echo (twice on a terminal); from stdin when scripted."""
     if not sys.stdin.isatty():
         line = sys.stdin.readline().strip()
         if not line:
             raise UsageError("no key given on standard input")
         return line
-    first = getpass.getpass(f"key for {meter_id} (hex, not shown): ")
+    digits = " or ".join(str(2 * n) for n in sizes or [])
+    first = getpass.getpass(f"key for {meter_id} (hex{', ' + digits + ' digits' if digits else ''}"
+                            ", not shown): ")
     second = getpass.getpass("again, to be sure: ")
     if first.strip() != second.strip():
         raise UsageError("the two keys differ; nothing was stored")
