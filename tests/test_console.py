@@ -81,13 +81,14 @@ def _gid(name: str) -> int:
 
 
 def _start(tmp: Path, pki: Path, port: int, drivers: list[dict[str, Any]],
-           group: str | None = None) -> Gateway:
+           group: str | None = None, extra: dict[str, Any] | None = None) -> Gateway:
     sock_dir = tempfile.mkdtemp(prefix="gwcon-")  # short (sun_path) and reachable by nobody
     os.chmod(sock_dir, 0o755)
     sock = f"{sock_dir}/control.sock"
     cfg = write_config(tmp, pki, port, drivers=drivers)
     doc = yaml.safe_load(cfg.read_text())
     doc["control"] = {"socket": sock, **({"group": group} if group else {})}
+    doc.update(extra or {})
     cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
     proc = start_gateway(cfg, tmp / "gw.log")
     assert proc.wait_for_log("control: console socket", 30), proc.text()

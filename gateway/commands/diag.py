@@ -220,7 +220,19 @@ def render(t: dict[str, Any], gateway_id: str, now: int, width: int | None = Non
                      for q, r in sorted(regs.items()) if q != "clock.drift") or "-",
             ("WARN " + ",".join(why)) if why else "ok",
         ))
-    lines += table_lines(head, rows, shrink=11, width=width)
+    wide = table_lines(head, rows, width=None)
+    if width is None or max(map(len, wide)) <= width:
+        lines += wide
+    else:  # a narrow terminal: one block per meter, every figure labelled, nothing cut
+        for r in rows:
+            f = dict(zip(head, r))
+            say(f"{f['METER']} on {f['BUS']}: {f['ALARMS']}", 4)
+            say(f"  last seen {f['LAST SEEN']}; reads ok/failed {f['OK/FAIL']} "
+                f"({f['RATIO']}), {f['IN-ROW']} failed in a row; CRC errors {f['CRC']}, "
+                f"key failures {f['KEY']}", 4)
+            say(f"  RSSI mean/last {f['RSSI']}; clock drift {f['DRIFT']}; gaps {f['GAPS']}",
+                4)
+            say(f"  registers: {f['REGISTERS']}", 4)
     if not rows:
         lines.append("(no meters seen yet)")
     if troubled or gw_alarms:

@@ -11,6 +11,7 @@ import difflib
 import getpass
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -102,7 +103,7 @@ def r_status(res: dict[str, Any], out: Out) -> None:
 def _bus_detail(extra: dict[str, Any] | None) -> str:
     if not extra:
         return ""
-    return ", ".join(f"{k}={v}" for k, v in extra.items())
+    return ", ".join(f"{k}={_plain(v)}" for k, v in extra.items())
 
 
 def r_meters(res: dict[str, Any], out: Out) -> None:
@@ -117,7 +118,7 @@ def r_meters(res: dict[str, Any], out: Out) -> None:
         out.line("no meters yet")
         return
     out.table(["ID", "BUS", "LAST SEEN", "LAST VALUE", "OK", "RSSI/LQI", "FLAGS"], rows,
-              shrink=6)
+              shrink=6, id_first=True)
     out.line(plural(len(rows), "meter"))
 
 
@@ -305,7 +306,7 @@ def r_uplink(res: dict[str, Any], out: Out) -> None:
             ("messages", f"{res.get('messages_published', 0)} published, "
                          f"{res.get('messages_acked', 0)} acked "
                          f"({res.get('records_acked', 0)} records)"),
-            ("connects", f"{res.get('connect_attempts', 0)} attempts, "
+            ("connects", f"{plural(res.get('connect_attempts', 0), 'attempt')}, "
                          f"{res.get('connect_failures', 0)} failed")])
     out.line("certificates")
     rows = []
@@ -320,12 +321,12 @@ def r_uplink(res: dict[str, Any], out: Out) -> None:
 def r_config_show(res: dict[str, Any], out: Out) -> None:
     drivers = {d.get("name"): d for d in (res.get("config") or {}).get("drivers", [])}
     for line in res["summary"].splitlines():
-        head, sep, rest = line.partition(": ")
+        head = line.partition(": ")[0]
+        label = re.match(r"([a-z]{1,10}:\s+)(\S.*)", line)
         if line.startswith("  - ") and head[4:].split(" (")[0] in drivers:
-            d = drivers[head[4:].split(" (")[0]]
-            _driver_lines(head, d, out)
-        elif sep and len(head) < 12:
-            out.wrapped(head + sep, rest, indent=len(head) + 2)
+            _driver_lines(head, drivers[head[4:].split(" (")[0]], out)
+        elif label:
+            out.wrapped(label.group(1), label.group(2))
         else:
             out.wrapped("", line, indent=2)
     for w in res["warnings"]:
@@ -342,12 +343,9 @@ def _driver_lines(head: str, d: dict[str, Any], out: Out) -> None:
         if isinstance(listed, list) and listed:
             out.line(f"      {plural(len(listed), key[:-1])}:")
             for m in listed:
-                if isinstance(m, dict):
-                    mid = m.get("id") or m.get("ieee") or m.get("address") or "?"
-                    rest = ", ".join(f"{k}={_plain(v)}" for k, v in m.items() if k != "id")
-                    out.wrapped(f"        {mid}" + (": " if rest else ""), rest, indent=10)
-                else:
-                    out.wrapped("        ", _plain(m), indent=10)
+                text = ", ".join(f"{k}={_plain(v)}" for k, v in m.items() if v is not None) \
+                    if isinstance(m, dict) else _plain(m)
+                out.wrapped("        - ", text, indent=10)
         elif isinstance(listed, int):
             out.line(f"      {plural(listed, key[:-1])} (simulated)")
 

@@ -50,11 +50,13 @@ class Out:
             self.line(line)
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]],
-              shrink: int | None = None, indent: int = 0) -> None:
-        """Columns sized to their content. If the table is wider than the terminal, column
-        ``shrink`` (default: the widest) is narrowed first, then the next widest, and a cell
-        that does not fit goes on continuation lines inside its column: nothing is cut."""
-        lines = table_lines(headers, rows, shrink, indent)
+              shrink: int | None = None, indent: int = 0, id_first: bool = False) -> None:
+        """Columns sized to their content. If the table is wider than the terminal, the
+        widest column is narrowed first (on a tie ``shrink``), and a cell that does not fit
+        goes on continuation lines inside its column: nothing is cut. ``id_first``: the
+        first column holds ids, never broken: one too long for it takes a line of its own
+        above the rest of its row."""
+        lines = table_lines(headers, rows, shrink, indent, id_first=id_first)
         self.line(self.paint(lines[0], "bold"))
         for line in lines[1:]:
             self.line(line)
@@ -62,15 +64,18 @@ class Out:
 
 def table_lines(headers: Sequence[str], rows: Sequence[Sequence[Any]],
                 shrink: int | None = None, indent: int = 0,
-                width: int | None = WIDTH - 1) -> list[str]:
+                width: int | None = WIDTH - 1, id_first: bool = False) -> list[str]:
     """The lines of :meth:`Out.table` (header first), for output that is not an Out;
     ``width`` None: as wide as the content."""
     cells = [[ascii_safe("-" if c is None else str(c)) for c in r] for r in rows]
-    widths = table_widths(headers, cells, shrink, indent, width)
+    widths = table_widths(headers, cells, shrink, indent, width, id_first)
     pad = " " * indent
     out = [(pad + "  ".join(f"{h:<{w}}" for h, w in zip(headers, widths))).rstrip()]
     for r in cells:
         parts = [cell_lines(c, w) for c, w in zip(r, widths)]
+        if id_first and len(r[0]) > widths[0]:
+            out.append(pad + r[0])  # whole, on its own line
+            parts[0] = [""]
         for k in range(max(len(p) for p in parts)):
             out.append((pad + "  ".join(f"{(p[k] if k < len(p) else ''):<{w}}"
                                         for p, w in zip(parts, widths))).rstrip())
@@ -81,13 +86,21 @@ MIN_COL = 6
 
 
 def table_widths(headers: Sequence[str], cells: Sequence[Sequence[str]], shrink: int | None,
-                 indent: int, width: int | None = WIDTH - 1) -> list[int]:
-    """Column widths that fit WIDTH - 1: the widest column gives way one column at a time
-    (on a tie, column ``shrink``), none narrower than its header (or MIN_COL)."""
+                 indent: int, width: int | None = WIDTH - 1,
+                 id_first: bool = False) -> list[int]:
+    """Column widths that fit ``width``: the widest column gives way one column at a time
+    (on a tie, column ``shrink``), none narrower than its header (or MIN_COL). With
+    ``id_first`` the first column is as wide as the other columns leave room for."""
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     floor = [max(MIN_COL, len(h)) for h in headers]
     if width is None:
         return widths
+    if id_first and len(widths) > 1:
+        room = width - indent - sum(min(w, f) for w, f in zip(widths[1:], floor[1:])) \
+            - 2 * (len(widths) - 1)
+        fitting = [len(r[0]) for r in cells if len(r[0]) <= room]
+        widths[0] = max([len(headers[0])] + fitting)
+        floor[0] = widths[0]  # the ids that fit keep their row; the others go above it
     over = indent + sum(widths) + 2 * (len(widths) - 1) - width
     while over > 0:
         cands = [i for i in range(len(widths)) if widths[i] > floor[i]]
@@ -100,13 +113,13 @@ def table_widths(headers: Sequence[str], cells: Sequence[Sequence[str]], shrink:
 
 
 def cell_lines(text: str, width: int) -> list[str]:
-    """A cell on as many lines of ``width`` as it needs: broken after a space or a comma
-    where it can, else (a long id, a hex string) mid-word. Nothing is dropped."""
+    """A cell on as many lines of ``width`` as it needs: broken after a space, a comma or
+    an underscore where it can, else (a long id, a hex string) mid-word. Nothing is dropped."""
     if len(text) <= width:
         return [text]
     lines: list[str] = []
     cur = ""
-    for tok in re.findall(r"[^ ,]*[ ,]|[^ ,]+$", text):
+    for tok in re.findall(r"[^ ,_]*[ ,_]|[^ ,_]+$", text):
         while len(tok) > width:  # a token longer than the column: split it
             room = width - len(cur)
             if room <= 0:

@@ -319,6 +319,20 @@ def edge_alarms(rt: "Runtime") -> dict[str, dict[str, int]]:
     return out
 
 
+def edge_reads(rt: "Runtime") -> dict[str, dict[str, int]]:
+    """Reads ok/failed per meter as the edge counted them (a missed expected reading is a
+    failed one), for drivers whose own counters have none (Zigbee reports)."""
+    diag = getattr(getattr(rt, "edge", None), "diag", None)
+    meters = getattr(diag, "meters", None)
+    if not isinstance(meters, dict):
+        return {}
+    try:
+        items = list(meters.items())
+    except RuntimeError:
+        return {}
+    return {m: {"reads_ok": h.reads_ok, "reads_failed": h.reads_failed} for m, h in items}
+
+
 def meter_problems(st: dict[str, Any], alarms: dict[str, int]) -> list[str]:
     """Why a meter needs attention, from its driver's counters and its active edge alarms:
     silent (missed its expected readings), reads failing, only invalid values, ..."""
@@ -401,14 +415,15 @@ def meters(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         raise CommandError("no_such_bus", f"meters: there is no bus {want!r} (buses: {buses})")
     seen = rt.monitor.meters()
     rows: dict[str, dict[str, Any]] = {}
+    health = edge_reads(rt)
     for drv in list(rt.drivers):
         if want and drv.bus != want:
             continue
         for mid, st in meter_stats(drv).items():
-            rows[mid] = _meter_row(mid, drv.bus, st, seen.get(mid))
+            rows[mid] = _meter_row(mid, drv.bus, {**health.get(mid, {}), **st}, seen.get(mid))
     for mid, s in seen.items():
         if mid not in rows and (not want or s["bus"] == want):
-            rows[mid] = _meter_row(mid, s["bus"], {}, s)
+            rows[mid] = _meter_row(mid, s["bus"], health.get(mid, {}), s)
     return {"meters": [rows[k] for k in sorted(rows)]}
 
 
