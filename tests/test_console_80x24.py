@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 
 from tests.gwproc import ROOT
 from tools.broker import Broker
@@ -94,11 +93,9 @@ def site(pki: Path, module_broker: Broker,
     ]
     gw = _start(tmp, pki, module_broker.port, drivers,
                 extra={"edge": {"diag_interval_s": 2}})
-    doc = yaml.safe_load(gw.cfg.read_text())
     try:
         assert gw.proc.wait_for_log("uplink: connected", 30), gw.proc.text()
         gw.devices = {d.kind: d.meter_id for d in zb.devices.values()}
-        gw.doc = doc
         yield gw
     finally:
         try:

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from gateway.commands.diag import render as diag_render
 from gateway.console.commands import r_listen_end, r_read
 from gateway.console.render import WIDTH, Out, cell_lines, table_lines, wrap_lines
-from gateway.control.handlers import error_text, key_bytes
+from gateway.control.handlers import key_bytes
 from gateway.control.mainreg import main_quantity, rank
-from gateway.text import plural
+from gateway.text import error_text, plural
 
 
 def test_main_register_is_the_cumulative_index():
@@ -56,7 +56,12 @@ def test_errors_name_the_errno_once_never_a_tuple():
     assert error_text(RuntimeError("scan failed: (5, 'Input/output error')")) == \
         "scan failed: Input/output error (EIO)"
     assert error_text(RuntimeError("read: [Errno 5] Input/output error; again [Errno 5] x")) \
-        == "read: EIO: Input/output error; again x"
+        == "read: Input/output error; again x (EIO)"
+    # pyserial wrapping termios.error: errno twice, the second as a tuple
+    conf = serial.SerialException(5, "Could not configure port: (5, 'Input/output error')")
+    assert error_text(conf) == "Could not configure port: Input/output error (EIO)"
+    assert error_text(RuntimeError(f"scan failed: port failed: {conf}")) == \
+        "scan failed: port failed: Could not configure port: Input/output error (EIO)"
     assert error_text(TimeoutError()) == "TimeoutError"
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .. import __version__
 from ..model import now_ms
-from ..text import plural
+from ..text import error_text, plural
 from .audit import Peer
 from .monitor import record_to_dict
 
@@ -178,36 +178,6 @@ def run_bounded(fn: Callable[[], Any], timeout: float, what: str) -> Any:
     if "error" in box:
         raise box["error"]
     return box.get("result")
-
-
-_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] ")
-_ERRNO_TUPLE = re.compile(r"\((\d+), '([^']*)'\)")
-
-
-def error_text(exc: BaseException) -> str:
-    """An exception as one plain sentence with its errno named once: never a Python tuple
-    (``(5, 'Input/output error')``) nor pyserial's doubled ``[Errno 2] ... [Errno 2]``."""
-    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
-        msg = _ERRNO_TEXT.sub("", str(exc.strerror))
-        if exc.filename is not None and str(exc.filename) not in msg:
-            msg += f": {exc.filename}"
-        name = errno.errorcode.get(exc.errno, str(exc.errno))
-        return f"{msg} ({name})" if name not in msg else msg
-    args = exc.args
-    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
-        return f"{args[1]} ({errno.errorcode.get(args[0], args[0])})"
-    text = _ERRNO_TUPLE.sub(lambda m: f"{m.group(2)} "
-                            f"({errno.errorcode.get(int(m.group(1)), m.group(1))})", str(exc))
-    seen: set[str] = set()
-
-    def once(m: re.Match[str]) -> str:
-        name = errno.errorcode.get(int(m.group(1)), m.group(1))
-        if name in seen:
-            return ""
-        seen.add(name)
-        return f"{name}: "
-    text = _ERRNO_TEXT.sub(once, text)
-    return text or type(exc).__name__
 
 
 def find_meter(rt: "Runtime", meter_id: str) -> tuple["Driver" | None, dict[str, Any] | None]:

@@ -5,9 +5,7 @@ temperature, a flags word, a value from a storage slot)."""
 from __future__ import annotations
 
 import re
-from typing import Mapping, TypeVar
-
-T = TypeVar("T")
+from typing import Mapping
 
 _OBIS = re.compile(r"(\d+)-(\d+):(\d+)\.(\d+)\.(\d+)(?:[*&]\d+)?")
 # (A, C, D, E) of the main register per medium, best first; B (channel) may be anything.
