@@ -178,3 +178,19 @@ def test_out_table_never_cuts(flags):
     text = out.stream.getvalue()
     assert "~" not in text and "x" * 70 in text
     assert all(len(l) <= WIDTH - 1 for l in text.splitlines())
+
+
+def test_diag_shows_a_repeated_problem_once_with_its_count():
+    from gateway.console.commands import r_diag
+    out = Out(io.StringIO(), colour=False)
+
+    def ev(t: int, kind: str, meter: str) -> dict:
+        return {"ts_ms": t, "severity": "warning", "kind": kind, "meter_id": meter,
+                "source": "zb", "detail": {"reason": "invalid sentinel"}}
+    r_diag({"checks": [{"level": "warn", "what": "meter m6", "detail": "sends invalid values"}],
+            "recent_problems": [ev(1, "meter.invalid_value", "m6"), ev(2, "meter.silent", "m5"),
+                                ev(3, "meter.invalid_value", "m6")], "overall": "warn"}, out)
+    lines = out.stream.getvalue().splitlines()
+    assert lines[2].endswith("meter.silent m5 reason=\"invalid sentinel\"")
+    assert "meter.invalid_value m6 (2 times)" in lines[3] and len(lines) == 6
+    assert lines[-1] == "overall: WARN"

@@ -271,10 +271,16 @@ def r_diag(res: dict[str, Any], out: Out) -> None:
         out.wrapped(out.paint(tag, c["level"]) + " ", f"{c['what']}: {c['detail']}")
     if res["recent_problems"]:
         out.line("recent problems")
+        # the same problem of the same meter once, the latest, with how often it came
+        # (a meter sending the invalid sentinel every report must not fill the screen)
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for e in res["recent_problems"]:
+            groups.setdefault((e["kind"], e.get("meter_id") or e["source"]), []).append(e)
+        for (kind, who), evs in sorted(groups.items(), key=lambda g: g[1][-1]["ts_ms"]):
+            e = evs[-1]
+            times = f" ({len(evs)} times)" if len(evs) > 1 else ""
             out.wrapped(f"  {clock(e['ts_ms'])} {e['severity']:<7} ",
-                        f"{e['kind']} {e.get('meter_id') or e['source']} "
-                        f"{_detail(e.get('detail'))}".rstrip(), indent=4)
+                        f"{kind} {who}{times} {_detail(e.get('detail'))}".rstrip(), indent=4)
     out.line("overall: " + out.paint(res["overall"].upper(), res["overall"]))
 
 
