@@ -158,14 +158,6 @@ def wrap_lines(head: str, text: str, indent: int | None = None,
     return out
 
 
-def cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:max(0, width - 1)] + "~"
-
-
-def fit(text: str, width: int = WIDTH - 1) -> str:
-    return cut(text, width)
-
-
 def ascii_safe(text: str) -> str:
     return text.encode("ascii", "backslashreplace").decode("ascii")
 
