@@ -149,8 +149,8 @@ class Runtime:
         if self.store is not None:
             st = self.store.stats()
             self.store.close()
-            log.info("stopped cleanly: %d records left in the store for the next start (last seq %d)",
-                     st.depth, st.last_seq)
+            log.info("stopped cleanly: %s left in the store for the next start (last seq %d)",
+                     plural(st.depth, "record"), st.last_seq)
 
     def apply_config(self, new: Config) -> dict[str, Any]:
         """Hot-reload: stop/start only the drivers that changed; the store and the uplink,

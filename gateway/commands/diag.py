@@ -21,6 +21,8 @@ from typing import Any
 
 import cbor2
 
+from ..text import plural
+
 EXIT_OK = 0
 EXIT_NO_DATA = 1
 EXIT_CONFIG = 2
@@ -153,7 +155,7 @@ def attention(m: dict[str, Any]) -> list[str]:
     """Why a meter's row is a warning: active alarms, missed or only invalid readings."""
     out = sorted(m.get("alarms") or {})
     if m.get("missed_readings") and not any(a.startswith("silent") for a in out):
-        out.append(f"missed {m['missed_readings']} readings")
+        out.append(f"missed {plural(m['missed_readings'], 'reading')}")
     if m.get("invalid_values") and not m.get("reads_ok") and "invalid_values" not in out:
         out.append("only invalid values")
     return out
@@ -161,7 +163,6 @@ def attention(m: dict[str, Any]) -> list[str]:
 
 def render(t: dict[str, Any], gateway_id: str, now: int, width: int | None = None) -> str:
     from ..console.render import table_lines, wrap_lines
-    from ..text import plural
     lines: list[str] = []
 
     def say(text: str, indent: int = 2) -> None:

@@ -209,7 +209,7 @@ def r_record(item: dict[str, Any], out: Out) -> None:
                                f"({item['count']} lost): {item['reason']}", indent=4):
             out.line(out.paint(line, "fail"))
     elif t == "dropped":
-        out.line(out.paint(f"... {item['count']} records not shown (console too slow)", "warn"))
+        out.line(out.paint(f"... {plural(item['count'], 'record')} not shown (console too slow)", "warn"))
     else:
         out.wrapped("", ascii_safe(json.dumps(item, default=str)))
 
@@ -286,14 +286,16 @@ def r_diag(res: dict[str, Any], out: Out) -> None:
 
 def r_store(res: dict[str, Any], out: Out) -> None:
     out.kv([("path", res["path"]), ("epoch", res["epoch"]),
-            ("unsent", f"{res['depth']} records, {size(res['bytes'])} of {size(res['max_bytes'])}"
+            ("unsent", f"{plural(res['depth'], 'record')}, {size(res['bytes'])} of {size(res['max_bytes'])}"
                        f" ({res['used_pct']}%)"),
             ("oldest unsent", f"seq {res['oldest_seq']}, {duration(res['oldest_unsent_age_s'])}"
                               " old" if res["oldest_seq"] is not None else "-"),
             ("last seq", res["last_seq"]),
-            ("since start", f"{res['records_committed']} records in {res['commits']} commits, "
+            ("since start", f"{plural(res['records_committed'], 'record')} in "
+                            f"{plural(res['commits'], 'commit')}, "
                             f"{res['acked_records']} acknowledged"),
-            ("evictions", f"{res['evicted_records']} records in {res['gap_records']} gaps"),
+            ("evictions", f"{plural(res['evicted_records'], 'record')} in "
+                          f"{plural(res['gap_records'], 'gap')}"),
             ("disk full", f"{res['full_errors']} failed writes"),
             ("files", ", ".join(f"{k} {size(v)}" for k, v in res["files"].items())),
             ("integrity", res["integrity"])])
@@ -311,7 +313,7 @@ def r_uplink(res: dict[str, Any], out: Out) -> None:
             ("last ack", age(res.get("last_ack_ms"))),
             ("messages", f"{res.get('messages_published', 0)} published, "
                          f"{res.get('messages_acked', 0)} acked "
-                         f"({res.get('records_acked', 0)} records)"),
+                         f"({plural(res.get('records_acked', 0), 'record')})"),
             ("connects", f"{plural(res.get('connect_attempts', 0), 'attempt')}, "
                          f"{res.get('connect_failures', 0)} failed")])
     out.line("certificates")

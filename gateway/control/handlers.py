@@ -718,7 +718,7 @@ def diag(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
             else:
                 add("ok", f"bus {drv.bus}", f"running, {plural(n, 'meter')}")
         if drv.refused:
-            add("fail", f"bus {drv.bus}", f"{drv.refused} batches refused by the store")
+            add("fail", f"bus {drv.bus}", f"{plural(drv.refused, 'batch', 'batches')} refused by the store")
     up = uplink_summary(rt)
     if up["state"] == "connected":
         add("ok", "uplink", f"connected to {up['broker']}")
@@ -731,7 +731,8 @@ def diag(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     add("warn" if used > 80 or stale else "ok", "store", f"{st.depth} unsent, {used:.1f}% of "
         "the cap" + (f", oldest {_human_age(age)} old" if age is not None else ""))
     if st.evicted_records:
-        add("warn", "store", f"{st.evicted_records} unsent records evicted ({st.gap_records} gaps)")
+        add("warn", "store", f"{plural(st.evicted_records, 'unsent record')} evicted "
+            f"({plural(st.gap_records, 'gap')})")
     if st.full_errors:
         add("fail", "store", f"{st.full_errors} writes failed: filesystem full")
     for cert in certificates(rt.config.uplink.cert, "client") + \
@@ -746,7 +747,7 @@ def diag(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     for w in rt.config.warnings:
         add("warn", "config", str(w))
     if ctx.server.audit.write_errors:
-        add("warn", "audit log", f"{ctx.server.audit.write_errors} entries could not be written")
+        add("warn", "audit log", f"{plural(ctx.server.audit.write_errors, 'entry', 'entries')} could not be written")
     events = [record_to_dict(e) for e in rt.monitor.recent_events(50)
               if e.severity in ("warning", "error")][-10:]
     worst = "fail" if any(c["level"] == "fail" for c in checks) else \
