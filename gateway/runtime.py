@@ -18,6 +18,7 @@ from .drivers.base import Driver
 from .drivers.registry import make_driver
 from .model import Event, Record, now_ms
 from .store import Store
+from .text import plural
 from .uplink.envelope import body_compression
 from .uplink.mqtt import Uplink
 
@@ -115,8 +116,8 @@ class Runtime:
             audit = self.control.audit
             self.edge.gateway_extras.append(lambda: {"audit": audit.head()})
         self.fleet.started()
-        log.info("gateway %s running: firmware %s, %d drivers, broker %s:%d",
-                 c.gateway.id, __version__, len(self.drivers), c.uplink.host, c.uplink.port)
+        log.info("gateway %s running: firmware %s, %s, broker %s:%d", c.gateway.id,
+                 __version__, plural(len(self.drivers), "driver"), c.uplink.host, c.uplink.port)
         if body_compression() != "zstd":
             log.warning("the zstandard package is not installed in this venv: envelope bodies "
                         "are compressed with DEFLATE (same size, about 4x the CPU); "
@@ -148,8 +149,8 @@ class Runtime:
         if self.store is not None:
             st = self.store.stats()
             self.store.close()
-            log.info("stopped cleanly: %d records left in the store for the next start (last seq %d)",
-                     st.depth, st.last_seq)
+            log.info("stopped cleanly: %s left in the store for the next start (last seq %d)",
+                     plural(st.depth, "record"), st.last_seq)
 
     def apply_config(self, new: Config) -> dict[str, Any]:
         """Hot-reload: stop/start only the drivers that changed; the store and the uplink,

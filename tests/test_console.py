@@ -81,13 +81,14 @@ def _gid(name: str) -> int:
 
 
 def _start(tmp: Path, pki: Path, port: int, drivers: list[dict[str, Any]],
-           group: str | None = None) -> Gateway:
+           group: str | None = None, extra: dict[str, Any] | None = None) -> Gateway:
     sock_dir = tempfile.mkdtemp(prefix="gwcon-")  # short (sun_path) and reachable by nobody
     os.chmod(sock_dir, 0o755)
     sock = f"{sock_dir}/control.sock"
     cfg = write_config(tmp, pki, port, drivers=drivers)
     doc = yaml.safe_load(cfg.read_text())
     doc["control"] = {"socket": sock, **({"group": group} if group else {})}
+    doc.update(extra or {})
     cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
     proc = start_gateway(cfg, tmp / "gw.log")
     assert proc.wait_for_log("control: console socket", 30), proc.text()
@@ -465,14 +466,14 @@ def test_keys_set_prompts_without_echo_and_never_logs(gw, term):
     t = term()
     t.expect(PROMPT)
     t.send("keys set sim-00001\r")
-    t.expect(r"key for sim-00001 \(hex, not shown\): ")
+    t.expect(r"key for sim-00001 \(hex, 32 or 64 digits, not shown\): ")
     t.send(KEY + "\r")
     t.expect(r"again, to be sure: ")
     t.send(KEY + "\r")
     t.expect(r"sim-00001: key of 16 bytes stored")
     t.expect(PROMPT)
     t.send("keys set sim-00002\r")
-    t.expect(r"\(hex, not shown\): ")
+    t.expect(r"\(hex, 32 or 64 digits, not shown\): ")
     t.send("00\r")
     t.expect(r"again, to be sure: ")
     t.send("01\r")
@@ -495,7 +496,7 @@ def test_keys_set_prompts_without_echo_and_never_logs(gw, term):
     r = gw.console("keys", "set", "sim-00003", stdin=KEY + "\n")
     assert r.returncode == 0 and "stored" in r.stdout and KEY not in r.stdout + r.stderr
     r = gw.console("keys", "set", "../etc", stdin=KEY + "\n")
-    assert r.returncode == 1 and "meter id" in r.stderr
+    assert r.returncode == 1 and "no meter '../etc'" in r.stderr
 
 
 # --------------------------------------------------------------------------- config apply

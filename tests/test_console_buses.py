@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -361,3 +362,36 @@ def test_console_keys_set_fixes_a_wrong_key(buses: Any) -> None:
     assert KEY.hex() not in buses.proc.text().lower(), "the key is never logged"
     entry = [e for e in buses.audit() if e["command"] == "keys set"][-1]
     assert KEY.hex() not in json.dumps(entry).lower()
+
+
+def test_console_keys_set_refuses_wrong_sizes_and_meters_without_keys(buses: Any) -> None:
+    r = buses.console("keys", "set", "22222222", stdin="00112233\n")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert ("22222222 on radio (type wmbus) needs a key of 16 bytes (32 hex digits); got 4 "
+            "bytes (8 hex digits); nothing was stored") in r.stderr
+    assert not (buses.tmp / "keys" / "22222222.key").exists()
+    r = buses.console("keys", "set", "elec-1", stdin=KEY.hex() + "\n")
+    assert r.returncode == 2 and "elec-1 takes no key; nothing was stored" in r.stderr
+    r = buses.console("keys", "set", "nosuch", stdin=KEY.hex() + "\n")
+    assert r.returncode == 1 and "no meter 'nosuch' on any bus" in r.stderr
+    assert not (buses.tmp / "keys" / "nosuch.key").exists()
+    # the gateway refuses them too, whatever the client sends
+    j = buses.console("keys", "set", "heat", "--json", stdin=(KEY * 2).hex() + "\n")
+    err = json.loads(j.stdout.splitlines()[-1])["error"]
+    assert err["code"] == "bad_key" and "needs a key of 16 bytes" in err["message"]
+
+
+def test_console_listen_stopped_early_says_how_long(buses: Any) -> None:
+    from tests.test_console import Term
+    env = {**os.environ, "NO_COLOR": "1", "TERM": "vt100"}
+    t = Term([sys.executable, "-m", "gateway", "console", "--socket", buses.sock, "listen",
+              "wmbus", "30"], env)
+    try:
+        t.expect(r"12121212")  # a telegram heard: then Ctrl-C
+        t.send("\x03")
+        m = t.expect(r"-- \d+ telegrams? heard on radio in ([\d.]+) s \(stopped early; "
+                     r"asked for 30 s\)")
+        assert float(m.group(1)) < 30
+        assert t.p.wait(20) == 0
+    finally:
+        t.close()

@@ -307,13 +307,14 @@ def test_bus_capabilities_stream_and_are_audited(runtime, tmp_path):
         items = [v for k, v in out if k == "item"]
         assert len(items) >= 3 and items[0]["manufacturer"] == "KAM" and items[0]["known"]
         assert out[-1] == ("end", {"bus": "radio", "seconds": 0.5, "heard": len(items),
-                                   "dropped": 0})
+                                   "dropped": 0, "listened_s": 0.5, "stopped_early": False})
         # Ctrl-C after the first telegram: the driver is told (callback returns False).
         got: list[Any] = []
         stream = c.stream("listen", {"bus": "radio", "seconds": 30}, interrupted=lambda: bool(got))
         for kind, value in stream:
             got.append((kind, value))
         assert got[0][0] == "item" and got[-1][0] == "end"
+        assert got[-1][1]["stopped_early"] is True and got[-1][1]["listened_s"] < 30
         assert _wait(lambda: radio.stopped_early, 5)
         scan = list(c.stream("scan", {"bus": "mbus"}))
         assert [v["address"] for k, v in scan if k == "item"] == [1, 5]

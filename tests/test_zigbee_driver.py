@@ -330,3 +330,48 @@ def test_polled_device_that_joined_before_the_gateway_is_found_in_the_neighbor_t
             drv.stop()
     finally:
         sim.stop()
+
+
+def test_no_reading_is_sent_twice_at_start_up(run):
+    # Devices that already report when the gateway starts (their reports are held until the
+    # scaling is known) and a polled one: the scale read carries the current values, so a
+    # held report of the same attribute, or an immediate first poll, would repeat them.
+    devices = simxbee.default_devices(4)  # electric, odd, gas, water (polled)
+    sim, drv, sink = run(devices, sim_kw={"preconfigured": True, "report_interval_s": 0.5},
+                         poll_interval_s=30, report_min_s=0, report_max_s=30)
+    main = {devices[0].meter_id: "1-0:1.8.0", devices[1].meter_id: "1-0:1.8.0",
+            devices[2].meter_id: "7-0:3.0.0", devices[3].meter_id: "8-0:1.0.0"}
+    sink.wait_for(lambda _: all(sink.readings(m, q) for m, q in main.items())
+                  and len(sink.readings(devices[0].meter_id, "1-0:1.8.0")) >= 4)
+    water = sink.readings(devices[3].meter_id, "8-0:1.0.0")
+    assert len(water) == 1, water  # the next one is a poll interval (30 s) away
+    for mid, q in list(main.items())[:3]:
+        values = [r.value for r in sink.readings(mid, q)]
+        # every report advances the register: an equal value is the same reading twice
+        assert len(values) == len(set(values)), (mid, values)
+    assert any(s.get("held_superseded") for s in drv.meter_stats().values())
+
+
+def test_read_now_reads_the_metering_attributes_in_bounded_time(run):
+    reporting = _dev(14)
+    polled = _dev(15, unit=0x07, device_type=2, divisor=1, summation_fmt=0x30,
+                  supports_reporting=False)
+    quiet = _dev(16, silent_after_s=2.0)
+    sim, drv, sink = run([reporting, polled, quiet], poll_interval_s=30)
+    sink.wait_for(lambda _: all(sink.readings(d.meter_id) for d in (reporting, polled, quiet)))
+    reads = sim.requests.count((polled.meter_id, zcl.METERING, "read"))
+    got = drv.read_now(polled.meter_id)
+    [water] = [r for r in got if isinstance(r, Reading) and r.quantity == "8-0:1.0.0"]
+    assert (water.unit, water.exponent) == ("L", 0)
+    sink.wait_for(lambda _: water in sink.readings(polled.meter_id))  # stored like any other
+    assert sim.requests.count((polled.meter_id, zcl.METERING, "read")) == reads + 1
+    energy = [r for r in drv.read_now(reporting.meter_id) if isinstance(r, Reading)]
+    assert [r.quantity for r in energy if r.quantity == "1-0:1.8.0"] == ["1-0:1.8.0"]
+    assert energy[0].unit == "kWh"
+    with pytest.raises(KeyError):
+        drv.read_now("nosuch")
+    sink.wait_for(lambda _: sink.events("meter.silent", quiet.meter_id))
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="no answer from .* after 2 attempts"):
+        drv.read_now(quiet.meter_id)  # retries 1, 1 s each
+    assert time.monotonic() - t0 < 30

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import sys
 import time
@@ -19,6 +20,8 @@ from decimal import Decimal
 from typing import Any
 
 import cbor2
+
+from ..text import plural
 
 EXIT_OK = 0
 EXIT_NO_DATA = 1
@@ -86,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(table, sort_keys=True, default=str))
     else:
-        print(render(table, cfg.gateway.id, int(time.time() * 1000)))
+        width = shutil.get_terminal_size().columns - 1 if sys.stdout.isatty() else None
+        print(render(table, cfg.gateway.id, int(time.time() * 1000), width))
     return EXIT_OK if table["gateway"] is not None or table["registers"] else EXIT_NO_DATA
 
 
@@ -107,39 +111,101 @@ def _size(n: Any) -> str:
     return "-" if n is None else f"{n / 2**20:.0f} MiB"
 
 
-def render(t: dict[str, Any], gateway_id: str, now: int) -> str:
-    lines = []
+def _secs(v: Any) -> str:
+    """A duration as a person writes it: ``none`` when there is none."""
+    if v is None:
+        return "none"
+    from ..console.render import duration
+    return duration(float(v))
+
+
+def exact(v: str) -> str:
+    """An exact decimal in positional form, never exponent form (``1.499E+4`` -> ``14990``)."""
+    try:
+        return format(Decimal(v), "f")
+    except ArithmeticError:
+        return v
+
+
+def drift_ms(m: dict[str, Any], regs: dict[str, Any]) -> float | None:
+    """The meter clock's offset: the edge's (judged on a synced gateway clock), else the
+    driver's own measurement (DLMS ``clock_drift_s``), else its ``clock.drift`` register."""
+    if m.get("clock_drift_ms") is not None:
+        return float(m["clock_drift_ms"])
+    drv = m.get("driver") or {}
+    if isinstance(drv.get("clock_drift_s"), (int, float)):
+        return float(drv["clock_drift_s"]) * 1000
+    reg = regs.get("clock.drift")
+    if reg is not None:
+        try:
+            return float(Decimal(reg["value"]) * 1000)
+        except ArithmeticError:
+            return None
+    return None
+
+
+def _drift(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    s = ms / 1000
+    return f"{s:+.1f}s" if abs(s) < 10 else f"{s:+.0f}s"
+
+
+def attention(m: dict[str, Any]) -> list[str]:
+    """Why a meter's row is a warning: active alarms, missed or only invalid readings."""
+    out = sorted(m.get("alarms") or {})
+    if m.get("missed_readings") and not any(a.startswith("silent") for a in out):
+        out.append(f"missed {plural(m['missed_readings'], 'reading')}")
+    if m.get("invalid_values") and not m.get("reads_ok") and "invalid_values" not in out:
+        out.append("only invalid values")
+    return out
+
+
+def render(t: dict[str, Any], gateway_id: str, now: int, width: int | None = None) -> str:
+    from ..console.render import table_lines, wrap_lines
+    lines: list[str] = []
+
+    def say(text: str, indent: int = 2) -> None:
+        lines.extend(wrap_lines("", text, indent, width) if width else [text])
+
     g = t["gateway"]
+    gw_alarms: list[str] = []
     if g is None:
-        lines.append(f"gateway {gateway_id}: no diagnostics snapshot yet (one is written every "
-                     "edge.diag_interval_s and at a clean stop)")
+        say(f"gateway {gateway_id}: no diagnostics snapshot yet (one is written every "
+            "edge.diag_interval_s and at a clean stop)")
     else:
         clock = g.get("clock") or {}
-        lines += [
-            f"gateway {gateway_id}: snapshot {age(t['snapshot_ms'], now)}, up {g.get('uptime_s')} s"
-            f", boot reason {g.get('boot_reason')}, clock "
-            + ("synchronised" if clock.get("synced") else "NOT synchronised"),
-            f"  store: {g.get('store_depth')} unsent, oldest {g.get('oldest_unsent_s')} s, "
-            f"{g.get('records_evicted', 0)} evicted | broker: "
-            + ("connected" if g.get("broker_connected") else "DISCONNECTED")
-            + f", {g.get('broker_reconnects', 0)} reconnects",
-            f"  board: load {g.get('load')}, temperature {g.get('temperature_c', '-')} C, "
-            f"memory {_size(g.get('mem_available_bytes'))} free, disk "
-            f"{_size(g.get('disk_free_bytes'))} free",
-        ]
+        say(f"gateway {gateway_id}: snapshot {age(t['snapshot_ms'], now)}, up "
+            f"{_secs(g.get('uptime_s'))}, boot reason {g.get('boot_reason')}, clock "
+            + ("synchronised" if clock.get("synced") else "NOT synchronised"))
+        say(f"  store: {g.get('store_depth')} unsent, oldest unsent "
+            f"{_secs(g.get('oldest_unsent_s'))}, {g.get('records_evicted', 0)} evicted | "
+            "broker: " + ("connected" if g.get("broker_connected") else "DISCONNECTED")
+            + f", {plural(g.get('broker_reconnects', 0), 'reconnect')}")
+        load = g.get("load")
+        say(f"  board: load {' '.join(map(str, load)) if load else 'unknown'}, temperature "
+            + (f"{g['temperature_c']:g} C" if g.get("temperature_c") is not None
+               else "unknown")
+            + f", memory {_size(g.get('mem_available_bytes'))} free, disk "
+            f"{_size(g.get('disk_free_bytes'))} free")
         if g.get("alarms"):
-            lines.append("  ALARMS: " + ", ".join(f"{r} since {age(s, now)}"
-                                                 for r, s in sorted(g["alarms"].items())))
+            gw_alarms = sorted(g["alarms"])
+            say("  ALARMS: " + ", ".join(f"{r} since {age(s, now)}"
+                                          for r, s in sorted(g["alarms"].items())))
     head = ("METER", "BUS", "LAST SEEN", "OK/FAIL", "RATIO", "IN-ROW", "CRC", "KEY", "RSSI",
             "DRIFT", "GAPS", "REGISTERS", "ALARMS")
-    rows = [head]
+    rows = []
+    troubled: list[str] = []
     meters = sorted(set(t["meters"]) | set(t["registers"]))
     for mid in meters:
         m = t["meters"].get(mid, {})
         rssi = m.get("rssi_dbm") or {}
         regs = t["registers"].get(mid, {})
+        units = m.get("units") or {}
         ratio = m.get("success_ratio")
-        drift = m.get("clock_drift_ms")
+        why = attention(m)
+        if why:
+            troubled.append(f"{mid} ({', '.join(why)})")
         rows.append((
             mid, m.get("bus") or "-", age(m.get("last_seen_ms") or max(
                 (r["read_ms"] for r in regs.values()), default=None), now),
@@ -149,19 +215,31 @@ def render(t: dict[str, Any], gateway_id: str, now: int) -> str:
             str(m.get("crc_errors", "-")),
             str(m.get("decrypt_failures", 0) + m.get("auth_failures", 0)) if m else "-",
             f"{rssi.get('mean')}/{rssi.get('last')}" if rssi else "-",
-            "-" if drift is None else f"{drift / 1000:+.0f}s",
+            _drift(drift_ms(m, regs)),
             str(m.get("gaps", "-")),
-            " ".join(f"{q}={_short(r['value'])}" for q, r in sorted(regs.items())) or "-",
-            ",".join(sorted(m.get("alarms") or {})) or "ok",
+            " ".join(f"{q}={exact(r['value'])}" + (f" {units[q]}" if units.get(q) else "")
+                     for q, r in sorted(regs.items()) if q != "clock.drift") or "-",
+            ("WARN " + ",".join(why)) if why else "ok",
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    if len(rows) == 1:
+    wide = table_lines(head, rows, width=None)
+    if width is None or max(map(len, wide)) <= width:
+        lines += wide
+    else:  # a narrow terminal: one block per meter, every figure labelled, nothing cut
+        for r in rows:
+            f = dict(zip(head, r))
+            say(f"{f['METER']} on {f['BUS']}: {f['ALARMS']}", 4)
+            say(f"  last seen {f['LAST SEEN']}; reads ok/failed {f['OK/FAIL']} "
+                f"({f['RATIO']}), {f['IN-ROW']} failed in a row; CRC errors {f['CRC']}, "
+                f"key failures {f['KEY']}", 4)
+            say(f"  RSSI mean/last {f['RSSI']}; clock drift {f['DRIFT']}; gaps {f['GAPS']}",
+                4)
+            say(f"  registers: {f['REGISTERS']}", 4)
+    if not rows:
         lines.append("(no meters seen yet)")
+    if troubled or gw_alarms:
+        parts = ([f"gateway ({', '.join(gw_alarms)})"] if gw_alarms else []) + troubled
+        say(f"overall: WARN: {plural(len(troubled), 'meter')} need attention"
+            + (" and the gateway" if gw_alarms else "") + ": " + "; ".join(parts), 2)
+    elif g is not None:
+        say("overall: OK")
     return "\n".join(lines)
-
-
-def _short(v: str) -> str:
-    d = Decimal(v)
-    return str(d.normalize()) if abs(d) < 10**12 else v

@@ -53,6 +53,7 @@ def _run_mbus(args: argparse.Namespace) -> int:
     from ..drivers.mbus import MBusMaster, default_timeout_s, describe_device, open_port
     from ..drivers.serialport import SerialPortError
     from ..protocols.mbus.wired import SecondaryMask
+    from ..text import error_text
     try:
         mask = SecondaryMask.parse(args.mask)
     except ValueError as exc:
@@ -63,7 +64,7 @@ def _run_mbus(args: argparse.Namespace) -> int:
     try:
         ser = open_port(opts)
     except SerialPortError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return EXIT_PORT
     timeout = args.timeout_ms / 1000 if args.timeout_ms else default_timeout_s(args.baud)
     master = MBusMaster(ser, opts, timeout_s=timeout, retries=0)
@@ -76,7 +77,7 @@ def _run_mbus(args: argparse.Namespace) -> int:
         else:
             results = master.scan_secondary(mask, progress)
     except OSError as exc:
-        print(f"error: {args.port}: {exc}", file=sys.stderr)
+        print(f"error: {args.port}: {error_text(exc)}", file=sys.stderr)
         return EXIT_PORT
     finally:
         ser.close()

@@ -11,12 +11,13 @@ import difflib
 import getpass
 import json
 import os
+import re
 import sys
-import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .render import WIDTH, Out, age, ascii_safe, clock, duration, fit, size
+from ..text import plural
+from .render import Out, age, ascii_safe, clock, duration, size, wrap_lines
 
 
 class UsageError(Exception):
@@ -75,13 +76,13 @@ def _abs_file(text: str) -> str:
 
 def r_status(res: dict[str, Any], out: Out) -> None:
     st, br = res["store"], res["broker"]
-    out.line(fit(f"gateway   {res['gateway_id']} ({res['board']})  firmware {res['firmware']}"
-                 f"  up {duration(res['uptime_s'])}"))
-    out.line(fit(f"records   epoch {res['epoch']}  last seq {res['last_seq']}"))
+    out.wrapped("gateway   ", f"{res['gateway_id']} ({res['board']})  firmware "
+                f"{res['firmware']}  up {duration(res['uptime_s'])}")
+    out.wrapped("records   ", f"epoch {res['epoch']}  last seq {res['last_seq']}")
     oldest = st["oldest_unsent_age_s"]
-    out.line(fit(f"store     {st['depth']} unsent"
-                 + (f", oldest {duration(oldest)} old" if oldest is not None else "")
-                 + f"  {size(st['bytes'])} of {size(st['max_bytes'])}"))
+    out.wrapped("store     ", f"{st['depth']} unsent"
+                + (f", oldest {duration(oldest)} old" if oldest is not None else "")
+                + f"  {size(st['bytes'])} of {size(st['max_bytes'])}")
     state = br["state"]
     style = "ok" if state == "connected" else "fail"
     text = f"{br['broker']}"
@@ -91,8 +92,7 @@ def r_status(res: dict[str, Any], out: Out) -> None:
                  f"{age(br.get('last_ack_ms'))}")
     out.wrapped(f"broker    {out.paint(state, style)} ", text)
     if not br.get("connected") and br.get("last_error"):
-        for part in textwrap.wrap(ascii_safe(br["last_error"]), WIDTH - 11):
-            out.line(" " * 10 + part)
+        out.wrapped(" " * 10, ascii_safe(br["last_error"]))
     out.line(f"consoles  {res['consoles']} connected")
     out.line("buses")
     out.table(["NAME", "TYPE", "STATE", "METERS", "REFUSED", "DETAIL"],
@@ -103,7 +103,7 @@ def r_status(res: dict[str, Any], out: Out) -> None:
 def _bus_detail(extra: dict[str, Any] | None) -> str:
     if not extra:
         return ""
-    return ", ".join(f"{k}={v}" for k, v in extra.items())
+    return ", ".join(f"{k}={_plain(v)}" for k, v in extra.items())
 
 
 def r_meters(res: dict[str, Any], out: Out) -> None:
@@ -118,8 +118,8 @@ def r_meters(res: dict[str, Any], out: Out) -> None:
         out.line("no meters yet")
         return
     out.table(["ID", "BUS", "LAST SEEN", "LAST VALUE", "OK", "RSSI/LQI", "FLAGS"], rows,
-              shrink=6)
-    out.line(f"{len(rows)} meters")
+              shrink=6, id_first=True)
+    out.line(plural(len(rows), "meter"))
 
 
 def r_meter(res: dict[str, Any], out: Out) -> None:
@@ -130,9 +130,10 @@ def r_meter(res: dict[str, Any], out: Out) -> None:
             ("key stored", "yes" if res.get("key_stored") else "no")])
     stats = res.get("stats") or {}
     if stats:
-        out.line(fit("counters  " + ", ".join(f"{k}={v}" for k, v in stats.items())))
+        out.wrapped("counters  ", ", ".join(f"{k}={_plain(v)}" for k, v in stats.items()))
     if res.get("config"):
-        out.line(fit("config    " + ", ".join(f"{k}={v}" for k, v in res["config"].items())))
+        out.wrapped("config    ", ", ".join(f"{k}={_plain(v)}"
+                                            for k, v in res["config"].items()))
     if res.get("last_readings"):
         out.line("last readings")
         out.table(["QUANTITY", "VALUE", "UNIT", "METER TIME", "RECEIVED", "QUALITY"],
@@ -142,8 +143,17 @@ def r_meter(res: dict[str, Any], out: Out) -> None:
     if res.get("events"):
         out.line("recent events")
         for e in res["events"][-8:]:
-            out.line(fit(f"  {clock(e['ts_ms'])} {e['severity']:<7} {e['kind']} "
-                         + _detail(e.get("detail"))))
+            out.wrapped(f"  {clock(e['ts_ms'])} {e['severity']:<7} ",
+                        f"{e['kind']} {_detail(e.get('detail'))}".rstrip(), indent=4)
+
+
+def _plain(v: Any) -> str:
+    """An option or counter value as text: mappings and lists without Python's quotes."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_plain(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_plain(x) for x in v) + "]"
+    return "-" if v is None else ascii_safe(str(v))
 
 
 def _detail(d: dict[str, Any] | None) -> str:
@@ -153,14 +163,29 @@ def _detail(d: dict[str, Any] | None) -> str:
 
 
 def r_read(res: dict[str, Any], out: Out) -> None:
-    out.line(f"{res['meter_id']} on {res['bus']} ({res['duration_ms']} ms):")
+    out.wrapped("", f"{res['meter_id']} on {res['bus']} ({res['duration_ms']} ms):")
+    readings = [r for r in res["records"] if r["type"] == "reading"]
+    # Columns sized to what was read, so values line up whatever the register names are;
+    # a name too long for the terminal takes its own line and the values stay aligned.
+    qw = min(max((len(r["quantity"]) for r in readings), default=0), 30)
+    vw = max((len(r["value"]) for r in readings), default=0)
+    uw = max((len(r["unit"] or "") for r in readings), default=0)
     for r in res["records"]:
         if r["type"] == "reading":
             q = f" [{','.join(r['quality'])}]" if r["quality"] else ""
-            out.line(fit(f"  {r['quantity']:<14} {r['value']:>18} {r['unit']:<6}"
-                         f" at {clock(r['meter_ts_ms'])}{q}"))
+            at = f" at {clock(r['meter_ts_ms'])}" if r["meter_ts_ms"] is not None else ""
+            name = ascii_safe(r["quantity"])
+            if len(name) > qw:
+                out.wrapped("  ", name)
+                name = ""
+            head = f"  {name:<{qw}}  {r['value']:>{vw}} {(r['unit'] or ''):<{uw}}"
+            tail = f"{at}{q}".strip()
+            if tail:
+                out.wrapped(head + " ", tail, indent=qw + 4)
+            else:
+                out.line(head.rstrip())
         else:
-            out.line(fit(f"  {r.get('kind', r['type'])} {_detail(r.get('detail'))}"))
+            out.wrapped(f"  {r.get('kind', r['type'])} ", _detail(r.get("detail")), indent=4)
     if not res["records"]:
         out.line("  (the meter answered with no values)")
 
@@ -169,58 +194,64 @@ def r_record(item: dict[str, Any], out: Out) -> None:
     t = item.get("type")
     if t == "reading":
         q = f" [{','.join(item['quality'])}]" if item["quality"] else ""
-        out.line(fit(f"{clock(item['rx_ts_ms'])} {item['meter_id']} {item['quantity']} = "
-                     f"{item['value']} {item['unit']}{q}"))
+        out.wrapped(f"{clock(item['rx_ts_ms'])} ", f"{item['meter_id']} {item['quantity']} = "
+                    f"{item['value']} {item['unit']}{q}", indent=4)
     elif t == "event":
         sev = item["severity"]
         style = {"error": "fail", "warning": "warn"}.get(sev, "dim")
-        text = fit(f"{clock(item['ts_ms'])} {sev.upper():<7} {item['kind']} "
-                   f"{item.get('meter_id') or item['source']} {_detail(item.get('detail'))}")
-        out.line(out.paint(text, style))
+        for line in wrap_lines(f"{clock(item['ts_ms'])} {sev.upper():<7} ",
+                               f"{item['kind']} {item.get('meter_id') or item['source']} "
+                               f"{_detail(item.get('detail'))}".rstrip(), indent=4):
+            out.line(out.paint(line, style))
     elif t == "gap":
-        out.line(out.paint(fit(f"{clock(item['ts_ms'])} GAP seq {item['first_seq']}.."
-                               f"{item['last_seq']} ({item['count']} lost): {item['reason']}"),
-                           "fail"))
+        for line in wrap_lines(f"{clock(item['ts_ms'])} GAP ",
+                               f"seq {item['first_seq']}..{item['last_seq']} "
+                               f"({item['count']} lost): {item['reason']}", indent=4):
+            out.line(out.paint(line, "fail"))
     elif t == "dropped":
-        out.line(out.paint(f"... {item['count']} records not shown (console too slow)", "warn"))
+        out.line(out.paint(f"... {plural(item['count'], 'record')} not shown (console too slow)", "warn"))
     else:
-        out.line(fit(ascii_safe(json.dumps(item, default=str))))
+        out.wrapped("", ascii_safe(json.dumps(item, default=str)))
 
 
 def r_tail_end(res: dict[str, Any], out: Out) -> None:
-    out.line(f"-- {res['sent']} records shown"
+    out.line(f"-- {plural(res['sent'], 'record')} shown"
              + (f", {res['dropped']} not shown (console too slow)" if res["dropped"] else ""))
 
 
 def r_telegram(item: dict[str, Any], out: Out) -> None:
     if "progress" in item:
-        out.line(fit(f"... {item['progress']}"))
+        out.wrapped("... ", str(item["progress"]))
         return
     known = "known" if item.get("known") else "UNKNOWN"
     rssi = item.get("rssi_dbm")
     result = item.get("result")
     problem = f" {result}" if item.get("known") and result and result != "ok" else ""
     profile = f"[{item['profile']}] " if item.get("profile") else ""  # the meter profile
-    out.line(fit(f"{clock(item.get('ts_ms'))} {item.get('manufacturer', '?'):<4} "
-                 f"{item.get('id', '?'):<10} ver {item.get('version', '-')} "
-                 f"{item.get('device_type', '-')} {profile}"
-                 f"{'' if rssi is None else f'{rssi} dBm '}{known}{problem}"))
+    out.wrapped(f"{clock(item.get('ts_ms'))} ", f"{item.get('manufacturer', '?'):<4} "
+                f"{item.get('id', '?'):<10} ver {item.get('version', '-')} "
+                f"{item.get('device_type', '-')} {profile}"
+                f"{'' if rssi is None else f'{rssi} dBm '}{known}{problem}", indent=4)
 
 
 def r_listen_end(res: dict[str, Any], out: Out) -> None:
-    out.line(f"-- {res['heard']} telegrams heard on {res['bus']} in {res['seconds']:g} s"
-             + (f", {res['dropped']} not shown" if res.get("dropped") else ""))
+    took = res.get("listened_s", res["seconds"])
+    early = f" (stopped early; asked for {res['seconds']:g} s)" if res.get("stopped_early") \
+        else ""
+    out.wrapped("-- ", f"{plural(res['heard'], 'telegram')} heard on {res['bus']} in "
+                f"{took:g} s{early}"
+                + (f", {res['dropped']} not shown" if res.get("dropped") else ""))
 
 
 def r_device(item: dict[str, Any], out: Out) -> None:
     if "progress" in item:
-        out.line(fit(f"... {item['progress']}"))
+        out.wrapped("... ", str(item["progress"]))
     else:
-        out.line(fit("found " + ", ".join(f"{k}={v}" for k, v in item.items())))
+        out.wrapped("found ", ", ".join(f"{k}={_plain(v)}" for k, v in item.items()))
 
 
 def r_scan_end(res: dict[str, Any], out: Out) -> None:
-    out.line(f"-- {len(res['devices'])} devices found on {res['bus']}")
+    out.line(f"-- {plural(len(res['devices']), 'device')} found on {res['bus']}")
 
 
 def r_permit(res: dict[str, Any], out: Out) -> None:
@@ -241,22 +272,31 @@ def r_diag(res: dict[str, Any], out: Out) -> None:
         out.wrapped(out.paint(tag, c["level"]) + " ", f"{c['what']}: {c['detail']}")
     if res["recent_problems"]:
         out.line("recent problems")
+        # the same problem of the same meter once, the latest, with how often it came
+        # (a meter sending the invalid sentinel every report must not fill the screen)
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for e in res["recent_problems"]:
-            out.line(fit(f"  {clock(e['ts_ms'])} {e['severity']:<7} {e['kind']} "
-                         f"{e.get('meter_id') or e['source']} {_detail(e.get('detail'))}"))
+            groups.setdefault((e["kind"], e.get("meter_id") or e["source"]), []).append(e)
+        for (kind, who), evs in sorted(groups.items(), key=lambda g: g[1][-1]["ts_ms"]):
+            e = evs[-1]
+            times = f" ({len(evs)} times)" if len(evs) > 1 else ""
+            out.wrapped(f"  {clock(e['ts_ms'])} {e['severity']:<7} ",
+                        f"{kind} {who}{times} {_detail(e.get('detail'))}".rstrip(), indent=4)
     out.line("overall: " + out.paint(res["overall"].upper(), res["overall"]))
 
 
 def r_store(res: dict[str, Any], out: Out) -> None:
     out.kv([("path", res["path"]), ("epoch", res["epoch"]),
-            ("unsent", f"{res['depth']} records, {size(res['bytes'])} of {size(res['max_bytes'])}"
+            ("unsent", f"{plural(res['depth'], 'record')}, {size(res['bytes'])} of {size(res['max_bytes'])}"
                        f" ({res['used_pct']}%)"),
             ("oldest unsent", f"seq {res['oldest_seq']}, {duration(res['oldest_unsent_age_s'])}"
                               " old" if res["oldest_seq"] is not None else "-"),
             ("last seq", res["last_seq"]),
-            ("since start", f"{res['records_committed']} records in {res['commits']} commits, "
+            ("since start", f"{plural(res['records_committed'], 'record')} in "
+                            f"{plural(res['commits'], 'commit')}, "
                             f"{res['acked_records']} acknowledged"),
-            ("evictions", f"{res['evicted_records']} records in {res['gap_records']} gaps"),
+            ("evictions", f"{plural(res['evicted_records'], 'record')} in "
+                          f"{plural(res['gap_records'], 'gap')}"),
             ("disk full", f"{res['full_errors']} failed writes"),
             ("files", ", ".join(f"{k} {size(v)}" for k, v in res["files"].items())),
             ("integrity", res["integrity"])])
@@ -264,16 +304,18 @@ def r_store(res: dict[str, Any], out: Out) -> None:
 
 def r_uplink(res: dict[str, Any], out: Out) -> None:
     state = out.paint(res["state"], "ok" if res["state"] == "connected" else "fail")
-    out.kv([("state", state + f" ({res['broker']}, client id {res['client_id']}, "
-                              f"TLS >= {res['tls_version']})"),
+    tls = f"TLS >= {res['tls_version']}"
+    if res.get("tls_negotiated"):
+        tls = f"{res['tls_negotiated']} negotiated ({tls} required)"
+    out.kv([("state", state + f" ({res['broker']}, client id {res['client_id']}, {tls})"),
             ("since", clock(res.get("since_ms"), date=True)),
             ("last error", res.get("last_error")),
             ("in flight", res.get("in_flight")),
             ("last ack", age(res.get("last_ack_ms"))),
             ("messages", f"{res.get('messages_published', 0)} published, "
                          f"{res.get('messages_acked', 0)} acked "
-                         f"({res.get('records_acked', 0)} records)"),
-            ("connects", f"{res.get('connect_attempts', 0)} attempts, "
+                         f"({plural(res.get('records_acked', 0), 'record')})"),
+            ("connects", f"{plural(res.get('connect_attempts', 0), 'attempt')}, "
                          f"{res.get('connect_failures', 0)} failed")])
     out.line("certificates")
     rows = []
@@ -286,10 +328,35 @@ def r_uplink(res: dict[str, Any], out: Out) -> None:
 
 
 def r_config_show(res: dict[str, Any], out: Out) -> None:
+    drivers = {d.get("name"): d for d in (res.get("config") or {}).get("drivers", [])}
     for line in res["summary"].splitlines():
-        out.line(fit(line))
+        head = line.partition(": ")[0]
+        label = re.match(r"([a-z]{1,10}:\s+)(\S.*)", line)
+        if line.startswith("  - ") and head[4:].split(" (")[0] in drivers:
+            _driver_lines(head, drivers[head[4:].split(" (")[0]], out)
+        elif label:
+            out.wrapped(label.group(1), label.group(2))
+        else:
+            out.wrapped("", line, indent=2)
     for w in res["warnings"]:
-        out.line(fit(f"warning: {w}"))
+        out.wrapped("warning: ", w)
+
+
+def _driver_lines(head: str, d: dict[str, Any], out: Out) -> None:
+    """One driver: its options wrapped, then one line per meter it reads."""
+    opts = {k: v for k, v in d.items() if k not in ("type", "name", "meters", "devices")}
+    out.wrapped(head + (": " if opts else ""), ", ".join(f"{k}={_plain(v)}"
+                                                         for k, v in opts.items()), indent=6)
+    for key in ("meters", "devices"):
+        listed = d.get(key)
+        if isinstance(listed, list) and listed:
+            out.line(f"      {plural(len(listed), key[:-1])}:")
+            for m in listed:
+                text = ", ".join(f"{k}={_plain(v)}" for k, v in m.items() if v is not None) \
+                    if isinstance(m, dict) else _plain(m)
+                out.wrapped("        - ", text, indent=10)
+        elif isinstance(listed, int):
+            out.line(f"      {plural(listed, key[:-1])} (simulated)")
 
 
 def _plan_line(plan: dict[str, Any]) -> str:
@@ -302,23 +369,23 @@ def _plan_line(plan: dict[str, Any]) -> str:
 def r_config_check(res: dict[str, Any], out: Out) -> None:
     out.line(f"{res['file']}: valid")
     for line in res["summary"].splitlines():
-        out.line(fit("  " + line))
+        out.wrapped("  ", line, indent=6)
     for w in res["warnings"]:
-        out.line(fit(f"warning: {w}"))
+        out.wrapped("warning: ", w)
     plan = res["plan"]
     if plan["restart_needed"]:
         out.wrapped("", "config apply would be refused: " + ", ".join(plan["restart_needed"])
                     + " changed (restart needed)")
     else:
-        out.line(fit("config apply would change: " + _plan_line(plan)))
+        out.wrapped("config apply would change: ", _plan_line(plan), indent=2)
 
 
 def r_config_apply(res: dict[str, Any], out: Out) -> None:
-    out.line(fit("applied: " + (_plan_line(res) if "message" not in res else res["message"])))
+    out.wrapped("applied: ", _plan_line(res) if "message" not in res else res["message"])
     if res.get("unchanged"):
-        out.line(fit("still running: " + ", ".join(res["unchanged"])))
+        out.wrapped("still running: ", ", ".join(res["unchanged"]))
     if res.get("stuck"):
-        out.line(fit("did not stop in time: " + ", ".join(res["stuck"])))
+        out.wrapped("did not stop in time: ", ", ".join(res["stuck"]))
     for w in res.get("warnings", []):
         out.wrapped("warning: ", w)
     if res.get("note"):
@@ -326,10 +393,10 @@ def r_config_apply(res: dict[str, Any], out: Out) -> None:
 
 
 def r_fleet(res: dict[str, Any], out: Out) -> None:
-    out.line(fit(f"downlink  last seq {res['last_seq']}  max jump {res['max_seq_jump']}"
-                 + ("  LOCKED: run 'fleet reset-seq'" if res["locked"] else "")))
+    out.wrapped("downlink  ", f"last seq {res['last_seq']}  max jump {res['max_seq_jump']}"
+                + ("  LOCKED: run 'fleet reset-seq'" if res["locked"] else ""))
     c = res["counters"]
-    out.line(fit("commands  " + ", ".join(f"{k} {c[k]}" for k in sorted(c))))
+    out.wrapped("commands  ", ", ".join(f"{k} {c[k]}" for k in sorted(c)))
 
 
 def r_fleet_reset(res: dict[str, Any], out: Out) -> None:
@@ -338,7 +405,7 @@ def r_fleet_reset(res: dict[str, Any], out: Out) -> None:
 
 def r_keys_set(res: dict[str, Any], out: Out) -> None:
     out.wrapped("", f"{res['meter_id']}: key of {res['bytes']} bytes {res['message']}")
-    out.line(fit(f"  file {res['file']} (mode 0600)"))
+    out.wrapped("  file ", f"{res['file']} (mode 0600)")
 
 
 # ----------------------------------------------------------------- builders
@@ -523,7 +590,7 @@ def help_text(topic: list[str]) -> list[str]:
     if not topic:
         lines = ["commands (help COMMAND for more; add --json for machine output):"]
         for s in SPECS:
-            lines.append(fit(f"  {s.usage:<33} {s.summary}"))
+            lines += wrap_lines(f"  {s.usage:<33} ", s.summary, indent=36)
         lines.append(f"  {'help [COMMAND]':<33} this list, or one command in detail")
         lines.append(f"  {'exit':<33} leave the console (also quit, Ctrl-D)")
         return lines
@@ -538,14 +605,16 @@ def _wrap(text: str, width: int) -> list[str]:
     return textwrap.wrap(text, width)
 
 
-def ask_key(meter_id: str) -> str:
+def ask_key(meter_id: str, sizes: list[int] | None = None) -> str:
     """Ask for a key without echo (twice on a terminal); from stdin when scripted."""
     if not sys.stdin.isatty():
         line = sys.stdin.readline().strip()
         if not line:
             raise UsageError("no key given on standard input")
         return line
-    first = getpass.getpass(f"key for {meter_id} (hex, not shown): ")
+    digits = " or ".join(str(2 * n) for n in sizes or [])
+    first = getpass.getpass(f"key for {meter_id} (hex{', ' + digits + ' digits' if digits else ''}"
+                            ", not shown): ")
     second = getpass.getpass("again, to be sure: ")
     if first.strip() != second.strip():
         raise UsageError("the two keys differ; nothing was stored")

@@ -21,7 +21,7 @@ import yaml
 
 from .client import ConsoleError, ControlClient
 from .commands import SPECS, Spec, UsageError, ask_key, find, first_words, help_text
-from .render import Out
+from .render import Out, wrap_lines
 
 DEFAULT_SOCKET = "/run/gateway/control.sock"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -75,21 +75,44 @@ def print_error(exc: ConsoleError | UsageError, json_mode: bool, out: Out) -> No
         if isinstance(exc, ConsoleError):
             err.update({k: v for k, v in exc.reply.items() if k not in err})
         out.line(json.dumps({"ok": False, "error": err}))
-    print(f"error: {exc}", file=sys.stderr)
+    err_line("error: ", str(exc))
     if isinstance(exc, ConsoleError):
         for issue in exc.reply.get("issues", []):
-            print(f"  {issue}", file=sys.stderr)
+            err_line("  ", str(issue))
+
+
+def err_line(head: str, text: str) -> None:
+    """One message on stderr; on a terminal wrapped at word boundaries to its width (on a
+    pipe left whole, for scripts that search it)."""
+    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        print(head + text, file=sys.stderr)
+        return
+    for line in wrap_lines(head, text):
+        print(line, file=sys.stderr)
 
 
 def execute(client: ControlClient, spec: Spec, rest: list[str], out: Out, json_mode: bool,
             interrupt: Interrupt) -> int:
     try:
         cmd, args = spec.build(rest)
-        if spec.prompt_key:
-            args["key"] = ask_key(args["meter_id"])
     except UsageError as exc:
         print_error(exc, json_mode, out)
         return EXIT_USAGE
+    if spec.prompt_key:
+        # Ask the gateway first whether the meter exists and what key it takes: nobody
+        # types a key twice to learn the meter id was wrong.
+        try:
+            sizes = client.call("meter", {"id": args["meter_id"]}).get("key_bytes")
+        except ConsoleError as exc:
+            print_error(exc, json_mode, out)
+            return exc.exit_code
+        try:
+            if sizes == []:
+                raise UsageError(f"{args['meter_id']} takes no key; nothing was stored")
+            args["key"] = ask_key(args["meter_id"], sizes)
+        except UsageError as exc:
+            print_error(exc, json_mode, out)
+            return EXIT_USAGE
     try:
         if spec.item is None:
             result = client.call(cmd, args)

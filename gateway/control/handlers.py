@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .. import __version__
 from ..model import now_ms
+from ..text import error_text, plural
 from .audit import Peer
 from .monitor import record_to_dict
 
@@ -255,8 +256,80 @@ def uplink_summary(rt: "Runtime") -> dict[str, Any]:
     alive = u._thread.is_alive()  # noqa: SLF001 - read-only health probe
     state = "connected" if s.connected else ("disconnected" if alive else "stopped")
     out.update(dataclasses.asdict(s))
-    out.pop("extra", None)
+    extra = out.pop("extra", None) or {}
     out["state"] = state
+    out["tls_negotiated"] = extra.get("tls_negotiated") if s.connected else None
+    return out
+
+
+# Edge alarms (diag.<rule>) worth a warning on the meter's row, and how they read.
+ALARM_TEXT = {"silent": "silent", "read_failures": "reads failing",
+              "low_success_ratio": "low success ratio", "weak_signal": "weak signal",
+              "invalid_values": "sends invalid values", "crc_errors": "CRC errors",
+              "decrypt_failures": "cannot decrypt (key?)", "clock_drift": "clock drift",
+              "stuck_register": "register stuck", "leak_suspected": "leak suspected",
+              "reverse_flow": "reverse flow", "tamper": "tamper", "battery_low": "battery low",
+              "leak_reported": "leak reported"}
+
+
+def edge_alarms(rt: "Runtime") -> dict[str, dict[str, int]]:
+    """Active edge diagnostics rules per meter: meter -> rule -> since_ms ({} without edge)."""
+    diag = getattr(getattr(rt, "edge", None), "diag", None)
+    active = getattr(getattr(diag, "alarms", None), "active", None)
+    if not isinstance(active, dict):
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    try:
+        items = list(active.items())  # one C-level copy: safe beside the edge thread
+    except RuntimeError:
+        return {}
+    for (mid, rule), (since, _detail) in items:
+        if mid:
+            out.setdefault(mid, {})[rule] = since
+    return out
+
+
+def edge_reads(rt: "Runtime") -> dict[str, dict[str, int]]:
+    """Reads ok/failed per meter as the edge counted them (a missed expected reading is a
+    failed one), for drivers whose own counters have none (Zigbee reports)."""
+    diag = getattr(getattr(rt, "edge", None), "diag", None)
+    meters = getattr(diag, "meters", None)
+    if not isinstance(meters, dict):
+        return {}
+    try:
+        items = list(meters.items())
+    except RuntimeError:
+        return {}
+    return {m: {"reads_ok": h.reads_ok, "reads_failed": h.reads_failed} for m, h in items}
+
+
+def meter_problems(st: dict[str, Any], alarms: dict[str, int]) -> list[str]:
+    """Why a meter needs attention, from its driver's counters and its active edge alarms:
+    silent (missed its expected readings), reads failing, only invalid values, ..."""
+    out: list[str] = []
+    ok, bad = st.get("success", st.get("reads_ok")), failure_count(st)
+    if st.get("silent") is True:
+        seen = st.get("last_seen_ms")
+        out.append("silent: missed its expected readings"
+                   + ("" if seen else " (never heard)"))
+    if isinstance(bad, int) and bad > (ok if isinstance(ok, int) else 0):
+        out.append(f"fails more than it succeeds ({bad} failed, {ok or 0} ok)")
+    invalid = st.get("invalid_values")
+    if isinstance(invalid, int) and invalid > 0:
+        good = st.get("readings")
+        if not good:
+            out.append(f"sends only invalid values ({invalid}, no valid reading)")
+        elif "invalid_values" in alarms:
+            out.append(f"sends invalid values ({invalid} of {invalid + good})")
+    for rule in sorted(alarms):
+        name = rule.partition(":")[0]
+        text = ALARM_TEXT.get(name, name.replace("_", " "))
+        if name == "silent" and any(p.startswith("silent") for p in out):
+            continue
+        if name == "invalid_values" and any("invalid values" in p for p in out):
+            continue
+        qual = rule.partition(":")[2]
+        out.append(text + (f" ({qual})" if qual else ""))
     return out
 
 
@@ -307,16 +380,20 @@ def status(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 def meters(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     want = _arg(args, "bus", str, None)
+    if want and want not in {d.bus for d in rt.drivers}:
+        buses = ", ".join(f"{d.bus} ({d.type_name})" for d in rt.drivers) or "none"
+        raise CommandError("no_such_bus", f"meters: there is no bus {want!r} (buses: {buses})")
     seen = rt.monitor.meters()
     rows: dict[str, dict[str, Any]] = {}
+    health = edge_reads(rt)
     for drv in list(rt.drivers):
         if want and drv.bus != want:
             continue
         for mid, st in meter_stats(drv).items():
-            rows[mid] = _meter_row(mid, drv.bus, st, seen.get(mid))
+            rows[mid] = _meter_row(mid, drv.bus, {**health.get(mid, {}), **st}, seen.get(mid))
     for mid, s in seen.items():
         if mid not in rows and (not want or s["bus"] == want):
-            rows[mid] = _meter_row(mid, s["bus"], {}, s)
+            rows[mid] = _meter_row(mid, s["bus"], health.get(mid, {}), s)
     return {"meters": [rows[k] for k in sorted(rows)]}
 
 
@@ -353,6 +430,7 @@ def meter(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     out.update(seen or {"last_seen_ms": None, "readings_seen": 0, "events_seen": 0,
                         "last_readings": [], "events": []})
     out["key_stored"] = os.path.exists(key_path(rt, mid)) if METER_ID_RE.fullmatch(mid) else False
+    out["key_bytes"] = list(key_bytes(drv.type_name)) if drv else []
     cfg = next((d for d in rt.config.drivers if drv and d.name == drv.bus), None)
     if cfg is not None:
         listed = cfg.options.get("meters")
@@ -383,7 +461,8 @@ def read(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     except CommandError:
         raise
     except Exception as exc:
-        raise CommandError("read_failed", f"read {mid} on {drv.bus} failed: {exc}") from None
+        raise CommandError("read_failed", f"read {mid} on {drv.bus} failed: "
+                           f"{error_text(exc)}") from None
     return {"meter_id": mid, "bus": drv.bus, "duration_ms": int((time.monotonic() - t0) * 1000),
             "records": [record_to_dict(r) for r in records or []]}
 
@@ -481,7 +560,7 @@ def _stream_capability(ctx: Context, call: Callable[[Callable[[dict[str, Any]], 
         gone.set()
     if "error" in box:
         exc = box["error"]
-        raise CommandError("driver_error", f"{what} failed: {exc}") from None
+        raise CommandError("driver_error", f"{what} failed: {error_text(exc)}") from None
     return box.get("result"), sent, dropped[0]
 
 
@@ -493,9 +572,13 @@ def listen(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     if not 0 < seconds <= 3600:
         raise CommandError("bad_request", "listen: SECONDS must be 1-3600")
     drv, fn = resolve_bus(ctx.runtime, word, "listen", f"listen {word}")
+    t0 = time.monotonic()
     _, heard, dropped = _stream_capability(ctx, lambda cb: fn(seconds, cb), seconds + 10,
                                            f"listen {drv.bus}")
-    return {"bus": drv.bus, "seconds": seconds, "heard": heard, "dropped": dropped}
+    listened = round(time.monotonic() - t0, 1)
+    return {"bus": drv.bus, "seconds": seconds, "heard": heard, "dropped": dropped,
+            "listened_s": min(listened, seconds),
+            "stopped_early": bool(ctx.cancelled()) or listened < seconds - 1}
 
 
 @command("scan", stream=True, role="technician", args={"bus": Arg(str)})
@@ -519,7 +602,13 @@ def permit_join(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     if not 0 <= seconds <= 254:
         raise CommandError("bad_request", "permit-join: SECONDS must be 0-254 (0 closes)")
     drv, fn = resolve_bus(ctx.runtime, word, "permit_join", f"{word} permit-join")
-    answer = run_bounded(lambda: fn(seconds), 30, f"permit-join on {drv.bus}")
+    try:
+        answer = run_bounded(lambda: fn(seconds), 30, f"permit-join on {drv.bus}")
+    except CommandError:
+        raise
+    except Exception as exc:
+        raise CommandError("driver_error", f"permit-join on {drv.bus} failed: "
+                           f"{error_text(exc)}") from None
     return {"bus": drv.bus, "seconds": seconds, "answer": answer}
 
 
@@ -607,22 +696,29 @@ def diag(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     def add(level: str, what: str, detail: str) -> None:
         checks.append({"level": level, "what": what, "detail": detail})
 
+    alarms = edge_alarms(rt)
     for drv in list(rt.drivers):
         state = driver_state(drv)
+        stats = meter_stats(drv)
         if state != "running":
             add("fail", f"bus {drv.bus}", f"driver {state} (type {drv.type_name}); see the log")
         else:
-            stats = meter_stats(drv)
-            failing = sorted(m for m, s in stats.items()
-                             if (failure_count(s) or 0) > (s.get("success", s.get("reads_ok"))
-                                                           or 0))
-            if failing:
-                add("warn", f"bus {drv.bus}", f"{len(failing)} meters fail more than they "
-                    f"succeed: {', '.join(failing[:5])}" + (" ..." if len(failing) > 5 else ""))
+            troubled = {m: p for m in sorted(stats)
+                        if (p := meter_problems(stats[m], alarms.get(m, {})))}
+            for m in sorted(set(alarms) - set(stats)):  # seen on this bus, not in its stats
+                seen = rt.monitor.meter(m)
+                if seen is not None and seen["bus"] == drv.bus and alarms[m]:
+                    troubled[m] = meter_problems({}, alarms[m])
+            n = len(set(stats) | set(troubled))
+            if troubled:
+                add("warn", f"bus {drv.bus}", f"running; {len(troubled)} of "
+                    f"{plural(n, 'meter')} need attention")
+                for m, problems in troubled.items():
+                    add("warn", f"meter {m}", "; ".join(problems))
             else:
-                add("ok", f"bus {drv.bus}", f"running, {len(stats)} meters")
+                add("ok", f"bus {drv.bus}", f"running, {plural(n, 'meter')}")
         if drv.refused:
-            add("fail", f"bus {drv.bus}", f"{drv.refused} batches refused by the store")
+            add("fail", f"bus {drv.bus}", f"{plural(drv.refused, 'batch', 'batches')} refused by the store")
     up = uplink_summary(rt)
     if up["state"] == "connected":
         add("ok", "uplink", f"connected to {up['broker']}")
@@ -635,7 +731,8 @@ def diag(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     add("warn" if used > 80 or stale else "ok", "store", f"{st.depth} unsent, {used:.1f}% of "
         "the cap" + (f", oldest {_human_age(age)} old" if age is not None else ""))
     if st.evicted_records:
-        add("warn", "store", f"{st.evicted_records} unsent records evicted ({st.gap_records} gaps)")
+        add("warn", "store", f"{plural(st.evicted_records, 'unsent record')} evicted "
+            f"({plural(st.gap_records, 'gap')})")
     if st.full_errors:
         add("fail", "store", f"{st.full_errors} writes failed: filesystem full")
     for cert in certificates(rt.config.uplink.cert, "client") + \
@@ -650,7 +747,7 @@ def diag(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     for w in rt.config.warnings:
         add("warn", "config", str(w))
     if ctx.server.audit.write_errors:
-        add("warn", "audit log", f"{ctx.server.audit.write_errors} entries could not be written")
+        add("warn", "audit log", f"{plural(ctx.server.audit.write_errors, 'entry', 'entries')} could not be written")
     events = [record_to_dict(e) for e in rt.monitor.recent_events(50)
               if e.severity in ("warning", "error")][-10:]
     worst = "fail" if any(c["level"] == "fail" for c in checks) else \
@@ -767,6 +864,22 @@ def fleet_reset_seq(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Key sizes (bytes) by driver type: AES-128 for M-Bus/wM-Bus (EN 13757-7); DLMS a block key,
+# or a block key then an authentication key (as `keys set` stores them for drivers.dlms).
+KEY_BYTES: dict[str, tuple[int, ...]] = {"mbus": (16,), "wmbus": (16,), "dlms": (16, 32),
+                                         "iec62056-21": (), "zigbee": ()}
+DEFAULT_KEY_BYTES = (16, 32)
+
+
+def key_bytes(type_name: str | None) -> tuple[int, ...]:
+    """The key sizes a meter of this driver type takes (empty: it takes no key)."""
+    return KEY_BYTES.get(type_name or "", DEFAULT_KEY_BYTES)
+
+
+def key_sizes_text(sizes: tuple[int, ...]) -> str:
+    return " or ".join(f"{n} bytes ({2 * n} hex digits)" for n in sizes)
+
+
 def key_path(rt: "Runtime", meter_id: str) -> str:
     keys_dir = rt.config.control.keys_dir or os.path.join(
         os.path.dirname(rt.config.store.path), "keys")
@@ -786,16 +899,20 @@ def keys_set(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         key = bytes.fromhex(cleaned)
     except ValueError:
         raise CommandError("bad_key", "the key must be hex digits (e.g. 32 for AES-128)") from None
-    if not 1 <= len(key) <= 64:
-        raise CommandError("bad_key", f"the key must be 1-64 bytes, got {len(key)}")
+    drv, _ = find_meter(rt, mid)
+    if drv is None:
+        raise unknown_meter(rt, mid)
+    sizes = key_bytes(drv.type_name)
+    if not sizes:
+        raise CommandError("bad_key", f"meters on {drv.bus} (type {drv.type_name}) take no "
+                           "key; nothing was stored")
+    if len(key) not in sizes:
+        raise CommandError("bad_key", f"{mid} on {drv.bus} (type {drv.type_name}) needs a key "
+                           f"of {key_sizes_text(sizes)}; got {len(key)} bytes "
+                           f"({len(cleaned)} hex digits); nothing was stored")
     path = key_path(rt, mid)
     write_secret(path, key.hex() + "\n")
     out: dict[str, Any] = {"meter_id": mid, "file": path, "bytes": len(key)}
-    drv, _ = find_meter(rt, mid)
-    if drv is None:
-        out["driver"] = None
-        out["message"] = f"stored; no running bus has meter {mid} yet"
-        return out
     out["driver"] = drv.bus
     fn = getattr(drv, "set_key", None)
     if not callable(fn):
@@ -809,7 +926,7 @@ def keys_set(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         raise
     except Exception as exc:
         raise CommandError("driver_error", f"stored, but driver {drv.bus} refused the key: "
-                           f"{exc}") from None
+                           f"{error_text(exc)}") from None
     out["applied"] = True
     out["message"] = f"stored and in use by {drv.bus}"
     return out

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any, Callable, Iterable
 
 from ..model import Event, Gap, Reading, Record, to_decimal
+from .mainreg import main_quantity
 
 MAX_QUANTITIES_PER_METER = 64
 EVENTS_PER_METER = 20
@@ -53,6 +54,12 @@ class MeterSeen:
     last_quantity: str | None = None
 
 
+def _older(new: Reading, old: Reading) -> bool:
+    """``new`` was measured before ``old`` (both stamped by the meter)."""
+    return new.meter_ts_ms is not None and old.meter_ts_ms is not None \
+        and new.meter_ts_ms < old.meter_ts_ms
+
+
 class Subscription:
     """A console's live feed: a bounded queue plus a count of what it missed."""
 
@@ -85,7 +92,10 @@ class Monitor:
                     m = self._meter(rec.meter_id, rec.bus)
                     m.readings += 1
                     m.last_seen_ms = max(m.last_seen_ms, rec.rx_ts_ms)
-                    if rec.quantity in m.last or len(m.last) < MAX_QUANTITIES_PER_METER:
+                    old = m.last.get(rec.quantity)
+                    if old is not None and _older(rec, old):
+                        pass  # a value from the meter's past (profile, storage): keep the newer
+                    elif old is not None or len(m.last) < MAX_QUANTITIES_PER_METER:
                         m.last[rec.quantity] = rec
                     m.last_quantity = rec.quantity
                 elif isinstance(rec, Event):
@@ -111,7 +121,9 @@ class Monitor:
         with self._lock:
             out = {}
             for mid, m in self._meters.items():
-                last = m.last.get(m.last_quantity) if m.last_quantity else None
+                main = main_quantity({q: r.unit for q, r in m.last.items()}) \
+                    or m.last_quantity
+                last = m.last.get(main) if main else None
                 out[mid] = {"bus": m.bus, "last_seen_ms": m.last_seen_ms or None,
                             "readings": m.readings, "events": m.events,
                             "last": record_to_dict(last) if last else None,

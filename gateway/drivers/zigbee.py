@@ -29,6 +29,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -349,6 +350,11 @@ class Request:
     seq: int = 0
     deadline: float = 0.0
     attempts: int = 0
+    future: Future | None = None  # a console `read ID`: its records, or why it failed
+
+    def fail(self, why: str) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_exception(RuntimeError(why))
 
 
 def _is_integer(tv: zcl.TypedValue) -> bool:
@@ -436,6 +442,42 @@ class ZigbeeDriver(Driver):
         fut: Future = Future()
         self._commands.put(("permit_join", seconds, fut))
         return fut.result(timeout if timeout is not None else 3 * self.timeout + 5)
+
+    def read_now(self, meter_id: str, timeout: float | None = None) -> list[Any]:
+        """``read ID``: a ZCL Read Attributes of the device's Metering values now, from any
+        thread. The driver thread owns the port, so the read is queued to it; this waits
+        at most the request's retries times the response timeout. The records are stored
+        like any other; KeyError for a meter this bus does not know."""
+        with self._lock:
+            known = any(d.meter_id == meter_id for d in self.devices.values())
+        if not known:
+            raise KeyError(meter_id)
+        if self.link is None or not self.is_alive():
+            raise RuntimeError(f"zigbee bus {self.bus}: the XBee is not connected "
+                               f"(port {self.serial_opts.get('port')} down or starting)")
+        wait = timeout if timeout is not None else (self.retries + 1) * self.timeout + 5
+        fut: Future = Future()
+        self._commands.put(("read", meter_id, fut))
+        try:
+            return fut.result(wait)
+        except FutureTimeout:
+            fut.cancel()
+            raise RuntimeError(f"no answer from {meter_id} within {wait:g} s") from None
+
+    def _console_read(self, meter_id: str, fut: Future) -> None:
+        dev = next((d for d in self.devices.values() if d.meter_id == meter_id), None)
+        if dev is None:
+            fut.set_exception(KeyError(meter_id))
+            return
+        if dev.metering is None:
+            fut.set_exception(RuntimeError(
+                f"{meter_id}: its Metering scaling is not known yet (setup: "
+                f"{', '.join(dev.setup) or 'waiting'}), so its values cannot be read"))
+            return
+        self._send_request(dev, Request(
+            dev.ieee, "console_read", zcl.METERING, False,
+            lambda seq: zcl.general_frame(zcl.ReadAttributes(METERING_POLL_ATTRS), seq),
+            future=fut), time.monotonic())
 
     def bus_state(self) -> dict[str, Any]:
         """The coordinator and the line's health, for the console's bus summary."""
@@ -698,6 +740,9 @@ class ZigbeeDriver(Driver):
                 return
             if not fut.set_running_or_notify_cancel():
                 continue
+            if name == "read":
+                self._console_read(arg, fut)
+                continue
             try:
                 assert self.link is not None and name == "permit_join"
                 steps = open_network(self.link, arg, self._next_seq(), self.timeout,
@@ -711,20 +756,21 @@ class ZigbeeDriver(Driver):
     def _setup_step(self, dev: Device, now: float) -> None:
         step = dev.setup[0]
         M, AC = zcl.METERING, zcl.ELECTRICAL_MEASUREMENT
+        # A step skipped is a step done (the last one starts the poll schedule).
         if step in ("bind_ac", "configure_ac") and not dev.has_ac:
-            dev.setup.popleft()
+            self._step_done(dev, now)
             return
         if step.startswith(("bind", "configure")) and dev.force_poll:
             dev.reporting[M if step.endswith("metering") else AC] = "polled"
-            dev.setup.popleft()
+            self._step_done(dev, now)
             return
         if step.startswith("configure") and \
                 dev.reporting.get(M if step.endswith("metering") else AC) == "polled":
-            dev.setup.popleft()  # its bind failed: polled already
+            self._step_done(dev, now)  # its bind failed: polled already
             return
         if step == "discover":
             if dev.endpoint_known:
-                dev.setup.popleft()
+                self._step_done(dev, now)
                 return
             dev.busy = True
             self._send_request(dev, Request(
@@ -733,8 +779,9 @@ class ZigbeeDriver(Driver):
             return
         dev.busy = True
         if step == "metering_scale":
-            # Current values ride along: published the moment the scaling is known.
-            self._read(dev, step, M, METERING_SCALE_ATTRS + (0x0000, 0x0400, 0x0200), now)
+            # Current values ride along: published the moment the scaling is known (so
+            # the first poll is one poll interval later, not a second read of the same).
+            self._read(dev, step, M, METERING_SCALE_ATTRS + METERING_POLL_ATTRS, now)
         elif step == "ac_scale":
             self._read(dev, step, AC, AC_SCALE_ATTRS + AC_POLL_ATTRS, now)
         elif step == "basic":
@@ -763,7 +810,9 @@ class ZigbeeDriver(Driver):
         dev.busy = False
         dev.next_setup_at = now
         if not dev.setup:
-            dev.next_poll_at = now + (self.poll_interval if not dev.polled_clusters() else 0)
+            # The setup's scale reads carried the current values: polling now would send
+            # the same readings a second time.
+            dev.next_poll_at = now + self.poll_interval
             self.log.info("zigbee %s: %s ready (%s)", self.bus, dev.meter_id, ", ".join(
                 f"0x{c:04X} {s}" for c, s in sorted(dev.reporting.items())) or "no reporting")
 
@@ -810,6 +859,7 @@ class ZigbeeDriver(Driver):
             self._send_request(dev, req, now)
             return
         dev.stats["read_failures"] += 1
+        req.fail(f"no answer from {dev.meter_id} after {req.attempts} attempts ({why})")
         self.log.warning("zigbee %s: %s: %s failed after %d attempts (%s)", self.bus,
                          dev.meter_id, req.kind, req.attempts, why)
         self._event("meter.read_failed", dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
@@ -819,7 +869,7 @@ class ZigbeeDriver(Driver):
 
     def _step_failed(self, dev: Device, kind: str, now: float) -> None:
         """What an unanswered/refused setup step means for the device."""
-        if kind == "poll":
+        if kind in ("poll", "console_read"):
             return
         if kind == "metering_scale":
             dev.busy = False  # stays first in the queue: retried later, values keep waiting
@@ -921,6 +971,7 @@ class ZigbeeDriver(Driver):
                 return
             self.log.info("zigbee %s: %s answered %s with %s", self.bus, dev.meter_id,
                           req.kind, zcl.status_name(p.status))
+            req.fail(f"{dev.meter_id} refused the read: {zcl.status_name(p.status)}")
             self._step_failed(dev, req.kind, now)
 
     def _default_response(self, dev: Device, f: xbee.ExplicitRxIndicator,
@@ -1046,7 +1097,7 @@ class ZigbeeDriver(Driver):
         dev = self._device(ieee, now)
         # The device may have been reset or replaced: forget its scaling and re-read it.
         for key in [k for k in self._requests if k[0] == ieee]:
-            del self._requests[key]
+            self._requests.pop(key).fail(f"{dev.meter_id} rejoined the network during the read")
         dev.restart_setup(now)
         dev.stats["announces"] += 1
         self._heard(dev, nwk, now, now_ms())
@@ -1068,7 +1119,7 @@ class ZigbeeDriver(Driver):
                 return
             with self._lock:
                 dev.metering = scale
-            self._release_held(dev)
+            self._release_held(dev, {(req.cluster, a) for a, _ in values})
             self._values(dev, req.cluster, values, rx)
             self._step_done(dev, now)
         elif req.kind == "ac_scale":
@@ -1079,7 +1130,7 @@ class ZigbeeDriver(Driver):
                 ac = self._ac_scale(dev, recs)
                 if ac is not None:
                     dev.ac = ac
-                    self._release_held(dev)
+                    self._release_held(dev, {(req.cluster, a) for a, _ in values})
                     self._values(dev, req.cluster, values, rx)
                 else:
                     dev.has_ac = False
@@ -1087,6 +1138,11 @@ class ZigbeeDriver(Driver):
         elif req.kind == "basic":
             self._values(dev, req.cluster, values, rx)
             self._step_done(dev, now)
+        elif req.future is not None:  # console read: what it produced, readings and events
+            start = len(self._out)
+            self._values(dev, req.cluster, values, rx)
+            if not req.future.done():
+                req.future.set_result(list(self._out[start:]))
         else:
             self._values(dev, req.cluster, values, rx)
 
@@ -1154,9 +1210,15 @@ class ZigbeeDriver(Driver):
             return None
         return AcScale((v[0], v[1]), (v[2], v[3]), (v[4], v[5]))  # type: ignore[arg-type]
 
-    def _release_held(self, dev: Device) -> None:
+    def _release_held(self, dev: Device, fresh: set[tuple[int, int]] = frozenset()) -> None:
+        """Publish the values that waited for the scaling, except those the scale read
+        itself brought newer (a report held at start-up and the read that follows it
+        would otherwise be the same reading twice)."""
         held, dev.held = dev.held, []
         for cluster, attr, tv, rx in held:
+            if (cluster, attr) in fresh:
+                dev.stats["held_superseded"] += 1
+                continue
             self._values(dev, cluster, [(attr, tv)], rx)
 
     # -- values -> records ---------------------------------------------------------------

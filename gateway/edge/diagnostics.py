@@ -88,6 +88,12 @@ class MeterHealth:
     auth_failures: int = 0
     window_crc: int = 0  # in the current diagnostics interval
     window_decrypt: int = 0
+    window_invalid: int = 0
+    window_valid: int = 0
+    driver_silent: bool = False  # the driver said so; until the meter is read again
+    missed_readings: int = 0  # expected readings that did not come (the driver's meter.silent)
+    invalid_values: int = 0   # values the meter sent as "invalid" (meter.invalid_value)
+    units: dict[str, str] = field(default_factory=dict)  # cumulative register -> unit
     rssi: Running = field(default_factory=Running)
     lqi: Running = field(default_factory=Running)
     clock_drift_ms: int | None = None
@@ -125,7 +131,8 @@ class MeterHealth:
             "rollovers": self.rollovers, "out_of_order": self.out_of_order,
             "duplicates": self.duplicates, "flags": dict(self.flags),
             "stuck_registers": dict(self.stuck), "leak_since_ms": self.leak_since_ms,
-            "reverse_flow": dict(self.reverse),
+            "reverse_flow": dict(self.reverse), "missed_readings": self.missed_readings,
+            "invalid_values": self.invalid_values, "units": dict(self.units),
         }
         if self.driver:
             m["driver"] = dict(self.driver)
@@ -212,6 +219,7 @@ class Diagnostics:
         h.last_seen_ms = max(h.last_seen_ms or ts_ms, ts_ms)
         h.consecutive_failures = 0
         h.failing_since_ms = None
+        h.driver_silent = False
         out = [self.alarms.set(meter_id, "read_failures", False, now,
                                evidence={"last_ok_ms": ts_ms}),
                self.alarms.set(meter_id, "silent", False, now, evidence={"last_seen_ms": ts_ms})]
@@ -219,6 +227,7 @@ class Diagnostics:
 
     def reading(self, r: Reading, clock_synced: bool, now: int) -> list[Event]:
         h = self.meter(r.meter_id, r.bus)
+        h.window_valid += 1
         out: list[Event | None] = []
         for name, run in (("rssi", h.rssi), ("lqi", h.lqi)):
             v = _quality_value(r.quality, name)
@@ -292,6 +301,35 @@ class Diagnostics:
                          "weak radio?)",
                     evidence={"crc_errors": h.window_crc, "reason": h.last_error},
                     threshold=self.th.crc_errors))
+        elif ev.kind == "meter.silent":
+            # The driver knows when readings were due (a polled or reporting interval):
+            # each one that did not come is a failed read, so the ratio tells the truth.
+            expected = _num(d.get("expected_interval_s"))
+            quiet = _num(d.get("silent_for_s"))
+            missed = int(quiet // expected) if expected and quiet else 1
+            missed = max(1, missed)
+            h.missed_readings += missed
+            h.reads_failed += missed
+            h.driver_silent = True
+            h.last_error = "silent: expected readings missing"
+            out.append(self.alarms.set(
+                h.meter_id, "silent", True, now,
+                what=f"missed {missed} expected reading(s)"
+                     + (f" (one every {expected:g} s)" if expected else ""),
+                evidence={"silent_for_s": quiet, "expected_interval_s": expected,
+                          "last_seen_ms": d.get("last_seen_ms")},
+                since_ms=d.get("last_seen_ms") if isinstance(d.get("last_seen_ms"), int)
+                else ev.ts_ms))
+        elif ev.kind == "meter.invalid_value":
+            h.invalid_values += 1
+            h.window_invalid += 1
+            h.last_error = str(d.get("reason") or "invalid value")[:200]
+            out.append(self.alarms.set(
+                h.meter_id, "invalid_values", True, now,
+                what=f"the meter sends invalid values ({d.get('name') or 'a value'}: "
+                     f"{d.get('reason') or 'invalid'})",
+                evidence={"name": d.get("name"), "raw": d.get("raw"),
+                          "invalid_values": h.invalid_values}))
         elif ev.kind == "meter.status":
             h.last_seen_ms = max(h.last_seen_ms or ev.ts_ms, ev.ts_ms)
             flags = d.get("flags")
@@ -314,6 +352,8 @@ class Diagnostics:
                  status: str, delta: tuple[int, int] | None, now: int) -> list[Event]:
         """Facts from the delta engine for one cumulative register."""
         h = self.meter(meter_id)
+        if unit and len(h.units) < 64:
+            h.units[quantity] = unit
         out: list[Event | None] = []
         if status == "reset":
             h.resets += 1
@@ -375,7 +415,8 @@ class Diagnostics:
         if h.last_seen_ms is None:
             return []
         quiet = now - h.last_seen_ms
-        return [self.alarms.set(h.meter_id, "silent", quiet > self.th.silent_after_s * 1000, now,
+        holds = h.driver_silent or quiet > self.th.silent_after_s * 1000
+        return [self.alarms.set(h.meter_id, "silent", holds, now,
                                 what=f"not heard from for {quiet / 60_000:.0f} min",
                                 evidence={"last_seen_ms": h.last_seen_ms,
                                           "last_error": h.last_error},
@@ -416,7 +457,10 @@ class Diagnostics:
             out.append(self.alarms.set(h.meter_id, "decrypt_failures",
                                        h.window_decrypt >= th.decrypt_failures, now,
                                        evidence={"failures": h.window_decrypt}))
-            h.window_crc = h.window_decrypt = 0
+            out.append(self.alarms.set(h.meter_id, "invalid_values", h.window_invalid > 0, now,
+                                       evidence={"invalid": h.window_invalid,
+                                                 "valid": h.window_valid}))
+            h.window_crc = h.window_decrypt = h.window_invalid = h.window_valid = 0
         return [e for e in out if e]
 
     def gateway_rules(self, g: Mapping[str, Any], now: int) -> list[Event]:

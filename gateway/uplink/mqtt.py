@@ -440,8 +440,9 @@ class Uplink:
         self.state.since_ms = now_ms()
         self.state.last_error = None
         st = self.store.stats()
+        self.state.extra["tls_negotiated"] = self._tls_version(client)  # for the console
         log.info("uplink: connected to %s:%d (%s); %d records waiting in the store",
-                 s.host, s.port, self._tls_version(client), st.depth)
+                 s.host, s.port, self.state.extra["tls_negotiated"], st.depth)
         self.emit(Event("uplink.connected", now_ms(), "uplink",
                         detail={"broker": f"{s.host}:{s.port}", "backlog": st.depth}))
         hwm = 0  # highest seq published on this connection; a new connection re-sends all
