@@ -45,8 +45,9 @@ from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
 from .handoff import Listeners, WorkQueue, keys_dir_of, stored_key
+from .wmbus_replay import REPLAY_CURSOR, judge, telegram_marks
 from .mbus import (TZ_HELP, CompactFormats, EventGate, MeterStats, decode_error_detail,
-                   meter_key, open_port, read_ok_events, telegram_readings)
+                   meter_key, open_port, read_ok_events, stored_cursor, telegram_readings)
 
 METER_SCHEMA = Schema((
     FieldSpec("id", text("the 8-digit meter id", r"[0-9A-Fa-f]{8}"),
@@ -172,6 +173,7 @@ class RadioMeter:
     profile: str | None = None  # the meter profile that read its last telegram
     unsupported_reported: bool = False  # meter.unsupported_format is said once per meter
     compact_unknown_sent: bool = False  # meter.compact_format_unknown said, until learned
+    guard: dict[str, int] | None = None  # last accepted replay marks (None: not loaded yet)
 
     @property
     def label(self) -> str:
@@ -288,6 +290,7 @@ class WMBusDriver(Driver):
         def apply() -> None:
             meter.key = bytes(key)
             meter.recent.clear()  # a repeat of a telegram that failed is decoded again
+            meter.guard = {}  # a re-keyed meter is usually a new one: its counters restart
             self.log.info("wM-Bus %s: meter %s: new key set from the console", self.bus,
                           meter.label)
             if meter.failed is not None:
@@ -580,6 +583,15 @@ class WMBusDriver(Driver):
         meter.failed = None
         meter.profile = t.extra.get("profile")
         meter_id = meter.name or t.id
+        readings = telegram_readings(t, meter_id, self.bus, rx, self.tz)
+        marks = telegram_marks(t.extra, readings)
+        if meter.guard is None:
+            meter.guard = stored_cursor(self.sink, meter.label, REPLAY_CURSOR) or {}
+        verdict = judge(meter.guard, marks)
+        if not verdict.ok:  # a recorded telegram sent again: no readings from it
+            self._failed(meter, "meter.replay_suspected", f"replay suspected: {verdict.reason}",
+                         rssi_dbm, {"marks": marks, "hex": frame.hex().upper()})
+            return "meter.replay_suspected"
         flags = tuple(t.status_flags)
         events = read_ok_events(meter, st, flags, t.status, self.bus, meter_id, rx,
                                 **({"retried_with_new_key": True} if retry else {}))
@@ -587,10 +599,12 @@ class WMBusDriver(Driver):
         st.consecutive_failures = 0
         st.last_ok_ms = max(rx, st.last_ok_ms or 0)
         st.status_flags = list(flags)
-        readings = telegram_readings(t, meter_id, self.bus, rx, self.tz)
         cursors = self.compact.cursors(meter.label, f"{t.manufacturer}:{t.id}")
         if cursors is not None:  # a new format: say its compact frames again if unknown
             meter.compact_unknown_sent = False
+        if verdict.state is not None:  # committed with the readings it lets through
+            meter.guard = verdict.state
+            cursors = {**(cursors or {}), (meter.label, REPLAY_CURSOR): verdict.state}
         self.emit(events + readings, cursors)
         with self._decoded:
             meter.last_readings = readings
