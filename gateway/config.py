@@ -736,6 +736,10 @@ CLOCK_SCHEMA = Schema((
     FieldSpec("assume_synced", boolean(), False,
               help="trust the wall clock even when the kernel says it is not synchronised "
                    "(containers and test benches without NTP)"),
+    FieldSpec("meter_time_window_s", integer(0, 10 * 365 * 86400), 86400,
+              help="a current value whose meter timestamp is further than this from the "
+                   "(synchronised) gateway clock is flagged meter_time_suspect: a replayed "
+                   "telegram or a meter clock that was never set; 0 turns the check off"),
 ), help="clock trust")
 
 DIAG_THRESHOLDS_SCHEMA = Schema((
@@ -1011,6 +1015,7 @@ class ReportByException:
 class ClockTrust:
     jump_threshold_ms: int = 2000
     assume_synced: bool = False
+    meter_time_window_s: int = 86400
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,9 @@ QUALITY_SIMULATED = "simulated"
 # A stored value (a load-profile row, an M-Bus storage number >= 1): its meter_ts is when the
 # meter captured it, not the meter's clock now, so it says nothing about clock drift.
 QUALITY_HISTORIC = "historic"
+# The meter's timestamp on a current value is far from the gateway's synchronised clock
+# (edge.clock.meter_time_window_s): a replayed telegram, or a meter clock never set.
+QUALITY_METER_TIME_SUSPECT = "meter_time_suspect"
 # The meter's security bits say encrypted but the value arrived in clear (a capture stored
 # already decrypted, or a meter sending in clear with the flag set): not authenticated.
 QUALITY_NOT_ENCRYPTED = "not_encrypted"

@@ -13,7 +13,7 @@ from hypothesis import settings
 from tools.broker import Broker, client_tls_context, connect_client
 from tools.devpki import make_pki
 
-settings.register_profile("ci", deadline=None, max_examples=200)
+settings.register_profile("ci", deadline=None, max_examples=100)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 

@@ -270,3 +270,31 @@ def test_delta_reading_carries_source_flags(tmp_path) -> None:
     assert d.quality == ("simulated",) and d.unit == "Wh" and d.bus == "bus0"
     assert diags(stored(store)) == []
     store.close()
+
+
+def test_meter_time_far_from_the_synced_clock_is_flagged(tmp_path) -> None:
+    """A current value stamped two days away from our synchronised clock (a replayed
+    telegram, a meter clock never set) is flagged meter_time_suspect; a stored value's old
+    capture time is not; with the window 0 nothing is flagged; before sync nothing can be
+    judged."""
+    from gateway.config import ClockTrust
+    from gateway.model import QUALITY_HISTORIC, QUALITY_METER_TIME_SUSPECT
+    ft = FakeTime()
+    store = open_store(tmp_path)
+    pipe = make_pipeline(store, ft)
+    day = 86_400_000
+    pipe.submit([reading("m1", 1000, ft.w - 2 * day, ft.w),
+                 reading("m2", 1000, ft.w - 60_000, ft.w),
+                 reading("m3", 1000, ft.w - 40 * day, ft.w, quality=(QUALITY_HISTORIC,))]
+                ).result(10)
+    flags = {r.meter_id: r.quality for r in raw(stored(store))}
+    assert QUALITY_METER_TIME_SUSPECT in flags["m1"]
+    assert QUALITY_METER_TIME_SUSPECT not in flags["m2"]
+    assert QUALITY_METER_TIME_SUSPECT not in flags["m3"]
+    assert pipe.counts["meter_time_suspect"] == 1
+    store.close()
+    store = open_store(tmp_path / "off")
+    off = make_pipeline(store, ft, clock=ClockTrust(meter_time_window_s=0))
+    off.submit([reading("m1", 1000, ft.w - 2 * day, ft.w)]).result(10)
+    assert all(QUALITY_METER_TIME_SUSPECT not in r.quality for r in raw(stored(store)))
+    store.close()

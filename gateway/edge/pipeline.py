@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 from ..config import EdgeConfig
 from ..model import (QUALITY_CLOCK_UNSYNCED, QUALITY_ESTIMATED, QUALITY_HISTORIC,
+                     QUALITY_METER_TIME_SUSPECT,
                      QUALITY_METER_ERROR, QUALITY_SIMULATED, Event, Reading, Record, to_decimal)
 from . import deltas as dl
 from .clock import Clock
@@ -71,7 +72,7 @@ class EdgePipeline:
         self.flagged = 0  # readings flagged clock_unsynced
         self.counts = {"readings_in": 0, "readings_forwarded": 0, "readings_suppressed": 0,
                        "deltas": 0, "estimated": 0, "gaps": 0, "resets": 0, "rollovers": 0,
-                       "refused_batches": 0, "zero_deltas_skipped": 0}
+                       "refused_batches": 0, "zero_deltas_skipped": 0, "meter_time_suspect": 0}
         self._stop = threading.Event()
         # More figures for the gateway's row (e.g. the console audit chain head), each a
         # callable returning a mapping; one that fails is skipped, never the snapshot.
@@ -111,6 +112,15 @@ class EdgePipeline:
         fut.add_done_callback(self._check_stored)
         return fut
 
+    def _meter_time_suspect(self, r: Reading) -> bool:
+        """A current value stamped far from our (synchronised) clock. Stored values carry
+        their capture time, which may rightly be old."""
+        window_ms = self.cfg.clock.meter_time_window_s * 1000
+        return bool(window_ms and r.meter_ts_ms is not None
+                    and QUALITY_HISTORIC not in r.quality
+                    and QUALITY_METER_TIME_SUSPECT not in r.quality
+                    and abs(r.meter_ts_ms - r.rx_ts_ms) > window_ms)
+
     def _check_stored(self, fut: "Future[list[int]]") -> None:
         if fut.exception() is not None:
             # The state in memory ran ahead of the store: go back to the durable truth.
@@ -129,6 +139,9 @@ class EdgePipeline:
         if not self.clock.synced and QUALITY_CLOCK_UNSYNCED not in r.quality:
             r = replace(r, quality=r.quality + (QUALITY_CLOCK_UNSYNCED,))
             self.flagged += 1
+        elif self._meter_time_suspect(r):
+            r = replace(r, quality=r.quality + (QUALITY_METER_TIME_SUSPECT,))
+            self.counts["meter_time_suspect"] += 1
         others += self.diag.reading(r, self.clock.synced, now)
         key = (r.meter_id, r.quantity)
         # A stored value with no date of its own (an M-Bus storage number whose telegram has
