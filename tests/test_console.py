@@ -24,7 +24,9 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+
 from gateway import __version__
+from tests.waiting import poll_until
 from tests.gwproc import ROOT, Proc, start_gateway, write_config
 from tools.broker import Broker
 
@@ -190,15 +192,9 @@ def term(gw: Gateway) -> Iterator[Any]:
 PROMPT = r"gw-0001> "
 
 
+
 def _until(get: Any, ok: Any, timeout: float = 20.0) -> Any:
-    """Poll ``get()`` until ``ok(value)``; the value, or an assertion with the last one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = get()
-        if ok(value):
-            return value
-        assert time.monotonic() < deadline, value
-        time.sleep(0.1)
+    return poll_until(get, ok, timeout, 0.1)
 
 # --------------------------------------------------------------------------- one-shot
 

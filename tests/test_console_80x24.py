@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.waiting import poll_until
 from tests.gwproc import ROOT
 from tools.broker import Broker
 
@@ -110,14 +111,9 @@ def console(site: Any, *words: str, stdin: str | None = None) -> tuple[int, str]
                         *words], stdin)
 
 
+
 def _until(get: Any, ok: Any, timeout: float = 40.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = get()
-        if ok(value):
-            return value
-        assert time.monotonic() < deadline, value
-        time.sleep(0.3)
+    return poll_until(get, ok, timeout, 0.3)
 
 
 def test_diag_is_honest_about_a_silent_device_and_invalid_values(site):

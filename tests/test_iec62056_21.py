@@ -9,6 +9,8 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
+
+from tests.sinks import Sink
 from hypothesis import given, strategies as st
 
 from gateway.protocols import iec62056_21 as iec
@@ -101,15 +103,7 @@ def test_random_bytes_only_raise_the_codec_error(data):
 
 # --------------------------------------------------------------------------- driver over a pty
 
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list = []
-
-    def submit(self, records, cursors=None):
-        self.records.extend(records)
-        f: Future = Future()
-        f.set_result([])
-        return f
+ListSink = Sink  # the project's one test sink
 
 
 def _run(sim, meters, seconds_or_until, **opts):

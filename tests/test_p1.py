@@ -13,6 +13,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
+from tests.sinks import Sink
 from hypothesis import given, settings, strategies as st
 
 from gateway.model import QUALITY_HISTORIC, Event, Reading
@@ -222,16 +224,7 @@ def test_random_bytes_raise_only_the_p1_error(data):
 
 # --------------------------------------------------------------------------- driver over a pty
 
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list = []
-
-    def submit(self, records, cursors=None):
-        from concurrent.futures import Future
-        self.records.extend(records)
-        f: Future = Future()
-        f.set_result([])
-        return f
+ListSink = Sink  # the project's one test sink
 
 
 def _listen(sim, until, timeout=20.0):
