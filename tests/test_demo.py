@@ -48,9 +48,13 @@ def test_demo_refuses_a_second_run_and_ctrl_c_gives_the_verdict_after_the_drain(
             os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole group
             assert first.wait(120) == 0, log.read_text()[-3000:]
         finally:
-            if first.poll() is None:
-                first.kill()
-                first.wait(10)
+            if first.poll() is None:  # a failed test must not leave a demo running
+                os.killpg(first.pid, signal.SIGTERM)
+                try:
+                    first.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(first.pid, signal.SIGKILL)
+                    first.wait(10)
     text = log.read_text()
     assert "attach the field-tech console with `make console`" in text
     stopped = text.index("stopped cleanly")
