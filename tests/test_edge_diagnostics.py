@@ -12,7 +12,7 @@ from gateway.config import DiagThresholds
 from gateway.edge.clock import STA_UNSYNC, TIME_ERROR, Clock, KernelClock, read_kernel_clock
 from gateway.edge.diagnostics import Diagnostics, boot_reason, board_metrics
 from gateway.model import QUALITY_HISTORIC, Event
-from tests.test_edge_support import (MIN, Q, T0, FakeTime, diags, events, make_pipeline,
+from tests.edge_support import (MIN, Q, T0, FakeTime, diags, events, make_pipeline,
                                      open_store, reading, stored)
 
 H = 60 * MIN

@@ -14,7 +14,7 @@ from gateway.model import (KIND_DIAG, KIND_EVENT, KIND_GAP, KIND_READING, Diag, 
                            Reading, StoredRecord)
 from gateway.store import StoreClosed
 from gateway.uplink.mqtt import split_messages, topics
-from tests.test_edge_support import (MIN, Q, T0, FakeTime, deltas, diags, events,
+from tests.edge_support import (MIN, Q, T0, FakeTime, deltas, diags, events,
                                      make_pipeline, open_store, raw, reading, stored)
 
 
