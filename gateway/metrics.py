@@ -118,12 +118,10 @@ def render(rt: "Runtime") -> str:
                 ok, bus=drv.bus, meter=mid)
             fam("gateway_meter_read_failures_total", "counter", "failed reads of a meter").add(
                 bad, bus=drv.bus, meter=mid)
-            for key in ("rssi_dbm", "rssi", "lqi"):
-                if _num(st.get(key)) is not None:
-                    fam(f"gateway_meter_{'rssi_dbm' if key != 'lqi' else 'lqi'}", "gauge",
-                        "last link quality of a meter").add(st[key], bus=drv.bus, meter=mid)
-                    if key != "lqi":
-                        break
+            fam("gateway_meter_rssi_dbm", "gauge", "last signal strength of a meter").add(
+                _num(st.get("rssi_dbm", st.get("rssi"))), bus=drv.bus, meter=mid)
+            fam("gateway_meter_lqi", "gauge", "last link quality of a meter (Zigbee)").add(
+                _num(st.get("lqi")), bus=drv.bus, meter=mid)
         fam("gateway_bus_reads_ok_total", "counter", "good reads over all meters of a bus").add(
             ok_sum, bus=drv.bus)
         fam("gateway_bus_read_failures_total", "counter",

@@ -5,10 +5,11 @@ date-times as UTC milliseconds. gurux parses the A-XDR; these tables only name t
 from __future__ import annotations
 
 import datetime as dt
-from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
+from decimal import Decimal
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
+from ...model import to_decimal
 from . import DlmsError
 
 # DLMS Blue Book (IEC 62056-6-2) §4.3.2 unit enumeration -> symbol. 255 = count (no unit).
@@ -119,14 +120,13 @@ def scaled(value: Any, scaler: int) -> tuple[int, int] | None:
 
 
 def exact(mantissa: int, exponent: int) -> Decimal:
-    """mantissa * 10**exponent as a Decimal, exactly at any length (``Decimal.scaleb``
-    rounds to the context's 28 digits)."""
-    return Decimal(mantissa).scaleb(exponent, EXACT)
+    """mantissa * 10**exponent as a Decimal, exactly at any length (the model's one
+    conversion: ``Decimal.scaleb`` would round to the context's 28 digits)."""
+    return to_decimal(mantissa, exponent)
 
 
 # gurux DateTimeSkips YEAR | MONTH | DAY | HOUR | MINUTE: a time that cannot be placed
 _GURUX_SKIPS_UNPLACEABLE: Final = 0x01 | 0x02 | 0x04 | 0x10 | 0x20
-EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)  # no rounding
 DEVIATION_UNSPECIFIED: Final = -0x8000
 MAX_DEVIATION_MIN: Final = 15 * 60  # UTC-12 .. UTC+14, with room; beyond: not a deviation
 
