@@ -11,15 +11,12 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
+from .. import events
 from ..logs import RateLimitedLog
-from ..model import Event, Record, now_ms
+from ..model import Record, now_ms
+from .context import DriverContext, RecordSink
 
-
-class RecordSink(Protocol):
-    """Where drivers hand their records: the edge stage, then the store."""
-
-    def submit(self, records: Iterable[Record],
-               cursors: Mapping[tuple[str, str], Any] | None = None) -> "Future[list[int]]": ...
+__all__ = ["Driver", "DriverContext", "RecordSink", "ConsoleCapabilities"]
 
 
 class Driver(threading.Thread):
@@ -27,11 +24,14 @@ class Driver(threading.Thread):
 
     type_name = ""
 
-    def __init__(self, name: str, options: Mapping[str, Any], sink: RecordSink) -> None:
+    def __init__(self, name: str, options: Mapping[str, Any],
+                 ctx: DriverContext | RecordSink) -> None:
         super().__init__(name=f"driver-{name}", daemon=True)
         self.bus = name
         self.options = dict(options)
-        self.sink = sink
+        # the wiring hands a DriverContext; a bare sink (a test, a tool) is wrapped
+        self.ctx = DriverContext.of(ctx, self.options)
+        self.sink = self.ctx.sink
         self.stopping = threading.Event()
         self.log = logging.getLogger(f"gateway.driver.{name}")
         self.refused = 0  # records the store refused (disk full); counted, logged
@@ -43,7 +43,7 @@ class Driver(threading.Thread):
         except Exception:
             # A driver bug is logged with its traceback and reported; the runtime goes on.
             self.log.exception("driver %s crashed", self.bus)
-            self.emit([Event("driver.crashed", now_ms(), self.bus, severity="error")])
+            self.emit([events.event(events.DRIVER_CRASHED, now_ms(), self.bus)])
 
     def loop(self) -> None:
         raise NotImplementedError
