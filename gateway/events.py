@@ -164,3 +164,34 @@ OTA_RETRYING = _kind("ota.retrying", "warning", "a download step failed and is r
 OTA_VERIFIED = _kind("ota.verified", "info", "an update's signature and digest verified")
 OTA_INSTALLED = _kind("ota.installed", "info", "an update was installed")
 OTA_FAILED = _kind("ota.failed", "error", "an update failed; the running version stays")
+
+
+# --- kinds added by the config work (append below this line) ---
+
+
+
+# --- kinds added by the wire-store work (append below this line) ---
+
+
+
+# --- kinds added by the mbus work (append below this line) ---
+
+
+
+# --- kinds added by the zigbee work (append below this line) ---
+
+
+
+# --- kinds added by the dlms-iec work (append below this line) ---
+
+
+
+# --- kinds added by the wiring work (append below this line) ---
+
+
+
+# --- kinds added by the edge work (append below this line) ---
+
+
+
+# --- kinds added by the fleet-console work (append below this line) ---
