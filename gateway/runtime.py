@@ -21,6 +21,7 @@ from .store import Store
 from .text import plural
 from .uplink.envelope import body_compression
 from .uplink.mqtt import Uplink
+from . import events as kinds
 
 log = logging.getLogger("gateway")
 
@@ -88,7 +89,7 @@ class Runtime:
         self.fleet.start()
         self.uplink = Uplink(c.uplink, c.gateway.id, self.store, key, birth, emit=self.emit_event,
                              on_command=self.fleet.on_command, command_topics=self.fleet.topics)
-        self.emit_event(Event("gateway.started", now_ms(), "runtime", detail={
+        self.emit_event(Event(kinds.STARTED, now_ms(), "runtime", detail={
             "firmware": __version__, "config_hash": c.config_hash}))
         if c.edge.enabled:
             from .edge.pipeline import EdgePipeline
@@ -141,7 +142,7 @@ class Runtime:
         if self.edge is not None:
             self.edge.stop()  # last diagnostics snapshot, clean-stop marker
         if self.store is not None:
-            self.store.submit([Event("gateway.stopping", now_ms(), "runtime")])
+            self.store.submit([Event(kinds.STOPPING, now_ms(), "runtime")])
             self.store.flush()
         if self.uplink is not None:
             log.info("stopping: uplink (waiting for in-flight acks)")

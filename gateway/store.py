@@ -52,6 +52,7 @@ import cbor2
 from .logs import RateLimitedLog
 from .model import KIND_GAP, KIND_OF, KIND_READING, Event, Gap, Reading, Record, StoredRecord, now_ms
 from .uplink.envelope import decode_chunk, encode_body, encode_readings, first_ts
+from . import events as kinds
 
 log = logging.getLogger("gateway.store")
 
@@ -368,7 +369,7 @@ class Store:
                 log.error("store: the moved-aside file held %d unsent records (seq %s..%s of "
                           "epoch %s); they are lost to the uplink", lost["lost_records"],
                           lost["lost_first_seq"], lost["lost_last_seq"], lost["lost_epoch"])
-            self._write_now(conn, [Event("store.recreated", now_ms(), "store", severity="error",
+            self._write_now(conn, [Event(kinds.STORE_RECREATED, now_ms(), "store", severity="error",
                                          detail={"reason": problem, "moved_to": recovered_from,
                                                  **lost})])
         return conn
@@ -760,7 +761,7 @@ class Store:
         ts = now_ms()
         self._insert([
             Gap(first, last, n, GAP_REASON_CORRUPT, ts),
-            Event("store.corrupt", ts, "store", severity="error", detail={
+            Event(kinds.STORE_CORRUPT, ts, "store", severity="error", detail={
                 "first_seq": first, "last_seq": last, "records": n,
                 "reason": "checksum mismatch"})])
         return first, last, n

@@ -22,6 +22,7 @@ from typing import Any
 import cbor2
 
 from ..text import plural
+from .. import events as kinds
 
 EXIT_OK = 0
 EXIT_NO_DATA = 1
@@ -135,7 +136,7 @@ def drift_ms(m: dict[str, Any], regs: dict[str, Any]) -> float | None:
     drv = m.get("driver") or {}
     if isinstance(drv.get("clock_drift_s"), (int, float)):
         return float(drv["clock_drift_s"]) * 1000
-    reg = regs.get("clock.drift")
+    reg = regs.get(kinds.CLOCK_DRIFT)
     if reg is not None:
         try:
             return float(Decimal(reg["value"]) * 1000)
@@ -218,7 +219,7 @@ def render(t: dict[str, Any], gateway_id: str, now: int, width: int | None = Non
             _drift(drift_ms(m, regs)),
             str(m.get("gaps", "-")),
             " ".join(f"{q}={exact(r['value'])}" + (f" {units[q]}" if units.get(q) else "")
-                     for q, r in sorted(regs.items()) if q != "clock.drift") or "-",
+                     for q, r in sorted(regs.items()) if q != kinds.CLOCK_DRIFT) or "-",
             ("WARN " + ",".join(why)) if why else "ok",
         ))
     wide = table_lines(head, rows, width=None)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from ..model import Event, now_ms
+from .. import events as kinds
 
 log = logging.getLogger("gateway.control")
 
@@ -123,7 +124,7 @@ class AuditLog:
             self._n, self._head = entry["n"], line_hash(line)
             head = {"entries": self._n, "head": self._head}
         if forward:
-            self.emit(Event("control.audit", ts, "control", meter_id,
+            self.emit(Event(kinds.CONTROL_AUDIT, ts, "control", meter_id,
                             "info" if ok else "warning",
                             {**{k: entry[k] for k in ("uid", "user", "command", "args", "ok",
                                                       "result")}, "audit": head}))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Config, DriverConfig
 from ..drivers.registry import make_driver
 from ..model import Event, now_ms
+from .. import events as kinds
 
 if TYPE_CHECKING:
     from ..drivers.base import Driver
@@ -119,7 +120,7 @@ def hot_reload(rt: "Runtime", new: Config) -> dict[str, Any]:
         result["stuck"] = stuck
         log.warning("config apply: drivers %s did not stop within their timeout", stuck)
     log.info("config apply: %s (config %s)", _describe(result), new.config_hash[:16])
-    rt.emit_event(Event("config.applied", now_ms(), "control", detail={
+    rt.emit_event(Event(kinds.CONFIG_APPLIED, now_ms(), "control", detail={
         "config_hash": new.config_hash, **{k: result[k] for k in ("added", "removed", "changed")}}))
     return result
 

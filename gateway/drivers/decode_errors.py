@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..model import Event, now_ms
+from .. import events as kinds
 
 MAX_HEX_BYTES = 1024  # a P1 telegram fits; longer frames are cut (``truncated``)
 
@@ -43,4 +44,4 @@ class DecodeErrors:
             "length": len(frame), "count": self.total, "suppressed": held, **detail}
         if len(frame) > MAX_HEX_BYTES:
             info["truncated"] = True
-        return Event("meter.decode_error", now_ms(), self.source, meter_id, "warning", info)
+        return Event(kinds.DECODE_ERROR, now_ms(), self.source, meter_id, "warning", info)

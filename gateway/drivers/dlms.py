@@ -40,6 +40,7 @@ from .base import Driver, RecordSink
 from .serialport import OwnsSerialPort
 from .handoff import WorkQueue, keys_dir_of, stored_key
 from .dlms_push import HEX_MAX, PUSH_IC_CURSOR, PushListener  # noqa: F401 (re-exported)
+from .. import events as kinds
 
 TYPE = "dlms"
 IC_CURSOR = "dlms.invocation_counter"
@@ -389,16 +390,16 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
             records = self._read_meter(m, session, profiles=not manual)
         except AssociationRefused as exc:
             m.stats["auth_failures"] += 1
-            self._failed(m, "meter.auth_failed", str(exc), permanent=True, manual=manual)
+            self._failed(m, kinds.AUTH_FAILED, str(exc), permanent=True, manual=manual)
         except TimeoutError as exc:
-            self._failed(m, "meter.read_failed", str(exc), manual=manual)
+            self._failed(m, kinds.READ_FAILED, str(exc), manual=manual)
         except (DlmsError, ValueError) as exc:
-            self._failed(m, "meter.read_failed", f"{type(exc).__name__}: {exc}", manual=manual)
+            self._failed(m, kinds.READ_FAILED, f"{type(exc).__name__}: {exc}", manual=manual)
         except OSError:
             raise  # the port: the loop reopens it
         except Exception as exc:  # noqa: BLE001 - a codec (gurux) bug costs a read, not the bus
             m.stats["decode_errors"] += 1
-            self._failed(m, "meter.decode_error", f"{type(exc).__name__}: {exc}"[:300],
+            self._failed(m, kinds.DECODE_ERROR, f"{type(exc).__name__}: {exc}"[:300],
                          manual=manual, frame_hex=m.last_rx_hex)
         else:
             was_failing = m.backoff.failures > 0
@@ -476,13 +477,13 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
             if meter_ts is not None:
                 drift_ms = meter_ts - (t0 + t1) // 2
                 m.stats["clock_drift_s"] = drift_ms / 1000
-                records.append(Reading(m.id, "clock.drift", drift_ms, -3, "s", meter_ts, t1, (),
+                records.append(Reading(m.id, kinds.CLOCK_DRIFT, drift_ms, -3, "s", meter_ts, t1, (),
                                        self.bus))
                 limit = o.get("clock_set_threshold_s")
                 if limit is not None and abs(drift_ms) > float(limit) * 1000:
                     s.set_clock(now_ms())
                     m.stats["clock_sets"] += 1
-                    records.append(Event("meter.clock_set", now_ms(), self.bus, m.id, "info",
+                    records.append(Event(kinds.CLOCK_SET, now_ms(), self.bus, m.id, "info",
                                          {"drift_s": drift_ms / 1000, "threshold_s": limit}))
                     self.log.info("meter %s: clock off by %.1f s, set", m.id, drift_ms / 1000)
         for obis in o.get("registers") or []:
@@ -533,7 +534,7 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
                 newest = max(newest, ts)
                 if events:
                     detail = {"log": obis, "code": _plain(row[1]) if len(row) > 1 else None}
-                    records.append(Event("meter.event", ts, self.bus, m.id, "info", detail))
+                    records.append(Event(kinds.METER_EVENT, ts, self.bus, m.id, "info", detail))
                     continue
                 for (cls, col, attr), su, value in zip(columns[1:], scalers[1:], row[1:]):
                     if su is None:

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from ..model import Event, now_ms
+from .. import events as kinds
 
 PUSH_IC_CURSOR = "dlms.push_invocation_counter"  # + ":" + system title: replay guard
 EVENT_BURST = 3      # push error events of one kind per meter emitted before rate limiting
@@ -90,11 +91,11 @@ class PushListener:
         from .p1_readings import p1_readings
         m = next((x for x in self.meters if x is ev.route), self.meters[0])
         if isinstance(ev, PushError):
-            if ev.kind == "meter.decrypt_failed":
+            if ev.kind == kinds.DECRYPT_FAILED:
                 m.stats["decrypt_failures"] += 1
-            elif ev.kind == "meter.decode_error":
+            elif ev.kind == kinds.DECODE_ERROR:
                 m.stats["decode_errors"] += 1
-            elif ev.kind == "meter.frame_error":
+            elif ev.kind == kinds.FRAME_ERROR:
                 m.stats["frame_errors"] += 1
             self._push_error(m, ev.kind, ev.reason, ev.frame_hex)
             return
@@ -118,7 +119,7 @@ class PushListener:
                 last = self._cursor(m.id, name, None)
             if last is not None and n.invocation_counter <= int(last):
                 m.stats["replays"] += 1
-                self._push_error(m, "meter.replay_suspected",
+                self._push_error(m, kinds.REPLAY_SUSPECTED,
                                  f"invocation counter {n.invocation_counter} of system title "
                                  f"{n.system_title.hex().upper()} is not above the last "
                                  f"accepted {last}: readings dropped", ev.apdu.hex().upper())
@@ -137,7 +138,7 @@ class PushListener:
 
     def _codec_failed(self, m: Any, exc: BaseException, frame_hex: str) -> None:
         m.stats["decode_errors"] += 1
-        self._push_error(m, "meter.decode_error", f"{type(exc).__name__}: {exc}"[:300], frame_hex)
+        self._push_error(m, kinds.DECODE_ERROR, f"{type(exc).__name__}: {exc}"[:300], frame_hex)
 
     def _push_meter(self, system_title: bytes | None, src: Any) -> Any:
         for m in self.meters:

@@ -35,6 +35,7 @@ from .base import Driver, RecordSink
 from .decode_errors import DecodeErrors
 from .serialport import OwnsSerialPort
 from .handoff import WorkQueue
+from .. import events as kinds
 
 TYPE = "iec62056-21"
 
@@ -250,7 +251,7 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                 m.last_error = f"no push telegram for {silent:.0f} s"
                 self.log.warning("meter %s: %s (expected every %.0f s)", m.opts["id"],
                                  m.last_error, self.interval_s)
-                self.emit([Event("meter.read_failed", now_ms(), self.bus, m.opts["id"],
+                self.emit([Event(kinds.READ_FAILED, now_ms(), self.bus, m.opts["id"],
                                  "warning", {"reason": m.last_error, "mode": "d",
                                              "failures": m.stats["failures"]})])
             self.cycles += 1
@@ -274,7 +275,7 @@ class Iec62056Driver(OwnsSerialPort, Driver):
             if now - self._last_push_error_at >= 60:  # a meter pushing every second...
                 self._last_push_error_at = now
                 self.log.warning("meter %s: %s", m.opts["id"], exc)
-                self.emit([Event("meter.crc_error" if crc else "meter.read_failed", rx,
+                self.emit([Event(kinds.CRC_ERROR if crc else kinds.READ_FAILED, rx,
                                  self.bus, m.opts["id"], "warning",
                                  {"reason": str(exc), "mode": "d",
                                   "bcc_errors": m.stats["bcc_errors"]})])
@@ -328,7 +329,7 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                 raise
             except Exception as exc:  # noqa: BLE001 - a codec bug: count it, keep polling
                 self._decode_error(m, bytes(self._rx_log), exc)
-                raise ReadFailed("meter.read_failed",
+                raise ReadFailed(kinds.READ_FAILED,
                                  f"decode error: {type(exc).__name__}: {exc}") from None
         except ReadFailed as exc:
             m.last_error = str(exc)
@@ -338,7 +339,7 @@ class Iec62056Driver(OwnsSerialPort, Driver):
             if manual:
                 self.log.warning("meter %s: %s (read from the console)", mid, exc)
             else:
-                delay = m.backoff.fail(permanent=exc.kind == "meter.auth_failed")
+                delay = m.backoff.fail(permanent=exc.kind == kinds.AUTH_FAILED)
                 m.next_due = time.monotonic() + max(delay, 0.0)
                 self.log.warning("meter %s: %s (next try in %.0f s)", mid, exc, delay)
             self.emit([Event(exc.kind, now_ms(), self.bus, mid, "warning",
@@ -428,7 +429,7 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                     self._send(bytes([iec.ACK]))
                     continue
                 if b"!" not in payload:
-                    raise ReadFailed("meter.read_failed", "readout without end mark '!'")
+                    raise ReadFailed(kinds.READ_FAILED, "readout without end mark '!'")
                 return iec.parse_data_sets(payload[:payload.rindex(b"!")])
             if isinstance(ev, iec.BadBlock):
                 m.stats["bcc_errors"] += 1
@@ -436,9 +437,9 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                     m.stats["retries"] += 1
                     self._send(bytes([iec.NAK]))  # the meter repeats the block
                     continue
-                raise ReadFailed("meter.crc_error", f"readout failed its BCC check "
+                raise ReadFailed(kinds.CRC_ERROR, f"readout failed its BCC check "
                                  f"{self.retries + 1} times ({ev.reason})")
-        raise ReadFailed("meter.crc_error", "readout failed its BCC check")
+        raise ReadFailed(kinds.CRC_ERROR, "readout failed its BCC check")
 
     def _programming_read(self, m: MeterState, dec: Any, password: str) -> list[Any]:
         from ..protocols import iec62056_21 as iec
@@ -447,7 +448,7 @@ class Iec62056Driver(OwnsSerialPort, Driver):
         ev = self._next(m, dec, "password acknowledgement")
         if not isinstance(ev, iec.Ack):
             m.stats["auth_failures"] += 1
-            raise ReadFailed("meter.auth_failed", "the meter refused the P1 password")
+            raise ReadFailed(kinds.AUTH_FAILED, "the meter refused the P1 password")
         sets = []
         try:
             for addr in m.opts.get("registers") or []:
@@ -455,7 +456,7 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                 ev = self._next(m, dec, f"register {addr}")
                 if isinstance(ev, iec.BadBlock):
                     m.stats["bcc_errors"] += 1
-                    raise ReadFailed("meter.crc_error", f"register {addr}: {ev.reason}")
+                    raise ReadFailed(kinds.CRC_ERROR, f"register {addr}: {ev.reason}")
                 if isinstance(ev, iec.DataBlock):
                     sets += iec.parse_data_sets(ev.payload)
         finally:
@@ -465,7 +466,7 @@ class Iec62056Driver(OwnsSerialPort, Driver):
     def _expect(self, m: MeterState, dec: Any, cls: type, what: str) -> Any:
         ev = self._next(m, dec, what)
         if not isinstance(ev, cls):
-            raise ReadFailed("meter.read_failed", f"expected {what}, got {type(ev).__name__}")
+            raise ReadFailed(kinds.READ_FAILED, f"expected {what}, got {type(ev).__name__}")
         return ev
 
     def _next(self, m: MeterState, dec: Any, what: str) -> Any:
@@ -479,10 +480,10 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                     continue  # our own echo on a two-wire bus
                 return ev
             if self.stopping.is_set():
-                raise ReadFailed("meter.read_failed", "driver stopping")
+                raise ReadFailed(kinds.READ_FAILED, "driver stopping")
             if time.monotonic() > deadline:
                 m.stats["timeouts"] += 1
-                raise ReadFailed("meter.read_failed",
+                raise ReadFailed(kinds.READ_FAILED,
                                  f"no {what} within {self.timeout_s:.1f} s")
             data = self.ser.read(max(1, self.ser.in_waiting))
             if data:

@@ -42,6 +42,7 @@ from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
 from .handoff import WorkQueue, keys_dir_of, stored_key
+from .. import events as kinds
 
 SECONDARY_PATTERN = r"[0-9A-Fa-f]{8}|[0-9A-Fa-f]{16}"
 
@@ -109,7 +110,7 @@ def open_port(opts: Mapping[str, Any]) -> Any:
 class NoAnswer(Exception):
     """No (valid) answer after all retries; ``kind`` is the event to report."""
 
-    def __init__(self, message: str, kind: str = "meter.read_failed") -> None:
+    def __init__(self, message: str, kind: str = kinds.READ_FAILED) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -233,7 +234,7 @@ class MBusMaster:
         raise NoAnswer(f"no valid answer to {what} after {self.retries + 1} attempts"
                        + (f" (last error: {self.decoder.last_error})"
                           if self.decoder.last_error else ""),
-                       "meter.crc_error" if crc else "meter.read_failed")
+                       kinds.CRC_ERROR if crc else kinds.READ_FAILED)
 
     # -- M-Bus operations
 
@@ -276,7 +277,7 @@ class MBusMaster:
             if first_only or not telegrams[-1].more_records_follow:
                 return telegrams
         raise NoAnswer(f"meter at {address} still had more records after {max_telegrams} "
-                       "telegrams", "meter.read_failed")
+                       "telegrams", kinds.READ_FAILED)
 
     # -- installation scans
 
@@ -395,10 +396,10 @@ def read_ok_events(meter: Any, st: MeterStats, flags: tuple[str, ...], status: A
     failures, its status flags changed (``meter.last_flags`` is updated here)."""
     events = []
     if st.consecutive_failures:
-        events.append(Event("meter.recovered", rx, bus, meter_id, "info",
+        events.append(Event(kinds.RECOVERED, rx, bus, meter_id, "info",
                             {"after_failures": st.consecutive_failures, **recovered}))
     if flags != meter.last_flags:
-        events.append(Event("meter.status", rx, bus, meter_id, "warning" if flags else "info",
+        events.append(Event(kinds.STATUS, rx, bus, meter_id, "warning" if flags else "info",
                             {"flags": list(flags), "status": status,
                              "previous": list(meter.last_flags)}))
         meter.last_flags = flags
@@ -781,7 +782,7 @@ class MBusDriver(Driver):
         self.last_port_error = message
         delay = backoff.fail()
         self.log.warning("M-Bus %s: %s; retrying in %.1f s", self.bus, message, delay)
-        self.emit([Event("bus.port_error", now_ms(), self.bus, severity="warning",
+        self.emit([Event(kinds.PORT_ERROR, now_ms(), self.bus, severity="warning",
                          detail={"port": self.serial_opts["port"], "error": message})])
         self.work.idle(delay)  # set_key works with the port down; reads say it is not open
 
@@ -887,15 +888,15 @@ class MBusDriver(Driver):
             self._failed(meter, exc.kind, str(exc), {})
             return None
         except MBusError as exc:
-            if exc.event == "meter.compact_format_unknown" and meter.compact_unknown_sent:
+            if exc.event == kinds.COMPACT_FORMAT_UNKNOWN and meter.compact_unknown_sent:
                 st.failures[exc.event] = st.failures.get(exc.event, 0) + 1  # said once
                 return None
-            meter.compact_unknown_sent = exc.event == "meter.compact_format_unknown"
+            meter.compact_unknown_sent = exc.event == kinds.COMPACT_FORMAT_UNKNOWN
             self._failed(meter, exc.event, str(exc), exc.header, getattr(exc, "detail", None))
             return None
         except CodecCrash as exc:
             self.decode_errors += 1
-            self._failed(meter, "meter.decode_error", str(exc), {},
+            self._failed(meter, kinds.DECODE_ERROR, str(exc), {},
                          decode_error_detail(str(exc), exc.frame))
             return None
         finally:

@@ -48,6 +48,7 @@ from .handoff import Listeners, WorkQueue, keys_dir_of, stored_key
 from .wmbus_replay import REPLAY_CURSOR, judge, telegram_marks
 from .mbus import (TZ_HELP, CompactFormats, EventGate, MeterStats, decode_error_detail,
                    meter_key, open_port, read_ok_events, stored_cursor, telegram_readings)
+from .. import events as kinds
 
 METER_SCHEMA = Schema((
     FieldSpec("id", text("the 8-digit meter id", r"[0-9A-Fa-f]{8}"),
@@ -320,7 +321,7 @@ class WMBusDriver(Driver):
             try:
                 self._ser = open_port(self.serial_opts)
             except SerialPortError as exc:
-                self._dongle_event("dongle.port_error", "warning", {"error": str(exc)})
+                self._dongle_event(kinds.DONGLE_PORT_ERROR, "warning", {"error": str(exc)})
                 if self.work.idle(backoff.fail()):
                     break
                 continue
@@ -329,7 +330,7 @@ class WMBusDriver(Driver):
             try:
                 if not self._initialise():
                     self.dongle_stats["init_failures"] += 1
-                    self._dongle_event("dongle.init_failed", "warning",
+                    self._dongle_event(kinds.DONGLE_INIT_FAILED, "warning",
                                        {"mode": self.mode, "dongle": self.dongle_type})
                     self._reopen("initialisation failed")
                     if self.work.idle(backoff.fail()):
@@ -338,7 +339,7 @@ class WMBusDriver(Driver):
                 backoff.ok()
                 self._listen()
             except (OSError, DongleError) as exc:
-                self._dongle_event("dongle.port_error", "warning", {"error": str(exc)})
+                self._dongle_event(kinds.DONGLE_PORT_ERROR, "warning", {"error": str(exc)})
                 self._close()
                 if self.work.idle(backoff.fail()):
                     break
@@ -356,7 +357,7 @@ class WMBusDriver(Driver):
 
     def _reopen(self, why: str) -> None:
         self.dongle_stats["reopens"] += 1
-        self._dongle_event("dongle.reopen", "warning", {"reason": why,
+        self._dongle_event(kinds.DONGLE_REOPEN, "warning", {"reason": why,
                                                         "port": self.serial_opts["port"]})
         self._close()
 
@@ -399,9 +400,9 @@ class WMBusDriver(Driver):
                 others.append(msg)
         if self._decoder.errors - self._decoder.crc_errors > err_before - crc_before:
             self.dongle_stats["frame_errors"] += 1
-            held = self.events.allow("<dongle>", "dongle.frame_error")
+            held = self.events.allow("<dongle>", kinds.DONGLE_FRAME_ERROR)
             if held is not None:
-                self._dongle_event("dongle.frame_error", "warning",
+                self._dongle_event(kinds.DONGLE_FRAME_ERROR, "warning",
                                    {"error": str(self._decoder.last_error), "held_back": held})
         return others
 
@@ -411,12 +412,12 @@ class WMBusDriver(Driver):
         self.decode_errors += 1
         self.dongle_stats["frame_errors"] += 1
         self._decoder = self.adapter.decoder()
-        held = self.events.allow("<dongle>", "meter.decode_error")
+        held = self.events.allow("<dongle>", kinds.DECODE_ERROR)
         if held is not None:
             detail = decode_error_detail(f"{type(exc).__name__}: {exc}", data)
             if held:
                 detail["held_back"] = held
-            self._dongle_event("meter.decode_error", "warning", detail)
+            self._dongle_event(kinds.DECODE_ERROR, "warning", detail)
 
     def _on_damaged(self, msg: Any) -> None:
         """A message whose dongle CRC/checksum failed: a damaged telegram is reported for
@@ -434,12 +435,12 @@ class WMBusDriver(Driver):
             meter.stats.telegrams += 1
             if msg.rssi_dbm is not None:
                 meter.stats.rssi_dbm = msg.rssi_dbm
-            self._failed(meter, "meter.crc_error", f"telegram damaged in transfer: {msg.damaged}",
+            self._failed(meter, kinds.CRC_ERROR, f"telegram damaged in transfer: {msg.damaged}",
                          msg.rssi_dbm)
             return
-        held = self.events.allow("<dongle>", "dongle.crc_error")
+        held = self.events.allow("<dongle>", kinds.DONGLE_CRC_ERROR)
         if held is not None:
-            self._dongle_event("dongle.crc_error", "warning", {"error": msg.damaged,
+            self._dongle_event(kinds.DONGLE_CRC_ERROR, "warning", {"error": msg.damaged,
                                                               "held_back": held})
 
     def _command(self, request: bytes, answered: Any) -> bool:
@@ -482,17 +483,17 @@ class WMBusDriver(Driver):
             problem = None
             if self.meters and now - self._last_telegram > self.silence_s:
                 self.dongle_stats["silences"] += 1
-                problem = ("dongle.silent", {"seconds": round(now - self._last_telegram, 1)})
+                problem = (kinds.DONGLE_SILENT, {"seconds": round(now - self._last_telegram, 1)})
             elif now >= next_ping:
                 next_ping = now + self.ping_s
                 if not self._ping():
                     self.dongle_stats["ping_failures"] += 1
-                    problem = ("dongle.ping_failed", {})
+                    problem = (kinds.DONGLE_PING_FAILED, {})
             if problem is None:
                 continue
             self._dongle_event(problem[0], "warning", problem[1])
             if self._initialise():
-                self._dongle_event("dongle.reinitialised", "info", {"mode": self.mode})
+                self._dongle_event(kinds.DONGLE_REINITIALISED, "info", {"mode": self.mode})
                 next_ping = time.monotonic() + self.ping_s
                 continue
             self.dongle_stats["init_failures"] += 1
@@ -566,10 +567,10 @@ class WMBusDriver(Driver):
             t = self.codec(frame, meter.key, fmt=self.frame_format,
                            formats=self.compact.load(meter.label))
         except MBusError as exc:
-            if exc.event == "meter.unsupported_format":
+            if exc.event == kinds.UNSUPPORTED_FORMAT:
                 self._unsupported_format(meter, exc, rssi_dbm)
                 return exc.event
-            if exc.event == "meter.compact_format_unknown":
+            if exc.event == kinds.COMPACT_FORMAT_UNKNOWN:
                 return self._compact_unknown(meter, exc, rssi_dbm)
             meter.failed = (frame, rssi_dbm, rx)
             self._failed(meter, exc.event, str(exc), rssi_dbm, getattr(exc, "detail", None))
@@ -577,9 +578,9 @@ class WMBusDriver(Driver):
         except Exception as exc:  # a codec bug: count it with the frame, keep listening
             self.decode_errors += 1
             message = f"{type(exc).__name__}: {exc}"
-            self._failed(meter, "meter.decode_error", message, rssi_dbm,
+            self._failed(meter, kinds.DECODE_ERROR, message, rssi_dbm,
                          decode_error_detail(message, frame))
-            return "meter.decode_error"
+            return kinds.DECODE_ERROR
         meter.failed = None
         meter.profile = t.extra.get("profile")
         meter_id = meter.name or t.id
@@ -589,9 +590,9 @@ class WMBusDriver(Driver):
             meter.guard = stored_cursor(self.sink, meter.label, REPLAY_CURSOR) or {}
         verdict = judge(meter.guard, marks)
         if not verdict.ok:  # a recorded telegram sent again: no readings from it
-            self._failed(meter, "meter.replay_suspected", f"replay suspected: {verdict.reason}",
+            self._failed(meter, kinds.REPLAY_SUSPECTED, f"replay suspected: {verdict.reason}",
                          rssi_dbm, {"marks": marks, "hex": frame.hex().upper()})
-            return "meter.replay_suspected"
+            return kinds.REPLAY_SUSPECTED
         flags = tuple(t.status_flags)
         events = read_ok_events(meter, st, flags, t.status, self.bus, meter_id, rx,
                                 **({"retried_with_new_key": True} if retry else {}))
@@ -615,7 +616,7 @@ class WMBusDriver(Driver):
         """A payload no meter profile reads: one event for the meter (what it is, so a
         profile can be added), then only counted -- it is not a failing meter."""
         st = meter.stats
-        kind = "meter.unsupported_format"
+        kind = kinds.UNSUPPORTED_FORMAT
         st.failures[kind] = st.failures.get(kind, 0) + 1
         st.last_error = str(exc)
         meter.profile = None
@@ -666,7 +667,7 @@ class WMBusDriver(Driver):
         st.reads_failed += 1
         st.consecutive_failures += 1
         st.failures[kind] = st.failures.get(kind, 0) + 1
-        if kind == "meter.crc_error":
+        if kind == kinds.CRC_ERROR:
             st.crc_errors += 1
         st.last_error = message
         held = self.events.allow(meter.label, kind)

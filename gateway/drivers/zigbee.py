@@ -40,6 +40,7 @@ from ..protocols import xbee, zcl, zdo
 from .backoff import Backoff
 from .base import Driver, RecordSink
 from .decode_errors import DecodeErrors
+from .. import events as kinds
 
 OUR_ENDPOINT = 0x01          # the coordinator endpoint our ZCL requests come from
 BROADCAST_ROUTERS16 = 0xFFFC  # all routers and the coordinator
@@ -502,7 +503,7 @@ class ZigbeeDriver(Driver):
             except SerialPortError as exc:
                 if port_ok:
                     self.log.error("zigbee %s: %s; retrying", self.bus, exc)
-                    self._event("bus.port_error", None, "error", port=port, error=str(exc))
+                    self._event(kinds.PORT_ERROR, None, "error", port=port, error=str(exc))
                     self._flush()
                 port_ok = False
                 self.stopping.wait(backoff.fail())
@@ -526,7 +527,7 @@ class ZigbeeDriver(Driver):
             except (serial.SerialException, OSError) as exc:
                 self.log.error("zigbee %s: serial port %s failed: %s; reopening", self.bus,
                                port, exc)
-                self._event("bus.port_error", None, "error", port=port, error=str(exc))
+                self._event(kinds.PORT_ERROR, None, "error", port=port, error=str(exc))
                 port_ok = False
             finally:
                 self._flush()
@@ -559,7 +560,7 @@ class ZigbeeDriver(Driver):
             self.log.error("zigbee %s: XBee on %s: %s (is the module in API mode %s at %s "
                            "baud?)", self.bus, self.serial_opts.get("port"), exc, mode,
                            self.serial_opts.get("baud", 9600))
-            self._event("bus.start_failed", None, "error", port=self.serial_opts.get("port"),
+            self._event(kinds.START_FAILED, None, "error", port=self.serial_opts.get("port"),
                         error=str(exc))
             self._flush()
             return False
@@ -571,7 +572,7 @@ class ZigbeeDriver(Driver):
         self.log.info("zigbee %s: coordinator %s firmware %s PAN %s association 0x%s",
                       self.bus, self.module["ieee"], self.module["firmware"],
                       self.module["pan_id"], self.module["association"])
-        self._event("bus.coordinator", None, "info", **self.module)
+        self._event(kinds.COORDINATOR, None, "info", **self.module)
         now = time.monotonic()
         for ieee in self.configured:
             self._device(ieee, now)
@@ -748,7 +749,7 @@ class ZigbeeDriver(Driver):
                 steps = open_network(self.link, arg, self._next_seq(), self.timeout,
                                      self.stopping)
                 self.log.info("zigbee %s: network open for %d s", self.bus, arg)
-                self._event("bus.permit_join", None, "info", seconds=arg)
+                self._event(kinds.PERMIT_JOIN, None, "info", seconds=arg)
                 fut.set_result(steps)
             except (XBeeLinkError, ValueError) as exc:
                 fut.set_exception(exc)
@@ -838,7 +839,7 @@ class ZigbeeDriver(Driver):
             dev.stats["silences"] += 1
             self.log.warning("zigbee %s: %s silent for %.1f s (expected every %g s)",
                              self.bus, dev.meter_id, now - dev.last_seen, expected)
-            self._event("meter.silent", dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
+            self._event(kinds.SILENT, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
                         silent_for_s=round(now - dev.last_seen, 1),
                         expected_interval_s=expected, last_seen_ms=dev.last_seen_ms)
 
@@ -862,7 +863,7 @@ class ZigbeeDriver(Driver):
         req.fail(f"no answer from {dev.meter_id} after {req.attempts} attempts ({why})")
         self.log.warning("zigbee %s: %s: %s failed after %d attempts (%s)", self.bus,
                          dev.meter_id, req.kind, req.attempts, why)
-        self._event("meter.read_failed", dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
+        self._event(kinds.READ_FAILED, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
                     request=req.kind, cluster=f"0x{req.cluster:04X}", reason=why,
                     attempts=req.attempts)
         self._step_failed(dev, req.kind, now)
@@ -890,7 +891,7 @@ class ZigbeeDriver(Driver):
         except Exception as exc:  # noqa: BLE001 - one odd frame must not stop the bus
             self.frame_errors += 1
             self.log.exception("zigbee %s: frame %r not handled", self.bus, frame)
-            self._event("bus.frame_not_handled", None, "error", error=repr(exc),
+            self._event(kinds.FRAME_NOT_HANDLED, None, "error", error=repr(exc),
                         frame=type(frame).__name__)
 
     def _dispatch(self, frame: Any, ctx: Any) -> None:
@@ -911,7 +912,7 @@ class ZigbeeDriver(Driver):
         elif isinstance(frame, xbee.ModemStatus):
             name = xbee.MODEM_STATUS.get(frame.status, f"0x{frame.status:02X}")
             self.log.info("zigbee %s: modem status: %s", self.bus, name)
-            self._event("bus.modem_status", None, "info", status=frame.status, name=name)
+            self._event(kinds.MODEM_STATUS, None, "info", status=frame.status, name=name)
             if frame.status in (0x00, 0x01):  # reset: AO may be back to its saved value
                 self._restart = True
         elif isinstance(frame, xbee.NodeIdentification):
@@ -1006,7 +1007,7 @@ class ZigbeeDriver(Driver):
             dev.silent = False
             self.log.info("zigbee %s: %s heard again after %.1f s", self.bus, dev.meter_id,
                           now - dev.last_seen)
-            self._event("meter.status", dev, "info", state="heard again",
+            self._event(kinds.STATUS, dev, "info", state="heard again",
                         silent_for_s=round(now - dev.last_seen, 1))
         dev.last_seen, dev.last_seen_ms = now, rx
         if now >= dev.next_rssi_at and not self._rssi_busy and self.link is not None:
@@ -1103,7 +1104,7 @@ class ZigbeeDriver(Driver):
         self._heard(dev, nwk, now, now_ms())
         self.log.info("zigbee %s: %s %s (nwk 0x%04X) via %s", self.bus, dev.meter_id,
                       "rejoined" if known else "joined", nwk, via)
-        self._event("meter.joined", dev, "info", ieee=xbee.eui64_hex(ieee), nwk=nwk,
+        self._event(kinds.JOINED, dev, "info", ieee=xbee.eui64_hex(ieee), nwk=nwk,
                     rejoin=known, via=via, **detail)
 
     def _on_read_response(self, dev: Device, req: Request, p: zcl.ReadAttributesResponse,
@@ -1190,7 +1191,7 @@ class ZigbeeDriver(Driver):
             dev.stats["bad_scaling"] += 1
             self.log.warning("zigbee %s: %s: metering scaling unusable (%s): holding its "
                              "values", self.bus, dev.meter_id, "; ".join(problems))
-            self._event("meter.bad_scaling", dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
+            self._event(kinds.BAD_SCALING, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
                         cluster="0x0702", problems=problems)
             return None
         assert unit is not None and mult is not None and div is not None
@@ -1205,7 +1206,7 @@ class ZigbeeDriver(Driver):
                      if x == 0]
         if problems:
             dev.stats["bad_scaling"] += 1
-            self._event("meter.bad_scaling", dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
+            self._event(kinds.BAD_SCALING, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
                         cluster="0x0B04", problems=problems)
             return None
         return AcScale((v[0], v[1]), (v[2], v[3]), (v[4], v[5]))  # type: ignore[arg-type]
@@ -1238,7 +1239,7 @@ class ZigbeeDriver(Driver):
             if cluster == zcl.METERING and attr == 0x0200 and _is_integer(tv):
                 if tv.value != dev.last_status:
                     if dev.last_status is not None or tv.value:
-                        self._event("meter.status", dev, "warning" if tv.value else "info",
+                        self._event(kinds.STATUS, dev, "warning" if tv.value else "info",
                                     state="metering status", status=tv.value,
                                     flags=zcl.status_bits(tv.value))
                     dev.last_status = tv.value
@@ -1274,7 +1275,7 @@ class ZigbeeDriver(Driver):
         self.log.warning("zigbee %s: %s: %s = %s (%s): not a reading", self.bus, dev.meter_id,
                          zcl.attribute_name(cluster, attr),
                          f"0x{raw & ((1 << 64) - 1):X}" if raw is not None else "?", why)
-        self._event("meter.invalid_value", dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
+        self._event(kinds.INVALID_VALUE, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
                     cluster=f"0x{cluster:04X}", attribute=f"0x{attr:04X}",
                     name=zcl.attribute_name(cluster, attr), type=tv.type_name,
                     raw=raw, reason=why)
@@ -1322,7 +1323,7 @@ class ZigbeeDriver(Driver):
         if new <= 0 or now < self._next_error_event:
             return
         dec = self.link.decoder if self.link else None
-        self._event("meter.crc_error", None, "warning", bad_frames=new,
+        self._event(kinds.CRC_ERROR, None, "warning", bad_frames=new,
                     total_bad_frames=self.frame_errors,
                     checksum_errors=dec.checksum_errors if dec else None,
                     garbage_bytes=dec.garbage_bytes if dec else None)

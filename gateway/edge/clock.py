@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..model import Event
+from .. import events as kinds
 
 log = logging.getLogger("gateway.edge.clock")
 
@@ -138,7 +139,7 @@ class Clock:
         if abs(step) > self.jump_threshold_ms:
             self.jumps += 1
             self.epoch += 1
-            events.append(Event("gateway.clock_jump", w, self.source, None, "warning", {
+            events.append(Event(kinds.CLOCK_JUMP, w, self.source, None, "warning", {
                 "jump_ms": step, "from_ms": w - step, "to_ms": w,
                 "direction": "forward" if step > 0 else "backward", "synced": self.synced}))
             log.warning("wall clock jumped %s by %.3f s", "forward" if step > 0 else "backward",
@@ -147,7 +148,7 @@ class Clock:
         synced = self._kernel_synced()
         if synced and not self.synced:
             correction = cur - self._unsynced_offset
-            events.append(Event("gateway.clock_synced", w, self.source, None, "info", {
+            events.append(Event(kinds.CLOCK_SYNCED, w, self.source, None, "info", {
                 "correction_ms": correction, "unsynced_since_ms": self.unsynced_since_ms,
                 "unsynced_until_ms": w - correction}))
             log.info("system clock synchronised (readings since boot corrected by %.3f s)",
@@ -156,7 +157,7 @@ class Clock:
         elif self.synced and not synced:
             self._unsynced_offset = cur
             self.unsynced_since_ms = w
-            events.append(Event("gateway.clock_unsynced", w, self.source, None, "warning", {
+            events.append(Event(kinds.CLOCK_UNSYNCED, w, self.source, None, "warning", {
                 "status": self.last_kernel.status if self.last_kernel else None}))
             log.warning("system clock is no longer synchronised; readings are flagged "
                         "clock_unsynced")

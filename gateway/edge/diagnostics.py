@@ -26,17 +26,10 @@ from typing import Any, Callable, Iterable, Mapping
 from ..config import DiagThresholds
 from ..model import QUALITY_HISTORIC, QUALITY_METER_ERROR, Diag, Event, Reading, to_decimal
 from .deltas import VOLUME_UNITS, RegisterState, matches
+from .. import events as kinds
 
-FAILURE_KINDS = {
-    "meter.read_failed": "read_failures",
-    "meter.timeout": "read_failures",
-    "meter.crc_error": "crc_errors",
-    "meter.frame_error": "crc_errors",
-    "meter.decrypt_failed": "decrypt_failures",
-    "meter.auth_failed": "auth_failures",
-    "meter.no_key": "decrypt_failures",
-    "meter.decode_error": "read_failures",
-}
+# What each failure event counts as: written once, beside the kind, in gateway/events.py.
+FAILURE_KINDS = {name: k.counts_as for name, k in kinds.CATALOGUE.items() if k.counts_as}
 # Flags a meter reports (meter.status detail, or quality flags) that are alarms by themselves.
 FLAG_RULES = {"tamper": "tamper", "battery_low": "battery_low", "leak": "leak_reported",
               "reverse_flow": "reverse_flow", "burst": "leak_reported"}
@@ -301,7 +294,7 @@ class Diagnostics:
                          "weak radio?)",
                     evidence={"crc_errors": h.window_crc, "reason": h.last_error},
                     threshold=self.th.crc_errors))
-        elif ev.kind == "meter.silent":
+        elif ev.kind == kinds.SILENT:
             # The driver knows when readings were due (a polled or reporting interval):
             # each one that did not come is a failed read, so the ratio tells the truth.
             expected = _num(d.get("expected_interval_s"))
@@ -320,7 +313,7 @@ class Diagnostics:
                           "last_seen_ms": d.get("last_seen_ms")},
                 since_ms=d.get("last_seen_ms") if isinstance(d.get("last_seen_ms"), int)
                 else ev.ts_ms))
-        elif ev.kind == "meter.invalid_value":
+        elif ev.kind == kinds.INVALID_VALUE:
             h.invalid_values += 1
             h.window_invalid += 1
             h.last_error = str(d.get("reason") or "invalid value")[:200]
@@ -330,7 +323,7 @@ class Diagnostics:
                      f"{d.get('reason') or 'invalid'})",
                 evidence={"name": d.get("name"), "raw": d.get("raw"),
                           "invalid_values": h.invalid_values}))
-        elif ev.kind == "meter.status":
+        elif ev.kind == kinds.STATUS:
             h.last_seen_ms = max(h.last_seen_ms or ev.ts_ms, ev.ts_ms)
             flags = d.get("flags")
             items = dict(d)

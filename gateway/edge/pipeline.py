@@ -33,6 +33,7 @@ from ..model import (QUALITY_CLOCK_UNSYNCED, QUALITY_ESTIMATED, QUALITY_HISTORIC
 from . import deltas as dl
 from .clock import Clock
 from .diagnostics import GATEWAY, Diagnostics, boot_id, boot_reason, gateway_metrics
+from .. import events as kinds
 
 log = logging.getLogger("gateway.edge")
 
@@ -209,7 +210,7 @@ class EdgePipeline:
             g = res.gap
             self.counts["gaps"] += 1
             self.diag.gap(r.meter_id, g.missing_intervals)
-            others.append(Event("meter.gap", self.clock.wall(), self.source, r.meter_id,
+            others.append(Event(kinds.GAP, self.clock.wall(), self.source, r.meter_id,
                                 "warning", {
                                     "register": r.quantity, "from_ms": g.from_ms,
                                     "to_ms": g.to_ms, "missing_intervals": g.missing_intervals,
@@ -218,7 +219,7 @@ class EdgePipeline:
         if res.reset is not None:
             x = res.reset
             self.counts["resets"] += 1
-            others.append(Event("meter.register_reset", self.clock.wall(), self.source,
+            others.append(Event(kinds.REGISTER_RESET, self.clock.wall(), self.source,
                                 r.meter_id, "warning", {
                                     "register": r.quantity, "unit": r.unit,
                                     "old": str(to_decimal(x.old_m, x.old_e)),
@@ -303,7 +304,7 @@ class EdgePipeline:
         was_synced = self.clock.synced
         events = self.clock.sample()
         for ev in events:
-            if ev.kind == "gateway.clock_synced":
+            if ev.kind == kinds.CLOCK_SYNCED:
                 ev.detail["readings_flagged"] = self.flagged
         others += events
         if self.clock.synced and not was_synced:
@@ -413,7 +414,7 @@ class EdgePipeline:
         log.info("edge: boot reason %s; clock %s", self.boot_reason,
                  "synchronised" if self.clock.synced else "NOT synchronised (readings are "
                  "flagged clock_unsynced until it is)")
-        self.store.submit([Event("gateway.boot", now, self.source, None, sev, detail)],
+        self.store.submit([Event(kinds.BOOT, now, self.source, None, sev, detail)],
                           {(GATEWAY, CURSOR_RUN): marker})
         self._marker = marker
         self._thread = threading.Thread(target=self._run, name="edge", daemon=True)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..model import Event, now_ms
 from .command import Command, Rejected, verify_command
+from .. import events as kinds
 
 log = logging.getLogger("gateway.fleet")
 
@@ -98,7 +99,7 @@ class CommandHandler:
             log.error("fleet: the last accepted command seq %d is more than fleet.max_seq_jump "
                       "past the clock: every command will be refused; recover with "
                       "`gateway console fleet reset-seq` (see README, Security)", self.last_seq)
-            self.store.submit([Event("fleet.seq_locked", now_ms(), SOURCE, severity="error",
+            self.store.submit([Event(kinds.FLEET_SEQ_LOCKED, now_ms(), SOURCE, severity="error",
                                      detail={"last_seq": self.last_seq,
                                              "max_seq_jump": self.max_seq_jump})])
         self._thread.start()
@@ -137,7 +138,7 @@ class CommandHandler:
         new = now if seq is None else int(seq)
         with self._lock:
             previous = self.last_seq
-            self.store.append([Event("fleet.seq_reset", now_ms(), SOURCE, severity="warning",
+            self.store.append([Event(kinds.FLEET_SEQ_RESET, now_ms(), SOURCE, severity="warning",
                                      detail={"previous_seq": previous, "seq": new,
                                              "not_before_ms": now, "by": by})],
                               cursors={SEQ_CURSOR: new, NOT_BEFORE_CURSOR: now})
@@ -216,7 +217,7 @@ class CommandHandler:
             self._reject(topic, Rejected("expired", f"command {cmd.id} expired while queued",
                                          cmd.summary()))
             return
-        self.store.append([Event("fleet.command_accepted", now_ms(), SOURCE, detail={
+        self.store.append([Event(kinds.FLEET_COMMAND_ACCEPTED, now_ms(), SOURCE, detail={
             **cmd.summary(), "topic": topic})], cursors={SEQ_CURSOR: cmd.seq})
         with self._lock:
             self.last_seq = cmd.seq
@@ -256,7 +257,7 @@ class CommandHandler:
         else:
             detail["error"] = error
             log.warning("fleet: command %s (%s) failed: %s", cmd.id, cmd.cmd, error)
-        self.store.append([Event("fleet.command_result", now_ms(), SOURCE,
+        self.store.append([Event(kinds.FLEET_COMMAND_RESULT, now_ms(), SOURCE,
                               severity="info" if ok else "error", detail=detail)])
 
     def _reject(self, topic: str, r: Rejected) -> None:
@@ -274,5 +275,5 @@ class CommandHandler:
                                   **r.command}
         if self._suppressed:
             detail["suppressed"], self._suppressed = self._suppressed, 0
-        self.store.submit([Event("fleet.command_rejected", now_ms(), SOURCE, severity="warning",
+        self.store.submit([Event(kinds.FLEET_COMMAND_REJECTED, now_ms(), SOURCE, severity="warning",
                                  detail=detail)])

@@ -29,6 +29,7 @@ from .delivery import (DeliveryError, chunk_count, fetch_https, fetch_mqtt, http
 from .handler import CommandFailed
 from .launcher import read_json, save_trial, switch_symlink, write_json_atomic
 from .slots import Layout, LayoutError
+from .. import events as kinds
 
 log = logging.getLogger("gateway.fleet.ota")
 
@@ -124,7 +125,7 @@ class OtaManager:
         job = read_json(self.s.state_dir / JOB_FILE, None)
         if isinstance(job, dict) and "sha256" in job:
             log.info("ota: resuming update %s (bundle %s)", job.get("id"), job["sha256"][:12])
-            self._event("ota.resumed", job)
+            self._event(kinds.OTA_RESUMED, job)
             self._start(job)
 
     def stop(self) -> None:
@@ -158,7 +159,7 @@ class OtaManager:
         if reason == "stopped":
             return  # the job file stays: the next start resumes it
         log.error("ota: update %s failed (%s): %s", job.get("id"), reason, message)
-        self._event("ota.failed", job, "error", reason=reason, error=message)
+        self._event(kinds.OTA_FAILED, job, "error", reason=reason, error=message)
         if reason == "download_failed":  # keep what arrived: a new command resumes from it
             (self.s.state_dir / JOB_FILE).unlink(missing_ok=True)
         else:
@@ -177,7 +178,7 @@ class OtaManager:
         downloads = s.state_dir / "downloads"
         downloads.mkdir(parents=True, exist_ok=True)
         bundle = downloads / f"{sha}.bundle"
-        self._event("ota.downloading", job, size=size, via="https" if job["url"] else "mqtt")
+        self._event(kinds.OTA_DOWNLOADING, job, size=size, via="https" if job["url"] else "mqtt")
         self._download(job, bundle)
         got = sha256_file(bundle)
         if got != sha:
@@ -186,7 +187,7 @@ class OtaManager:
         m = read_manifest(bundle, s.release_keys)
         inst = self.installed()
         check_upgrade(m, str(inst["version"]), int(inst["security_version"]))
-        self._event("ota.verified", job, version=m.version, security_version=m.security_version,
+        self._event(kinds.OTA_VERIFIED, job, version=m.version, security_version=m.security_version,
                     installed=inst)
         assert s.layout is not None
         old, new = s.layout.active_slot(), s.layout.inactive_slot()
@@ -209,7 +210,7 @@ class OtaManager:
         switch_symlink(s.layout.current, s.layout.link_target(new))
         self._cleanup(job)
         log.info("ota: release %s installed in slot %s; restarting into it", m.version, new)
-        self._event("ota.installed", job, version=m.version, slot=new, previous_slot=old)
+        self._event(kinds.OTA_INSTALLED, job, version=m.version, slot=new, previous_slot=old)
         self.restart(f"OTA: restarting into release {m.version} (slot {new})")
 
     def _download(self, job: dict[str, Any], bundle: Path) -> None:
@@ -223,7 +224,7 @@ class OtaManager:
             pct = done * 100 // max(total, 1)
             if pct // 25 != last_pct[0] // 25 and pct < 100:
                 last_pct[0] = pct
-                self._event("ota.progress", job, done=done, total=total, percent=pct)
+                self._event(kinds.OTA_PROGRESS, job, done=done, total=total, percent=pct)
 
         for attempt in range(1, MAX_TRIES + 1):
             try:
@@ -247,7 +248,7 @@ class OtaManager:
                     raise BundleError("download_failed", str(e)) from None
                 log.warning("ota: download attempt %d failed: %s; retrying in %.0f s",
                             attempt, e, delay)
-                self._event("ota.retrying", job, "warning", attempt=attempt, error=str(e))
+                self._event(kinds.OTA_RETRYING, job, "warning", attempt=attempt, error=str(e))
                 if self.stopping.wait(delay):
                     raise BundleError("stopped", "stopped") from None
                 delay = min(delay * 2, 120)

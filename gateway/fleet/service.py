@@ -27,6 +27,7 @@ from .launcher import drop_outcomes, finish_trial, load_trial, read_outcomes, sa
 from .ota import OtaManager, OtaSettings
 from .slots import Layout, LayoutError
 from .watchdog import Watchdog, notify
+from .. import events as kinds
 
 log = logging.getLogger("gateway.fleet")
 
@@ -267,7 +268,7 @@ class Fleet:
                 subprocess.run(argv, check=True, timeout=60)
             except (OSError, subprocess.SubprocessError) as e:
                 log.error("fleet: reboot command %s failed: %s", argv, e)
-                self.host.emit_event(Event("fleet.reboot_failed", now_ms(), "fleet",
+                self.host.emit_event(Event(kinds.FLEET_REBOOT_FAILED, now_ms(), "fleet",
                                            severity="error", detail={"error": str(e)}))
         self.handler.defer(later)
         return {"mode": "system", "command": argv}

@@ -33,6 +33,7 @@ from ..model import KIND_DIAG, KIND_EVENT, KIND_GAP, KIND_READING, Event, now_ms
 from ..store import ChunkRow, Store
 from .envelope import seal
 from .status import sign_status
+from .. import events as kinds
 
 log = logging.getLogger("gateway.uplink")
 
@@ -424,7 +425,7 @@ class Uplink:
         if was and not self._stopping.is_set():
             log.warning("uplink: disconnected; %d messages were in flight and will be re-sent "
                         "from the store", lost)
-            self.emit(Event("uplink.disconnected", now_ms(), "uplink", severity="warning",
+            self.emit(Event(kinds.UPLINK_DISCONNECTED, now_ms(), "uplink", severity="warning",
                             detail={"in_flight": lost, "reason": self.state.last_error or ""}))
 
     def _status(self, state: str, **extra: Any) -> bytes:
@@ -443,7 +444,7 @@ class Uplink:
         self.state.extra["tls_negotiated"] = self._tls_version(client)  # for the console
         log.info("uplink: connected to %s:%d (%s); %d records waiting in the store",
                  s.host, s.port, self.state.extra["tls_negotiated"], st.depth)
-        self.emit(Event("uplink.connected", now_ms(), "uplink",
+        self.emit(Event(kinds.UPLINK_CONNECTED, now_ms(), "uplink",
                         detail={"broker": f"{s.host}:{s.port}", "backlog": st.depth}))
         hwm = 0  # highest seq published on this connection; a new connection re-sends all
         more = True  # the store may hold unsent chunks (cleared when a fetch finds none)

@@ -21,6 +21,7 @@ from .mbus_link import MbusLinkDecoder, MbusLinkError
 from .mapping import (LIST_SCALERS, PushMapping, Value, clock_in_body,  # noqa: F401
                       map_body, notification_values, p1_values, to_readings)
 from .values import datetime_ms
+from ... import events as kinds
 
 DATA_NOTIFICATION: Final = 0x0F
 SOURCES_MAX: Final = 64  # GBT assemblies kept per HDLC source address at most
@@ -273,7 +274,7 @@ class PushDecoder:
             got = self.mbus.next_event()
             if isinstance(got, MbusLinkError):
                 self.stats.frame_errors += 1
-                return self._error("meter.frame_error", str(got), None, b"")
+                return self._error(kinds.FRAME_ERROR, str(got), None, b"")
             return got if got is hdlc.NEED_DATA else self.parse_apdu(got)
         if self._pending:
             return self._pending.pop(0)
@@ -287,11 +288,11 @@ class PushDecoder:
                 apdu = self.reassembler.add(frame)
             except hdlc.HdlcError as exc:
                 self.stats.frame_errors += 1
-                return self._error("meter.frame_error", str(exc), frame.src, frame.info)
+                return self._error(kinds.FRAME_ERROR, str(exc), frame.src, frame.info)
             lost = None
             if self.reassembler.dropped != dropped:  # a segment of the previous APDU lost
                 self.stats.frame_errors += 1
-                lost = self._error("meter.frame_error", "HDLC segment lost: the segmented "
+                lost = self._error(kinds.FRAME_ERROR, "HDLC segment lost: the segmented "
                                    "APDU before this frame is incomplete", frame.src, b"")
             ev = self._frame_apdu(apdu, frame.src) if apdu is not None else None
             if lost is not None:
@@ -306,7 +307,7 @@ class PushDecoder:
             whole = self._gbt(str(src)).add(apdu)
         except GbtError as exc:
             self.stats.frame_errors += 1
-            return self._error("meter.frame_error", str(exc), src, apdu)
+            return self._error(kinds.FRAME_ERROR, str(exc), src, apdu)
         return None if whole is None else self.parse_apdu(whole, src)
 
     def _gbt(self, source: str) -> GbtAssembler:
@@ -327,17 +328,17 @@ class PushDecoder:
             n = parser.parse(apdu)
         except NoKey as exc:
             self.stats.no_key += 1
-            return PushError("meter.no_key", str(exc), exc.system_title.hex().upper(), route,
+            return PushError(kinds.NO_KEY, str(exc), exc.system_title.hex().upper(), route,
                              _hex(apdu))
         except DecryptError as exc:
             self.stats.decrypt_failures += 1
-            return PushError("meter.decrypt_failed", str(exc), source, route, _hex(apdu))
+            return PushError(kinds.DECRYPT_FAILED, str(exc), source, route, _hex(apdu))
         except DlmsError as exc:
             self.stats.malformed += 1
-            return PushError("meter.decode_error", str(exc), source, route, _hex(apdu))
+            return PushError(kinds.DECODE_ERROR, str(exc), source, route, _hex(apdu))
         except Exception as exc:  # noqa: BLE001 - a codec bug costs one frame, not the bus
             self.stats.malformed += 1
-            return PushError("meter.decode_error", f"{type(exc).__name__}: {exc}", source,
+            return PushError(kinds.DECODE_ERROR, f"{type(exc).__name__}: {exc}", source,
                              route, _hex(apdu))
         self.stats.notifications += 1
         return Pushed(n, route, source, apdu)

@@ -22,6 +22,7 @@ from .crc import crc_en13757
 from .errors import ChecksumError, FrameError, TruncatedError, UnsupportedError
 from .records import DataRecord, parse_records
 from .tables import DATA_FIELDS
+from ... import events as kinds
 
 MAX_FORMATS_PER_METER = 16   # a meter alternates between a few layouts, not hundreds
 MAX_METERS = 10_000          # random telegrams must not grow memory without bound
@@ -30,7 +31,7 @@ MAX_METERS = 10_000          # random telegrams must not grow memory without bou
 class CompactFormatUnknown(UnsupportedError):
     """A compact frame whose format signature no full frame of this meter has shown yet."""
 
-    event = "meter.compact_format_unknown"
+    event = kinds.COMPACT_FORMAT_UNKNOWN
 
     def __init__(self, message: str, header: dict[str, Any] | None = None, *,
                  signature: int = 0) -> None:

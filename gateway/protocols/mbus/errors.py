@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from typing import Any, Callable, TypeVar
+from ... import events as kinds
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,7 +24,7 @@ class MBusError(ValueError):
     device_type, access_number), so the failure can be attributed to a meter.
     """
 
-    event = "meter.malformed"
+    event = kinds.MALFORMED
 
     def __init__(self, message: str, header: dict[str, Any] | None = None, *,
                  payload: bytes = b"") -> None:
@@ -46,56 +47,56 @@ class FrameError(MBusError):
 class TruncatedError(FrameError):
     """The frame or a record ends before its length says it should."""
 
-    event = "meter.truncated"
+    event = kinds.TRUNCATED
 
 
 class ChecksumError(FrameError):
     """A wired checksum, a wM-Bus block CRC or a dongle frame CRC does not match."""
 
-    event = "meter.crc_error"
+    event = kinds.CRC_ERROR
 
 
 class UnsupportedError(MBusError):
     """Well-formed but not something this codec decodes (a CI field, a compact frame...)."""
 
-    event = "meter.unsupported"
+    event = kinds.UNSUPPORTED
 
 
 class SecurityError(MBusError):
     """Base of the failures around encryption."""
 
-    event = "meter.security_error"
+    event = kinds.SECURITY_ERROR
 
 
 class NoKeyError(SecurityError):
     """The telegram is encrypted and no key is configured for this meter."""
 
-    event = "meter.no_key"
+    event = kinds.NO_KEY
 
 
 class DecryptError(SecurityError):
     """Decryption ran but its check failed (no 2F2F, payload CRC wrong): wrong key."""
 
-    event = "meter.decrypt_failed"
+    event = kinds.DECRYPT_FAILED
 
 
 class AuthError(DecryptError):
     """The AES-CMAC of a mode 7 telegram does not match: wrong key or tampered telegram."""
 
-    event = "meter.auth_failed"
+    event = kinds.AUTH_FAILED
 
 
 class UnsupportedSecurityError(SecurityError, UnsupportedError):
     """A security mode (or ELL/AFL variant) this codec does not implement."""
 
-    event = "meter.unsupported_security"
+    event = kinds.UNSUPPORTED_SECURITY
 
 
 class UnsupportedFormatError(UnsupportedError):
     """A manufacturer-specific payload (CI 0xA0-0xB7, security modes 16-31) that no meter
     profile describes. The driver reports it once per meter, not per telegram."""
 
-    event = "meter.unsupported_format"
+    event = kinds.UNSUPPORTED_FORMAT
 
 
 class ApplicationError(MBusError):
@@ -103,7 +104,7 @@ class ApplicationError(MBusError):
     header): it is alive and says why it sends no data. ``code`` is its error code (None
     when it sent none), ``reason`` the standard's words for it."""
 
-    event = "meter.application_error"
+    event = kinds.APPLICATION_ERROR
 
     def __init__(self, message: str, header: dict[str, Any] | None = None, *,
                  code: int | None = None, reason: str = "") -> None:
