@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from . import __version__
 from .config import Config
 from .drivers.base import Driver
+from .drivers.context import DriverContext
 from .drivers.registry import make_driver
 from .model import Event, Record, now_ms
 from .store import Store
@@ -64,6 +65,16 @@ class Runtime:
             return self.edge.submit(records, cursors)
         return self.store.submit(records, cursors)
 
+    def driver_context(self, config: Config, name: str) -> DriverContext:
+        """What a driver of ``config`` is given: this runtime as its sink, the store's cursors,
+        the keys directory, its own logger; never the runtime's other parts."""
+        store = self.store
+        ctx = DriverContext(self, log=logging.getLogger(f"gateway.drivers.{name}"),
+                            keys_dir=config.control.keys_dir)
+        if store is not None:
+            ctx.cursors = store.get_cursor
+        return ctx
+
     def emit_event(self, event: Event) -> None:
         if self.store is not None:
             self.monitor.observe([event])
@@ -96,7 +107,7 @@ class Runtime:
             self.edge = EdgePipeline(c.edge, self.store)
             self.edge.start(uplink=self.uplink, drivers=lambda: self.drivers)
         for d in c.drivers:
-            self.drivers.append(make_driver(d.type, d.name, d.options, self))
+            self.drivers.append(make_driver(d.type, d.name, d.options, self.driver_context(c, d.name)))
         self.uplink.start()
         for drv in self.drivers:
             drv.start()

@@ -84,7 +84,8 @@ def hot_reload(rt: "Runtime", new: Config) -> dict[str, Any]:
         result["message"] = "no driver changed"
         return result
     try:
-        fresh = {d.name: make_driver(d.type, d.name, d.options, rt) for d in plan.start}
+        fresh = {d.name: make_driver(d.type, d.name, d.options, rt.driver_context(new, d.name))
+                 for d in plan.start}
     except Exception as exc:
         raise ReloadRefused(f"cannot build the new drivers: {exc} (nothing was changed)") from exc
     running = {d.bus: d for d in rt.drivers}
@@ -127,7 +128,7 @@ def hot_reload(rt: "Runtime", new: Config) -> dict[str, Any]:
 
 def _rebuild(rt: "Runtime", cfg: Config, name: str) -> "Driver":
     d = next(d for d in cfg.drivers if d.name == name)
-    return make_driver(d.type, d.name, d.options, rt)
+    return make_driver(d.type, d.name, d.options, rt.driver_context(cfg, d.name))
 
 
 def _describe(r: dict[str, Any]) -> str:

@@ -165,6 +165,9 @@ def keys_dir_of(options: dict[str, Any], sink: Any) -> str | None:
     given = options.get("keys_dir")
     if given:
         return str(given)
+    from .context import DriverContext
+    if isinstance(sink, DriverContext):
+        return sink.keys_dir
     config = getattr(sink, "config", None)
     control = getattr(config, "control", None)
     d = getattr(control, "keys_dir", None)
