@@ -25,7 +25,8 @@ from .tables import (
     AFL_MAC_LENGTH, CI_AFL, CI_ELL_LONG, CI_ELL_LONG_ADDR, CI_ELL_SHORT_ADDR,
     ELL_HEADER_LEN, manufacturer_code, manufacturer_value,
 )
-from .transport import Afl, Context, Telegram, bcd_id, decode_application
+from .telegram import Afl, Context, Telegram, bcd_id, dll_header
+from .transport import decode_application
 
 KeyLookup = Union[bytes, Callable[[dict[str, Any]], "bytes | None"], None]
 
@@ -156,12 +157,6 @@ def strip_crc(frame: bytes, fmt: str = "auto") -> tuple[bytes, str]:
 
 
 # --------------------------------------------------------------------------- decoding
-
-def dll_header(frame: bytes) -> dict[str, Any]:
-    """Manufacturer, id, version and device type from the link layer (no checks)."""
-    return {"manufacturer": manufacturer_code(int.from_bytes(frame[2:4], "little")),
-            "id": bcd_id(frame[4:8]), "version": frame[8], "device_type": frame[9]}
-
 
 @guarded
 def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto",
