@@ -24,8 +24,6 @@ ALLOWED = {
     "gateway/fleet/delivery.py:function fetch_mqtt",
     "gateway/headend/ingest.py:function _judge",
     "gateway/headend/verifier.py:function feed",
-    "gateway/protocols/mbus/transport.py:function decode_application",
-    "gateway/protocols/mbus/wireless.py:function decode_wmbus",
     "gateway/protocols/xbee.py:module",
     "gateway/protocols/zcl.py:module",
     "gateway/store.py:module",

@@ -108,67 +108,82 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
                                c_field, address, extra, compact, False)
             raise NoKeyError(f"encrypted with security mode {mode} and no key is configured "
                              "for this meter", h)
-        blocks = (config >> 4) & 0x0F
-        if mode == 7 and len(ctx.key) != 16:
-            raise DecryptError(f"decrypt failed: security mode 7 is AES-128 and needs a "
-                               f"16-byte key, the configured key has {len(ctx.key)}", h)
-        if mode == 7:
-            _need(data, pos, 1, "mode 7 configuration field extension", h)
-            cfe = data[pos]
-            pos += 1
-            key = _mode7_key(cfe, ctx, kdf_id, data, ci_pos, h)
-            iv = b"\x00" * 16
-        elif mode == 5:
-            if iv_m is None or iv_a is None:
-                raise UnsupportedSecurityError("mode 5 with a short header needs the link-layer "
-                                               "address, which a wired frame does not carry", h)
-            key = ctx.key
-            if len(key) != 16:
-                raise DecryptError(f"decrypt failed: security mode 5 is AES-128 and needs a "
-                                   f"16-byte key, the configured key has {len(key)}", h)
-            iv = security.mode5_iv(iv_m, iv_a, access)
-        else:
-            key = ctx.key
-            iv = b"\x00" * 8
-            if mode == 3:
-                if iv_m is None or iv_a is None:
-                    raise UnsupportedSecurityError("mode 3 with a short header needs the "
-                                                   "link-layer address", h)
-                iv = security.des_iv(iv_m, iv_a)
-        bsize = 8 if mode in (2, 3) else 16
-        n = blocks * bsize
-        if mode in (2, 3) and n == 0:
-            n = (len(data) - pos) // 8 * 8  # no count: everything that fills whole blocks
-        if n == 0:
-            raise FrameError(f"security mode {mode} with zero encrypted blocks", h)
-        _need(data, pos, n, f"{n // bsize} encrypted blocks", h)
-        if mode in (2, 3):
-            if len(key) != 8:
-                raise DecryptError(f"decrypt failed: security mode {mode} is DES and needs "
-                                   f"an 8-byte key, the configured key has {len(key)}", h)
-            plain = security.des_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
-        else:
-            plain = security.aes_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
-        if plain[:2] != b"\x2f\x2f":
-            raise DecryptError(f"decrypt failed: security mode {mode} check bytes are "
-                               f"{plain[:2].hex().upper()}, not 2F2F (wrong key?)", h)
-        apl, start = plain + bytes(data[pos + n:]), 0
+        apl, start = _decrypt(mode, config, data, pos, ctx, kdf_id, iv_m, iv_a, ci_pos,
+                              access, h), 0
         decrypted = True
-    elif 16 <= mode <= 31:
+    else:
+        (apl, decrypted), start = _manufacturer_mode(mode, ci, data, pos, ctx, extra), 0
+    return _finish(ci, apl, start, ctx, h, access, status, config, mode, link, c_field,
+                   address, extra, compact, decrypted)
+
+
+def _decrypt(mode: int, config: int, data: bytes, pos: int, ctx: Context,
+             kdf_id: bytes | None, iv_m: bytes | None, iv_a: bytes | None, ci_pos: int,
+             access: int, h: dict[str, Any]) -> bytes:
+    """Security modes 2/3 (DES) and 5/7 (AES) with a key: the decrypted blocks, checked by
+    their 2F2F, followed by what is sent in clear after them."""
+    blocks = (config >> 4) & 0x0F
+    if mode == 7 and len(ctx.key) != 16:
+        raise DecryptError(f"decrypt failed: security mode 7 is AES-128 and needs a "
+                           f"16-byte key, the configured key has {len(ctx.key)}", h)
+    if mode == 7:
+        _need(data, pos, 1, "mode 7 configuration field extension", h)
+        cfe = data[pos]
+        pos += 1
+        key = _mode7_key(cfe, ctx, kdf_id, data, ci_pos, h)
+        iv = b"\x00" * 16
+    elif mode == 5:
+        if iv_m is None or iv_a is None:
+            raise UnsupportedSecurityError("mode 5 with a short header needs the link-layer "
+                                           "address, which a wired frame does not carry", h)
+        key = ctx.key
+        if len(key) != 16:
+            raise DecryptError(f"decrypt failed: security mode 5 is AES-128 and needs a "
+                               f"16-byte key, the configured key has {len(key)}", h)
+        iv = security.mode5_iv(iv_m, iv_a, access)
+    else:
+        key = ctx.key
+        iv = b"\x00" * 8
+        if mode == 3:
+            if iv_m is None or iv_a is None:
+                raise UnsupportedSecurityError("mode 3 with a short header needs the "
+                                               "link-layer address", h)
+            iv = security.des_iv(iv_m, iv_a)
+    bsize = 8 if mode in (2, 3) else 16
+    n = blocks * bsize
+    if mode in (2, 3) and n == 0:
+        n = (len(data) - pos) // 8 * 8  # no count: everything that fills whole blocks
+    if n == 0:
+        raise FrameError(f"security mode {mode} with zero encrypted blocks", h)
+    _need(data, pos, n, f"{n // bsize} encrypted blocks", h)
+    if mode in (2, 3):
+        if len(key) != 8:
+            raise DecryptError(f"decrypt failed: security mode {mode} is DES and needs "
+                               f"an 8-byte key, the configured key has {len(key)}", h)
+        plain = security.des_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
+    else:
+        plain = security.aes_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
+    if plain[:2] != b"\x2f\x2f":
+        raise DecryptError(f"decrypt failed: security mode {mode} check bytes are "
+                           f"{plain[:2].hex().upper()}, not 2F2F (wrong key?)", h)
+    return plain + bytes(data[pos + n:])
+
+
+def _manufacturer_mode(mode: int, ci: int, data: bytes, pos: int, ctx: Context,
+                      extra: dict[str, Any]) -> tuple[bytes, bool]:
+    """Security modes 16-31 by the manufacturer's profile (the plain APL and whether it was
+    decrypted); any other mode is not supported."""
+    h = ctx.header
+    if 16 <= mode <= 31:
         from .profiles import security_mode
         plain, override, more_extra = security_mode(mode, ci, data, pos, ctx)
         if override:
             h.update(override)
         extra.update(more_extra)
-        apl, start = plain, 0
-        decrypted = not more_extra.get("not_encrypted")
-    else:
-        name = SECURITY_MODES.get(mode) or ("manufacturer specific" if mode >= 16
-                                            else "reserved")
-        raise UnsupportedSecurityError(f"security mode {mode} ({name}) is not supported", h,
-                                       payload=bytes(data[pos:]))
-    return _finish(ci, apl, start, ctx, h, access, status, config, mode, link, c_field,
-                   address, extra, compact, decrypted)
+        return plain, not more_extra.get("not_encrypted")
+    name = SECURITY_MODES.get(mode) or ("manufacturer specific" if mode >= 16 else "reserved")
+    raise UnsupportedSecurityError(f"security mode {mode} ({name}) is not supported", h,
+                                   payload=bytes(data[pos:]))
 
 
 def _finish(ci: int, apl: bytes, start: int, ctx: Context, h: dict[str, Any], access: int,
