@@ -41,7 +41,7 @@ from ..model import (QUALITY_HISTORIC, QUALITY_METER_ERROR, QUALITY_NOT_ENCRYPTE
 from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
-from .handoff import WorkQueue, keys_dir_of, stored_key
+from .handoff import WorkQueue, stored_key
 from .. import events as kinds
 
 SECONDARY_PATTERN = r"[0-9A-Fa-f]{8}|[0-9A-Fa-f]{16}"
@@ -616,7 +616,7 @@ class MBusDriver(Driver):
                                   SecondaryMask.parse(m["secondary"]) if m.get("secondary")
                                   else None, key_from(m.get("key"), m.get("key_file")))
                        for m in options["meters"]]
-        self.keys_dir = keys_dir_of(self.options, sink)
+        self.keys_dir = self.ctx.keys_dir  # options["keys_dir"] wins (DriverContext.of)
         for meter in self.meters:
             stored = stored_key(self.keys_dir, (meter.name, meter.label), (16,), self.log)
             if stored is not None:  # set with `keys set` after the config was written

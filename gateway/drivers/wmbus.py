@@ -44,7 +44,7 @@ from ..model import Event, now_ms
 from .backoff import Backoff
 from .keys import key_from
 from .base import Driver, RecordSink
-from .handoff import Listeners, WorkQueue, keys_dir_of, stored_key
+from .handoff import Listeners, WorkQueue, stored_key
 from .wmbus_replay import REPLAY_CURSOR, judge, telegram_marks
 from .mbus import (TZ_HELP, CompactFormats, EventGate, MeterStats, decode_error_detail,
                    meter_key, open_port, read_ok_events, stored_cursor, telegram_readings)
@@ -203,7 +203,7 @@ class WMBusDriver(Driver):
         self.frame_format = fmt.upper() if fmt in ("a", "b") else fmt
         self.events = EventGate(float(options.get("event_interval_s", 60)))
         self.meters: dict[str, list[RadioMeter]] = {}
-        self.keys_dir = keys_dir_of(self.options, sink)
+        self.keys_dir = self.ctx.keys_dir  # options["keys_dir"] wins (DriverContext.of)
         self.tz = ZoneInfo(str(self.options.get("default_tz", "UTC")))
         for m in options.get("meters") or []:
             rm = RadioMeter(str(m["id"]).upper(), m.get("manufacturer"), m.get("name"),

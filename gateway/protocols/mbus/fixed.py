@@ -17,7 +17,7 @@ from typing import Any
 from .errors import FrameError, TruncatedError
 from .records import DataRecord, decode_bcd
 from .tables import CI_FIXED_MSB
-from .transport import Telegram, bcd_id
+from .telegram import Telegram, bcd_id
 
 # (quantity, unit, exponent of the first code of a 1/10/100 triple), code -> triple start
 _TRIPLES: dict[int, tuple[str, str, int]] = {

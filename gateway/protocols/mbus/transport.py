@@ -15,7 +15,6 @@ word that is no defined security mode is the old "signature" field (``extra``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import security
@@ -25,102 +24,13 @@ from .errors import (
 )
 from .compact import decode_compact, meter_key
 from .records import DataRecord, parse_records
+from .telegram import Afl, Context, Telegram, bcd_id  # re-exported: callers import them here
 from .tables import (
     APPLICATION_ERRORS, CI_APPLICATION_ERROR, CI_APPLICATION_ERROR_LONG,
     CI_APPLICATION_ERROR_SHORT, CI_COMPACT, CI_COMPACT_LONG, CI_COMPACT_SHORT, CI_FIXED,
     CI_FIXED_MSB, CI_RSP_UD_LONG, CI_RSP_UD_LONG_MSB, CI_RSP_UD_NONE, CI_RSP_UD_SHORT,
-    SECURITY_MODES, device_type_name, manufacturer_code, status_flags,
+    SECURITY_MODES, manufacturer_code,
 )
-
-
-def bcd_id(b: bytes) -> str:
-    """The 4-byte identification number, little-endian BCD, as its 8 digits ("76348799")."""
-    return bytes(b[::-1]).hex().upper()
-
-
-@dataclass(slots=True)
-class Afl:
-    """Authentication and fragmentation layer fields needed by security mode 7."""
-
-    fcl: int
-    mcl: int | None = None
-    ki: int | None = None
-    counter: int | None = None
-    counter_raw: bytes = b""
-    mac: bytes = b""
-    ml: bytes = b""
-
-
-@dataclass(slots=True)
-class Context:
-    """What the layers below know when the TPL starts: the link-layer address (wireless),
-    the key for this meter, the AFL (wireless), and a header dict for error reports."""
-
-    header: dict[str, Any]
-    m_field: bytes | None = None   # DLL M, 2 bytes as sent
-    a_field: bytes | None = None   # DLL A, 6 bytes as sent (id, version, type)
-    key: bytes | None = None
-    afl: Afl | None = None
-    frame: bytes = b""             # the whole (CRC-free) message, for the AFL MAC
-    formats: Any = None            # compact.Formats of this listening session, or None
-
-
-@dataclass(slots=True)
-class Telegram:
-    """A decoded RSP_UD (wired) or SND_NR (wireless) telegram."""
-
-    manufacturer: str
-    id: str
-    version: int
-    device_type: int
-    access_number: int | None
-    status: int | None
-    records: list[DataRecord]
-    ci: int
-    config: int = 0
-    security_mode: int = 0
-    manufacturer_data: bytes = b""
-    more_records_follow: bool = False
-    link: str = "wired"
-    c_field: int | None = None
-    address: int | None = None                 # wired primary address
-    extra: dict[str, Any] = field(default_factory=dict)  # ELL/AFL/DLL details
-
-    @property
-    def status_flags(self) -> list[str]:
-        return [] if self.status is None else status_flags(self.status)
-
-    @property
-    def device_type_name(self) -> str:
-        return device_type_name(self.device_type)
-
-    def header(self) -> dict[str, Any]:
-        return {"manufacturer": self.manufacturer, "id": self.id, "version": self.version,
-                "device_type": self.device_type, "access_number": self.access_number}
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "manufacturer": self.manufacturer,
-            "id": self.id,
-            "version": self.version,
-            "device_type": self.device_type_name,
-            "device_type_code": self.device_type,
-            "access_number": self.access_number,
-            "status": self.status,
-            "status_flags": self.status_flags,
-            "records": [r.to_json() for r in self.records],
-            "link": self.link,
-            "ci": f"0x{self.ci:02X}",
-            "security_mode": self.security_mode,
-            "more_records_follow": self.more_records_follow,
-            "manufacturer_data": self.manufacturer_data.hex().upper() or None,
-        }
-        if self.c_field is not None:
-            out["c_field"] = f"0x{self.c_field:02X}"
-        if self.address is not None:
-            out["address"] = self.address
-        out.update(self.extra)
-        return out
 
 
 def _need(data: bytes, pos: int, n: int, what: str, header: dict[str, Any]) -> None:
@@ -198,67 +108,82 @@ def decode_application(ci: int, data: bytes, pos: int, ctx: Context, *,
                                c_field, address, extra, compact, False)
             raise NoKeyError(f"encrypted with security mode {mode} and no key is configured "
                              "for this meter", h)
-        blocks = (config >> 4) & 0x0F
-        if mode == 7 and len(ctx.key) != 16:
-            raise DecryptError(f"decrypt failed: security mode 7 is AES-128 and needs a "
-                               f"16-byte key, the configured key has {len(ctx.key)}", h)
-        if mode == 7:
-            _need(data, pos, 1, "mode 7 configuration field extension", h)
-            cfe = data[pos]
-            pos += 1
-            key = _mode7_key(cfe, ctx, kdf_id, data, ci_pos, h)
-            iv = b"\x00" * 16
-        elif mode == 5:
-            if iv_m is None or iv_a is None:
-                raise UnsupportedSecurityError("mode 5 with a short header needs the link-layer "
-                                               "address, which a wired frame does not carry", h)
-            key = ctx.key
-            if len(key) != 16:
-                raise DecryptError(f"decrypt failed: security mode 5 is AES-128 and needs a "
-                                   f"16-byte key, the configured key has {len(key)}", h)
-            iv = security.mode5_iv(iv_m, iv_a, access)
-        else:
-            key = ctx.key
-            iv = b"\x00" * 8
-            if mode == 3:
-                if iv_m is None or iv_a is None:
-                    raise UnsupportedSecurityError("mode 3 with a short header needs the "
-                                                   "link-layer address", h)
-                iv = security.des_iv(iv_m, iv_a)
-        bsize = 8 if mode in (2, 3) else 16
-        n = blocks * bsize
-        if mode in (2, 3) and n == 0:
-            n = (len(data) - pos) // 8 * 8  # no count: everything that fills whole blocks
-        if n == 0:
-            raise FrameError(f"security mode {mode} with zero encrypted blocks", h)
-        _need(data, pos, n, f"{n // bsize} encrypted blocks", h)
-        if mode in (2, 3):
-            if len(key) != 8:
-                raise DecryptError(f"decrypt failed: security mode {mode} is DES and needs "
-                                   f"an 8-byte key, the configured key has {len(key)}", h)
-            plain = security.des_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
-        else:
-            plain = security.aes_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
-        if plain[:2] != b"\x2f\x2f":
-            raise DecryptError(f"decrypt failed: security mode {mode} check bytes are "
-                               f"{plain[:2].hex().upper()}, not 2F2F (wrong key?)", h)
-        apl, start = plain + bytes(data[pos + n:]), 0
+        apl, start = _decrypt(mode, config, data, pos, ctx, kdf_id, iv_m, iv_a, ci_pos,
+                              access, h), 0
         decrypted = True
-    elif 16 <= mode <= 31:
+    else:
+        (apl, decrypted), start = _manufacturer_mode(mode, ci, data, pos, ctx, extra), 0
+    return _finish(ci, apl, start, ctx, h, access, status, config, mode, link, c_field,
+                   address, extra, compact, decrypted)
+
+
+def _decrypt(mode: int, config: int, data: bytes, pos: int, ctx: Context,
+             kdf_id: bytes | None, iv_m: bytes | None, iv_a: bytes | None, ci_pos: int,
+             access: int, h: dict[str, Any]) -> bytes:
+    """Security modes 2/3 (DES) and 5/7 (AES) with a key: the decrypted blocks, checked by
+    their 2F2F, followed by what is sent in clear after them."""
+    blocks = (config >> 4) & 0x0F
+    if mode == 7 and len(ctx.key) != 16:
+        raise DecryptError(f"decrypt failed: security mode 7 is AES-128 and needs a "
+                           f"16-byte key, the configured key has {len(ctx.key)}", h)
+    if mode == 7:
+        _need(data, pos, 1, "mode 7 configuration field extension", h)
+        cfe = data[pos]
+        pos += 1
+        key = _mode7_key(cfe, ctx, kdf_id, data, ci_pos, h)
+        iv = b"\x00" * 16
+    elif mode == 5:
+        if iv_m is None or iv_a is None:
+            raise UnsupportedSecurityError("mode 5 with a short header needs the link-layer "
+                                           "address, which a wired frame does not carry", h)
+        key = ctx.key
+        if len(key) != 16:
+            raise DecryptError(f"decrypt failed: security mode 5 is AES-128 and needs a "
+                               f"16-byte key, the configured key has {len(key)}", h)
+        iv = security.mode5_iv(iv_m, iv_a, access)
+    else:
+        key = ctx.key
+        iv = b"\x00" * 8
+        if mode == 3:
+            if iv_m is None or iv_a is None:
+                raise UnsupportedSecurityError("mode 3 with a short header needs the "
+                                               "link-layer address", h)
+            iv = security.des_iv(iv_m, iv_a)
+    bsize = 8 if mode in (2, 3) else 16
+    n = blocks * bsize
+    if mode in (2, 3) and n == 0:
+        n = (len(data) - pos) // 8 * 8  # no count: everything that fills whole blocks
+    if n == 0:
+        raise FrameError(f"security mode {mode} with zero encrypted blocks", h)
+    _need(data, pos, n, f"{n // bsize} encrypted blocks", h)
+    if mode in (2, 3):
+        if len(key) != 8:
+            raise DecryptError(f"decrypt failed: security mode {mode} is DES and needs "
+                               f"an 8-byte key, the configured key has {len(key)}", h)
+        plain = security.des_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
+    else:
+        plain = security.aes_cbc_decrypt(key, iv, bytes(data[pos:pos + n]))
+    if plain[:2] != b"\x2f\x2f":
+        raise DecryptError(f"decrypt failed: security mode {mode} check bytes are "
+                           f"{plain[:2].hex().upper()}, not 2F2F (wrong key?)", h)
+    return plain + bytes(data[pos + n:])
+
+
+def _manufacturer_mode(mode: int, ci: int, data: bytes, pos: int, ctx: Context,
+                      extra: dict[str, Any]) -> tuple[bytes, bool]:
+    """Security modes 16-31 by the manufacturer's profile (the plain APL and whether it was
+    decrypted); any other mode is not supported."""
+    h = ctx.header
+    if 16 <= mode <= 31:
         from .profiles import security_mode
         plain, override, more_extra = security_mode(mode, ci, data, pos, ctx)
         if override:
             h.update(override)
         extra.update(more_extra)
-        apl, start = plain, 0
-        decrypted = not more_extra.get("not_encrypted")
-    else:
-        name = SECURITY_MODES.get(mode) or ("manufacturer specific" if mode >= 16
-                                            else "reserved")
-        raise UnsupportedSecurityError(f"security mode {mode} ({name}) is not supported", h,
-                                       payload=bytes(data[pos:]))
-    return _finish(ci, apl, start, ctx, h, access, status, config, mode, link, c_field,
-                   address, extra, compact, decrypted)
+        return plain, not more_extra.get("not_encrypted")
+    name = SECURITY_MODES.get(mode) or ("manufacturer specific" if mode >= 16 else "reserved")
+    raise UnsupportedSecurityError(f"security mode {mode} ({name}) is not supported", h,
+                                   payload=bytes(data[pos:]))
 
 
 def _finish(ci: int, apl: bytes, start: int, ctx: Context, h: dict[str, Any], access: int,

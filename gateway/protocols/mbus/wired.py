@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Union
 
+from ..stream import NEED_DATA, NeedData  # the one codec sentinel (re-exported here)
 from .dongle_stream import BoundedStreamBuffer
 from .errors import ChecksumError, FrameError, MBusError, TruncatedError, guarded
 from .tables import CI_SELECT, manufacturer_code, manufacturer_value
@@ -68,14 +69,6 @@ class LongFrame:
 Frame = Union[Ack, ShortFrame, LongFrame]
 
 
-class NeedData:
-    """Sentinel: the buffer holds the beginning of a frame, not all of it."""
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA = NeedData()
 
 
 def encode(frame: Frame) -> bytes:

@@ -25,7 +25,8 @@ from .tables import (
     AFL_MAC_LENGTH, CI_AFL, CI_ELL_LONG, CI_ELL_LONG_ADDR, CI_ELL_SHORT_ADDR,
     ELL_HEADER_LEN, manufacturer_code, manufacturer_value,
 )
-from .transport import Afl, Context, Telegram, bcd_id, decode_application
+from .telegram import Afl, Context, Telegram, bcd_id, dll_header
+from .transport import decode_application
 
 KeyLookup = Union[bytes, Callable[[dict[str, Any]], "bytes | None"], None]
 
@@ -157,10 +158,44 @@ def strip_crc(frame: bytes, fmt: str = "auto") -> tuple[bytes, str]:
 
 # --------------------------------------------------------------------------- decoding
 
-def dll_header(frame: bytes) -> dict[str, Any]:
-    """Manufacturer, id, version and device type from the link layer (no checks)."""
-    return {"manufacturer": manufacturer_code(int.from_bytes(frame[2:4], "little")),
-            "id": bcd_id(frame[4:8]), "version": frame[8], "device_type": frame[9]}
+def _ell_payload(buf: bytes, pos: int, k: bytes | None, m_field: bytes, a_field: bytes,
+                 cc: int, ell: dict[str, Any], header: dict[str, Any],
+                 extra: dict[str, Any]) -> tuple[bytes, int]:
+    """A long ELL's session number and payload: decrypted (AES-CTR) when it says so and its
+    CRC checked; returns the payload and the offset of its CI field."""
+    sn = buf[pos - 4:pos]
+    sn_value = int.from_bytes(sn, "little")
+    enc = sn_value >> 29
+    ell["session"] = sn_value & 0x1FFFFFFF
+    ell["encryption"] = enc
+    if pos + 2 > len(buf):
+        raise TruncatedError("ELL payload CRC missing", header)
+    if enc == 0:
+        payload = buf[pos:]
+    elif enc == 1:
+        if k is None:
+            clear = bytes(buf[pos:])
+            if int.from_bytes(clear[:2], "little") != crc_en13757(clear[2:]):
+                raise NoKeyError("ELL payload is AES-CTR encrypted and no key is "
+                                 "configured for this meter", header)
+            # its CRC holds in clear: stored already decrypted
+            payload = clear
+            extra["not_encrypted"] = True
+        elif len(k) != 16:
+            raise DecryptError("decrypt failed: the ELL is AES-128 and needs a "
+                               f"16-byte key, the configured key has {len(k)}", header)
+        else:
+            iv = security.ell_iv(m_field, a_field, cc, sn)
+            payload = security.aes_ctr(k, iv, bytes(buf[pos:]))
+    else:
+        raise UnsupportedSecurityError(f"ELL encryption {enc} is not supported", header)
+    crc = int.from_bytes(payload[:2], "little")
+    if crc != crc_en13757(payload[2:]):
+        if enc and k is not None:
+            raise DecryptError("decrypt failed: ELL payload CRC does not match after "
+                               "AES-CTR (wrong key?)", header)
+        raise ChecksumError("ELL payload CRC does not match", header)
+    return payload, 2
 
 
 @guarded
@@ -202,39 +237,7 @@ def decode_wmbus(frame: bytes, key: KeyLookup = None, *, fmt: str = "auto",
             ell["receiver"] = {**dll_header(b"\x00\x00" + buf[pos + 2:pos + 10])}
         pos += n
         if ci in (CI_ELL_LONG, CI_ELL_LONG_ADDR):
-            sn = buf[pos - 4:pos]
-            sn_value = int.from_bytes(sn, "little")
-            enc = sn_value >> 29
-            ell["session"] = sn_value & 0x1FFFFFFF
-            ell["encryption"] = enc
-            if pos + 2 > len(buf):
-                raise TruncatedError("ELL payload CRC missing", header)
-            if enc == 0:
-                payload = buf[pos:]
-            elif enc == 1:
-                if k is None:
-                    clear = bytes(buf[pos:])
-                    if int.from_bytes(clear[:2], "little") != crc_en13757(clear[2:]):
-                        raise NoKeyError("ELL payload is AES-CTR encrypted and no key is "
-                                         "configured for this meter", header)
-                    # its CRC holds in clear: stored already decrypted
-                    payload = clear
-                    extra["not_encrypted"] = True
-                elif len(k) != 16:
-                    raise DecryptError("decrypt failed: the ELL is AES-128 and needs a "
-                                       f"16-byte key, the configured key has {len(k)}", header)
-                else:
-                    iv = security.ell_iv(m_field, a_field, cc, sn)
-                    payload = security.aes_ctr(k, iv, bytes(buf[pos:]))
-            else:
-                raise UnsupportedSecurityError(f"ELL encryption {enc} is not supported", header)
-            crc = int.from_bytes(payload[:2], "little")
-            if crc != crc_en13757(payload[2:]):
-                if enc and k is not None:
-                    raise DecryptError("decrypt failed: ELL payload CRC does not match after "
-                                       "AES-CTR (wrong key?)", header)
-                raise ChecksumError("ELL payload CRC does not match", header)
-            buf, pos = payload, 2
+            buf, pos = _ell_payload(buf, pos, k, m_field, a_field, cc, ell, header, extra)
         extra["ell"] = ell
         if pos >= len(buf):
             raise TruncatedError("no CI field after the ELL", header)

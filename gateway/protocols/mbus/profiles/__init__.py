@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import UnsupportedFormatError
 from ..records import DataRecord
 from . import apator, bfw, bmeters, diehl, kamstrup, qundis, sontex, techem, zenner
-from .engine import ADDRESSES, MFCT_DATA, PAYLOAD, RECORDS, Decoded, Profile, apply
+from .engine import ADDRESSES, MFCT_DATA, PAYLOAD, RECORDS, Decoded, Profile, apply, unsupported
 
 FAMILIES = (techem, qundis, apator, diehl, bfw, bmeters, sontex, kamstrup, zenner)
 PROFILES: tuple[Profile, ...] = tuple(p for fam in FAMILIES for p in fam.PROFILES)
@@ -40,17 +40,6 @@ def find(hdr: dict[str, Any], ci: int, sources: tuple[str, ...],
         if kind in sources and p.matches(hdr, ci, data if p.source == PAYLOAD else None):
             return p
     return None
-
-
-def unsupported(hdr: dict[str, Any], ci: int, why: str,
-                payload: bytes = b"") -> UnsupportedFormatError:
-    """The error for a payload no profile reads; ``payload`` (from the CI on) stays on it
-    so the telegram can be kept and read once a profile exists."""
-    h = {**hdr, "ci": ci}
-    return UnsupportedFormatError(
-        f"{why}: no meter profile for manufacturer {hdr.get('manufacturer')} version "
-        f"0x{hdr.get('version', 0):02X} device type 0x{hdr.get('device_type', 0):02X} "
-        f"CI 0x{ci:02X}", h, payload=payload)
 
 
 def origin_frame(ctx: Any, ci: int, payload: bytes) -> bytes | None:
@@ -137,7 +126,7 @@ def identify(frame: bytes) -> str | None:
     known for it (a standard meter or an unknown format), or the header is hidden."""
     if len(frame) < 11:
         return None
-    from ..wireless import dll_header
+    from ..telegram import dll_header
     hdr = dll_header(frame)
     ci, pos = frame[10], 11
     if ci == 0x8C and len(frame) > 13:  # short ELL: the CI after it is in clear
@@ -153,7 +142,7 @@ def meter_address(frame: bytes) -> dict[str, Any] | None:
     (Diehl PRIOS: id in A[2:6]); None when the link header is the meter's."""
     if len(frame) < 16:
         return None
-    from ..wireless import dll_header
+    from ..telegram import dll_header
     hdr = dll_header(frame)
     for p in BY_MANUFACTURER.get(hdr["manufacturer"], ()):
         if p.address is not None and p.matches(hdr, frame[10], None):

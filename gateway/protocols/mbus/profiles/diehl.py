@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import DecryptError, TruncatedError
-from ..transport import bcd_id
-from .engine import ADDRESSES, Field, Profile, transform
+from ..telegram import bcd_id
+from .engine import ADDRESSES, Field, Profile, transform, unsupported
 
 MANUFACTURERS = ("DME", "SAP", "HYD", "EWT", "SPL")
 
@@ -95,7 +95,6 @@ def security_mode(mode: int, data: bytes, origin: bytes | None, hdr: dict[str, A
     """Modes 16-31 of a Diehl meter: the LFSR "real data" scheme with the default keys.
     A capture stored already unscrambled (its own bytes pass the check) is read as it is
     and flagged ``not_encrypted``."""
-    from . import unsupported
     if origin is None or len(origin) < 16:
         raise unsupported(hdr, 0, f"security mode {mode} outside a radio short-header frame")
     check = origin[14] & 0xEF

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Callable, Iterable
 
-from ..errors import FrameError, TruncatedError
+from ..errors import FrameError, TruncatedError, UnsupportedFormatError
 from ..records import DataRecord, decode_bcd, decode_date_g
 from ..tables import PRIMARY_VIF
 
@@ -436,3 +436,14 @@ def apply(profile: Profile, src: bytes, ctx: dict[str, Any] | None = None,
     for d in profile.derived:
         _derived(d, out, values)
     return out
+
+
+def unsupported(hdr: dict[str, Any], ci: int, why: str,
+                payload: bytes = b"") -> UnsupportedFormatError:
+    """The error for a payload no profile reads; ``payload`` (from the CI on) stays on it
+    so the telegram can be kept and read once a profile exists."""
+    h = {**hdr, "ci": ci}
+    return UnsupportedFormatError(
+        f"{why}: no meter profile for manufacturer {hdr.get('manufacturer')} version "
+        f"0x{hdr.get('version', 0):02X} device type 0x{hdr.get('device_type', 0):02X} "
+        f"CI 0x{ci:02X}", h, payload=payload)
