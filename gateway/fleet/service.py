@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import __version__, driverset
+from ..control.reload import plan_reload
 from ..model import Event, now_ms
 from . import keys
 from .command import Command
@@ -36,10 +37,6 @@ OUTCOME_EVENTS = {True: "committed", False: "rolled_back"}
 
 def _restart_needed(old: Any, new: Any) -> bool:
     """Sections the console's hot reload cannot apply (anything but drivers and logging)."""
-    try:
-        from ..control.reload import plan_reload
-    except ImportError:
-        return True
     return bool(plan_reload(old, new).restart_needed)
 
 
