@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .. import __version__
+from ..driverset import ReadTimeout, bounded_call, find_driver, meter_stats
 from ..model import now_ms
 from ..text import error_text, plural
 from .audit import Peer
@@ -149,44 +150,20 @@ def failure_count(st: dict[str, Any]) -> int | None:
     return v if isinstance(v, int) else None
 
 
-def meter_stats(drv: "Driver") -> dict[str, dict[str, Any]]:
-    fn = getattr(drv, "meter_stats", None)
-    stats = _safe(fn, {}) if fn is not None else {}
-    return stats if isinstance(stats, dict) else {}
-
-
 def run_bounded(fn: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Run a driver call on its own thread and wait at most ``timeout``.
-
-    The call cannot be interrupted (it may be inside a serial read); on timeout it finishes
-    in the background and its result is dropped.
-    """
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the console
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=target, name=f"console-{what}", daemon=True).start()
-    if not done.wait(timeout):
-        raise CommandError("timeout", f"{what}: no answer within {timeout:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
+    """:func:`gateway.driverset.bounded_call`, a timeout reported as a CommandError."""
+    try:
+        return bounded_call(fn, timeout, what)
+    except ReadTimeout as exc:
+        raise CommandError("timeout", str(exc)) from None
 
 
 def find_meter(rt: "Runtime", meter_id: str) -> tuple["Driver" | None, dict[str, Any] | None]:
     """The driver that has this meter (from its meter_stats, else the bus it was seen on)."""
     drivers = list(rt.drivers)
-    for drv in drivers:
-        stats = meter_stats(drv)
-        if meter_id in stats:
-            return drv, stats[meter_id]
+    drv, stats = find_driver(drivers, meter_id)
+    if drv is not None:
+        return drv, stats
     seen = rt.monitor.meter(meter_id)
     if seen is not None:
         for drv in drivers:

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import __version__
+from .. import __version__, driverset
+from ..control.reload import plan_reload
 from ..model import Event, now_ms
 from . import keys
 from .command import Command
@@ -36,10 +37,6 @@ OUTCOME_EVENTS = {True: "committed", False: "rolled_back"}
 
 def _restart_needed(old: Any, new: Any) -> bool:
     """Sections the console's hot reload cannot apply (anything but drivers and logging)."""
-    try:
-        from ..control.reload import plan_reload
-    except ImportError:
-        return True
     return bool(plan_reload(old, new).restart_needed)
 
 
@@ -237,16 +234,15 @@ class Fleet:
         for d in self.host.drivers:
             if buses and d.bus not in buses:
                 continue
-            fn = getattr(d, "read_now", None)
-            stats = getattr(d, "meter_stats", None)
-            if not callable(fn) or not callable(stats):
+            if not callable(getattr(d, "read_now", None)) or \
+                    not callable(getattr(d, "meter_stats", None)):
                 unsupported.append(d.bus)
                 continue
-            for mid in list(stats() or {})[:1000]:
+            for mid in list(driverset.meter_stats(d))[:1000]:
                 if meters and mid not in meters:
                     continue
                 try:
-                    read[mid] = len(fn(mid) or [])
+                    read[mid] = len(driverset.read_now(d, mid))
                 except Exception as e:  # noqa: BLE001 - one meter's failure is reported
                     failed[mid] = f"{type(e).__name__}: {e}"
         if not read and not failed:
