@@ -17,7 +17,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 KNOWN_CYCLES = {
     frozenset({"gateway.config", "gateway.drivers.registry", "gateway.fleet.boards"}),
     frozenset({"gateway.store", "gateway.storecheck"}),
-    frozenset({"gateway.protocols.iec62056_21", "gateway.protocols.p1"}),
     frozenset({"gateway.commands.decode", "gateway.commands.decode_auto"}),
 }
 

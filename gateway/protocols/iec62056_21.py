@@ -20,20 +20,17 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Final, Union
 
+from .iec62056_text import (  # noqa: F401  (re-exported: the codec's public names)
+    BAUD_CHAR_C, BAUD_MODE_B, BAUD_MODE_C, CRLF, MAX_LINE, BccError, Identification,
+    Iec62056Error, _show, bcc, crc16_arc, frame_telegram,
+)
+
 SOH: Final = 0x01
 STX: Final = 0x02
 ETX: Final = 0x03
 EOT: Final = 0x04   # end of a partial block (§6.3.12), BCC follows like ETX
 ACK: Final = 0x06
 NAK: Final = 0x15
-CRLF: Final = b"\r\n"
-
-# §6.3.14 baud rate identification character -> baud, by mode.
-BAUD_MODE_C: Final[dict[str, int]] = {"0": 300, "1": 600, "2": 1200, "3": 2400, "4": 4800,
-                                      "5": 9600, "6": 19200}
-BAUD_MODE_B: Final[dict[str, int]] = {"A": 600, "B": 1200, "C": 2400, "D": 4800, "E": 9600,
-                                      "F": 19200}
-BAUD_CHAR_C: Final[dict[int, str]] = {v: k for k, v in BAUD_MODE_C.items()}
 
 # §6.3.2 option select: protocol control character V and mode control character Y.
 PROTOCOL_NORMAL: Final = "0"
@@ -50,34 +47,7 @@ COMMANDS: Final[dict[str, str]] = {
     "B0": "break (complete sign-off)",
 }
 
-MAX_LINE: Final = 128         # identification message: at most 5 + 16 + CR LF characters
 MAX_BLOCK: Final = 64 * 1024  # a whole readout of a big meter fits
-
-
-class Iec62056Error(ValueError):
-    """Bytes that are not valid IEC 62056-21: the meter (or the line) is at fault."""
-
-
-class BccError(Iec62056Error):
-    """A complete block whose BCC (or telegram CRC) does not match."""
-
-
-def bcc(data: bytes) -> int:
-    """Block check character: XOR of ``data`` (callers pass the bytes after SOH/STX)."""
-    x = 0
-    for b in data:
-        x ^= b
-    return x
-
-
-def crc16_arc(data: bytes) -> int:
-    """CRC-16/ARC (poly 0x8005 reflected, init 0): the CRC of P1/mode D telegrams."""
-    crc = 0
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
 
 
 # --------------------------------------------------------------------------- 7E1 framing
@@ -130,48 +100,6 @@ def data_message(text: str, end: bytes = b"!\r\n") -> bytes:
     """Data message ``STX text [! CR LF] ETX BCC`` (§6.3.5); used by readouts and replies."""
     body = text.encode("ascii") + end + bytes([ETX])
     return bytes([STX]) + body + bytes([bcc(body)])
-
-
-@dataclass(frozen=True, slots=True)
-class Identification:
-    """``/XXXZ[\\W]ident CRLF``: manufacturer, baud character and identification."""
-
-    manufacturer: str
-    baud_char: str
-    ident: str
-
-    @property
-    def mode(self) -> str:
-        if self.baud_char in BAUD_MODE_C:
-            return "C"
-        if self.baud_char in BAUD_MODE_B:
-            return "B"
-        return "A"
-
-    @property
-    def max_baud(self) -> int:
-        return BAUD_MODE_C.get(self.baud_char) or BAUD_MODE_B.get(self.baud_char) or 300
-
-    def serialize(self) -> bytes:
-        return ("/" + self.manufacturer + self.baud_char + self.ident).encode("ascii") + CRLF
-
-    @classmethod
-    def deserialize(cls, data: bytes) -> tuple["Identification", bytes]:
-        end = data.find(CRLF)
-        if end < 0:
-            raise Iec62056Error("identification message without CR LF")
-        line = data[:end]
-        if not line.startswith(b"/") or len(line) < 5:
-            raise Iec62056Error(f"not an identification message: {_show(line)}")
-        if len(line) > MAX_LINE:
-            raise Iec62056Error(f"identification message too long ({len(line)} bytes)")
-        try:
-            text = line.decode("ascii")
-        except UnicodeDecodeError:
-            raise Iec62056Error(f"identification message is not ASCII: {_show(line)}") from None
-        if not text.isprintable():
-            raise Iec62056Error(f"identification message has control characters: {_show(line)}")
-        return cls(text[1:4], text[4], text[5:]), data[end + 2:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +358,6 @@ def parse_readout(data: bytes) -> Readout:
         return Readout(ident, tuple(parse_data_sets(body[:body.rindex(b"!")])), "bcc")
     if ident is None:
         raise Iec62056Error("neither a readout (STX ... ETX BCC) nor a telegram (/ident ...)")
-    from .p1 import frame_telegram  # the P1 framing: CRC leniency, trailing lines
     _ident, body, check = frame_telegram(data)
     return Readout(ident, tuple(parse_data_sets(body)), check)
 
@@ -563,8 +490,3 @@ def normalise_obis(address: str, prefix: str = "1-0:") -> str:
     if re.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,3}(\*\d{1,3})?", address) and prefix:
         return prefix + address
     return address
-
-
-def _show(b: bytes, limit: int = 40) -> str:
-    s = repr(bytes(b[:limit]))
-    return s + ("..." if len(b) > limit else "")

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
 
-from .iec62056_21 import BccError, Iec62056Error, Identification, crc16_arc
+from .iec62056_text import (  # noqa: F401  (re-exported: P1's public names)
+    MAX_TELEGRAM, BccError, Identification, Iec62056Error, P1Error, _show, frame_telegram,
+)
 
-MAX_TELEGRAM: Final = 64 * 1024
 DEFAULT_TZ: Final = "Europe/Amsterdam"
 _FLAG_OFFSET: Final = {"W": dt.timedelta(hours=1), "S": dt.timedelta(hours=2)}
 
@@ -41,11 +42,6 @@ _NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 _TST = re.compile(r"(\d{12})([WS]?)")
 _OBIS = re.compile(r"\d{1,3}-\d{1,3}:\d{1,3}\.\d{1,3}\.\d{1,3}(\*\d{1,3})?")
 _GROUP = re.compile(r"\(([^()]*)\)")
-_END_MARK = re.compile(rb"(?:^|\n)!")
-
-
-class P1Error(Iec62056Error):
-    """Bytes that are not a valid P1 telegram."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,36 +103,6 @@ def parse_p1(data: bytes, tz: dt.tzinfo | str | None = None) -> P1Telegram:
     return P1Telegram(ident, tuple(values), check, meter_ts)
 
 
-def frame_telegram(data: bytes) -> tuple[Identification, bytes, str]:
-    """(identification, data lines between the identification line and '!', check) of a
-    telegram, its CRC verified when present. Raises P1Error / BccError."""
-    if len(data) > MAX_TELEGRAM:
-        raise P1Error(f"telegram of {len(data)} bytes is longer than {MAX_TELEGRAM}")
-    raw = bytes(b & 0x7F for b in data)  # a 7E1 line read as 8N1 has parity in bit 7
-    start = len(raw) - len(raw.lstrip(b"\r\n \x00"))
-    if raw[start:start + 1] != b"/":
-        raise P1Error("a P1 telegram starts with '/' (the identification line)")
-    head_end = raw.find(b"\n", start)
-    if head_end < 0:
-        raise P1Error("identification line without a line end")
-    ident = _identification(raw[start:head_end].rstrip(b"\r"))
-    m = _END_MARK.search(raw, head_end)
-    if m is None:
-        raise P1Error("telegram without the end mark '!'")
-    bang = m.end() - 1
-    crc_text = _crc_field(raw, bang)
-    check = "none"
-    if crc_text:
-        if not re.fullmatch(rb"[0-9A-Fa-f]{1,4}", crc_text):
-            raise P1Error(f"telegram CRC must be 1-4 hex digits, got {_show(crc_text)}")
-        said = int(crc_text, 16)
-        crc = crc16_arc(raw[start:bang + 1])
-        if crc != said:
-            raise BccError(f"telegram CRC mismatch: says {said:04X}, computed {crc:04X}")
-        check = "crc16"
-    return ident, raw[head_end + 1:bang], check
-
-
 def interpret(obis: str, groups: list[str] | tuple[str, ...],
               tz: dt.tzinfo | str | None = None) -> list[P1Value]:
     """The values of one data line ``obis(group)(group)...`` by the shape of its groups
@@ -150,27 +116,6 @@ def parse_timestamp(text: str, tz: dt.tzinfo | str | None = None) -> int | None:
 
 
 # --------------------------------------------------------------------------- internals
-
-def _identification(line: bytes) -> Identification:
-    if len(line) < 5:
-        raise P1Error(f"identification line too short: {_show(line)}")
-    try:
-        ident, _ = Identification.deserialize(line + b"\r\n")
-    except Iec62056Error as exc:
-        raise P1Error(str(exc)) from None
-    return ident
-
-
-def _crc_field(raw: bytes, bang: int) -> bytes:
-    """What the end-mark line says after '!': up to its line end, a next telegram's '/',
-    or noise (a control byte; letters and digits stay, a damaged CRC must be refused)."""
-    out = bytearray()
-    for c in raw[bang + 1:bang + 1 + 64]:
-        if c in (0x0A, 0x2F) or not (chr(c).isalnum() or c in b" \r"):
-            break
-        out.append(c)
-    return bytes(out).strip(b"\r ")
-
 
 def _zone(tz: dt.tzinfo | str | None) -> dt.tzinfo:
     if isinstance(tz, dt.tzinfo):
@@ -281,8 +226,3 @@ def _buffer(obis: str, g: list[str], zone: dt.tzinfo) -> list[P1Value]:
         ts = next((_timestamp(x, zone) for x in reversed(entry[:-1]) if _is_tst(x)), None)
         out.append(_value(obis, entry[-1], ts, sources[-1], buffer=True))
     return out
-
-
-def _show(b: bytes, limit: int = 40) -> str:
-    s = repr(bytes(b[:limit]))
-    return s + ("..." if len(b) > limit else "")
