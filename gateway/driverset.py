@@ -1,4 +1,4 @@
-"""What control, fleet and edge ask of the running drivers, written once.
+"""What the console and the fleet ask of the running drivers, written once.
 
 Why: the console's ``read ID``, the fleet's ``read_now`` request and the diagnostics each
 had their own meter lookup and their own (bounded or not) call into a driver. These helpers
@@ -9,7 +9,7 @@ talk to drivers only through the Driver base API (``meter_stats()``, ``read_now(
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable
 
 from .model import Record
 
@@ -20,12 +20,7 @@ class ReadTimeout(TimeoutError):
     """A driver call did not answer in time; it goes on in the background, result dropped."""
 
 
-class DriverLike(Protocol):
-    bus: str
-    type_name: str
-
-
-def _safe(fn: Callable[[], Any], default: Any = None) -> Any:
+def safe_call(fn: Callable[[], Any], default: Any = None) -> Any:
     try:
         return fn()
     except Exception:  # noqa: BLE001 - a driver's broken getter must not break a report
@@ -35,7 +30,7 @@ def _safe(fn: Callable[[], Any], default: Any = None) -> Any:
 def meter_stats(drv: Any) -> dict[str, dict[str, Any]]:
     """The driver's per-meter counters, ``{}`` when it has none or its getter fails."""
     fn = getattr(drv, "meter_stats", None)
-    stats = _safe(fn, {}) if callable(fn) else {}
+    stats = safe_call(fn, {}) if callable(fn) else {}
     return stats if isinstance(stats, dict) else {}
 
 

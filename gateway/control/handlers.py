@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .. import __version__
-from ..driverset import ReadTimeout, bounded_call, find_driver, meter_stats
+from ..driverset import ReadTimeout, bounded_call, find_driver, meter_stats, safe_call
 from ..model import now_ms
 from ..text import error_text, plural
 from .audit import Peer
@@ -132,14 +132,6 @@ def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default
     return v
 
 
-def _safe(fn: Callable[[], Any], default: Any = None) -> Any:
-    """A driver's optional report must never break a console command."""
-    try:
-        return fn()
-    except Exception:
-        return default
-
-
 def failure_count(st: dict[str, Any]) -> int | None:
     """Failed reads from a driver's counters: ``failures`` when it is a number (M-Bus and
     wM-Bus give a per-kind mapping there, and their total as ``reads_failed``)."""
@@ -217,7 +209,7 @@ def bus_summary(drv: "Driver") -> dict[str, Any]:
                            "meters": len(meter_stats(drv)), "refused": drv.refused}
     fn = getattr(drv, "bus_state", None)
     if callable(fn):
-        extra = _safe(fn)
+        extra = safe_call(fn)
         if isinstance(extra, dict):
             out["bus"] = extra
     return out

@@ -10,6 +10,7 @@ import math
 import struct
 from decimal import Decimal
 
+
 def _year(y: int) -> int:
     return 2000 + y if y < 81 else 1900 + y
 
@@ -24,43 +25,38 @@ def _valid_date(y: int, m: int, d: int) -> bool:
     return d <= mdays
 
 
-def decode_date_g(b: bytes) -> str | None:
-    """Type G: 16-bit date. None if invalid (all ones, day or month zero)."""
-    day = b[0] & 0x1F
-    month = b[1] & 0x0F
-    year = _year(((b[0] & 0xE0) >> 5) | ((b[1] & 0xF0) >> 1))
+def _date(lo: int, hi: int) -> str | None:
+    """The date bytes G, F and I share: day and low year bits, then month and high year bits."""
+    day, month = lo & 0x1F, hi & 0x0F
+    year = _year(((lo & 0xE0) >> 5) | ((hi & 0xF0) >> 1))
     if not _valid_date(year, month, day):
         return None
     return f"{year:04d}-{month:02d}-{day:02d}"
+
+
+def decode_date_g(b: bytes) -> str | None:
+    """Type G: 16-bit date. None if invalid (all ones, day or month zero)."""
+    return _date(b[0], b[1])
 
 
 def decode_datetime_f(b: bytes) -> str | None:
     """Type F: 32-bit date and time to the minute; None if the IV bit says invalid."""
     if b[0] & 0x80:
         return None
-    minute = b[0] & 0x3F
-    hour = b[1] & 0x1F
-    day = b[2] & 0x1F
-    month = b[3] & 0x0F
-    year = _year(((b[2] & 0xE0) >> 5) | ((b[3] & 0xF0) >> 1))
-    if minute > 59 or hour > 23 or not _valid_date(year, month, day):
+    minute, hour, date = b[0] & 0x3F, b[1] & 0x1F, _date(b[2], b[3])
+    if minute > 59 or hour > 23 or date is None:
         return None
-    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}"
+    return f"{date}T{hour:02d}:{minute:02d}"
 
 
 def decode_datetime_i(b: bytes) -> str | None:
     """Type I: 48-bit date and time to the second."""
     if b[1] & 0x80:
         return None
-    second = b[0] & 0x3F
-    minute = b[1] & 0x3F
-    hour = b[2] & 0x1F
-    day = b[3] & 0x1F
-    month = b[4] & 0x0F
-    year = _year(((b[3] & 0xE0) >> 5) | ((b[4] & 0xF0) >> 1))
-    if second > 59 or minute > 59 or hour > 23 or not _valid_date(year, month, day):
+    second, minute, hour, date = b[0] & 0x3F, b[1] & 0x3F, b[2] & 0x1F, _date(b[3], b[4])
+    if second > 59 or minute > 59 or hour > 23 or date is None:
         return None
-    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
+    return f"{date}T{hour:02d}:{minute:02d}:{second:02d}"
 
 
 def decode_time_j(b: bytes) -> str | None:
