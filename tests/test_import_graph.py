@@ -17,7 +17,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 KNOWN_CYCLES = {
     frozenset({"gateway.config", "gateway.drivers.registry", "gateway.fleet.boards"}),
     frozenset({"gateway.store", "gateway.storecheck"}),
-    frozenset({"gateway.commands.decode", "gateway.commands.decode_auto"}),
 }
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 from typing import Any
 
-from .decode import DECODE_MODULES, EXIT_BAD_INPUT, EXIT_BAD_KEY, DecodeFailed, parse_hex, \
-    print_json
+from .decode_common import DECODE_MODULES, EXIT_BAD_INPUT, EXIT_BAD_KEY, DecodeFailed, guarded, \
+    parse_hex, print_json
 
 HELP = "try every kind on the bytes and say which ones parse"
 
@@ -36,15 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _try(label: str, kind: str, extra: tuple[str, ...], hex_text: str,
          key: str | None) -> dict[str, Any]:
-    from ..cli import build_parser
-    argv = ["decode", kind, hex_text, "--json", *extra]
+    argv = [hex_text, "--json", *extra]
     if key and kind in KEYED:
         argv += ["--key", key]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            args = build_parser().parse_args(argv)
-            code = args.func(args)
+            args = _kind_parser(kind).parse_args(argv)
+            code = guarded(importlib.import_module(DECODE_MODULES[kind]).run)(args)
         except SystemExit as exc:  # argparse refusing an argument of this kind
             code = exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
         except Exception as exc:  # noqa: BLE001 - one decoder's bug must not hide the others
@@ -60,6 +60,15 @@ def _try(label: str, kind: str, extra: tuple[str, ...], hex_text: str,
         lines = [l for l in err.getvalue().splitlines() if l.strip()]
         result["error"] = (lines[-1].removeprefix("error: ") if lines else f"exit {code}")
     return result
+
+
+def _kind_parser(kind: str) -> argparse.ArgumentParser:
+    """The parser `gateway decode KIND` has (built here: importing the CLI would be a cycle)."""
+    parser = argparse.ArgumentParser(prog=f"gateway decode {kind}")
+    importlib.import_module(DECODE_MODULES[kind]).add_arguments(parser)
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(kind=kind)  # a module may decode several kinds (mbus, wmbus)
+    return parser
 
 
 def _summary(obj: Any) -> str:

@@ -11,7 +11,7 @@ import argparse
 import datetime as dt
 from typing import Any
 
-from .decode import (EXIT_BAD_INPUT, EXIT_BAD_KEY, DecodeFailed, exact_str, parse_hex,
+from .decode_common import (EXIT_BAD_INPUT, EXIT_BAD_KEY, DecodeFailed, exact_str, parse_hex,
                      print_json)
 
 HELP = "decode DLMS/HDLC frames or bare APDUs (Data-Notifications, plain or ciphered)"

@@ -15,7 +15,7 @@ import os
 import re
 from typing import Any
 
-from .decode import DecodeFailed, exact_str, print_json, read_bytes_arg
+from .decode_common import DecodeFailed, exact_str, print_json, read_bytes_arg
 
 HELP = "an IEC 62056-21 readout (mode A-C) or a P1 / mode D telegram, as HEX, a file or -"
 

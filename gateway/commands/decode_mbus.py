@@ -19,7 +19,7 @@ import argparse
 import sys
 from typing import Any
 
-from .decode import EXIT_BAD_INPUT, EXIT_BAD_KEY, DecodeFailed, parse_hex, print_json, \
+from .decode_common import EXIT_BAD_INPUT, EXIT_BAD_KEY, DecodeFailed, parse_hex, print_json, \
     read_text_arg
 
 HELP = "decode a wired M-Bus RSP_UD frame (mbus) or a wireless M-Bus telegram (wmbus)"

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..protocols import xbee, zcl, zdo
-from .decode import DecodeFailed, parse_hex, print_json
+from .decode_common import DecodeFailed, parse_hex, print_json
 
 HELP = "an XBee API frame (mode 2 escaped by default) and the ZCL frame it carries"
 
