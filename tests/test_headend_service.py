@@ -147,8 +147,7 @@ def test_embedded_sqlite_replay_after_restart_bad_input_and_report_cli(
     attacker.publish(topic, b"\xff" * (5 * 2**20), qos=1).wait_for_publish(10)  # oversized
     s = wait_for(lambda: (lambda r: r if r.get("replays") == 1 and r.get("malformed") == 2
                           and r.get("bad_signatures") == 1 else None)(books(dsn)),
-                 timeout=20, step=0.3)
-    assert s, (books(dsn), w.text()[-2000:])
+                 timeout=20, step=0.3, context=lambda: (books(dsn), w.text()[-2000:]))
     assert (s["accepted"], s["gaps"], s["oversized"]) == (n, 0, 1)
     # all four came from one sender within a minute: logged once, the rest counted
     assert w.wait_for_log("REPLAY"), w.text()
