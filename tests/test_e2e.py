@@ -12,23 +12,45 @@ from pathlib import Path
 
 import cbor2
 
-from gateway.store import Store
+from gateway.store import Store, StoreStats
 from tests.gwproc import headend_summary, start_gateway, start_headend, write_config
+from tests.waiting import wait_for
+
+# The tests are paced by what they can observe (a log line, the store's sequence numbers,
+# a captured message), not by fixed sleeps: a slow CI machine only makes them slower.
+# The sleeps left are the subject of a test (a kill at a random moment, a replay window).
+SUBSCRIBED = "subscription confirmed"
+
+
+def store_stats(path: Path) -> StoreStats:
+    with Store(path) as s:
+        return s.stats()
 
 
 def store_state(path: Path) -> tuple[int, int]:
-    with Store(path) as s:
-        st = s.stats()
-        return st.last_seq, st.depth
+    st = store_stats(path)
+    return st.last_seq, st.depth
+
+
+def wait_delivered_past(path: Path, seq: int, timeout: float = 30.0) -> None:
+    """Wait until the broker has acknowledged every record up to ``seq``."""
+    wait_for(lambda: (lambda st: st.oldest_seq is None or st.oldest_seq > seq)(store_stats(path)),
+             timeout, 0.2, context=lambda: store_stats(path))
+
+
+def wait_stored(path: Path, n: int, timeout: float = 30.0) -> None:
+    """Wait until the gateway has given out ``n`` sequence numbers."""
+    wait_for(lambda: store_stats(path).last_seq >= n, timeout, 0.2,
+             context=lambda: store_stats(path))
 
 
 def test_readings_arrive_complete_and_verified(tmp_path, pki, broker):
     head = start_headend(pki, broker.port, tmp_path / "headend.log", "--until-idle", "3")
-    time.sleep(0.5)
+    assert head.wait_for_log(SUBSCRIBED, 15), head.text()
     cfg = write_config(tmp_path, pki, broker.port)
     gw = start_gateway(cfg, tmp_path / "gw.log")
     assert gw.wait_for_log("uplink: connected", 15), gw.text()
-    time.sleep(3)
+    wait_stored(tmp_path / "store.db", 50 * 12)  # 10+ polls of 50 meters, and their events
     assert gw.terminate() == 0, gw.text()
     assert "stopped cleanly" in gw.text()
     summary = headend_summary(head)
@@ -48,11 +70,12 @@ def test_sigkill_under_load_never_loses_or_reuses(tmp_path, pki, broker):
     for i in range(12):
         gw = start_gateway(cfg, tmp_path / f"gw{i}.log")
         assert gw.wait_for_log("running", 15), gw.text()
-        time.sleep(rng.uniform(0.05, 0.8))
+        time.sleep(rng.uniform(0.05, 0.8))  # the subject: a kill at a random moment
         gw.kill()
+    backlog_top, _ = store_state(tmp_path / "store.db")
     gw = start_gateway(cfg, tmp_path / "gw-final.log")
     assert gw.wait_for_log("uplink: connected", 15)
-    time.sleep(1.5)
+    wait_delivered_past(tmp_path / "store.db", backlog_top)
     assert gw.terminate() == 0, gw.text()
     summary = headend_summary(head)
     last_seq, depth = store_state(tmp_path / "store.db")
@@ -80,13 +103,15 @@ def test_broker_outage_backlog_arrives_in_order(tmp_path, pki, broker, mqtt_clie
     cfg = write_config(tmp_path, pki, broker.port)
     gw = start_gateway(cfg, tmp_path / "gw.log")
     assert gw.wait_for_log("uplink: connected", 15)
-    time.sleep(1)
+    wait_for(lambda: seen, 15)
     broker.stop()
-    time.sleep(3)  # readings pile up in the store meanwhile
-    with Store(tmp_path / "store.db") as s:
-        assert s.stats().depth > 0
+    assert gw.wait_for_log("uplink: disconnected", 15), gw.text()
+    first_top, _ = store_state(tmp_path / "store.db")
+    wait_stored(tmp_path / "store.db", first_top + 200)  # readings pile up in the store
+    assert store_stats(tmp_path / "store.db").depth > 0
+    backlog_top, _ = store_state(tmp_path / "store.db")
     broker.restart()
-    time.sleep(4)
+    wait_delivered_past(tmp_path / "store.db", backlog_top)
     assert gw.terminate() == 0
     assert "disconnected" in gw.text()
     summary = headend_summary(head)
@@ -109,16 +134,16 @@ def test_tiny_cap_gap_records_are_accounted(tmp_path, pki, broker):
     # The head-end's persistent session exists before the outage, so the broker keeps what
     # arrives for it while it reconnects.
     head = start_headend(pki, broker.port, tmp_path / "headend.log", "--until-idle", "12")
-    assert head.wait_for_log("subscribed", 15), head.text()
-    time.sleep(0.5)
+    assert head.wait_for_log(SUBSCRIBED, 15), head.text()
     broker.stop()  # nobody to deliver to: the store fills past its cap
     cfg = write_config(tmp_path, pki, broker.port, store={"max_bytes": "64KiB"},
                        drivers=[{"type": "simulated", "name": "sim", "meters": 200, "interval_s": 0.05}])
     gw = start_gateway(cfg, tmp_path / "gw.log")
     assert gw.wait_for_log("evicted", 20), gw.text()
+    backlog_top, _ = store_state(tmp_path / "store.db")
     broker.restart()
     assert gw.wait_for_log("uplink: connected", 15), gw.text()
-    time.sleep(3)
+    wait_delivered_past(tmp_path / "store.db", backlog_top)
     assert gw.terminate() == 0
     summary = headend_summary(head)
     assert summary["gap_records"] >= 1, summary
@@ -151,11 +176,11 @@ def test_tampered_and_replayed_messages_rejected(tmp_path, pki, broker, mqtt_cli
     cfg = write_config(tmp_path, pki, broker.port)
     gw = start_gateway(cfg, tmp_path / "gw.log")
     assert gw.wait_for_log("uplink: connected", 15)
-    time.sleep(1.5)
+    wait_for(lambda: captured, 15)
     assert gw.terminate() == 0
     assert captured
     topic, payload = captured[0]
-    time.sleep(1.5)  # now outside the 1 s replay window
+    time.sleep(1.5)  # the subject: now outside the 1 s replay window
     attacker = mqtt_client_factory("gateway", client_id="attacker")
     attacker.publish(topic, payload, qos=1).wait_for_publish(5)   # replay
     tampered = bytearray(payload)
@@ -187,18 +212,19 @@ def test_full_filesystem_keeps_runtime_running_and_accounts_loss(tmp_path, pki, 
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         head = start_headend(pki, broker.port, tmp_path / "headend.log", "--until-idle", "12")
-        assert head.wait_for_log("subscribed", 15), head.text()
+        assert head.wait_for_log(SUBSCRIBED, 15), head.text()
         broker.stop()
         cfg = write_config(tmp_path, pki, broker.port, store={"path": str(disk / "store.db")},
                            drivers=[{"type": "simulated", "name": "sim", "meters": 300,
                                      "interval_s": 0.05}])
         gw = start_gateway(cfg, tmp_path / "gw.log")
         assert gw.wait_for_log("storage full", 30), gw.text()[-3000:]
-        time.sleep(1)
+        time.sleep(1)  # the subject: the runtime lives on with its disk full
         assert gw.p.poll() is None, "the runtime must survive a full disk"
+        backlog_top, _ = store_state(disk / "store.db")
         broker.restart()
         assert gw.wait_for_log("uplink: connected", 15)
-        time.sleep(3)
+        wait_delivered_past(disk / "store.db", backlog_top)
         assert gw.terminate() == 0, gw.text()[-3000:]
         summary = headend_summary(head)
         assert summary["gaps"] == 0, summary

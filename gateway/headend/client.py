@@ -103,6 +103,7 @@ class Headend:
         client.suppress_exceptions = True
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self._last_msg = self._clock()
         sock_open = False
         next_try = 0.0
@@ -159,6 +160,16 @@ class Headend:
         self._log(f"headend: connected to {self.opts.host}:{self.opts.port} as "
                   f"{self.opts.client_id} (session present: {flags.session_present}); "
                   f"subscribed {', '.join(t for t, _ in subs)}")
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+        # Only the SUBACK proves the broker holds the subscription in the persistent
+        # session (what arrives while we are away is kept for us from here on).
+        bad = [str(c) for c in codes if getattr(c, "is_failure", False)]
+        if bad:
+            self._log(f"headend: the broker refused the subscription ({', '.join(bad)})",
+                      force=True)
+        else:
+            self._log("headend: subscription confirmed by the broker")
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._last_msg = self._clock()
