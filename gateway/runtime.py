@@ -13,10 +13,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import __version__
-from .config import Config
+from .config import Config, DriverConfig
 from .drivers.base import Driver
 from .drivers.context import DriverContext
 from .drivers.registry import make_driver
+from .driverset import DriverSet
 from .model import Event, Record, now_ms
 from .store import Store
 from .text import plural
@@ -43,7 +44,7 @@ class Runtime:
         self.stop_requested = threading.Event()
         self.store: Store | None = None
         self.uplink: Uplink | None = None
-        self.drivers: list[Driver] = []
+        self.drivers = DriverSet(self._make_driver)
         self.edge: Any = None  # gateway.edge.pipeline.EdgePipeline when edge.enabled
         # Field-tech console (gateway/control): what went by, the socket, config apply.
         from .control.monitor import Monitor
@@ -74,6 +75,9 @@ class Runtime:
         if store is not None:
             ctx.cursors = store.get_cursor
         return ctx
+
+    def _make_driver(self, config: Config, d: DriverConfig) -> Driver:
+        return make_driver(d.type, d.name, d.options, self.driver_context(config, d.name))
 
     def emit_event(self, event: Event) -> None:
         if self.store is not None:
@@ -106,11 +110,9 @@ class Runtime:
             from .edge.pipeline import EdgePipeline
             self.edge = EdgePipeline(c.edge, self.store)
             self.edge.start(uplink=self.uplink, drivers=lambda: self.drivers)
-        for d in c.drivers:
-            self.drivers.append(make_driver(d.type, d.name, d.options, self.driver_context(c, d.name)))
+        self.drivers.build(c)
         self.uplink.start()
-        for drv in self.drivers:
-            drv.start()
+        self.drivers.start()
         from .control.server import start_control
         self.control = start_control(self)
         if c.metrics.listen is not None:
@@ -146,8 +148,7 @@ class Runtime:
             self.metrics.stop()
         log.info("stopping: drivers")
         locked = self._reconfig_lock.acquire(timeout=60)  # let a config apply finish
-        for drv in self.drivers:
-            drv.stop()
+        self.drivers.stop()
         if locked:
             self._reconfig_lock.release()
         if self.edge is not None:
@@ -169,7 +170,9 @@ class Runtime:
         and so every buffered record, stay. Raises ReloadRefused keeping the old config."""
         from .control.reload import hot_reload
         with self._reconfig_lock:
-            return hot_reload(self, new)
+            result = hot_reload(self.drivers, self.config, new, self.emit_event)
+            self.config = new
+            return result
 
     def request_restart(self, reason: str) -> None:
         """Stop cleanly and exit with EXIT_RESTART so that systemd starts us again."""

@@ -291,7 +291,7 @@ def _add_bus(rt: Runtime, name: str, type_name: str) -> _Radio:
     Bus.type_name = type_name
     drv = Bus()
     drv.start()
-    rt.drivers = [*rt.drivers, drv]
+    rt.drivers.add(drv)
     return drv
 
 
@@ -349,10 +349,11 @@ def test_failed_driver_start_keeps_the_old_drivers(runtime, tmp_path, pki, monke
     def broken(*a, **kw):
         raise ValueError("port /dev/ttyX is gone")
 
-    monkeypatch.setattr(reload, "make_driver", broken)
+    import gateway.runtime
+    monkeypatch.setattr(gateway.runtime, "make_driver", broken)
     with pytest.raises(reload.ReloadRefused, match="nothing was changed"):
         runtime.apply_config(load_config(path))
-    assert runtime.drivers == old_drivers and all(d.is_alive() for d in old_drivers)
+    assert list(runtime.drivers) == old_drivers and all(d.is_alive() for d in old_drivers)
     assert runtime.config.drivers[0].options["meters"] == 200
 
 

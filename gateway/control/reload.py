@@ -12,16 +12,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from ..config import Config, DriverConfig
-from ..drivers.registry import make_driver
+from ..driverset import BuildFailed, DriverSet, StartFailed
 from ..model import Event, now_ms
 from .. import events as kinds
-
-if TYPE_CHECKING:
-    from ..drivers.base import Driver
-    from ..runtime import Runtime
 
 log = logging.getLogger("gateway.control")
 
@@ -71,49 +67,25 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     return plan
 
 
-def hot_reload(rt: "Runtime", new: Config) -> dict[str, Any]:
-    """Apply ``new`` to the running runtime (call with the runtime's reconfig lock held)."""
-    old = rt.config
+def hot_reload(drivers: DriverSet, old: Config, new: Config,
+               emit: Callable[[Event], None]) -> dict[str, Any]:
+    """Apply ``new``'s drivers and logging to the running ``drivers`` (call with the
+    runtime's reconfig lock held); the caller then makes ``new`` its config."""
     plan = plan_reload(old, new)
     if plan.restart_needed:
         raise ReloadRefused(", ".join(plan.restart_needed) + " changed; these sections need a "
                             "restart of the gateway (nothing was changed)")
     result = plan.to_dict()
     if not plan.changes:
-        rt.config = new
         result["message"] = "no driver changed"
         return result
     try:
-        fresh = {d.name: make_driver(d.type, d.name, d.options, rt.driver_context(new, d.name))
-                 for d in plan.start}
-    except Exception as exc:
+        stuck = drivers.replace(old, new, plan.stop, plan.start)
+    except BuildFailed as exc:
         raise ReloadRefused(f"cannot build the new drivers: {exc} (nothing was changed)") from exc
-    running = {d.bus: d for d in rt.drivers}
-    stuck = []
-    for name in plan.stop:
-        drv = running.get(name)
-        if drv is not None:
-            drv.stop()
-            if drv.is_alive():
-                stuck.append(name)
-    started: list["Driver"] = []
-    try:
-        for drv in fresh.values():
-            drv.start()
-            started.append(drv)
-    except Exception as exc:
-        for drv in started:
-            drv.stop()
-        restored = [_rebuild(rt, old, name) for name in plan.stop]
-        for drv in restored:
-            drv.start()
-        by_name = {**running, **{d.bus: d for d in restored}}
-        rt.drivers = [by_name[d.name] for d in old.drivers if d.name in by_name]
+    except StartFailed as exc:
         raise ReloadRefused(f"cannot start the new drivers: {exc}; the old config is back") \
             from exc
-    keep = {**running, **fresh}
-    rt.drivers = [keep[d.name] for d in new.drivers]
-    rt.config = new
     if plan.logging_changed:
         from ..logs import apply_logging
         apply_logging(new.logging.level, new.logging.format)
@@ -121,14 +93,9 @@ def hot_reload(rt: "Runtime", new: Config) -> dict[str, Any]:
         result["stuck"] = stuck
         log.warning("config apply: drivers %s did not stop within their timeout", stuck)
     log.info("config apply: %s (config %s)", _describe(result), new.config_hash[:16])
-    rt.emit_event(Event(kinds.CONFIG_APPLIED, now_ms(), "control", detail={
+    emit(Event(kinds.CONFIG_APPLIED, now_ms(), "control", detail={
         "config_hash": new.config_hash, **{k: result[k] for k in ("added", "removed", "changed")}}))
     return result
-
-
-def _rebuild(rt: "Runtime", cfg: Config, name: str) -> "Driver":
-    d = next(d for d in cfg.drivers if d.name == name)
-    return make_driver(d.type, d.name, d.options, rt.driver_context(cfg, d.name))
 
 
 def _describe(r: dict[str, Any]) -> str:
