@@ -35,6 +35,15 @@ def meter_stats(drv: Any) -> dict[str, dict[str, Any]]:
     return stats if isinstance(stats, dict) else {}
 
 
+def driver_state(drv: Any) -> str:
+    """running / stopping / stopped / dead (crashed) / not started."""
+    if drv.is_alive():
+        return "stopping" if drv.stopping.is_set() else "running"
+    if drv.stopping.is_set():
+        return "stopped"
+    return "dead" if drv.ident is not None else "not started"
+
+
 def find_driver(drivers: Iterable[Any], meter_id: str) -> tuple[Any | None, dict[str, Any] | None]:
     """The driver whose meter_stats lists ``meter_id`` and that meter's counters."""
     for drv in drivers:

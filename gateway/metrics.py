@@ -13,9 +13,10 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import __version__
+from .health import HealthSnapshot, uplink_summary
 from .logs import RateLimitedLog
 from .model import now_ms
 
@@ -56,7 +57,6 @@ def _num(v: Any) -> int | float | None:
 
 def render(rt: "Runtime") -> str:
     """The exposition text for one scrape."""
-    from .control.handlers import bus_summary, failure_count, meter_stats, uplink_summary
     fams: dict[str, _Family] = {}
 
     def fam(name: str, kind: str, help: str) -> _Family:
@@ -89,7 +89,9 @@ def render(rt: "Runtime") -> str:
             "records refused because not even eviction made room").add(st.full_errors)
         fam("gateway_store_acked_records_total", "counter",
             "records the broker acknowledged and the store released").add(st.acked_records)
-    up = uplink_summary(rt)
+    snap = rt.health()
+    up = uplink_summary(snap, f"{rt.config.uplink.host}:{rt.config.uplink.port}",
+                        rt.config.uplink.client_id)
     fam("gateway_uplink_connected", "gauge", "1 when connected to the broker").add(
         bool(up.get("connected")), broker=up["broker"])
     for key, help in (("connect_attempts", "connection attempts"),
@@ -101,31 +103,7 @@ def render(rt: "Runtime") -> str:
     fam("gateway_uplink_in_flight_messages", "gauge", "messages awaiting PUBACK").add(
         _num(up.get("in_flight")))
     seen = rt.monitor.meters()
-    for drv in list(rt.drivers):
-        bus = bus_summary(drv)
-        fam("gateway_bus_up", "gauge", "1 while the bus driver runs").add(
-            bus["state"] == "running", bus=drv.bus, type=drv.type_name)
-        for key, value in sorted((bus.get("bus") or {}).items()):
-            fam("gateway_bus_stat", "gauge", "numeric counters the bus driver reports "
-                "(crc_errors, timeouts, frames, ...) by name").add(_num(value), bus=drv.bus,
-                                                                   stat=key)
-        ok_sum = bad_sum = 0
-        for mid, st in sorted(meter_stats(drv).items()):
-            ok, bad = _num(st.get("success", st.get("reads_ok"))), failure_count(st)
-            ok_sum += ok or 0
-            bad_sum += bad or 0
-            fam("gateway_meter_reads_ok_total", "counter", "good reads of a meter").add(
-                ok, bus=drv.bus, meter=mid)
-            fam("gateway_meter_read_failures_total", "counter", "failed reads of a meter").add(
-                bad, bus=drv.bus, meter=mid)
-            fam("gateway_meter_rssi_dbm", "gauge", "last signal strength of a meter").add(
-                _num(st.get("rssi_dbm", st.get("rssi"))), bus=drv.bus, meter=mid)
-            fam("gateway_meter_lqi", "gauge", "last link quality of a meter (Zigbee)").add(
-                _num(st.get("lqi")), bus=drv.bus, meter=mid)
-        fam("gateway_bus_reads_ok_total", "counter", "good reads over all meters of a bus").add(
-            ok_sum, bus=drv.bus)
-        fam("gateway_bus_read_failures_total", "counter",
-            "failed reads over all meters of a bus").add(bad_sum, bus=drv.bus)
+    _bus_families(fam, snap)
     for mid, s in sorted(seen.items()):
         if s.get("last_seen_ms"):
             fam("gateway_meter_last_seen_timestamp_seconds", "gauge",
@@ -189,3 +167,32 @@ class MetricsServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=5)
+
+
+def _bus_families(fam: Callable[[str, str, str], _Family], snap: HealthSnapshot) -> None:
+    """Per bus and per meter: up, the driver's counters, reads and signal."""
+    from .control.handlers import failure_count
+    for b in snap.buses.values():
+        fam("gateway_bus_up", "gauge", "1 while the bus driver runs").add(
+            b.state == "running", bus=b.name, type=b.type)
+        for key, value in sorted(b.detail.items()):
+            fam("gateway_bus_stat", "gauge", "numeric counters the bus driver reports "
+                "(crc_errors, timeouts, frames, ...) by name").add(_num(value), bus=b.name,
+                                                                   stat=key)
+        ok_sum = bad_sum = 0
+        for mid, st in sorted(b.meters.items()):
+            ok, bad = _num(st.get("success", st.get("reads_ok"))), failure_count(st)
+            ok_sum += ok or 0
+            bad_sum += bad or 0
+            fam("gateway_meter_reads_ok_total", "counter", "good reads of a meter").add(
+                ok, bus=b.name, meter=mid)
+            fam("gateway_meter_read_failures_total", "counter", "failed reads of a meter").add(
+                bad, bus=b.name, meter=mid)
+            fam("gateway_meter_rssi_dbm", "gauge", "last signal strength of a meter").add(
+                _num(st.get("rssi_dbm", st.get("rssi"))), bus=b.name, meter=mid)
+            fam("gateway_meter_lqi", "gauge", "last link quality of a meter (Zigbee)").add(
+                _num(st.get("lqi")), bus=b.name, meter=mid)
+        fam("gateway_bus_reads_ok_total", "counter", "good reads over all meters of a bus").add(
+            ok_sum, bus=b.name)
+        fam("gateway_bus_read_failures_total", "counter",
+            "failed reads over all meters of a bus").add(bad_sum, bus=b.name)

@@ -18,6 +18,7 @@ from .drivers.base import Driver
 from .drivers.context import DriverContext
 from .drivers.registry import make_driver
 from .driverset import DriverSet
+from .health import HealthSnapshot, collect
 from .model import Event, Record, now_ms
 from .store import Store
 from .text import plural
@@ -76,6 +77,13 @@ class Runtime:
             ctx.cursors = store.get_cursor
         return ctx
 
+    def health(self) -> HealthSnapshot:
+        """One snapshot of every stage: what status, diag, metrics, the fleet's diagnostics,
+        the edge's gateway row and the watchdog all read."""
+        return collect(firmware=__version__, config_hash=self.config.config_hash,
+                       started_mono=self.started_monotonic, drivers=self.drivers,
+                       uplink=self.uplink, store=self.store, edge=self.edge)
+
     def _make_driver(self, config: Config, d: DriverConfig) -> Driver:
         return make_driver(d.type, d.name, d.options, self.driver_context(config, d.name))
 
@@ -109,7 +117,7 @@ class Runtime:
         if c.edge.enabled:
             from .edge.pipeline import EdgePipeline
             self.edge = EdgePipeline(c.edge, self.store)
-            self.edge.start(uplink=self.uplink, drivers=lambda: self.drivers)
+            self.edge.start(health=self.health)
         self.drivers.build(c)
         self.uplink.start()
         self.drivers.start()

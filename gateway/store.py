@@ -612,6 +612,10 @@ class Store:
                               self._commits, self._committed, self._evicted, self._gaps,
                               self._full_errors, self._acked, self._corrupt)
 
+    def writer_alive(self) -> bool:
+        """The writer thread runs (health snapshot, watchdog)."""
+        return self._writer.is_alive()
+
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything queued so far is committed."""
         fut: Future[list[int]] = Future()

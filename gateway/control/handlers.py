@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .. import __version__
-from ..driverset import ReadTimeout, bounded_call, find_driver, meter_stats, safe_call
+from ..driverset import ReadTimeout, bounded_call, find_driver, meter_stats
+from ..health import bus_summary, uplink_summary
 from ..model import now_ms
 from ..text import error_text, plural
 from .audit import Peer
@@ -196,39 +197,9 @@ def resolve_bus(rt: "Runtime", word: str, capability: str, what: str) -> tuple["
     return drv, fn
 
 
-def driver_state(drv: "Driver") -> str:
-    if drv.is_alive():
-        return "stopping" if drv.stopping.is_set() else "running"
-    if drv.stopping.is_set():
-        return "stopped"
-    return "dead" if drv.ident is not None else "not started"
-
-
-def bus_summary(drv: "Driver") -> dict[str, Any]:
-    out: dict[str, Any] = {"name": drv.bus, "type": drv.type_name, "state": driver_state(drv),
-                           "meters": len(meter_stats(drv)), "refused": drv.refused}
-    fn = getattr(drv, "bus_state", None)
-    if callable(fn):
-        extra = safe_call(fn)
-        if isinstance(extra, dict):
-            out["bus"] = extra
-    return out
-
-
-def uplink_summary(rt: "Runtime") -> dict[str, Any]:
-    u = rt.uplink
+def broker_summary(rt: "Runtime", snap: Any) -> dict[str, Any]:
     c = rt.config.uplink
-    out: dict[str, Any] = {"broker": f"{c.host}:{c.port}", "client_id": c.client_id}
-    if u is None:
-        return {**out, "state": "not started", "connected": False}
-    s = u.state
-    alive = u._thread.is_alive()  # noqa: SLF001 - read-only health probe
-    state = "connected" if s.connected else ("disconnected" if alive else "stopped")
-    out.update(dataclasses.asdict(s))
-    extra = out.pop("extra", None) or {}
-    out["state"] = state
-    out["tls_negotiated"] = extra.get("tls_negotiated") if s.connected else None
-    return out
+    return uplink_summary(snap, f"{c.host}:{c.port}", c.client_id)
 
 
 # Edge alarms (diag.<rule>) worth a warning on the meter's row, and how they read.
@@ -328,6 +299,7 @@ def hello(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 def status(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     assert rt.store is not None
+    snap = rt.health()
     st = rt.store.stats()
     now = now_ms()
     return {
@@ -339,8 +311,8 @@ def status(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         "store": {"depth": st.depth, "bytes": st.bytes, "max_bytes": rt.config.store.max_bytes,
                   "oldest_unsent_seq": st.oldest_seq,
                   "oldest_unsent_age_s": _age_s(st.oldest_ts_ms, now)},
-        "broker": uplink_summary(rt),
-        "buses": [bus_summary(d) for d in list(rt.drivers)],
+        "broker": broker_summary(rt, snap),
+        "buses": [bus_summary(b) for b in snap.buses.values()],
         "consoles": ctx.server.connection_count(),
     }
 
@@ -649,7 +621,7 @@ def certificates(path: str, role: str) -> list[dict[str, Any]]:
 def uplink(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     c = rt.config.uplink
-    out = uplink_summary(rt)
+    out = broker_summary(rt, rt.health())
     out["tls_version"] = c.tls_version
     out["topic_prefix"] = c.topic_prefix
     out["certificates"] = certificates(c.cert, "client") + certificates(c.ca, "ca")
@@ -666,29 +638,29 @@ def diag(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         checks.append({"level": level, "what": what, "detail": detail})
 
     alarms = edge_alarms(rt)
-    for drv in list(rt.drivers):
-        state = driver_state(drv)
-        stats = meter_stats(drv)
+    snap = rt.health()
+    for bus in snap.buses.values():
+        state, stats = bus.state, bus.meters
         if state != "running":
-            add("fail", f"bus {drv.bus}", f"driver {state} (type {drv.type_name}); see the log")
+            add("fail", f"bus {bus.name}", f"driver {state} (type {bus.type}); see the log")
         else:
             troubled = {m: p for m in sorted(stats)
                         if (p := meter_problems(stats[m], alarms.get(m, {})))}
             for m in sorted(set(alarms) - set(stats)):  # seen on this bus, not in its stats
                 seen = rt.monitor.meter(m)
-                if seen is not None and seen["bus"] == drv.bus and alarms[m]:
+                if seen is not None and seen["bus"] == bus.name and alarms[m]:
                     troubled[m] = meter_problems({}, alarms[m])
             n = len(set(stats) | set(troubled))
             if troubled:
-                add("warn", f"bus {drv.bus}", f"running; {len(troubled)} of "
+                add("warn", f"bus {bus.name}", f"running; {len(troubled)} of "
                     f"{plural(n, 'meter')} need attention")
                 for m, problems in troubled.items():
                     add("warn", f"meter {m}", "; ".join(problems))
             else:
-                add("ok", f"bus {drv.bus}", f"running, {plural(n, 'meter')}")
-        if drv.refused:
-            add("fail", f"bus {drv.bus}", f"{plural(drv.refused, 'batch', 'batches')} refused by the store")
-    up = uplink_summary(rt)
+                add("ok", f"bus {bus.name}", f"running, {plural(n, 'meter')}")
+        if bus.refused:
+            add("fail", f"bus {bus.name}", f"{plural(bus.refused, 'batch', 'batches')} refused by the store")
+    up = broker_summary(rt, snap)
     if up["state"] == "connected":
         add("ok", "uplink", f"connected to {up['broker']}")
     else:

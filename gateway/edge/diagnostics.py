@@ -604,7 +604,7 @@ def board_metrics(store_dir: str) -> dict[str, Any]:
     return out
 
 
-def gateway_metrics(*, store: Any, uplink: Any, started_mono: float, boot: str,
+def gateway_metrics(*, store: Any, uplink: Mapping[str, Any] | None, started_mono: float, boot: str,
                     clock: Mapping[str, Any], edge: Mapping[str, Any],
                     now: int, board: Callable[[str], dict[str, Any]] = board_metrics
                     ) -> dict[str, Any]:
@@ -618,10 +618,9 @@ def gateway_metrics(*, store: Any, uplink: Any, started_mono: float, boot: str,
                  oldest_unsent_s=None if st.oldest_ts_ms is None
                  else max(0, (now - st.oldest_ts_ms) // 1000))
         g.update(board(os.path.dirname(os.path.abspath(store.path))))
-    if uplink is not None:
-        s = uplink.state
-        g.update(broker_connected=s.connected, broker_since_ms=s.since_ms,
-                 broker_reconnects=max(0, s.connect_attempts - 1),
-                 broker_connect_failures=s.connect_failures, broker_last_error=s.last_error,
-                 messages_acked=s.messages_acked)
+    if uplink:  # the health snapshot's uplink part
+        g.update(broker_connected=uplink["connected"], broker_since_ms=uplink["since_ms"],
+                 broker_reconnects=max(0, uplink["connect_attempts"] - 1),
+                 broker_connect_failures=uplink["connect_failures"],
+                 broker_last_error=uplink["last_error"], messages_acked=uplink["messages_acked"])
     return g

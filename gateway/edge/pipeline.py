@@ -24,9 +24,10 @@ from concurrent.futures import Future
 from dataclasses import replace
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping
 
 from ..config import EdgeConfig
+from ..health import HealthSnapshot
 from ..model import (QUALITY_CLOCK_UNSYNCED, QUALITY_ESTIMATED, QUALITY_HISTORIC,
                      QUALITY_METER_TIME_SUSPECT,
                      QUALITY_METER_ERROR, QUALITY_SIMULATED, Event, Reading, Record, to_decimal)
@@ -79,8 +80,9 @@ class EdgePipeline:
         # callable returning a mapping; one that fails is skipped, never the snapshot.
         self.gateway_extras: list[Callable[[], Mapping[str, Any]]] = []
         self._thread: threading.Thread | None = None
-        self.uplink: Any = None
-        self.drivers: Union[Sequence[Any], Callable[[], Sequence[Any]]] = ()
+        # the gateway's health snapshot (drivers' meter stats, uplink state); None: no
+        # drivers or uplink to report (a bench, a test of the edge alone)
+        self.health: Callable[[], HealthSnapshot] | None = None
         self.started_mono = time.monotonic()
         self.boot_reason = "unknown"
 
@@ -339,25 +341,29 @@ class EdgePipeline:
     # ------------------------------------------------------------------ diagnostics
     def publish_diagnostics(self) -> "Future[list[int]]":
         """One snapshot now: rule events, Diag records and the latest table, one commit."""
+        snap = self._snapshot()  # outside the lock: a driver may take its time
         stats: dict[str, dict[str, Any]] = {}
-        drivers = self.drivers() if callable(self.drivers) else self.drivers
-        for drv in list(drivers):  # outside the lock: a driver may take its time
-            fn = getattr(drv, "meter_stats", None)
-            if fn is not None:
-                try:
-                    stats.update(fn())
-                except Exception:  # a driver bug must not stop the diagnostics
-                    log.exception("edge: meter_stats() of %s failed", getattr(drv, "bus", drv))
+        for bus in (snap.buses.values() if snap else ()):
+            stats.update(bus.meters)
         with self._lock:
             now = self.clock.wall()
             events = self.diag.tick(now, stats)
-            g = gateway_metrics(store=self.store, uplink=self.uplink,
+            g = gateway_metrics(store=self.store, uplink=snap.uplink if snap else None,
                                 started_mono=self.started_mono, boot=self.boot_reason,
                                 clock=self.clock.status(), edge=self.edge_metrics(), now=now)
             g.update(self._extras())
             events += self.diag.gateway_rules(g, now)
             records, cur = self.diag.snapshot(now, g)
             return self.store.submit([*events, *records], cur)
+
+    def _snapshot(self) -> HealthSnapshot | None:
+        if self.health is None:
+            return None
+        try:
+            return self.health()
+        except Exception:  # noqa: BLE001 - a broken stage must not stop the diagnostics
+            log.exception("edge: the health snapshot failed")
+            return None
 
     def _extras(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -371,9 +377,10 @@ class EdgePipeline:
     def live_table(self) -> dict[str, Any]:
         """The ``gateway diag`` table, live, in the same shape as commands.diag.read_table
         (for the control socket: the console can serve it without waiting for a snapshot)."""
+        snap = self._snapshot()
         with self._lock:
             now = self.clock.wall()
-            g = gateway_metrics(store=self.store, uplink=self.uplink,
+            g = gateway_metrics(store=self.store, uplink=snap.uplink if snap else None,
                                 started_mono=self.started_mono, boot=self.boot_reason,
                                 clock=self.clock.status(), edge=self.edge_metrics(), now=now)
             g.update(self._extras())
@@ -394,14 +401,12 @@ class EdgePipeline:
                 "pending_dropped": self.pending_dropped, "registers": len(self._regs)}
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, *, uplink: Any = None,
-              drivers: Union[Sequence[Any], Callable[[], Sequence[Any]]] = ()) -> None:
+    def start(self, *, health: Callable[[], HealthSnapshot] | None = None) -> None:
         """Record why we started (boot marker in the store) and start the background thread.
 
-        ``drivers`` (or a callable returning them, as hot reload replaces drivers) are asked
-        for ``meter_stats()`` at each snapshot when they have it."""
-        self.uplink = uplink
-        self.drivers = drivers
+        ``health`` gives the gateway's snapshot (drivers' meter stats, uplink state) at each
+        diagnostics snapshot; the edge never reaches into the drivers or the uplink."""
+        self.health = health
         prev = self.store.get_cursor(GATEWAY, CURSOR_RUN)
         bid = boot_id()
         self.boot_reason = boot_reason(prev if isinstance(prev, dict) else None, bid)

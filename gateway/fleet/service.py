@@ -14,10 +14,11 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 from .. import __version__, driverset
 from ..control.reload import plan_reload
+from ..health import HealthSnapshot
 from ..model import Event, now_ms
 from . import keys
 from .command import Command
@@ -44,8 +45,9 @@ class FleetHost(Protocol):
     config: Any
     store: Any
     uplink: Any
-    drivers: list[Any]
+    drivers: Iterable[Any]
 
+    def health(self) -> HealthSnapshot: ...
     def emit_event(self, event: Event) -> None: ...
     def request_restart(self, reason: str) -> None: ...
 
@@ -128,13 +130,10 @@ class Fleet:
     def on_command(self, topic: str, payload: bytes) -> None:
         self.handler.on_command(topic, payload)
 
-    def dead_threads(self) -> list[str]:
-        h = self.host
-        threads = [getattr(h.uplink, "_thread", None), getattr(h.store, "_writer", None),
-                   *h.drivers]
-        if self.topics:
-            threads.append(self.handler.thread)
-        dead = [t.name for t in threads if t is not None and not t.is_alive()]
+    def dead_threads(self, snap: HealthSnapshot | None = None) -> list[str]:
+        dead = (snap or self.host.health()).dead_threads()
+        if self.topics and not self.handler.thread.is_alive():
+            dead.append(self.handler.thread.name)
         if not threading.main_thread().is_alive():
             dead.append("main")
         return dead
@@ -183,21 +182,20 @@ class Fleet:
     # ------------------------------------------------------------------ commands
     def cmd_diagnostics(self, cmd: Command) -> dict[str, Any]:
         h = self.host
-        st = h.store.stats()
-        u = getattr(h.uplink, "state", None)
+        snap = h.health()
+        st, u = snap.store, snap.uplink
         out: dict[str, Any] = {
             "firmware": __version__, "uptime_s": int(time.monotonic() - self.started_mono),
-            "pid": os.getpid(), "config_hash": h.config.config_hash,
-            "store": {"depth": st.depth, "bytes": st.bytes, "last_seq": st.last_seq,
-                      "evicted": st.evicted_records, "full_errors": st.full_errors},
-            "uplink": {} if u is None else {
-                "connected": u.connected, "connect_failures": u.connect_failures,
-                "messages_acked": u.messages_acked, "last_error": u.last_error or ""},
-            "drivers": {d.bus: {"alive": d.is_alive(),
-                                "meters": len(getattr(d, "meter_stats", dict)() or {})}
-                        for d in h.drivers},
+            "pid": os.getpid(), "config_hash": snap.config_hash,
+            "store": {"depth": st["depth"], "bytes": st["bytes"], "last_seq": st["last_seq"],
+                      "evicted": st["evicted_records"], "full_errors": st["full_errors"]},
+            "uplink": {} if not u else {
+                "connected": u["connected"], "connect_failures": u["connect_failures"],
+                "messages_acked": u["messages_acked"], "last_error": u["last_error"] or ""},
+            "drivers": {b.name: {"alive": b.alive, "meters": len(b.meters)}
+                        for b in snap.buses.values()},
             "fleet": dict(self.handler.counters), "ota": self.ota.installed(),
-            "dead_threads": self.dead_threads(),
+            "dead_threads": self.dead_threads(snap),
         }
         control = getattr(h, "control", None)
         if control is not None:

@@ -236,6 +236,10 @@ class Uplink:
     def start(self) -> None:
         self._thread.start()
 
+    def is_alive(self) -> bool:
+        """The uplink thread runs (health snapshot, watchdog)."""
+        return self._thread.is_alive()
+
     def stop(self, drain_timeout: float = 3.0) -> None:
         """Stop publishing new messages, wait up to drain_timeout for the acks of those in
         flight, say goodbye on the status topic, disconnect."""
