@@ -40,12 +40,15 @@ from ..protocols import xbee, zcl, zdo
 from .backoff import Backoff
 from .base import Driver, RecordSink
 from .decode_errors import DecodeErrors
+from .zigbee_values import (AC_POLL_ATTRS, AC_SCALE_ATTRS, BASIC_ATTRS,  # noqa: F401
+                            METERING_POLL_ATTRS, METERING_SCALE_ATTRS, METERING_STATUS,
+                            QUALITY_ROUNDED, AcScale, Invalid, MeteringScale, is_integer)
+from . import zigbee_values as zvalues
 from .zigbee_link import (OUR_ENDPOINT, XBeeLink, XBeeLinkError, open_network,  # noqa: F401
                           open_port)
 from .. import events as kinds
 
 HELD_VALUES_MAX = 32          # values held per device while its scaling is unknown
-QUALITY_ROUNDED = "rounded"   # multiplier/divisor not a terminating decimal (e.g. /3)
 
 # ---------------------------------------------------------------------------- options
 
@@ -116,50 +119,6 @@ SCHEMA = DriverSchema((
 # ---------------------------------------------------------------------------- device state
 
 
-@dataclass(frozen=True)
-class MeteringScale:
-    unit_code: int
-    multiplier: int
-    divisor: int
-    summation_fmt: zcl.Formatting
-    demand_fmt: zcl.Formatting
-    device_type: int
-
-    @property
-    def units(self) -> tuple[str, str, bool]:
-        return zcl.unit_of_measure(self.unit_code)
-
-
-@dataclass(frozen=True)
-class AcScale:
-    voltage: tuple[int, int]
-    current: tuple[int, int]
-    power: tuple[int, int]
-
-
-# Metering attributes that become readings -> which formatting/unit applies.
-METERING_VALUES: dict[int, str] = {0x0000: "summation", 0x0001: "summation",
-                                   0x0400: "demand"}
-# Electrical Measurement attributes that become readings -> (scaling, unit, quantity).
-AC_VALUES: dict[int, tuple[str, str, str]] = {
-    0x0505: ("voltage", "V", "1-0:32.7.0"),     # L1 voltage
-    0x0508: ("current", "A", "1-0:31.7.0"),     # L1 current
-    0x050B: ("power", "W", "zcl:0B04:ActivePower"),  # signed: no single OBIS code
-}
-# (device type family, attribute) -> OBIS code, where the meaning is unambiguous.
-OBIS: dict[tuple[str, int], str] = {
-    ("electric", 0x0000): "1-0:1.8.0", ("electric", 0x0001): "1-0:2.8.0",
-    ("electric", 0x0400): "1-0:16.7.0",
-    ("gas", 0x0000): "7-0:3.0.0", ("water", 0x0000): "8-0:1.0.0",
-}
-# The UnitOfMeasure codes (low 7 bits) under which those OBIS codes are meaningful.
-_VOLUME = frozenset((0x01, 0x02, 0x03, 0x04, 0x05, 0x07, 0x0A))
-OBIS_UNITS: dict[str, frozenset[int]] = {"electric": frozenset((0x00,)), "gas": _VOLUME,
-                                         "water": _VOLUME}
-METERING_SCALE_ATTRS = (0x0300, 0x0301, 0x0302, 0x0303, 0x0304, 0x0306)
-AC_SCALE_ATTRS = (0x0600, 0x0601, 0x0602, 0x0603, 0x0604, 0x0605)
-METERING_POLL_ATTRS = (0x0000, 0x0001, 0x0400, 0x0200)
-AC_POLL_ATTRS = (0x0505, 0x0508, 0x050B)
 SETUP_STEPS = ("discover", "metering_scale", "ac_scale", "basic", "bind_metering", "configure_metering",
                "bind_ac", "configure_ac")
 
@@ -233,11 +192,6 @@ class Request:
     def fail(self, why: str) -> None:
         if self.future is not None and not self.future.done():
             self.future.set_exception(RuntimeError(why))
-
-
-def _is_integer(tv: zcl.TypedValue) -> bool:
-    return zcl.DATA_TYPES[tv.type_id].kind in ("uint", "int", "data", "bitmap") \
-        and isinstance(tv.value, int) and not isinstance(tv.value, bool)
 
 
 class _SessionRestart(Exception):
@@ -990,8 +944,11 @@ class ZigbeeDriver(Driver):
         values = [(r.attribute_id, r.value) for r in p.records
                   if r.status == zcl.SUCCESS and r.value is not None]
         if req.kind == "metering_scale":
-            scale = self._metering_scale(dev, recs)
+            scale, problems = zvalues.metering_scale(recs)
             if scale is None:
+                self.log.warning("zigbee %s: %s: metering scaling unusable (%s): holding its "
+                                 "values", self.bus, dev.meter_id, "; ".join(problems))
+                self._bad_scaling(dev, "0x0702", problems)
                 dev.busy = False
                 dev.next_setup_at = now + self.poll_interval
                 return
@@ -1001,11 +958,12 @@ class ZigbeeDriver(Driver):
             self._values(dev, req.cluster, values, rx)
             self._step_done(dev, now)
         elif req.kind == "ac_scale":
-            present = any(recs.get(a) is not None and recs[a].status == zcl.SUCCESS
-                          for a in AC_POLL_ATTRS)
+            present = zvalues.has_ac(recs)
             dev.has_ac = present
             if present:
-                ac = self._ac_scale(dev, recs)
+                ac, problems = zvalues.ac_scale(recs)
+                if problems:
+                    self._bad_scaling(dev, "0x0B04", problems)
                 if ac is not None:
                     dev.ac = ac
                     self._release_held(dev, {(req.cluster, a) for a, _ in values})
@@ -1026,67 +984,10 @@ class ZigbeeDriver(Driver):
 
     # -- scaling -------------------------------------------------------------------------
 
-    def _scale_attr(self, dev: Device, recs: dict[int, zcl.AttributeStatus], attr: int,
-                    cluster: int, problems: list[str], default: int | None = 1) -> int | None:
-        r = recs.get(attr)
-        name = zcl.attribute_name(cluster, attr)
-        if r is None:
-            problems.append(f"{name} missing from the response")
-            return None
-        if r.status == zcl.UNSUPPORTED_ATTRIBUTE and default is not None:
-            return default  # optional attribute: the spec's default applies
-        if r.status != zcl.SUCCESS or r.value is None:
-            problems.append(f"{name}: {zcl.status_name(r.status)}")
-            return None
-        if r.value.invalid:
-            problems.append(f"{name} is the invalid sentinel 0x{r.value.value:X}")
-            return None
-        if not _is_integer(r.value):
-            problems.append(f"{name} has type {r.value.type_name}, not an integer type")
-            return None
-        if r.value.value < 0:
-            problems.append(f"{name} is negative ({r.value.value})")
-            return None
-        return int(r.value.value)
-
-    def _metering_scale(self, dev: Device, recs: dict[int, zcl.AttributeStatus]
-                        ) -> MeteringScale | None:
-        M = zcl.METERING
-        problems: list[str] = []
-        unit = self._scale_attr(dev, recs, 0x0300, M, problems, default=None)
-        mult = self._scale_attr(dev, recs, 0x0301, M, problems)
-        div = self._scale_attr(dev, recs, 0x0302, M, problems)
-        sfmt = self._scale_attr(dev, recs, 0x0303, M, [], default=0) or 0
-        dfmt = self._scale_attr(dev, recs, 0x0304, M, [], default=0) or 0
-        dtype = self._scale_attr(dev, recs, 0x0306, M, [], default=0) or 0
-        if unit is not None and (unit & 0x7F) not in zcl.UNIT_OF_MEASURE:
-            problems.append(f"UnitOfMeasure 0x{unit:02X} is not a known unit")
-        for name, v in (("Multiplier", mult), ("Divisor", div)):
-            if v == 0:
-                problems.append(f"{name} is 0")
-        if problems:
-            dev.stats["bad_scaling"] += 1
-            self.log.warning("zigbee %s: %s: metering scaling unusable (%s): holding its "
-                             "values", self.bus, dev.meter_id, "; ".join(problems))
-            self._event(kinds.BAD_SCALING, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
-                        cluster="0x0702", problems=problems)
-            return None
-        assert unit is not None and mult is not None and div is not None
-        return MeteringScale(unit, mult, div, zcl.Formatting.from_bits(sfmt),
-                             zcl.Formatting.from_bits(dfmt), dtype)
-
-    def _ac_scale(self, dev: Device, recs: dict[int, zcl.AttributeStatus]) -> AcScale | None:
-        AC = zcl.ELECTRICAL_MEASUREMENT
-        problems: list[str] = []
-        v = [self._scale_attr(dev, recs, a, AC, problems) for a in AC_SCALE_ATTRS]
-        problems += [f"{zcl.attribute_name(AC, a)} is 0" for a, x in zip(AC_SCALE_ATTRS, v)
-                     if x == 0]
-        if problems:
-            dev.stats["bad_scaling"] += 1
-            self._event(kinds.BAD_SCALING, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
-                        cluster="0x0B04", problems=problems)
-            return None
-        return AcScale((v[0], v[1]), (v[2], v[3]), (v[4], v[5]))  # type: ignore[arg-type]
+    def _bad_scaling(self, dev: Device, cluster: str, problems: list[str]) -> None:
+        dev.stats["bad_scaling"] += 1
+        self._event(kinds.BAD_SCALING, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
+                    cluster=cluster, problems=problems)
 
     def _release_held(self, dev: Device, fresh: set[tuple[int, int]] = frozenset()) -> None:
         """Publish the values that waited for the scaling, except those the scale read
@@ -1101,95 +1002,53 @@ class ZigbeeDriver(Driver):
 
     # -- values -> records ---------------------------------------------------------------
 
-    def _values(self, dev: Device, cluster: int, values: list[tuple[int, zcl.TypedValue]],
+    def _values(self, dev: Device, cluster: int, vals: list[tuple[int, zcl.TypedValue]],
                 rx: int) -> None:
-        for attr, tv in values:
+        for attr, tv in vals:
             if cluster == zcl.BASIC:
-                if tv.invalid:
-                    continue
-                with self._lock:
-                    if attr == 0x0004:
-                        dev.manufacturer = str(tv.value)
-                    elif attr == 0x0005:
-                        dev.model = str(tv.value)
-                continue
-            if cluster == zcl.METERING and attr == 0x0200 and _is_integer(tv):
-                if tv.value != dev.last_status:
-                    if dev.last_status is not None or tv.value:
-                        self._event(kinds.STATUS, dev, "warning" if tv.value else "info",
-                                    state="metering status", status=tv.value,
-                                    flags=zcl.status_bits(tv.value))
-                    dev.last_status = tv.value
-                continue
-            known = (cluster == zcl.METERING and attr in METERING_VALUES) or \
-                    (cluster == zcl.ELECTRICAL_MEASUREMENT and attr in AC_VALUES)
-            if not known:
-                continue
-            if tv.invalid:
-                self._invalid(dev, cluster, attr, tv)
-                continue
-            if not _is_integer(tv):
-                self._invalid(dev, cluster, attr, tv, f"unexpected type {tv.type_name}")
-                continue
-            scale = dev.metering if cluster == zcl.METERING else dev.ac
-            if scale is None:
-                if len(dev.held) >= HELD_VALUES_MAX:
-                    dev.held.pop(0)
-                    dev.stats["held_dropped"] += 1
-                dev.held.append((cluster, attr, tv, rx))
-                dev.stats["held"] += 1
-                continue
-            reading = (self._metering_reading(dev, attr, tv, rx) if cluster == zcl.METERING
-                       else self._ac_reading(dev, attr, tv, rx))
-            if reading is not None:
-                dev.stats["readings"] += 1
-                self._out.append(reading)
+                if not tv.invalid:
+                    with self._lock:
+                        if attr == 0x0004:
+                            dev.manufacturer = str(tv.value)
+                        elif attr == 0x0005:
+                            dev.model = str(tv.value)
+            elif cluster == zcl.METERING and attr == METERING_STATUS and is_integer(tv):
+                self._metering_status(dev, tv.value)
+            elif zvalues.is_measurement(cluster, attr):
+                self._measurement(dev, cluster, attr, tv, rx)
 
-    def _invalid(self, dev: Device, cluster: int, attr: int, tv: zcl.TypedValue,
-                 why: str = "invalid sentinel") -> None:
+    def _metering_status(self, dev: Device, status: int) -> None:
+        if status != dev.last_status:
+            if dev.last_status is not None or status:
+                self._event(kinds.STATUS, dev, "warning" if status else "info",
+                            state="metering status", status=status,
+                            flags=zcl.status_bits(status))
+            dev.last_status = status
+
+    def _measurement(self, dev: Device, cluster: int, attr: int, tv: zcl.TypedValue,
+                     rx: int) -> None:
+        out = zvalues.reading(dev.meter_id, self.bus, cluster, attr, tv, dev.metering, dev.ac,
+                             rx)
+        if out is None:  # its scaling is not known yet: hold it (bounded)
+            if len(dev.held) >= HELD_VALUES_MAX:
+                dev.held.pop(0)
+                dev.stats["held_dropped"] += 1
+            dev.held.append((cluster, attr, tv, rx))
+            dev.stats["held"] += 1
+        elif isinstance(out, Invalid):
+            self._invalid(dev, out)
+        else:
+            dev.stats["readings"] += 1
+            self._out.append(out)
+
+    def _invalid(self, dev: Device, bad: Invalid) -> None:
         dev.stats["invalid_values"] += 1
-        raw = tv.value if isinstance(tv.value, int) else None
+        raw = bad.raw
         self.log.warning("zigbee %s: %s: %s = %s (%s): not a reading", self.bus, dev.meter_id,
-                         zcl.attribute_name(cluster, attr),
-                         f"0x{raw & ((1 << 64) - 1):X}" if raw is not None else "?", why)
-        self._event(kinds.INVALID_VALUE, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
-                    cluster=f"0x{cluster:04X}", attribute=f"0x{attr:04X}",
-                    name=zcl.attribute_name(cluster, attr), type=tv.type_name,
-                    raw=raw, reason=why)
-
-    def _metering_reading(self, dev: Device, attr: int, tv: zcl.TypedValue,
-                          rx: int) -> Reading | None:
-        m = dev.metering
-        assert m is not None
-        summ_unit, demand_unit, bcd = m.units
-        raw = int(tv.value)
-        if bcd:
-            try:
-                size = zcl.DATA_TYPES[tv.type_id].size or 6
-                raw = zcl.bcd_value(raw & ((1 << (8 * size)) - 1), size)
-            except ValueError:
-                self._invalid(dev, zcl.METERING, attr, tv, "not BCD although UnitOfMeasure "
-                                                           "says BCD")
-                return None
-        what = METERING_VALUES[attr]
-        fmt = m.summation_fmt if what == "summation" else m.demand_fmt
-        mantissa, exponent, rounded = zcl.scale(raw, m.multiplier, m.divisor, fmt.right)
-        family = zcl.device_type_name(m.device_type)
-        quantity = OBIS.get((family, attr))
-        if quantity is None or (m.unit_code & 0x7F) not in OBIS_UNITS[family]:
-            quantity = f"zcl:0702:{zcl.attribute_name(zcl.METERING, attr)}"
-        unit = summ_unit if what == "summation" else demand_unit
-        return Reading(dev.meter_id, quantity, mantissa, exponent, unit, None, rx,
-                       (QUALITY_ROUNDED,) if rounded else (), self.bus)
-
-    def _ac_reading(self, dev: Device, attr: int, tv: zcl.TypedValue, rx: int) -> Reading:
-        ac = dev.ac
-        assert ac is not None
-        which, unit, quantity = AC_VALUES[attr]
-        mult, div = getattr(ac, which)
-        mantissa, exponent, rounded = zcl.scale(int(tv.value), mult, div)
-        return Reading(dev.meter_id, quantity, mantissa, exponent, unit, None, rx,
-                       (QUALITY_ROUNDED,) if rounded else (), self.bus)
+                         zcl.attribute_name(bad.cluster, bad.attribute),
+                         f"0x{raw & ((1 << 64) - 1):X}" if raw is not None else "?",
+                         bad.reason)
+        self._event(kinds.INVALID_VALUE, dev, "warning", **bad.detail(xbee.eui64_hex(dev.ieee)))
 
     # -- bus-level diagnostics -------------------------------------------------------------
 
