@@ -44,6 +44,7 @@ from .zigbee_values import (AC_POLL_ATTRS, AC_SCALE_ATTRS, BASIC_ATTRS,  # noqa:
                             METERING_POLL_ATTRS, METERING_SCALE_ATTRS, METERING_STATUS,
                             QUALITY_ROUNDED, AcScale, Invalid, MeteringScale, is_integer)
 from . import zigbee_values as zvalues
+from .zigbee_setup import CLUSTER as SETUP_CLUSTER, DeviceSetup, Effect, Outcome, Step
 from .zigbee_link import (OUR_ENDPOINT, XBeeLink, XBeeLinkError, open_network,  # noqa: F401
                           open_port)
 from .. import events as kinds
@@ -118,9 +119,12 @@ SCHEMA = DriverSchema((
 
 # ---------------------------------------------------------------------------- device state
 
+# Request kind (also the ``request`` of a ``meter.read_failed`` event) -> its set-up step.
+REQUEST_STEP: dict[str, Step] = {"discover_endpoints": Step.DISCOVER,
+                                 "discover_descriptor": Step.DISCOVER,
+                                 **{s.value: s for s in Step if s is not Step.READY}}
 
-SETUP_STEPS = ("discover", "metering_scale", "ac_scale", "basic", "bind_metering", "configure_metering",
-               "bind_ac", "configure_ac")
+
 
 
 @dataclass
@@ -134,11 +138,9 @@ class Device:
     nwk: int = xbee.UNKNOWN16
     metering: MeteringScale | None = None
     ac: AcScale | None = None
-    has_ac: bool | None = None
     manufacturer: str | None = None
     model: str | None = None
-    reporting: dict[int, str] = field(default_factory=dict)  # cluster -> configured|polled
-    setup: collections.deque = field(default_factory=collections.deque)
+    setup: DeviceSetup = field(default_factory=DeviceSetup)
     busy: bool = False
     next_setup_at: float = 0.0
     next_poll_at: float = 0.0
@@ -150,29 +152,17 @@ class Device:
     held: list = field(default_factory=list)
     rssi_dbm: int | None = None
     lqi: int | None = None  # as the coordinator's neighbor table rates the link (0-255)
-    endpoint_configured: bool = False  # the config names the Metering endpoint
-    endpoint_known: bool = False       # configured, discovered or seen in a Metering frame
     ep_candidates: list = field(default_factory=list)  # endpoints still to describe
     stats: collections.Counter = field(default_factory=collections.Counter)
 
     def restart_setup(self, now: float) -> None:
-        self.endpoint_known = self.endpoint_configured  # a rejoined device may be another
+        self.setup.restart()  # a rejoined device may be another: forget what was learnt
         self.metering = self.ac = None
-        self.has_ac = None
-        self.reporting = {}
-        self.setup = collections.deque(SETUP_STEPS)
         self.busy = False
         self.next_setup_at = now
 
     def polled_clusters(self) -> list[int]:
-        if self.setup:
-            return []
-        out = []
-        if self.reporting.get(zcl.METERING) != "configured":
-            out.append(zcl.METERING)
-        if self.has_ac and self.reporting.get(zcl.ELECTRICAL_MEASUREMENT) != "configured":
-            out.append(zcl.ELECTRICAL_MEASUREMENT)
-        return out
+        return self.setup.polled_clusters()
 
 
 @dataclass
@@ -257,7 +247,7 @@ class ZigbeeDriver(Driver):
                     "unit": m.units[0] if m else None,
                     "multiplier": m.multiplier if m else None,
                     "divisor": m.divisor if m else None,
-                    "reporting": {f"0x{c:04X}": s for c, s in d.reporting.items()},
+                    "reporting": {f"0x{c:04X}": s for c, s in d.setup.reporting.items()},
                 }
             return out
 
@@ -304,7 +294,7 @@ class ZigbeeDriver(Driver):
         if dev.metering is None:
             fut.set_exception(RuntimeError(
                 f"{meter_id}: its Metering scaling is not known yet (setup: "
-                f"{', '.join(dev.setup) or 'waiting'}), so its values cannot be read"))
+                f"{', '.join(dev.setup.remaining()) or 'waiting'}), so its values cannot be read"))
             return
         self._send_request(dev, Request(
             dev.ieee, "console_read", zcl.METERING, False,
@@ -446,7 +436,7 @@ class ZigbeeDriver(Driver):
             dev = Device(ieee, cfg.get("id") or xbee.eui64_hex(ieee),
                          cfg.get("endpoint") or self.default_endpoint, self.default_profile,
                          bool(cfg.get("poll", False)), cfg.get("expected_interval_s"))
-            dev.endpoint_configured = bool(cfg.get("endpoint"))
+            dev.setup = DeviceSetup(dev.force_poll, bool(cfg.get("endpoint")))
             dev.last_seen = now
             dev.restart_setup(now)
             with self._lock:
@@ -501,7 +491,7 @@ class ZigbeeDriver(Driver):
             self._check_silence(dev, now)
             if dev.busy:
                 continue
-            if dev.setup:
+            if not dev.setup.ready:
                 if now >= dev.next_setup_at:
                     self._setup_step(dev, now)
             elif now >= dev.next_poll_at and dev.polled_clusters():
@@ -586,67 +576,62 @@ class ZigbeeDriver(Driver):
                 fut.set_exception(exc)
 
     def _setup_step(self, dev: Device, now: float) -> None:
-        step = dev.setup[0]
+        step = dev.setup.pending()  # past the steps that do not apply to this device
+        if step is None:
+            self._ready(dev, now)
+            return
+        dev.busy = True
         M, AC = zcl.METERING, zcl.ELECTRICAL_MEASUREMENT
-        # A step skipped is a step done (the last one starts the poll schedule).
-        if step in ("bind_ac", "configure_ac") and not dev.has_ac:
-            self._step_done(dev, now)
-            return
-        if step.startswith(("bind", "configure")) and dev.force_poll:
-            dev.reporting[M if step.endswith("metering") else AC] = "polled"
-            self._step_done(dev, now)
-            return
-        if step.startswith("configure") and \
-                dev.reporting.get(M if step.endswith("metering") else AC) == "polled":
-            self._step_done(dev, now)  # its bind failed: polled already
-            return
-        if step == "discover":
-            if dev.endpoint_known:
-                self._step_done(dev, now)
-                return
-            dev.busy = True
+        if step is Step.DISCOVER:
             self._send_request(dev, Request(
                 dev.ieee, "discover_endpoints", zdo.ACTIVE_EP_REQ, True,
                 lambda seq: zdo.ActiveEpRequest(seq, dev.nwk).serialize()), now)
-            return
-        dev.busy = True
-        if step == "metering_scale":
+        elif step is Step.METERING_SCALE:
             # Current values ride along: published the moment the scaling is known (so
             # the first poll is one poll interval later, not a second read of the same).
-            self._read(dev, step, M, METERING_SCALE_ATTRS + METERING_POLL_ATTRS, now)
-        elif step == "ac_scale":
-            self._read(dev, step, AC, AC_SCALE_ATTRS + AC_POLL_ATTRS, now)
-        elif step == "basic":
-            self._read(dev, step, zcl.BASIC, (0x0004, 0x0005), now)
-        elif step.startswith("bind"):
-            cluster = M if step == "bind_metering" else AC
-            coord = self.coordinator_ieee
+            self._read(dev, step.value, M, METERING_SCALE_ATTRS + METERING_POLL_ATTRS, now)
+        elif step is Step.AC_SCALE:
+            self._read(dev, step.value, AC, AC_SCALE_ATTRS + AC_POLL_ATTRS, now)
+        elif step is Step.BASIC:
+            self._read(dev, step.value, zcl.BASIC, BASIC_ATTRS, now)
+        elif step in (Step.BIND_METERING, Step.BIND_AC):
+            cluster, coord = SETUP_CLUSTER[step], self.coordinator_ieee
 
             def build(seq: int, cluster: int = cluster) -> bytes:
                 return zdo.BindRequest(seq, dev.ieee, dev.endpoint, cluster, coord,
                                        OUR_ENDPOINT).serialize()
-            self._send_request(dev, Request(dev.ieee, step, zdo.BIND_REQ, True, build), now)
-        elif step == "configure_metering":
-            self._zcl_request(dev, step, M, zcl.ConfigureReporting((
+            self._send_request(dev, Request(dev.ieee, step.value, zdo.BIND_REQ, True, build),
+                               now)
+        elif step is Step.CONFIGURE_METERING:
+            self._zcl_request(dev, step.value, M, zcl.ConfigureReporting((
                 zcl.ReportingConfig(0, 0x0000, zcl.U48, self.report_min, self.report_max, 1),
                 zcl.ReportingConfig(0, 0x0400, zcl.S24, self.report_min, self.report_max, 1),
             )), now)
-        elif step == "configure_ac":
-            self._zcl_request(dev, step, AC, zcl.ConfigureReporting(tuple(
+        elif step is Step.CONFIGURE_AC:
+            self._zcl_request(dev, step.value, AC, zcl.ConfigureReporting(tuple(
                 zcl.ReportingConfig(0, a, t, self.report_min, self.report_max, 1)
                 for a, t in ((0x0505, zcl.U16), (0x0508, zcl.U16), (0x050B, zcl.S16)))), now)
 
-    def _step_done(self, dev: Device, now: float) -> None:
-        if dev.setup:
-            dev.setup.popleft()
+    def _setup_answer(self, dev: Device, kind: str, outcome: Outcome, now: float) -> None:
+        """The answer (or its absence) to a request of kind ``kind`` for ``dev``'s set-up."""
+        step = REQUEST_STEP.get(kind)
+        effect = dev.setup.on(step, outcome) if step is not None else None
+        if effect is None:
+            return  # a poll, a console read, or an answer for a step already left
         dev.busy = False
+        if effect is Effect.RETRY_LATER:  # values keep waiting
+            dev.next_setup_at = now + self.poll_interval
+            return
         dev.next_setup_at = now
-        if not dev.setup:
-            # The setup's scale reads carried the current values: polling now would send
-            # the same readings a second time.
-            dev.next_poll_at = now + self.poll_interval
-            self.log.info("zigbee %s: %s ready (%s)", self.bus, dev.meter_id, ", ".join(
-                f"0x{c:04X} {s}" for c, s in sorted(dev.reporting.items())) or "no reporting")
+        if dev.setup.pending() is None:
+            self._ready(dev, now)
+
+    def _ready(self, dev: Device, now: float) -> None:
+        # The setup's scale reads carried the current values: polling now would send
+        # the same readings a second time.
+        dev.next_poll_at = now + self.poll_interval
+        self.log.info("zigbee %s: %s ready (%s)", self.bus, dev.meter_id, ", ".join(
+            f"0x{c:04X} {s}" for c, s in sorted(dev.setup.reporting.items())) or "no reporting")
 
     def _poll(self, dev: Device, now: float) -> None:
         dev.next_poll_at = now + self.poll_interval
@@ -658,7 +643,7 @@ class ZigbeeDriver(Driver):
     def _expected_interval(self, dev: Device) -> float:
         if dev.expected_interval_s:
             return float(dev.expected_interval_s)
-        if dev.setup or dev.polled_clusters():
+        if not dev.setup.ready or dev.polled_clusters():
             return self.poll_interval
         return float(self.report_max)
 
@@ -697,22 +682,7 @@ class ZigbeeDriver(Driver):
         self._event(kinds.READ_FAILED, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
                     request=req.kind, cluster=f"0x{req.cluster:04X}", reason=why,
                     attempts=req.attempts)
-        self._step_failed(dev, req.kind, now)
-
-    def _step_failed(self, dev: Device, kind: str, now: float) -> None:
-        """What an unanswered/refused setup step means for the device."""
-        if kind in ("poll", "console_read"):
-            return
-        if kind == "metering_scale":
-            dev.busy = False  # stays first in the queue: retried later, values keep waiting
-            dev.next_setup_at = now + self.poll_interval
-            return
-        if kind == "ac_scale":
-            dev.has_ac = False
-        elif kind.startswith(("bind", "configure")):
-            dev.reporting[zcl.METERING if kind.endswith("metering")
-                          else zcl.ELECTRICAL_MEASUREMENT] = "polled"
-        self._step_done(dev, now)
+        self._setup_answer(dev, req.kind, Outcome.NO_ANSWER, now)
 
     # -- incoming ------------------------------------------------------------------------
 
@@ -761,7 +731,7 @@ class ZigbeeDriver(Driver):
         self._heard(dev, f.source16, now, rx)
         if f.cluster in (zcl.METERING, zcl.ELECTRICAL_MEASUREMENT):
             dev.endpoint, dev.profile = f.src_endpoint, f.profile
-            dev.endpoint_known = True
+            dev.setup.endpoint_known = True
         if not zcl.is_zcl_profile(f.profile):
             dev.stats["non_zcl_frames"] += 1  # Digi 0xC105 etc.: not ours to read
             self.log.debug("zigbee %s: %s: frame on profile 0x%04X (not ZCL) ignored",
@@ -790,13 +760,11 @@ class ZigbeeDriver(Driver):
             self._on_read_response(dev, req, p, rx, now)
         elif isinstance(p, zcl.ConfigureReportingResponse):
             ok = p.all_success
-            cluster = req.cluster
-            dev.reporting[cluster] = "configured" if ok else "polled"
             if not ok:
                 self.log.info("zigbee %s: %s refused reporting on 0x%04X (%s): polling it",
-                              self.bus, dev.meter_id, cluster,
+                              self.bus, dev.meter_id, req.cluster,
                               ", ".join(zcl.status_name(r.status) for r in p.records))
-            self._step_done(dev, now)
+            self._setup_answer(dev, req.kind, Outcome.OK if ok else Outcome.REFUSED, now)
         elif isinstance(p, zcl.DefaultResponse):
             if p.status == zcl.SUCCESS:
                 self._requests[(dev.ieee, hdr.seq)] = req  # not the answer we wait for
@@ -804,7 +772,7 @@ class ZigbeeDriver(Driver):
             self.log.info("zigbee %s: %s answered %s with %s", self.bus, dev.meter_id,
                           req.kind, zcl.status_name(p.status))
             req.fail(f"{dev.meter_id} refused the read: {zcl.status_name(p.status)}")
-            self._step_failed(dev, req.kind, now)
+            self._setup_answer(dev, req.kind, Outcome.REFUSED, now)
 
     def _default_response(self, dev: Device, f: xbee.ExplicitRxIndicator,
                           hdr: zcl.ZCLHeader) -> None:
@@ -885,20 +853,23 @@ class ZigbeeDriver(Driver):
         elif isinstance(msg, zdo.SimpleDescResponse):
             self._on_descriptor(dev, msg, now)
         elif msg.status == 0:
-            self._step_done(dev, now)
+            self._setup_answer(dev, req.kind, Outcome.OK, now)
         else:
             self.log.info("zigbee %s: %s refused %s (%s): polling it", self.bus,
                           dev.meter_id, req.kind, zdo.ZDO_STATUS.get(msg.status, msg.status))
-            self._step_failed(dev, req.kind, now)
+            self._setup_answer(dev, req.kind, Outcome.REFUSED, now)
 
     # -- endpoint discovery (setup step "discover") ----------------------------------------
+
+    def _discovered(self, dev: Device, now: float) -> None:
+        self._setup_answer(dev, "discover_endpoints", Outcome.OK, now)
 
     def _on_endpoints(self, dev: Device, msg: zdo.ActiveEpResponse, now: float) -> None:
         if msg.status != 0 or not msg.endpoints:
             self.log.info("zigbee %s: %s lists no endpoints (%s): using endpoint %d",
                           self.bus, dev.meter_id, zdo.ZDO_STATUS.get(msg.status, msg.status),
                           dev.endpoint)
-            self._step_done(dev, now)
+            self._discovered(dev, now)
             return
         dev.ep_candidates = [e for e in msg.endpoints if 1 <= e <= 240]  # 0, 241+: not apps
         self._describe_next(dev, now)
@@ -907,7 +878,7 @@ class ZigbeeDriver(Driver):
         if not dev.ep_candidates:
             self.log.info("zigbee %s: %s has no Metering cluster on its endpoints: using "
                           "endpoint %d", self.bus, dev.meter_id, dev.endpoint)
-            self._step_done(dev, now)
+            self._discovered(dev, now)
             return
         ep = dev.ep_candidates.pop(0)
         self._send_request(dev, Request(
@@ -916,11 +887,12 @@ class ZigbeeDriver(Driver):
 
     def _on_descriptor(self, dev: Device, msg: zdo.SimpleDescResponse, now: float) -> None:
         if msg.status == 0 and zcl.METERING in msg.in_clusters:
-            dev.endpoint, dev.profile, dev.endpoint_known = msg.endpoint, msg.profile, True
+            dev.endpoint, dev.profile = msg.endpoint, msg.profile
+            dev.setup.endpoint_known = True
             dev.ep_candidates = []
             self.log.info("zigbee %s: %s: Metering on endpoint %d (profile 0x%04X)", self.bus,
                           dev.meter_id, msg.endpoint, msg.profile)
-            self._step_done(dev, now)
+            self._discovered(dev, now)
             return
         self._describe_next(dev, now)
 
@@ -949,18 +921,16 @@ class ZigbeeDriver(Driver):
                 self.log.warning("zigbee %s: %s: metering scaling unusable (%s): holding its "
                                  "values", self.bus, dev.meter_id, "; ".join(problems))
                 self._bad_scaling(dev, "0x0702", problems)
-                dev.busy = False
-                dev.next_setup_at = now + self.poll_interval
+                self._setup_answer(dev, req.kind, Outcome.UNUSABLE, now)
                 return
             with self._lock:
                 dev.metering = scale
             self._release_held(dev, {(req.cluster, a) for a, _ in values})
             self._values(dev, req.cluster, values, rx)
-            self._step_done(dev, now)
+            self._setup_answer(dev, req.kind, Outcome.OK, now)
         elif req.kind == "ac_scale":
-            present = zvalues.has_ac(recs)
-            dev.has_ac = present
-            if present:
+            ac = None
+            if zvalues.has_ac(recs):
                 ac, problems = zvalues.ac_scale(recs)
                 if problems:
                     self._bad_scaling(dev, "0x0B04", problems)
@@ -968,12 +938,11 @@ class ZigbeeDriver(Driver):
                     dev.ac = ac
                     self._release_held(dev, {(req.cluster, a) for a, _ in values})
                     self._values(dev, req.cluster, values, rx)
-                else:
-                    dev.has_ac = False
-            self._step_done(dev, now)
+            self._setup_answer(dev, req.kind, Outcome.UNUSABLE if ac is None else Outcome.OK,
+                               now)
         elif req.kind == "basic":
             self._values(dev, req.cluster, values, rx)
-            self._step_done(dev, now)
+            self._setup_answer(dev, req.kind, Outcome.OK, now)
         elif req.future is not None:  # console read: what it produced, readings and events
             start = len(self._out)
             self._values(dev, req.cluster, values, rx)
