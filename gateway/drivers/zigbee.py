@@ -40,12 +40,16 @@ from ..protocols import xbee, zcl, zdo
 from .backoff import Backoff
 from .base import Driver, RecordSink
 from .decode_errors import DecodeErrors
+from .zigbee_values import (AC_POLL_ATTRS, AC_SCALE_ATTRS, BASIC_ATTRS,  # noqa: F401
+                            METERING_POLL_ATTRS, METERING_SCALE_ATTRS, METERING_STATUS,
+                            QUALITY_ROUNDED, AcScale, Invalid, MeteringScale, is_integer)
+from . import zigbee_values as zvalues
+from .zigbee_setup import CLUSTER as SETUP_CLUSTER, DeviceSetup, Effect, Outcome, Step
+from .zigbee_link import (OUR_ENDPOINT, XBeeLink, XBeeLinkError, open_network,  # noqa: F401
+                          open_port)
 from .. import events as kinds
 
-OUR_ENDPOINT = 0x01          # the coordinator endpoint our ZCL requests come from
-BROADCAST_ROUTERS16 = 0xFFFC  # all routers and the coordinator
 HELD_VALUES_MAX = 32          # values held per device while its scaling is unknown
-QUALITY_ROUNDED = "rounded"   # multiplier/divisor not a terminating decimal (e.g. /3)
 
 # ---------------------------------------------------------------------------- options
 
@@ -113,178 +117,14 @@ SCHEMA = DriverSchema((
 ), check=_report_rule, help="Digi XBee Zigbee coordinator: Smart Energy / HA metering")
 
 
-# ---------------------------------------------------------------------------- link
-
-
-def open_port(opts: Mapping[str, Any]) -> Any:
-    from .serialport import open_serial
-    return open_serial(opts)
-
-
-class XBeeLinkError(Exception):
-    """The module did not answer (or refused) an AT command: wrong AP mode, baud, or port."""
-
-
-@dataclass
-class _AtWait:
-    command: str
-    callback: Callable[[xbee.ATCommandResponse | None], None] | None = None
-    response: xbee.ATCommandResponse | None = None
-    done: bool = False
-
-
-class XBeeLink:
-    """A serial port + API frame codec + frame-id table: what the driver and the
-    ``gateway zigbee`` command share. ``on_frame(frame, context)`` gets every frame that is
-    not the answer to an AT command sent through :meth:`at`/:meth:`at_async`; context is
-    what was allocated with the frame id of a Transmit Status, else None."""
-
-    def __init__(self, ser: Any, escaped: bool,
-                 on_frame: Callable[[Any, Any], None], write: Callable[[bytes], None],
-                 on_decode_error: Callable[[bytes, Exception], None] | None = None) -> None:
-        self.ser = ser
-        self.escaped = escaped
-        self.on_frame = on_frame
-        self.on_decode_error = on_decode_error
-        self._write = write
-        self.decoder = xbee.FrameDecoder(escaped=escaped)
-        self.ids = xbee.FrameIdAllocator()
-
-    def send(self, frame: xbee.Frame) -> None:
-        self._write(xbee.encode(frame, self.escaped))
-
-    def pump(self) -> bool:
-        """Read what the port has (waiting at most its read timeout); dispatch every frame.
-        True if any byte came in."""
-        data = self.ser.read(max(1, self.ser.in_waiting))
-        if not data:
-            return False
-        self.decoder.receive_data(data)
-        for _ in range(len(data) + 4096):  # each pass consumes a frame, or a byte at least
-            try:
-                ev = self.decoder.next_event()
-            except Exception as exc:  # noqa: BLE001 - a codec bug must not stop the link
-                raw = self.decoder.pending()
-                self.decoder.skip(1)
-                if self.on_decode_error is not None:
-                    self.on_decode_error(raw, exc)
-                continue
-            if ev is xbee.NEED_DATA:
-                return True
-            ctx = None
-            if isinstance(ev, (xbee.ATCommandResponse, xbee.TransmitStatus)) and ev.frame_id:
-                ctx = self.ids.resolve(ev.frame_id)
-                if isinstance(ctx, _AtWait):
-                    ctx.response, ctx.done = ev, True  # type: ignore[assignment]
-                    if ctx.callback:
-                        ctx.callback(ev)  # type: ignore[arg-type]
-                    continue
-            self.on_frame(ev, ctx)
-        return True
-
-    def at_async(self, command: str, parameter: bytes, deadline: float,
-                 callback: Callable[[xbee.ATCommandResponse | None], None] | None = None
-                 ) -> _AtWait:
-        wait = _AtWait(command, callback)
-        fid = self.ids.allocate(wait, deadline)
-        self.send(xbee.ATCommand(fid, command, parameter))
-        return wait
-
-    def at(self, command: str, parameter: bytes = b"", timeout: float = 3.0,
-           stopping: threading.Event | None = None) -> xbee.ATCommandResponse:
-        """Send an AT command and pump until its answer; XBeeLinkError on timeout/error."""
-        deadline = time.monotonic() + timeout
-        wait = self.at_async(command, parameter, deadline)
-        while not wait.done:
-            if time.monotonic() >= deadline or (stopping is not None and stopping.is_set()):
-                self.expire(time.monotonic() + timeout)
-                raise XBeeLinkError(f"no answer to AT {command} within {timeout:g} s")
-            self.pump()
-        resp = wait.response
-        assert resp is not None
-        if resp.status != 0:
-            raise XBeeLinkError(f"AT {command} refused: "
-                                f"{xbee.AT_STATUS.get(resp.status, resp.status)}")
-        return resp
-
-    def expire(self, now: float) -> list[tuple[int, Any]]:
-        """Drop expired frame ids; AT callbacks get None; returns the other expired contexts."""
-        others = []
-        for fid, ctx in self.ids.expire(now):
-            if isinstance(ctx, _AtWait):
-                ctx.done = True
-                if ctx.callback:
-                    ctx.callback(None)
-            else:
-                others.append((fid, ctx))
-        return others
-
-
-def open_network(link: XBeeLink, seconds: int, zdo_seq: int, timeout: float,
-                 stopping: threading.Event | None = None) -> list[str]:
-    """Permit joining for ``seconds`` (0 closes): AT NJ + AC on the coordinator, then a
-    Mgmt_Permit_Joining_req broadcast so routers open too (what AT CB2 does for 60 s).
-    Returns the steps done, for the operator."""
-    if not 0 <= seconds <= 254:
-        raise ValueError("permit-join seconds must be 0..254 (255 would never close)")
-    link.at("NJ", bytes((seconds,)), timeout, stopping)
-    link.at("AC", b"", timeout, stopping)
-    msg = zdo.PermitJoiningRequest(zdo_seq, seconds, 1)
-    link.send(xbee.ExplicitAddressingCommand(
-        0, xbee.BROADCAST64, BROADCAST_ROUTERS16, zdo.ZDO_ENDPOINT, zdo.ZDO_ENDPOINT,
-        zdo.MGMT_PERMIT_JOINING_REQ, zdo.ZDO_PROFILE, 0, 0, msg.serialize()))
-    return [f"AT NJ={seconds}", "AT AC", f"Mgmt_Permit_Joining_req({seconds} s) broadcast"]
-
-
 # ---------------------------------------------------------------------------- device state
 
-
-@dataclass(frozen=True)
-class MeteringScale:
-    unit_code: int
-    multiplier: int
-    divisor: int
-    summation_fmt: zcl.Formatting
-    demand_fmt: zcl.Formatting
-    device_type: int
-
-    @property
-    def units(self) -> tuple[str, str, bool]:
-        return zcl.unit_of_measure(self.unit_code)
+# Request kind (also the ``request`` of a ``meter.read_failed`` event) -> its set-up step.
+REQUEST_STEP: dict[str, Step] = {"discover_endpoints": Step.DISCOVER,
+                                 "discover_descriptor": Step.DISCOVER,
+                                 **{s.value: s for s in Step if s is not Step.READY}}
 
 
-@dataclass(frozen=True)
-class AcScale:
-    voltage: tuple[int, int]
-    current: tuple[int, int]
-    power: tuple[int, int]
-
-
-# Metering attributes that become readings -> which formatting/unit applies.
-METERING_VALUES: dict[int, str] = {0x0000: "summation", 0x0001: "summation",
-                                   0x0400: "demand"}
-# Electrical Measurement attributes that become readings -> (scaling, unit, quantity).
-AC_VALUES: dict[int, tuple[str, str, str]] = {
-    0x0505: ("voltage", "V", "1-0:32.7.0"),     # L1 voltage
-    0x0508: ("current", "A", "1-0:31.7.0"),     # L1 current
-    0x050B: ("power", "W", "zcl:0B04:ActivePower"),  # signed: no single OBIS code
-}
-# (device type family, attribute) -> OBIS code, where the meaning is unambiguous.
-OBIS: dict[tuple[str, int], str] = {
-    ("electric", 0x0000): "1-0:1.8.0", ("electric", 0x0001): "1-0:2.8.0",
-    ("electric", 0x0400): "1-0:16.7.0",
-    ("gas", 0x0000): "7-0:3.0.0", ("water", 0x0000): "8-0:1.0.0",
-}
-# The UnitOfMeasure codes (low 7 bits) under which those OBIS codes are meaningful.
-_VOLUME = frozenset((0x01, 0x02, 0x03, 0x04, 0x05, 0x07, 0x0A))
-OBIS_UNITS: dict[str, frozenset[int]] = {"electric": frozenset((0x00,)), "gas": _VOLUME,
-                                         "water": _VOLUME}
-METERING_SCALE_ATTRS = (0x0300, 0x0301, 0x0302, 0x0303, 0x0304, 0x0306)
-AC_SCALE_ATTRS = (0x0600, 0x0601, 0x0602, 0x0603, 0x0604, 0x0605)
-METERING_POLL_ATTRS = (0x0000, 0x0001, 0x0400, 0x0200)
-AC_POLL_ATTRS = (0x0505, 0x0508, 0x050B)
-SETUP_STEPS = ("discover", "metering_scale", "ac_scale", "basic", "bind_metering", "configure_metering",
-               "bind_ac", "configure_ac")
 
 
 @dataclass
@@ -298,11 +138,9 @@ class Device:
     nwk: int = xbee.UNKNOWN16
     metering: MeteringScale | None = None
     ac: AcScale | None = None
-    has_ac: bool | None = None
     manufacturer: str | None = None
     model: str | None = None
-    reporting: dict[int, str] = field(default_factory=dict)  # cluster -> configured|polled
-    setup: collections.deque = field(default_factory=collections.deque)
+    setup: DeviceSetup = field(default_factory=DeviceSetup)
     busy: bool = False
     next_setup_at: float = 0.0
     next_poll_at: float = 0.0
@@ -314,29 +152,17 @@ class Device:
     held: list = field(default_factory=list)
     rssi_dbm: int | None = None
     lqi: int | None = None  # as the coordinator's neighbor table rates the link (0-255)
-    endpoint_configured: bool = False  # the config names the Metering endpoint
-    endpoint_known: bool = False       # configured, discovered or seen in a Metering frame
     ep_candidates: list = field(default_factory=list)  # endpoints still to describe
     stats: collections.Counter = field(default_factory=collections.Counter)
 
     def restart_setup(self, now: float) -> None:
-        self.endpoint_known = self.endpoint_configured  # a rejoined device may be another
+        self.setup.restart()  # a rejoined device may be another: forget what was learnt
         self.metering = self.ac = None
-        self.has_ac = None
-        self.reporting = {}
-        self.setup = collections.deque(SETUP_STEPS)
         self.busy = False
         self.next_setup_at = now
 
     def polled_clusters(self) -> list[int]:
-        if self.setup:
-            return []
-        out = []
-        if self.reporting.get(zcl.METERING) != "configured":
-            out.append(zcl.METERING)
-        if self.has_ac and self.reporting.get(zcl.ELECTRICAL_MEASUREMENT) != "configured":
-            out.append(zcl.ELECTRICAL_MEASUREMENT)
-        return out
+        return self.setup.polled_clusters()
 
 
 @dataclass
@@ -356,11 +182,6 @@ class Request:
     def fail(self, why: str) -> None:
         if self.future is not None and not self.future.done():
             self.future.set_exception(RuntimeError(why))
-
-
-def _is_integer(tv: zcl.TypedValue) -> bool:
-    return zcl.DATA_TYPES[tv.type_id].kind in ("uint", "int", "data", "bitmap") \
-        and isinstance(tv.value, int) and not isinstance(tv.value, bool)
 
 
 class _SessionRestart(Exception):
@@ -426,7 +247,7 @@ class ZigbeeDriver(Driver):
                     "unit": m.units[0] if m else None,
                     "multiplier": m.multiplier if m else None,
                     "divisor": m.divisor if m else None,
-                    "reporting": {f"0x{c:04X}": s for c, s in d.reporting.items()},
+                    "reporting": {f"0x{c:04X}": s for c, s in d.setup.reporting.items()},
                 }
             return out
 
@@ -473,7 +294,7 @@ class ZigbeeDriver(Driver):
         if dev.metering is None:
             fut.set_exception(RuntimeError(
                 f"{meter_id}: its Metering scaling is not known yet (setup: "
-                f"{', '.join(dev.setup) or 'waiting'}), so its values cannot be read"))
+                f"{', '.join(dev.setup.remaining()) or 'waiting'}), so its values cannot be read"))
             return
         self._send_request(dev, Request(
             dev.ieee, "console_read", zcl.METERING, False,
@@ -615,7 +436,7 @@ class ZigbeeDriver(Driver):
             dev = Device(ieee, cfg.get("id") or xbee.eui64_hex(ieee),
                          cfg.get("endpoint") or self.default_endpoint, self.default_profile,
                          bool(cfg.get("poll", False)), cfg.get("expected_interval_s"))
-            dev.endpoint_configured = bool(cfg.get("endpoint"))
+            dev.setup = DeviceSetup(dev.force_poll, bool(cfg.get("endpoint")))
             dev.last_seen = now
             dev.restart_setup(now)
             with self._lock:
@@ -670,7 +491,7 @@ class ZigbeeDriver(Driver):
             self._check_silence(dev, now)
             if dev.busy:
                 continue
-            if dev.setup:
+            if not dev.setup.ready:
                 if now >= dev.next_setup_at:
                     self._setup_step(dev, now)
             elif now >= dev.next_poll_at and dev.polled_clusters():
@@ -755,67 +576,62 @@ class ZigbeeDriver(Driver):
                 fut.set_exception(exc)
 
     def _setup_step(self, dev: Device, now: float) -> None:
-        step = dev.setup[0]
+        step = dev.setup.pending()  # past the steps that do not apply to this device
+        if step is None:
+            self._ready(dev, now)
+            return
+        dev.busy = True
         M, AC = zcl.METERING, zcl.ELECTRICAL_MEASUREMENT
-        # A step skipped is a step done (the last one starts the poll schedule).
-        if step in ("bind_ac", "configure_ac") and not dev.has_ac:
-            self._step_done(dev, now)
-            return
-        if step.startswith(("bind", "configure")) and dev.force_poll:
-            dev.reporting[M if step.endswith("metering") else AC] = "polled"
-            self._step_done(dev, now)
-            return
-        if step.startswith("configure") and \
-                dev.reporting.get(M if step.endswith("metering") else AC) == "polled":
-            self._step_done(dev, now)  # its bind failed: polled already
-            return
-        if step == "discover":
-            if dev.endpoint_known:
-                self._step_done(dev, now)
-                return
-            dev.busy = True
+        if step is Step.DISCOVER:
             self._send_request(dev, Request(
                 dev.ieee, "discover_endpoints", zdo.ACTIVE_EP_REQ, True,
                 lambda seq: zdo.ActiveEpRequest(seq, dev.nwk).serialize()), now)
-            return
-        dev.busy = True
-        if step == "metering_scale":
+        elif step is Step.METERING_SCALE:
             # Current values ride along: published the moment the scaling is known (so
             # the first poll is one poll interval later, not a second read of the same).
-            self._read(dev, step, M, METERING_SCALE_ATTRS + METERING_POLL_ATTRS, now)
-        elif step == "ac_scale":
-            self._read(dev, step, AC, AC_SCALE_ATTRS + AC_POLL_ATTRS, now)
-        elif step == "basic":
-            self._read(dev, step, zcl.BASIC, (0x0004, 0x0005), now)
-        elif step.startswith("bind"):
-            cluster = M if step == "bind_metering" else AC
-            coord = self.coordinator_ieee
+            self._read(dev, step.value, M, METERING_SCALE_ATTRS + METERING_POLL_ATTRS, now)
+        elif step is Step.AC_SCALE:
+            self._read(dev, step.value, AC, AC_SCALE_ATTRS + AC_POLL_ATTRS, now)
+        elif step is Step.BASIC:
+            self._read(dev, step.value, zcl.BASIC, BASIC_ATTRS, now)
+        elif step in (Step.BIND_METERING, Step.BIND_AC):
+            cluster, coord = SETUP_CLUSTER[step], self.coordinator_ieee
 
             def build(seq: int, cluster: int = cluster) -> bytes:
                 return zdo.BindRequest(seq, dev.ieee, dev.endpoint, cluster, coord,
                                        OUR_ENDPOINT).serialize()
-            self._send_request(dev, Request(dev.ieee, step, zdo.BIND_REQ, True, build), now)
-        elif step == "configure_metering":
-            self._zcl_request(dev, step, M, zcl.ConfigureReporting((
+            self._send_request(dev, Request(dev.ieee, step.value, zdo.BIND_REQ, True, build),
+                               now)
+        elif step is Step.CONFIGURE_METERING:
+            self._zcl_request(dev, step.value, M, zcl.ConfigureReporting((
                 zcl.ReportingConfig(0, 0x0000, zcl.U48, self.report_min, self.report_max, 1),
                 zcl.ReportingConfig(0, 0x0400, zcl.S24, self.report_min, self.report_max, 1),
             )), now)
-        elif step == "configure_ac":
-            self._zcl_request(dev, step, AC, zcl.ConfigureReporting(tuple(
+        elif step is Step.CONFIGURE_AC:
+            self._zcl_request(dev, step.value, AC, zcl.ConfigureReporting(tuple(
                 zcl.ReportingConfig(0, a, t, self.report_min, self.report_max, 1)
                 for a, t in ((0x0505, zcl.U16), (0x0508, zcl.U16), (0x050B, zcl.S16)))), now)
 
-    def _step_done(self, dev: Device, now: float) -> None:
-        if dev.setup:
-            dev.setup.popleft()
+    def _setup_answer(self, dev: Device, kind: str, outcome: Outcome, now: float) -> None:
+        """The answer (or its absence) to a request of kind ``kind`` for ``dev``'s set-up."""
+        step = REQUEST_STEP.get(kind)
+        effect = dev.setup.on(step, outcome) if step is not None else None
+        if effect is None:
+            return  # a poll, a console read, or an answer for a step already left
         dev.busy = False
+        if effect is Effect.RETRY_LATER:  # values keep waiting
+            dev.next_setup_at = now + self.poll_interval
+            return
         dev.next_setup_at = now
-        if not dev.setup:
-            # The setup's scale reads carried the current values: polling now would send
-            # the same readings a second time.
-            dev.next_poll_at = now + self.poll_interval
-            self.log.info("zigbee %s: %s ready (%s)", self.bus, dev.meter_id, ", ".join(
-                f"0x{c:04X} {s}" for c, s in sorted(dev.reporting.items())) or "no reporting")
+        if dev.setup.pending() is None:
+            self._ready(dev, now)
+
+    def _ready(self, dev: Device, now: float) -> None:
+        # The setup's scale reads carried the current values: polling now would send
+        # the same readings a second time.
+        dev.next_poll_at = now + self.poll_interval
+        self.log.info("zigbee %s: %s ready (%s)", self.bus, dev.meter_id, ", ".join(
+            f"0x{c:04X} {s}" for c, s in sorted(dev.setup.reporting.items())) or "no reporting")
 
     def _poll(self, dev: Device, now: float) -> None:
         dev.next_poll_at = now + self.poll_interval
@@ -827,7 +643,7 @@ class ZigbeeDriver(Driver):
     def _expected_interval(self, dev: Device) -> float:
         if dev.expected_interval_s:
             return float(dev.expected_interval_s)
-        if dev.setup or dev.polled_clusters():
+        if not dev.setup.ready or dev.polled_clusters():
             return self.poll_interval
         return float(self.report_max)
 
@@ -866,22 +682,7 @@ class ZigbeeDriver(Driver):
         self._event(kinds.READ_FAILED, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
                     request=req.kind, cluster=f"0x{req.cluster:04X}", reason=why,
                     attempts=req.attempts)
-        self._step_failed(dev, req.kind, now)
-
-    def _step_failed(self, dev: Device, kind: str, now: float) -> None:
-        """What an unanswered/refused setup step means for the device."""
-        if kind in ("poll", "console_read"):
-            return
-        if kind == "metering_scale":
-            dev.busy = False  # stays first in the queue: retried later, values keep waiting
-            dev.next_setup_at = now + self.poll_interval
-            return
-        if kind == "ac_scale":
-            dev.has_ac = False
-        elif kind.startswith(("bind", "configure")):
-            dev.reporting[zcl.METERING if kind.endswith("metering")
-                          else zcl.ELECTRICAL_MEASUREMENT] = "polled"
-        self._step_done(dev, now)
+        self._setup_answer(dev, req.kind, Outcome.NO_ANSWER, now)
 
     # -- incoming ------------------------------------------------------------------------
 
@@ -930,7 +731,7 @@ class ZigbeeDriver(Driver):
         self._heard(dev, f.source16, now, rx)
         if f.cluster in (zcl.METERING, zcl.ELECTRICAL_MEASUREMENT):
             dev.endpoint, dev.profile = f.src_endpoint, f.profile
-            dev.endpoint_known = True
+            dev.setup.endpoint_known = True
         if not zcl.is_zcl_profile(f.profile):
             dev.stats["non_zcl_frames"] += 1  # Digi 0xC105 etc.: not ours to read
             self.log.debug("zigbee %s: %s: frame on profile 0x%04X (not ZCL) ignored",
@@ -959,13 +760,11 @@ class ZigbeeDriver(Driver):
             self._on_read_response(dev, req, p, rx, now)
         elif isinstance(p, zcl.ConfigureReportingResponse):
             ok = p.all_success
-            cluster = req.cluster
-            dev.reporting[cluster] = "configured" if ok else "polled"
             if not ok:
                 self.log.info("zigbee %s: %s refused reporting on 0x%04X (%s): polling it",
-                              self.bus, dev.meter_id, cluster,
+                              self.bus, dev.meter_id, req.cluster,
                               ", ".join(zcl.status_name(r.status) for r in p.records))
-            self._step_done(dev, now)
+            self._setup_answer(dev, req.kind, Outcome.OK if ok else Outcome.REFUSED, now)
         elif isinstance(p, zcl.DefaultResponse):
             if p.status == zcl.SUCCESS:
                 self._requests[(dev.ieee, hdr.seq)] = req  # not the answer we wait for
@@ -973,7 +772,7 @@ class ZigbeeDriver(Driver):
             self.log.info("zigbee %s: %s answered %s with %s", self.bus, dev.meter_id,
                           req.kind, zcl.status_name(p.status))
             req.fail(f"{dev.meter_id} refused the read: {zcl.status_name(p.status)}")
-            self._step_failed(dev, req.kind, now)
+            self._setup_answer(dev, req.kind, Outcome.REFUSED, now)
 
     def _default_response(self, dev: Device, f: xbee.ExplicitRxIndicator,
                           hdr: zcl.ZCLHeader) -> None:
@@ -1054,20 +853,23 @@ class ZigbeeDriver(Driver):
         elif isinstance(msg, zdo.SimpleDescResponse):
             self._on_descriptor(dev, msg, now)
         elif msg.status == 0:
-            self._step_done(dev, now)
+            self._setup_answer(dev, req.kind, Outcome.OK, now)
         else:
             self.log.info("zigbee %s: %s refused %s (%s): polling it", self.bus,
                           dev.meter_id, req.kind, zdo.ZDO_STATUS.get(msg.status, msg.status))
-            self._step_failed(dev, req.kind, now)
+            self._setup_answer(dev, req.kind, Outcome.REFUSED, now)
 
     # -- endpoint discovery (setup step "discover") ----------------------------------------
+
+    def _discovered(self, dev: Device, now: float) -> None:
+        self._setup_answer(dev, "discover_endpoints", Outcome.OK, now)
 
     def _on_endpoints(self, dev: Device, msg: zdo.ActiveEpResponse, now: float) -> None:
         if msg.status != 0 or not msg.endpoints:
             self.log.info("zigbee %s: %s lists no endpoints (%s): using endpoint %d",
                           self.bus, dev.meter_id, zdo.ZDO_STATUS.get(msg.status, msg.status),
                           dev.endpoint)
-            self._step_done(dev, now)
+            self._discovered(dev, now)
             return
         dev.ep_candidates = [e for e in msg.endpoints if 1 <= e <= 240]  # 0, 241+: not apps
         self._describe_next(dev, now)
@@ -1076,7 +878,7 @@ class ZigbeeDriver(Driver):
         if not dev.ep_candidates:
             self.log.info("zigbee %s: %s has no Metering cluster on its endpoints: using "
                           "endpoint %d", self.bus, dev.meter_id, dev.endpoint)
-            self._step_done(dev, now)
+            self._discovered(dev, now)
             return
         ep = dev.ep_candidates.pop(0)
         self._send_request(dev, Request(
@@ -1085,11 +887,12 @@ class ZigbeeDriver(Driver):
 
     def _on_descriptor(self, dev: Device, msg: zdo.SimpleDescResponse, now: float) -> None:
         if msg.status == 0 and zcl.METERING in msg.in_clusters:
-            dev.endpoint, dev.profile, dev.endpoint_known = msg.endpoint, msg.profile, True
+            dev.endpoint, dev.profile = msg.endpoint, msg.profile
+            dev.setup.endpoint_known = True
             dev.ep_candidates = []
             self.log.info("zigbee %s: %s: Metering on endpoint %d (profile 0x%04X)", self.bus,
                           dev.meter_id, msg.endpoint, msg.profile)
-            self._step_done(dev, now)
+            self._discovered(dev, now)
             return
         self._describe_next(dev, now)
 
@@ -1113,32 +916,33 @@ class ZigbeeDriver(Driver):
         values = [(r.attribute_id, r.value) for r in p.records
                   if r.status == zcl.SUCCESS and r.value is not None]
         if req.kind == "metering_scale":
-            scale = self._metering_scale(dev, recs)
+            scale, problems = zvalues.metering_scale(recs)
             if scale is None:
-                dev.busy = False
-                dev.next_setup_at = now + self.poll_interval
+                self.log.warning("zigbee %s: %s: metering scaling unusable (%s): holding its "
+                                 "values", self.bus, dev.meter_id, "; ".join(problems))
+                self._bad_scaling(dev, "0x0702", problems)
+                self._setup_answer(dev, req.kind, Outcome.UNUSABLE, now)
                 return
             with self._lock:
                 dev.metering = scale
             self._release_held(dev, {(req.cluster, a) for a, _ in values})
             self._values(dev, req.cluster, values, rx)
-            self._step_done(dev, now)
+            self._setup_answer(dev, req.kind, Outcome.OK, now)
         elif req.kind == "ac_scale":
-            present = any(recs.get(a) is not None and recs[a].status == zcl.SUCCESS
-                          for a in AC_POLL_ATTRS)
-            dev.has_ac = present
-            if present:
-                ac = self._ac_scale(dev, recs)
+            ac = None
+            if zvalues.has_ac(recs):
+                ac, problems = zvalues.ac_scale(recs)
+                if problems:
+                    self._bad_scaling(dev, "0x0B04", problems)
                 if ac is not None:
                     dev.ac = ac
                     self._release_held(dev, {(req.cluster, a) for a, _ in values})
                     self._values(dev, req.cluster, values, rx)
-                else:
-                    dev.has_ac = False
-            self._step_done(dev, now)
+            self._setup_answer(dev, req.kind, Outcome.UNUSABLE if ac is None else Outcome.OK,
+                               now)
         elif req.kind == "basic":
             self._values(dev, req.cluster, values, rx)
-            self._step_done(dev, now)
+            self._setup_answer(dev, req.kind, Outcome.OK, now)
         elif req.future is not None:  # console read: what it produced, readings and events
             start = len(self._out)
             self._values(dev, req.cluster, values, rx)
@@ -1149,67 +953,10 @@ class ZigbeeDriver(Driver):
 
     # -- scaling -------------------------------------------------------------------------
 
-    def _scale_attr(self, dev: Device, recs: dict[int, zcl.AttributeStatus], attr: int,
-                    cluster: int, problems: list[str], default: int | None = 1) -> int | None:
-        r = recs.get(attr)
-        name = zcl.attribute_name(cluster, attr)
-        if r is None:
-            problems.append(f"{name} missing from the response")
-            return None
-        if r.status == zcl.UNSUPPORTED_ATTRIBUTE and default is not None:
-            return default  # optional attribute: the spec's default applies
-        if r.status != zcl.SUCCESS or r.value is None:
-            problems.append(f"{name}: {zcl.status_name(r.status)}")
-            return None
-        if r.value.invalid:
-            problems.append(f"{name} is the invalid sentinel 0x{r.value.value:X}")
-            return None
-        if not _is_integer(r.value):
-            problems.append(f"{name} has type {r.value.type_name}, not an integer type")
-            return None
-        if r.value.value < 0:
-            problems.append(f"{name} is negative ({r.value.value})")
-            return None
-        return int(r.value.value)
-
-    def _metering_scale(self, dev: Device, recs: dict[int, zcl.AttributeStatus]
-                        ) -> MeteringScale | None:
-        M = zcl.METERING
-        problems: list[str] = []
-        unit = self._scale_attr(dev, recs, 0x0300, M, problems, default=None)
-        mult = self._scale_attr(dev, recs, 0x0301, M, problems)
-        div = self._scale_attr(dev, recs, 0x0302, M, problems)
-        sfmt = self._scale_attr(dev, recs, 0x0303, M, [], default=0) or 0
-        dfmt = self._scale_attr(dev, recs, 0x0304, M, [], default=0) or 0
-        dtype = self._scale_attr(dev, recs, 0x0306, M, [], default=0) or 0
-        if unit is not None and (unit & 0x7F) not in zcl.UNIT_OF_MEASURE:
-            problems.append(f"UnitOfMeasure 0x{unit:02X} is not a known unit")
-        for name, v in (("Multiplier", mult), ("Divisor", div)):
-            if v == 0:
-                problems.append(f"{name} is 0")
-        if problems:
-            dev.stats["bad_scaling"] += 1
-            self.log.warning("zigbee %s: %s: metering scaling unusable (%s): holding its "
-                             "values", self.bus, dev.meter_id, "; ".join(problems))
-            self._event(kinds.BAD_SCALING, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
-                        cluster="0x0702", problems=problems)
-            return None
-        assert unit is not None and mult is not None and div is not None
-        return MeteringScale(unit, mult, div, zcl.Formatting.from_bits(sfmt),
-                             zcl.Formatting.from_bits(dfmt), dtype)
-
-    def _ac_scale(self, dev: Device, recs: dict[int, zcl.AttributeStatus]) -> AcScale | None:
-        AC = zcl.ELECTRICAL_MEASUREMENT
-        problems: list[str] = []
-        v = [self._scale_attr(dev, recs, a, AC, problems) for a in AC_SCALE_ATTRS]
-        problems += [f"{zcl.attribute_name(AC, a)} is 0" for a, x in zip(AC_SCALE_ATTRS, v)
-                     if x == 0]
-        if problems:
-            dev.stats["bad_scaling"] += 1
-            self._event(kinds.BAD_SCALING, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
-                        cluster="0x0B04", problems=problems)
-            return None
-        return AcScale((v[0], v[1]), (v[2], v[3]), (v[4], v[5]))  # type: ignore[arg-type]
+    def _bad_scaling(self, dev: Device, cluster: str, problems: list[str]) -> None:
+        dev.stats["bad_scaling"] += 1
+        self._event(kinds.BAD_SCALING, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
+                    cluster=cluster, problems=problems)
 
     def _release_held(self, dev: Device, fresh: set[tuple[int, int]] = frozenset()) -> None:
         """Publish the values that waited for the scaling, except those the scale read
@@ -1224,95 +971,53 @@ class ZigbeeDriver(Driver):
 
     # -- values -> records ---------------------------------------------------------------
 
-    def _values(self, dev: Device, cluster: int, values: list[tuple[int, zcl.TypedValue]],
+    def _values(self, dev: Device, cluster: int, vals: list[tuple[int, zcl.TypedValue]],
                 rx: int) -> None:
-        for attr, tv in values:
+        for attr, tv in vals:
             if cluster == zcl.BASIC:
-                if tv.invalid:
-                    continue
-                with self._lock:
-                    if attr == 0x0004:
-                        dev.manufacturer = str(tv.value)
-                    elif attr == 0x0005:
-                        dev.model = str(tv.value)
-                continue
-            if cluster == zcl.METERING and attr == 0x0200 and _is_integer(tv):
-                if tv.value != dev.last_status:
-                    if dev.last_status is not None or tv.value:
-                        self._event(kinds.STATUS, dev, "warning" if tv.value else "info",
-                                    state="metering status", status=tv.value,
-                                    flags=zcl.status_bits(tv.value))
-                    dev.last_status = tv.value
-                continue
-            known = (cluster == zcl.METERING and attr in METERING_VALUES) or \
-                    (cluster == zcl.ELECTRICAL_MEASUREMENT and attr in AC_VALUES)
-            if not known:
-                continue
-            if tv.invalid:
-                self._invalid(dev, cluster, attr, tv)
-                continue
-            if not _is_integer(tv):
-                self._invalid(dev, cluster, attr, tv, f"unexpected type {tv.type_name}")
-                continue
-            scale = dev.metering if cluster == zcl.METERING else dev.ac
-            if scale is None:
-                if len(dev.held) >= HELD_VALUES_MAX:
-                    dev.held.pop(0)
-                    dev.stats["held_dropped"] += 1
-                dev.held.append((cluster, attr, tv, rx))
-                dev.stats["held"] += 1
-                continue
-            reading = (self._metering_reading(dev, attr, tv, rx) if cluster == zcl.METERING
-                       else self._ac_reading(dev, attr, tv, rx))
-            if reading is not None:
-                dev.stats["readings"] += 1
-                self._out.append(reading)
+                if not tv.invalid:
+                    with self._lock:
+                        if attr == 0x0004:
+                            dev.manufacturer = str(tv.value)
+                        elif attr == 0x0005:
+                            dev.model = str(tv.value)
+            elif cluster == zcl.METERING and attr == METERING_STATUS and is_integer(tv):
+                self._metering_status(dev, tv.value)
+            elif zvalues.is_measurement(cluster, attr):
+                self._measurement(dev, cluster, attr, tv, rx)
 
-    def _invalid(self, dev: Device, cluster: int, attr: int, tv: zcl.TypedValue,
-                 why: str = "invalid sentinel") -> None:
+    def _metering_status(self, dev: Device, status: int) -> None:
+        if status != dev.last_status:
+            if dev.last_status is not None or status:
+                self._event(kinds.STATUS, dev, "warning" if status else "info",
+                            state="metering status", status=status,
+                            flags=zcl.status_bits(status))
+            dev.last_status = status
+
+    def _measurement(self, dev: Device, cluster: int, attr: int, tv: zcl.TypedValue,
+                     rx: int) -> None:
+        out = zvalues.reading(dev.meter_id, self.bus, cluster, attr, tv, dev.metering, dev.ac,
+                             rx)
+        if out is None:  # its scaling is not known yet: hold it (bounded)
+            if len(dev.held) >= HELD_VALUES_MAX:
+                dev.held.pop(0)
+                dev.stats["held_dropped"] += 1
+            dev.held.append((cluster, attr, tv, rx))
+            dev.stats["held"] += 1
+        elif isinstance(out, Invalid):
+            self._invalid(dev, out)
+        else:
+            dev.stats["readings"] += 1
+            self._out.append(out)
+
+    def _invalid(self, dev: Device, bad: Invalid) -> None:
         dev.stats["invalid_values"] += 1
-        raw = tv.value if isinstance(tv.value, int) else None
+        raw = bad.raw
         self.log.warning("zigbee %s: %s: %s = %s (%s): not a reading", self.bus, dev.meter_id,
-                         zcl.attribute_name(cluster, attr),
-                         f"0x{raw & ((1 << 64) - 1):X}" if raw is not None else "?", why)
-        self._event(kinds.INVALID_VALUE, dev, "warning", ieee=xbee.eui64_hex(dev.ieee),
-                    cluster=f"0x{cluster:04X}", attribute=f"0x{attr:04X}",
-                    name=zcl.attribute_name(cluster, attr), type=tv.type_name,
-                    raw=raw, reason=why)
-
-    def _metering_reading(self, dev: Device, attr: int, tv: zcl.TypedValue,
-                          rx: int) -> Reading | None:
-        m = dev.metering
-        assert m is not None
-        summ_unit, demand_unit, bcd = m.units
-        raw = int(tv.value)
-        if bcd:
-            try:
-                size = zcl.DATA_TYPES[tv.type_id].size or 6
-                raw = zcl.bcd_value(raw & ((1 << (8 * size)) - 1), size)
-            except ValueError:
-                self._invalid(dev, zcl.METERING, attr, tv, "not BCD although UnitOfMeasure "
-                                                           "says BCD")
-                return None
-        what = METERING_VALUES[attr]
-        fmt = m.summation_fmt if what == "summation" else m.demand_fmt
-        mantissa, exponent, rounded = zcl.scale(raw, m.multiplier, m.divisor, fmt.right)
-        family = zcl.device_type_name(m.device_type)
-        quantity = OBIS.get((family, attr))
-        if quantity is None or (m.unit_code & 0x7F) not in OBIS_UNITS[family]:
-            quantity = f"zcl:0702:{zcl.attribute_name(zcl.METERING, attr)}"
-        unit = summ_unit if what == "summation" else demand_unit
-        return Reading(dev.meter_id, quantity, mantissa, exponent, unit, None, rx,
-                       (QUALITY_ROUNDED,) if rounded else (), self.bus)
-
-    def _ac_reading(self, dev: Device, attr: int, tv: zcl.TypedValue, rx: int) -> Reading:
-        ac = dev.ac
-        assert ac is not None
-        which, unit, quantity = AC_VALUES[attr]
-        mult, div = getattr(ac, which)
-        mantissa, exponent, rounded = zcl.scale(int(tv.value), mult, div)
-        return Reading(dev.meter_id, quantity, mantissa, exponent, unit, None, rx,
-                       (QUALITY_ROUNDED,) if rounded else (), self.bus)
+                         zcl.attribute_name(bad.cluster, bad.attribute),
+                         f"0x{raw & ((1 << 64) - 1):X}" if raw is not None else "?",
+                         bad.reason)
+        self._event(kinds.INVALID_VALUE, dev, "warning", **bad.detail(xbee.eui64_hex(dev.ieee)))
 
     # -- bus-level diagnostics -------------------------------------------------------------
 
