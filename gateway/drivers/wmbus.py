@@ -46,8 +46,9 @@ from .keys import key_from
 from .base import Driver, RecordSink
 from .handoff import Listeners, WorkQueue, stored_key
 from .wmbus_replay import REPLAY_CURSOR, judge, telegram_marks
-from .mbus import (TZ_HELP, CompactFormats, EventGate, MeterStats, decode_error_detail,
-                   meter_key, open_port, read_ok_events, stored_cursor, telegram_readings)
+from .mbus import TZ_HELP, CompactFormats, EventGate, MeterStats, meter_key, open_port, \
+    stored_cursor
+from .mbus_mapping import decode_error_detail, read_ok_events, telegram_readings
 from .. import events as kinds
 
 METER_SCHEMA = Schema((
@@ -594,8 +595,10 @@ class WMBusDriver(Driver):
                          rssi_dbm, {"marks": marks, "hex": frame.hex().upper()})
             return kinds.REPLAY_SUSPECTED
         flags = tuple(t.status_flags)
-        events = read_ok_events(meter, st, flags, t.status, self.bus, meter_id, rx,
+        events = read_ok_events(st.consecutive_failures, meter.last_flags, flags, t.status,
+                                self.bus, meter_id, rx,
                                 **({"retried_with_new_key": True} if retry else {}))
+        meter.last_flags = flags
         st.reads_ok += 1
         st.consecutive_failures = 0
         st.last_ok_ms = max(rx, st.last_ok_ms or 0)
