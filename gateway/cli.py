@@ -15,13 +15,13 @@ EXIT_CONFIG = 2
 # Further subcommands (bus scans, console, fleet tools) live in their own modules, each with
 # `register(subparsers)`; adding one is one line here.
 COMMAND_MODULES: list[str] = [
-    "gateway.commands.decode",
-    "gateway.commands.diag",
-    "gateway.commands.console",
-    "gateway.commands.zigbee",
-    "gateway.commands.scan",
-    "gateway.commands.store",
-    "gateway.commands.audit",
+    "gateway.subcommands.decode",
+    "gateway.subcommands.diag",
+    "gateway.subcommands.console",
+    "gateway.subcommands.zigbee",
+    "gateway.subcommands.scan",
+    "gateway.subcommands.store",
+    "gateway.subcommands.audit",
 ]
 
 

@@ -27,7 +27,7 @@ class Sample:
 
 
 def _apdu(entry: dict) -> bytes:
-    from gateway.commands.decode_dlms import _one_apdu
+    from gateway.subcommands.decode_dlms import _one_apdu
     return _one_apdu(bytes.fromhex(entry["input_hex"]), [])
 
 

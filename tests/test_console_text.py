@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.commands.diag import render as diag_render
-from gateway.console.commands import r_listen_end, r_read
+from gateway.subcommands.diag import render as diag_render
+from gateway.console.views import r_listen_end, r_read
 from gateway.console.render import WIDTH, Out, cell_lines, table_lines, wrap_lines
 from gateway.control.handlers import key_bytes
 from gateway.control.mainreg import main_quantity, rank
@@ -181,7 +181,7 @@ def test_out_table_never_cuts(flags):
 
 
 def test_diag_shows_a_repeated_problem_once_with_its_count():
-    from gateway.console.commands import r_diag
+    from gateway.console.views import r_diag
     out = Out(io.StringIO(), colour=False)
 
     def ev(t: int, kind: str, meter: str) -> dict:

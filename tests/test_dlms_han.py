@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.commands.decode_common import exact_str
+from gateway.subcommands.decode_common import exact_str
 from gateway.model import Reading
 from gateway.protocols.dlms import DecryptError, DlmsError, axdr, cipher
 from gateway.protocols.dlms.gbt import GbtAssembler, GbtError

@@ -119,7 +119,7 @@ def test_codecs_import_no_higher_layer():
     graph = import_graph()
     higher = ("gateway.drivers", "gateway.edge", "gateway.store", "gateway.uplink",
               "gateway.fleet", "gateway.control", "gateway.console", "gateway.runtime",
-              "gateway.config", "gateway.headend", "gateway.commands")
+              "gateway.config", "gateway.headend", "gateway.subcommands")
     bad = {m: sorted(d for d in deps if d.startswith(higher))
            for m, deps in graph.items() if m.startswith("gateway.protocols")}
     assert {m: d for m, d in bad.items() if d} == {}

@@ -355,7 +355,7 @@ def test_a_codec_raising_anything_does_not_stop_a_polled_bus(monkeypatch):
 
 
 def test_readings_and_decode_output_stay_exact_beyond_28_digits():
-    from gateway.commands.decode_common import exact_str
+    from gateway.subcommands.decode_common import exact_str
     m = 1234567890123456789012345678901234567890123
     r = Reading("m", "1-0:1.8.0", m, -10, "kWh", None, 0)
     assert str(r.value) == "123456789012345678901234567890123.4567890123"

@@ -97,7 +97,7 @@ def test_profile_meters_read_and_unsupported_said_once() -> None:
 def test_listen_line_shows_the_profile() -> None:
     import io
 
-    from gateway.console.commands import r_telegram
+    from gateway.console.views import r_telegram
     from gateway.console.render import Out
 
     buf = io.StringIO()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gateway.commands.decode_xbee import describe
+from gateway.subcommands.decode_xbee import describe
 from gateway.protocols import xbee, zcl, zdo
 
 CORPUS = json.loads((Path(__file__).parent / "corpus" / "zcl.json").read_text())["zcl"]

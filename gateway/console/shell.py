@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import yaml
 
 from .client import ConsoleError, ControlClient
-from .commands import SPECS, Spec, UsageError, ask_key, find, first_words, help_text
+from .grammar import SPECS, Spec, UsageError, ask_key, find, first_words, help_text
 from .render import Out, wrap_lines
 
 DEFAULT_SOCKET = "/run/gateway/control.sock"

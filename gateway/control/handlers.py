@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .server import ControlServer
 
 
-class CommandError(Exception):
+class RequestError(Exception):
     """A command failed for a reason the technician can act on; shown as one line."""
 
     def __init__(self, code: str, message: str, **extra: Any) -> None:
@@ -69,7 +69,7 @@ class Arg:
 
 
 @dataclass(frozen=True)
-class Command:
+class RequestHandler:
     name: str
     run: Callable[[Context, dict[str, Any]], Any]
     audited: bool = False   # changes state: also forwarded to the uplink as control.audit
@@ -84,13 +84,13 @@ class Command:
         unknown = [k for k in args if k not in self.args]
         if unknown:
             takes = ", ".join(self.args) or "no arguments"
-            raise CommandError("bad_request", f"{self.name}: {len(unknown)} unknown "
+            raise RequestError("bad_request", f"{self.name}: {len(unknown)} unknown "
                                f"argument(s) refused; it takes {takes}")
         for k, spec in self.args.items():
             v = args.get(k)
             if v is not None and (not isinstance(v, spec.kind) or isinstance(v, bool)
                                   and bool not in _kinds(spec.kind)):
-                raise CommandError("bad_request", f"argument {k!r} has the wrong type")
+                raise RequestError("bad_request", f"argument {k!r} has the wrong type")
 
     def declared(self) -> dict[str, bool]:
         """Argument name -> secret, for the audit log."""
@@ -101,15 +101,15 @@ def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
-COMMANDS: dict[str, Command] = {}
+REQUESTS: dict[str, RequestHandler] = {}
 
 
-def command(name: str, audited: bool = False, stream: bool = False, role: str = "viewer",
+def handles(name: str, audited: bool = False, stream: bool = False, role: str = "viewer",
             args: Mapping[str, Arg] | None = None):  # type: ignore[no-untyped-def]
     assert role in ROLES, role
 
     def deco(fn: Callable[[Context, dict[str, Any]], Any]) -> Callable[[Context, dict[str, Any]], Any]:
-        COMMANDS[name] = Command(name, fn, audited, stream, role, dict(args or {}))
+        REQUESTS[name] = RequestHandler(name, fn, audited, stream, role, dict(args or {}))
         return fn
     return deco
 
@@ -127,9 +127,9 @@ METER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
     v = args.get(name, default)
     if v is ...:
-        raise CommandError("bad_request", f"missing argument {name!r}")
+        raise RequestError("bad_request", f"missing argument {name!r}")
     if v is not None and v is not default and not isinstance(v, kind):
-        raise CommandError("bad_request", f"argument {name!r} has the wrong type")
+        raise RequestError("bad_request", f"argument {name!r} has the wrong type")
     return v
 
 
@@ -144,11 +144,11 @@ def failure_count(st: dict[str, Any]) -> int | None:
 
 
 def run_bounded(fn: Callable[[], Any], timeout: float, what: str) -> Any:
-    """:func:`gateway.driverset.bounded_call`, a timeout reported as a CommandError."""
+    """:func:`gateway.driverset.bounded_call`, a timeout reported as a RequestError."""
     try:
         return bounded_call(fn, timeout, what)
     except ReadTimeout as exc:
-        raise CommandError("timeout", str(exc)) from None
+        raise RequestError("timeout", str(exc)) from None
 
 
 def find_meter(rt: "Runtime", meter_id: str) -> tuple["Driver" | None, dict[str, Any] | None]:
@@ -172,10 +172,10 @@ def all_meter_ids(rt: "Runtime") -> list[str]:
     return sorted(ids)
 
 
-def unknown_meter(rt: "Runtime", meter_id: str) -> CommandError:
+def unknown_meter(rt: "Runtime", meter_id: str) -> RequestError:
     near = difflib.get_close_matches(meter_id, all_meter_ids(rt), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(near)}?" if near else "; `meters` lists them"
-    return CommandError("unknown_meter", f"no meter {meter_id!r} on any bus{hint}")
+    return RequestError("unknown_meter", f"no meter {meter_id!r} on any bus{hint}")
 
 
 def resolve_bus(rt: "Runtime", word: str, capability: str, what: str) -> tuple["Driver", Callable]:
@@ -184,15 +184,15 @@ def resolve_bus(rt: "Runtime", word: str, capability: str, what: str) -> tuple["
     chosen = [d for d in drivers if d.bus == word] or [d for d in drivers if d.type_name == word]
     buses = ", ".join(f"{d.bus} ({d.type_name})" for d in drivers) or "none"
     if not chosen:
-        raise CommandError("no_such_bus", f"{what}: no {word} bus is configured "
+        raise RequestError("no_such_bus", f"{what}: no {word} bus is configured "
                            f"(buses: {buses})")
     if len(chosen) > 1:
-        raise CommandError("ambiguous_bus", f"{what}: several {word} buses "
+        raise RequestError("ambiguous_bus", f"{what}: several {word} buses "
                            f"({', '.join(d.bus for d in chosen)}); name one")
     drv = chosen[0]
     fn = getattr(drv, capability, None)
     if not callable(fn):
-        raise CommandError("not_supported", f"{what} is not supported by driver {drv.bus} "
+        raise RequestError("not_supported", f"{what} is not supported by driver {drv.bus} "
                            f"(type {drv.type_name})")
     return drv, fn
 
@@ -287,15 +287,15 @@ def _age_s(ts_ms: int | None, now: int) -> float | None:
 # --------------------------------------------------------------------------- commands
 
 
-@command("hello")
+@handles("hello")
 def hello(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     return {"firmware": __version__, "gateway_id": rt.config.gateway.id,
-            "commands": sorted(COMMANDS), "peer": {"uid": ctx.peer.uid, "user": ctx.peer.user,
+            "commands": sorted(REQUESTS), "peer": {"uid": ctx.peer.uid, "user": ctx.peer.user,
                                                    "role": ctx.server.role_of(ctx.peer)}}
 
 
-@command("status")
+@handles("status")
 def status(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     assert rt.store is not None
@@ -317,13 +317,13 @@ def status(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@command("meters", args={"bus": Arg(str)})
+@handles("meters", args={"bus": Arg(str)})
 def meters(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     want = _arg(args, "bus", str, None)
     if want and want not in {d.bus for d in rt.drivers}:
         buses = ", ".join(f"{d.bus} ({d.type_name})" for d in rt.drivers) or "none"
-        raise CommandError("no_such_bus", f"meters: there is no bus {want!r} (buses: {buses})")
+        raise RequestError("no_such_bus", f"meters: there is no bus {want!r} (buses: {buses})")
     seen = rt.monitor.meters()
     rows: dict[str, dict[str, Any]] = {}
     health = edge_reads(rt)
@@ -358,7 +358,7 @@ def _meter_row(mid: str, bus: str, st: dict[str, Any], seen: dict[str, Any] | No
             "flags": flags}
 
 
-@command("meter", args={"id": Arg(str)})
+@handles("meter", args={"id": Arg(str)})
 def meter(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     mid = _arg(args, "id", str)
@@ -382,7 +382,7 @@ def meter(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@command("read", role="technician", args={"id": Arg(str), "timeout_s": Arg((int, float))})
+@handles("read", role="technician", args={"id": Arg(str), "timeout_s": Arg((int, float))})
 def read(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     mid = _arg(args, "id", str)
@@ -392,17 +392,17 @@ def read(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         raise unknown_meter(rt, mid)
     fn = getattr(drv, "read_now", None)
     if not callable(fn):
-        raise CommandError("not_supported", f"read is not supported by driver {drv.bus} "
+        raise RequestError("not_supported", f"read is not supported by driver {drv.bus} "
                            f"(type {drv.type_name})")
     t0 = time.monotonic()
     try:
         records = run_bounded(lambda: fn(mid), timeout, f"read {mid}")
     except KeyError:
         raise unknown_meter(rt, mid) from None
-    except CommandError:
+    except RequestError:
         raise
     except Exception as exc:
-        raise CommandError("read_failed", f"read {mid} on {drv.bus} failed: "
+        raise RequestError("read_failed", f"read {mid} on {drv.bus} failed: "
                            f"{error_text(exc)}") from None
     return {"meter_id": mid, "bus": drv.bus, "duration_ms": int((time.monotonic() - t0) * 1000),
             "records": [record_to_dict(r) for r in records or []]}
@@ -423,7 +423,7 @@ SYSTEM_SOURCES = frozenset({"runtime", "store", "uplink", "control", "edge"})
 RECENT_SOURCES = 200
 
 
-@command("tail", stream=True, args={"filter": Arg(str), "seconds": Arg((int, float))})
+@handles("tail", stream=True, args={"filter": Arg(str), "seconds": Arg((int, float))})
 def tail(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     flt = _arg(args, "filter", str, None)
@@ -431,7 +431,7 @@ def tail(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     sources = {d.bus for d in rt.drivers} | SYSTEM_SOURCES | \
         {e.source for e in rt.monitor.recent_events(RECENT_SOURCES)}
     if flt and flt not in sources and flt not in all_meter_ids(rt):
-        raise CommandError("unknown_filter", f"no bus, meter or event source {flt!r}; buses: "
+        raise RequestError("unknown_filter", f"no bus, meter or event source {flt!r}; buses: "
                            + ", ".join(d.bus for d in rt.drivers) + "; sources: "
                            + ", ".join(sorted(SYSTEM_SOURCES)))
     deadline = time.monotonic() + min(float(seconds) if seconds else MAX_STREAM_S, MAX_STREAM_S)
@@ -501,17 +501,17 @@ def _stream_capability(ctx: Context, call: Callable[[Callable[[dict[str, Any]], 
         gone.set()
     if "error" in box:
         exc = box["error"]
-        raise CommandError("driver_error", f"{what} failed: {error_text(exc)}") from None
+        raise RequestError("driver_error", f"{what} failed: {error_text(exc)}") from None
     return box.get("result"), sent, dropped[0]
 
 
-@command("listen", stream=True, role="technician",
+@handles("listen", stream=True, role="technician",
          args={"bus": Arg(str), "seconds": Arg((int, float))})
 def listen(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     word = _arg(args, "bus", str)
     seconds = float(_arg(args, "seconds", (int, float), 60))
     if not 0 < seconds <= 3600:
-        raise CommandError("bad_request", "listen: SECONDS must be 1-3600")
+        raise RequestError("bad_request", "listen: SECONDS must be 1-3600")
     drv, fn = resolve_bus(ctx.runtime, word, "listen", f"listen {word}")
     t0 = time.monotonic()
     _, heard, dropped = _stream_capability(ctx, lambda cb: fn(seconds, cb), seconds + 10,
@@ -522,7 +522,7 @@ def listen(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
             "stopped_early": bool(ctx.cancelled()) or listened < seconds - 1}
 
 
-@command("scan", stream=True, role="technician", args={"bus": Arg(str)})
+@handles("scan", stream=True, role="technician", args={"bus": Arg(str)})
 def scan(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     word = _arg(args, "bus", str)
     drv, fn = resolve_bus(ctx.runtime, word, "scan", f"scan {word}")
@@ -535,25 +535,25 @@ def scan(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return {"bus": drv.bus, "devices": list(found or [])}
 
 
-@command("permit-join", audited=True, role="technician",
+@handles("permit-join", audited=True, role="technician",
          args={"bus": Arg(str), "seconds": Arg(int)})
 def permit_join(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     word = _arg(args, "bus", str, "zigbee")
     seconds = _arg(args, "seconds", int)
     if not 0 <= seconds <= 254:
-        raise CommandError("bad_request", "permit-join: SECONDS must be 0-254 (0 closes)")
+        raise RequestError("bad_request", "permit-join: SECONDS must be 0-254 (0 closes)")
     drv, fn = resolve_bus(ctx.runtime, word, "permit_join", f"{word} permit-join")
     try:
         answer = run_bounded(lambda: fn(seconds), 30, f"permit-join on {drv.bus}")
-    except CommandError:
+    except RequestError:
         raise
     except Exception as exc:
-        raise CommandError("driver_error", f"permit-join on {drv.bus} failed: "
+        raise RequestError("driver_error", f"permit-join on {drv.bus} failed: "
                            f"{error_text(exc)}") from None
     return {"bus": drv.bus, "seconds": seconds, "answer": answer}
 
 
-@command("store", args={"check_s": Arg((int, float))})
+@handles("store", args={"check_s": Arg((int, float))})
 def store(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     assert rt.store is not None
@@ -617,7 +617,7 @@ def certificates(path: str, role: str) -> list[dict[str, Any]]:
     return out
 
 
-@command("uplink")
+@handles("uplink")
 def uplink(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     c = rt.config.uplink
@@ -628,7 +628,7 @@ def uplink(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@command("diag")
+@handles("diag")
 def diag(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     assert rt.store is not None
@@ -703,7 +703,7 @@ def _config_file(ctx: Context, args: dict[str, Any]) -> tuple[str, bytes]:
     """The named file's path and content, read through one descriptor (see read_as_peer)."""
     path = _arg(args, "file", str)
     if not os.path.isabs(path):
-        raise CommandError("bad_request", "the console sends an absolute path")
+        raise RequestError("bad_request", "the console sends an absolute path")
     return path, read_as_peer(path, ctx.peer)
 
 
@@ -712,7 +712,7 @@ def _load(path: str, data: bytes) -> Any:
     try:
         return load_config(path, data)
     except ConfigError as exc:
-        raise CommandError("invalid_config", f"{path}: {len(exc.issues)} error(s); nothing "
+        raise RequestError("invalid_config", f"{path}: {len(exc.issues)} error(s); nothing "
                            "was changed; for the values, run `gateway check-config FILE` as "
                            "yourself", issues=[content_free(i) for i in exc.issues],
                            warnings=[content_free(w) for w in exc.warnings]) from None
@@ -739,7 +739,7 @@ def content_free(issue: Any) -> str:
     return f"{where}: {kp}: {msg}" if kp else f"{where}: {msg}"
 
 
-@command("config show")
+@handles("config show")
 def config_show(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     cfg = ctx.runtime.config
     return {"source_path": cfg.source_path, "config_hash": cfg.config_hash,
@@ -747,7 +747,7 @@ def config_show(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
             "warnings": [str(w) for w in cfg.warnings]}
 
 
-@command("config check", role="technician", args={"file": Arg(str)})
+@handles("config check", role="technician", args={"file": Arg(str)})
 def config_check(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     from .reload import plan_reload
     path, data = _config_file(ctx, args)
@@ -757,7 +757,7 @@ def config_check(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
             "plan": plan_reload(ctx.runtime.config, cfg).to_dict()}
 
 
-@command("config apply", audited=True, role="admin", args={"file": Arg(str)})
+@handles("config apply", audited=True, role="admin", args={"file": Arg(str)})
 def config_apply(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     from .reload import ReloadRefused
     path, data = _config_file(ctx, args)
@@ -767,7 +767,7 @@ def config_apply(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     try:
         result = rt.apply_config(cfg)
     except ReloadRefused as exc:
-        raise CommandError("not_applied", str(exc)) from None
+        raise RequestError("not_applied", str(exc)) from None
     result["file"] = path
     result["config_hash"] = cfg.config_hash
     result["warnings"] = [str(w) for w in cfg.warnings]
@@ -781,23 +781,23 @@ def _command_handler(ctx: Context) -> Any:
     fleet = getattr(ctx.runtime, "fleet", None)
     handler = getattr(fleet, "handler", None)
     if handler is None or not getattr(fleet, "topics", None):
-        raise CommandError("not_supported", "downlink commands are disabled (no "
+        raise RequestError("not_supported", "downlink commands are disabled (no "
                            "fleet.command_keys configured)")
     return handler
 
 
-@command("fleet")
+@handles("fleet")
 def fleet_state(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """The downlink: last accepted seq, whether it is locked, counters."""
     return _command_handler(ctx).state()
 
 
-@command("fleet reset-seq", audited=True, role="admin", args={"seq": Arg(int)})
+@handles("fleet reset-seq", audited=True, role="admin", args={"seq": Arg(int)})
 def fleet_reset_seq(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """Recover a downlink locked by a command seq far in the future (see README, Security)."""
     seq = _arg(args, "seq", int, None)
     if seq is not None and not 0 <= seq < 2**63:
-        raise CommandError("bad_request", "SEQ must be 0 to 2^63-1")
+        raise RequestError("bad_request", "SEQ must be 0 to 2^63-1")
     handler = _command_handler(ctx)
     out = handler.reset_seq(seq, f"{ctx.peer.user} (uid {ctx.peer.uid}) on the console")
     out["message"] = (f"command seq reset from {out['previous_seq']} to {out['seq']}; "
@@ -827,28 +827,28 @@ def key_path(rt: "Runtime", meter_id: str) -> str:
     return os.path.join(keys_dir, f"{meter_id}.key")
 
 
-@command("keys set", audited=True, role="technician",
+@handles("keys set", audited=True, role="technician",
          args={"meter_id": Arg(str), "key": Arg(str, secret=True)})
 def keys_set(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     rt = ctx.runtime
     mid = _arg(args, "meter_id", str)
     key_hex = _arg(args, "key", str)
     if not METER_ID_RE.fullmatch(mid):
-        raise CommandError("bad_request", "a meter id is 1-64 characters from A-Z a-z 0-9 . _ : -")
+        raise RequestError("bad_request", "a meter id is 1-64 characters from A-Z a-z 0-9 . _ : -")
     cleaned = key_hex.strip().replace(" ", "").replace(":", "").lower().removeprefix("0x")
     try:
         key = bytes.fromhex(cleaned)
     except ValueError:
-        raise CommandError("bad_key", "the key must be hex digits (e.g. 32 for AES-128)") from None
+        raise RequestError("bad_key", "the key must be hex digits (e.g. 32 for AES-128)") from None
     drv, _ = find_meter(rt, mid)
     if drv is None:
         raise unknown_meter(rt, mid)
     sizes = key_bytes(drv.type_name)
     if not sizes:
-        raise CommandError("bad_key", f"meters on {drv.bus} (type {drv.type_name}) take no "
+        raise RequestError("bad_key", f"meters on {drv.bus} (type {drv.type_name}) take no "
                            "key; nothing was stored")
     if len(key) not in sizes:
-        raise CommandError("bad_key", f"{mid} on {drv.bus} (type {drv.type_name}) needs a key "
+        raise RequestError("bad_key", f"{mid} on {drv.bus} (type {drv.type_name}) needs a key "
                            f"of {key_sizes_text(sizes)}; got {len(key)} bytes "
                            f"({len(cleaned)} hex digits); nothing was stored")
     path = key_path(rt, mid)
@@ -863,10 +863,10 @@ def keys_set(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         return out
     try:
         run_bounded(lambda: fn(mid, key), 30, f"set_key on {drv.bus}")
-    except CommandError:
+    except RequestError:
         raise
     except Exception as exc:
-        raise CommandError("driver_error", f"stored, but driver {drv.bus} refused the key: "
+        raise RequestError("driver_error", f"stored, but driver {drv.bus} refused the key: "
                            f"{error_text(exc)}") from None
     out["applied"] = True
     out["message"] = f"stored and in use by {drv.bus}"
@@ -897,21 +897,21 @@ def read_as_peer(path: str, peer: Peer) -> bytes:
     must be allowed to read it by its mode. What is checked is what is read: swapping the
     path to a meter key between the check and the read is not possible."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    denied = CommandError("permission_denied", f"{path}: you (uid {peer.uid}) cannot read this "
+    denied = RequestError("permission_denied", f"{path}: you (uid {peer.uid}) cannot read this "
                           "file, so the gateway will not read it for you")
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise CommandError("not_found", f"{path}: no such file") from None
+        raise RequestError("not_found", f"{path}: no such file") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise CommandError("bad_file", f"{path} is a symbolic link; name the file itself"
+            raise RequestError("bad_file", f"{path} is a symbolic link; name the file itself"
                                ) from None
-        raise CommandError("cannot_read", f"{path}: cannot open: {exc.strerror}") from None
+        raise RequestError("cannot_read", f"{path}: cannot open: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise CommandError("bad_file", f"{path} is not a regular file")
+            raise RequestError("bad_file", f"{path} is not a regular file")
         if not mode_allows_read(st, peer):
             raise denied
         chunks: list[bytes] = []
@@ -924,7 +924,7 @@ def read_as_peer(path: str, peer: Peer) -> bytes:
             left -= len(chunk)
         return b"".join(chunks)
     except OSError as exc:
-        raise CommandError("cannot_read", f"{path}: cannot read: {exc.strerror}") from None
+        raise RequestError("cannot_read", f"{path}: cannot read: {exc.strerror}") from None
     finally:
         os.close(fd)
 
@@ -998,4 +998,4 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["COMMANDS", "Command", "CommandError", "Context"]
+__all__ = ["REQUESTS", "RequestHandler", "RequestError", "Context"]

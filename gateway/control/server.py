@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .audit import AuditLog, Peer, audit_args
-from .handlers import COMMANDS, ROLES, CommandError, Context, role_at_least
+from .handlers import REQUESTS, ROLES, RequestError, Context, role_at_least
 from .protocol import (PROTOCOL_VERSION, PeerClosed, ProtocolError, error_reply, ok_reply,
                        recv_message, send_message)
 
@@ -292,7 +292,7 @@ class ControlServer:
         name = msg.get("cmd")
         if name == "cancel":
             return True  # a cancel that raced with the end of its stream
-        cmd = COMMANDS.get(name) if isinstance(name, str) else None
+        cmd = REQUESTS.get(name) if isinstance(name, str) else None
         if cmd is None:
             self._audit(None, peer, {}, False, "unknown command")
             send_message(conn, error_reply(req_id, "unknown_command", f"unknown command {name!r}"))
@@ -301,13 +301,13 @@ class ControlServer:
         try:
             if not isinstance(args, dict):
                 args = {}
-                raise CommandError("bad_request", "args must be an object")
+                raise RequestError("bad_request", "args must be an object")
             cmd.check_args(args)
             role = self.role_of(peer)
             if not role_at_least(role, cmd.role):
-                raise CommandError("permission_denied", f"permission denied: needs {cmd.role}",
+                raise RequestError("permission_denied", f"permission denied: needs {cmd.role}",
                                    role=role, needs=cmd.role)
-        except CommandError as exc:
+        except RequestError as exc:
             self._audit(cmd, peer, args, False, str(exc), forward=True)
             send_message(conn, error_reply(req_id, exc.code, str(exc), **exc.extra))
             return True
@@ -337,7 +337,7 @@ class ControlServer:
         ctx = Context(self.runtime, self, peer, send_item, cancelled)
         try:
             result = cmd.run(ctx, args)
-        except CommandError as exc:
+        except RequestError as exc:
             self._audit(cmd, peer, args, False, str(exc))
             send_message(conn, error_reply(req_id, exc.code, str(exc), **exc.extra))
             return True

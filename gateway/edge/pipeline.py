@@ -375,7 +375,7 @@ class EdgePipeline:
         return out
 
     def live_table(self) -> dict[str, Any]:
-        """The ``gateway diag`` table, live, in the same shape as commands.diag.read_table
+        """The ``gateway diag`` table, live, in the same shape as subcommands.diag.read_table
         (for the control socket: the console can serve it without waiting for a snapshot)."""
         snap = self._snapshot()
         with self._lock:

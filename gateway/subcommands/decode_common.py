@@ -20,9 +20,9 @@ EXIT_BAD_KEY = 3
 
 # kind -> module
 DECODE_MODULES: dict[str, str] = {
-    "xbee": "gateway.commands.decode_xbee",
-    "hdlc": "gateway.commands.decode_dlms", "iec62056-21": "gateway.commands.decode_iec",
-    "mbus": "gateway.commands.decode_mbus", "wmbus": "gateway.commands.decode_mbus",
+    "xbee": "gateway.subcommands.decode_xbee",
+    "hdlc": "gateway.subcommands.decode_dlms", "iec62056-21": "gateway.subcommands.decode_iec",
+    "mbus": "gateway.subcommands.decode_mbus", "wmbus": "gateway.subcommands.decode_mbus",
 }
 
 
