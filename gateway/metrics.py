@@ -171,7 +171,7 @@ class MetricsServer:
 
 def _bus_families(fam: Callable[[str, str, str], _Family], snap: HealthSnapshot) -> None:
     """Per bus and per meter: up, the driver's counters, reads and signal."""
-    from .control.handlers import failure_count
+    from .control.lookup import failure_count
     for b in snap.buses.values():
         fam("gateway_bus_up", "gauge", "1 while the bus driver runs").add(
             b.state == "running", bus=b.name, type=b.type)

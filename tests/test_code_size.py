@@ -14,7 +14,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ALLOWED = {
     "gateway/subcommands/diag.py:function render",
     "gateway/config.py:module",
-    "gateway/control/handlers.py:module",
     "gateway/drivers/mbus.py:module",
     "gateway/drivers/wmbus.py:module",
     "gateway/drivers/zigbee.py:module",

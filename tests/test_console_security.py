@@ -304,7 +304,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_siz
 @st.composite
 def _hostile_request(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     """A command with the secret hidden anywhere but in a declared, non-secret argument."""
-    from gateway.control.handlers import REQUESTS
+    from gateway.control.requests import REQUESTS
     name = draw(st.sampled_from(_NAMES))
     cmd = REQUESTS.get(name)
     declared = dict(cmd.args) if cmd else {}

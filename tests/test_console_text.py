@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from gateway.subcommands.diag import render as diag_render
 from gateway.console.views import r_listen_end, r_read
 from gateway.console.render import WIDTH, Out, cell_lines, table_lines, wrap_lines
-from gateway.control.handlers import key_bytes
+from gateway.control.handlers_config import key_bytes
 from gateway.control.mainreg import main_quantity, rank
 from gateway.text import error_text, plural
 

@@ -358,7 +358,7 @@ def test_failed_driver_start_keeps_the_old_drivers(runtime, tmp_path, pki, monke
 
 
 def test_config_show_masks_secrets_at_any_depth(tmp_path, pki):
-    from gateway.control.handlers import config_to_dict
+    from gateway.control.handlers_config import config_to_dict
     cfg = _cfg(tmp_path, pki, "iec.yaml", [
         {"type": "iec62056-21", "name": "opt", "serial": {"port": "/dev/ttyUSB0"},
          "meters": [{"id": "m1", "password": "s3cr3tP1", "registers": ["1.8.0"]}]}])

@@ -27,13 +27,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .audit import AuditLog, Peer, audit_args
-from .handlers import REQUESTS, ROLES, RequestError, Context, role_at_least
+from . import handlers  # noqa: F401 - registers the request handlers
+from .requests import REQUESTS, ROLES, Context, ControlHost, RequestError, role_at_least
 from .protocol import (PROTOCOL_VERSION, PeerClosed, ProtocolError, error_reply, ok_reply,
                        recv_message, send_message)
 
 if TYPE_CHECKING:
     from ..config import ControlConfig
-    from ..runtime import Runtime
 
 log = logging.getLogger("gateway.control")
 
@@ -70,7 +70,7 @@ def _groups_of(pid: int) -> tuple[int, ...]:
 
 
 class ControlServer:
-    def __init__(self, runtime: "Runtime", cfg: "ControlConfig") -> None:
+    def __init__(self, runtime: ControlHost, cfg: "ControlConfig") -> None:
         self.runtime = runtime
         self.cfg = cfg
         self.path = cfg.socket
@@ -402,7 +402,7 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-def start_control(runtime: "Runtime") -> ControlServer | None:
+def start_control(runtime: ControlHost) -> ControlServer | None:
     """Serve the console if possible. Never fatal: collecting readings matters more than the
     console, so a bad socket path is a clear error in the log and the runtime goes on."""
     server = ControlServer(runtime, runtime.config.control)
