@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..config import (SERIAL_SCHEMA, FieldSpec, Schema, integer, list_of, mapping, number,
                       one_of, one_of_ints, text)
 from ..model import QUALITY_HISTORIC, Event, Reading, now_ms
 from .backoff import Backoff
-from .base import Driver, RecordSink
+from .bus import READ_NOW_TIMEOUT_S, BusDriver, MeterStats, ReadFailed
+from .context import DriverContext, RecordSink
 from .decode_errors import DecodeErrors
-from .serialport import OwnsSerialPort
-from .handoff import WorkQueue
 from .. import events as kinds
 
 TYPE = "iec62056-21"
@@ -87,32 +86,30 @@ SCHEMA = Schema((
 
 
 
-class ReadFailed(Exception):
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind  # event kind: meter.read_failed, meter.crc_error, meter.auth_failed
+IEC_COUNTERS = ("bcc_errors", "auth_failures", "parity_errors", "readings")
 
 
 @dataclass
-class MeterState:
+class IecMeter:
+    """One configured meter and its poll schedule; its counters are the bus's StatsTable row."""
+
     opts: dict[str, Any]
     backoff: Backoff
+    stats: MeterStats
     next_due: float = 0.0
-    stats: dict[str, int] = field(default_factory=lambda: {
-        "success": 0, "failures": 0, "retries": 0, "timeouts": 0, "bcc_errors": 0,
-        "auth_failures": 0, "parity_errors": 0, "readings": 0, "decode_errors": 0})
-    last_ok_ms: int | None = None
-    last_error: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.opts["id"]
 
 
-READ_NOW_TIMEOUT_S = 55.0  # below the console's 60 s, so the technician sees why
-
-
-class Iec62056Driver(OwnsSerialPort, Driver):
+class Iec62056Driver(BusDriver):
     type_name = TYPE
+    default_baud = 2400  # mode D: the meter's push baud; polling signs on at 300
 
-    def __init__(self, name: str, options: Mapping[str, Any], sink: RecordSink) -> None:
-        super().__init__(name, options, sink)
+    def __init__(self, name: str, options: Mapping[str, Any],
+                 ctx: DriverContext | RecordSink) -> None:
+        super().__init__(name, options, ctx)
         self.serial_opts = dict(self.options["serial"])
         # 7E1 is sent as 8N1 with the parity bit computed here (see add_even_parity): the
         # same bits on the wire, and it works on UARTs and ptys that refuse CS7|PARENB.
@@ -123,40 +120,34 @@ class Iec62056Driver(OwnsSerialPort, Driver):
         self.retries = int(self.options.get("retries", 2))
         self.switch_delay_s = int(self.options.get("baud_switch_delay_ms", 300)) / 1000
         bmax = float(self.options.get("backoff_max_s", 300))
-        self.meters = [MeterState(dict(m), Backoff(min_s=min(5.0, bmax), max_s=bmax))
-                       for m in self.options["meters"]]
-        self.ser: Any = None
+        self.meters = [IecMeter(dict(m), Backoff(min_s=min(5.0, bmax), max_s=bmax),
+                                self.stats[m["id"]]) for m in self.options["meters"]]
+        for m in self.meters:
+            m.stats.counters.update(dict.fromkeys(IEC_COUNTERS, 0))
         self.port_backoff = Backoff(min_s=1, max_s=60)
-        self.cycles = 0
-        self.work = WorkQueue(self, self.stopping)
         self.state = "opening"  # opening | open | reopening (for the console)
-        self.last_port_error: str | None = None
-        self.listen = self.meters[0].opts.get("mode") == "d"  # alone on its port (schema)
+        self.listener = self.meters[0].opts.get("mode") == "d"  # alone on its port (schema)
+        self.gate.interval_s = 60.0  # mode D check failures: a meter pushing every second...
         self._pushed = threading.Condition()
         self._push_count = 0
         self._push_readings: list[Reading] = []
-        self._last_push_error_at = 0.0
         self._silent_reported = False
+        self._split: Any = None  # mode D: the PushSplitter of the open port
+        self._last_push_ok = 0.0
         self.decode_errors = DecodeErrors(self.bus)
         self._rx_log = bytearray()  # what the meter sent in the current exchange (for hex)
 
-    def meter_stats(self) -> dict[str, dict[str, Any]]:
-        return {m.opts["id"]: {**m.stats, "last_ok_ms": m.last_ok_ms,
-                               "last_error": m.last_error} for m in self.meters}
+    @property
+    def listen(self) -> bool:
+        """Mode D: the meter pushes, the port is only listened to."""
+        return self.listener
 
     # -- console capabilities (drivers.base.ConsoleCapabilities); any thread
-
-    def bus_state(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"state": self.state, "port": self.serial_opts.get("port"),
-                               "cycles": self.cycles}
-        if self.state != "open" and self.last_port_error:
-            out["error"] = self.last_port_error
-        return out
 
     def read_now(self, meter_id: str) -> list[Reading]:
         """Read this meter now, between two meters of the cycle; the readings are emitted
         as usual and returned. A failed read raises with the reason."""
-        m = next((m for m in self.meters if m.opts["id"] == meter_id), None)
+        m = next((m for m in self.meters if m.id == meter_id), None)
         if m is None:
             raise KeyError(meter_id)
         if self.listen:
@@ -169,95 +160,85 @@ class Iec62056Driver(OwnsSerialPort, Driver):
             try:
                 records = self._poll(m, manual=True)
             except OSError as exc:
-                self.log.error("port %s failed: %s; reopening", self.serial_opts["port"], exc)
-                self._close()
+                self.port_failed(exc)
                 raise RuntimeError(f"port {self.serial_opts['port']} failed: {exc}") from None
             if records is None:
-                raise RuntimeError(m.last_error or "no answer")
+                raise RuntimeError(m.stats.last_error or "no answer")
             return records
 
-        return self.work.call(f"read {meter_id}", read, READ_NOW_TIMEOUT_S)
+        return self.on_driver_thread(f"read {meter_id}", read)
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ the bus skeleton
     def loop(self) -> None:
         self.log.info("iec62056-21 bus %s: %d meters on %s every %.1f s", self.bus,
                       len(self.meters), self.serial_opts["port"], self.interval_s)
-        try:
-            while not self.stopping.is_set():
-                if not self._open_or_back_off():
-                    continue
-                if self.listen:
-                    self._listen(self.meters[0])
-                    continue
-                now = time.monotonic()
-                due = [m for m in self.meters if m.next_due <= now]
-                for m in due:
-                    if self.stopping.is_set() or self.ser is None:
-                        break
-                    try:
-                        self._poll(m)
-                    except OSError as exc:  # the port vanished (USB adapter unplugged)
-                        self.log.error("port %s failed: %s; reopening", self.serial_opts["port"], exc)
-                        self._close()
-                        break
-                    self.work.service()  # a console read waits one meter at most
-                self.cycles += 1
-                self.work.service()
-                if self.ser is not None:
-                    wait = min(m.next_due for m in self.meters) - time.monotonic()
-                    self.work.wait(max(0.0, min(wait, 1.0)))
-        finally:
-            self._close()
-            self.work.close()
+        super().loop()
 
-    def _open(self) -> None:
-        self._open_port(int(self.serial_opts.get("baud", 2400)) if self.listen else 300)
+    def port_baud(self) -> int:
+        return int(self.serial_opts.get("baud", self.default_baud)) if self.listen else 300
+
+    def port_failed(self, exc: BaseException) -> None:
+        """Logged and reopened; this bus never reported a port failure as an event."""
+        self.log.error("port %s failed: %s; reopening", self.serial_opts["port"], exc)
+        self.last_port_error = str(exc)
+        self.close_port()
+
+    def poll_once(self) -> float:
+        now = time.monotonic()
+        for m in [m for m in self.meters if m.next_due <= now]:
+            if self.stopping.is_set() or self.ser is None:
+                break
+            self._poll(m)
+            self.work.service()  # a console read waits one meter at most
+        return min(m.next_due for m in self.meters) - time.monotonic()
 
     # ------------------------------------------------------------------ mode D
-    def _listen(self, m: MeterState) -> None:
-        """Read what the meter pushes until the port fails or the driver stops."""
-        from ..protocols import iec62056_21 as iec
-        split = iec.PushSplitter()
-        last_ok = time.monotonic()
-        while not self.stopping.is_set():
-            try:
-                data = self.ser.read(max(1, self.ser.in_waiting))
-            except OSError as exc:  # the port vanished (USB adapter unplugged)
-                self.log.error("port %s failed: %s; reopening", self.serial_opts["port"], exc)
-                self._close()
-                return
-            if data and self.soft_parity:
-                m.stats["parity_errors"] += iec.parity_errors(data)
-            try:
-                if data:
-                    split.receive_data(data)
-                    telegram = split.next_telegram()
-                else:
-                    telegram = split.flush()  # quiet line: a telegram without a final CR LF
-                for _ in range(len(data) + 16):  # each telegram takes a byte at least
-                    if telegram is None:
-                        break
-                    if self._push_telegram(m, telegram):
-                        last_ok = time.monotonic()
-                    telegram = split.next_telegram()
-            except Exception as exc:  # noqa: BLE001 - a splitter bug: drop what it holds
-                self._decode_error(m, bytes(split.pending()), exc)
-                split = iec.PushSplitter()
-            silent = time.monotonic() - last_ok
-            if silent > 3 * self.interval_s and not self._silent_reported:
-                self._silent_reported = True
-                m.stats["failures"] += 1
-                m.stats["timeouts"] += 1
-                m.last_error = f"no push telegram for {silent:.0f} s"
-                self.log.warning("meter %s: %s (expected every %.0f s)", m.opts["id"],
-                                 m.last_error, self.interval_s)
-                self.emit([Event(kinds.READ_FAILED, now_ms(), self.bus, m.opts["id"],
-                                 "warning", {"reason": m.last_error, "mode": "d",
-                                             "failures": m.stats["failures"]})])
-            self.cycles += 1
-            self.work.service()
+    def on_open(self) -> None:
+        if self.listen:
+            from ..protocols import iec62056_21 as iec
+            self._split = iec.PushSplitter()
+            self._last_push_ok = time.monotonic()
 
-    def _push_telegram(self, m: MeterState, telegram: bytes) -> bool:
+    def on_bytes(self, data: bytes) -> None:
+        self._pushed_bytes(self.meters[0], data)
+
+    def on_idle(self) -> None:
+        self._pushed_bytes(self.meters[0], b"")
+
+    def _pushed_bytes(self, m: IecMeter, data: bytes) -> None:
+        """What the meter pushed (or a quiet read): telegrams, then the silence check."""
+        from ..protocols import iec62056_21 as iec
+        split = self._split
+        if data and self.soft_parity:
+            m.stats.count("parity_errors", iec.parity_errors(data))
+        try:
+            if data:
+                split.receive_data(data)
+                telegram = split.next_telegram()
+            else:
+                telegram = split.flush()  # quiet line: a telegram without a final CR LF
+            for _ in range(len(data) + 16):  # each telegram takes a byte at least
+                if telegram is None:
+                    break
+                if self._push_telegram(m, telegram):
+                    self._last_push_ok = time.monotonic()
+                telegram = split.next_telegram()
+        except Exception as exc:  # noqa: BLE001 - a splitter bug: drop what it holds
+            self._decode_error(m, bytes(split.pending()), exc)
+            self._split = iec.PushSplitter()
+        silent = time.monotonic() - self._last_push_ok
+        if silent > 3 * self.interval_s and not self._silent_reported:
+            self._silent_reported = True
+            m.stats.count("timeouts")
+            m.stats.failed(f"no push telegram for {silent:.0f} s")
+            self.log.warning("meter %s: %s (expected every %.0f s)", m.id,
+                             m.stats.last_error, self.interval_s)
+            self.emit([Event(kinds.READ_FAILED, now_ms(), self.bus, m.id, "warning",
+                             {"reason": m.stats.last_error, "mode": "d",
+                              "failures": m.stats.failures})])
+        self.cycles += 1
+
+    def _push_telegram(self, m: IecMeter, telegram: bytes) -> bool:
         from ..protocols import iec62056_21 as iec
         from ..protocols import p1
         rx = now_ms()
@@ -269,22 +250,23 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                 records = self._p1_readings(m, p1.parse_p1(telegram), rx)
         except iec.Iec62056Error as exc:
             crc = isinstance(exc, iec.BccError)
-            m.stats["bcc_errors" if crc else "failures"] += 1
-            m.last_error = str(exc)
-            now = time.monotonic()
-            if now - self._last_push_error_at >= 60:  # a meter pushing every second...
-                self._last_push_error_at = now
-                self.log.warning("meter %s: %s", m.opts["id"], exc)
-                self.emit([Event(kinds.CRC_ERROR if crc else kinds.READ_FAILED, rx,
-                                 self.bus, m.opts["id"], "warning",
-                                 {"reason": str(exc), "mode": "d",
-                                  "bcc_errors": m.stats["bcc_errors"]})])
+            if crc:
+                self._bcc_error(m)
+            else:
+                m.stats.failures += 1
+            m.stats.last_error = str(exc)
+            kind = kinds.CRC_ERROR if crc else kinds.READ_FAILED
+            ev = self.gate.admit(kind, m.id, {"reason": str(exc), "mode": "d",
+                                              "bcc_errors": m.stats.counters["bcc_errors"]})
+            if ev is not None:  # a meter pushing every second: at most one a minute
+                self.log.warning("meter %s: %s", m.id, exc)
+                self.emit([ev])
             return False
         except Exception as exc:  # noqa: BLE001 - a codec bug: count it, keep listening
             self._decode_error(m, telegram, exc)
             return False
         if self._silent_reported:
-            self.log.info("meter %s: pushing again", m.opts["id"])
+            self.log.info("meter %s: pushing again", m.id)
         self._silent_reported = False
         self._succeeded(m, records)
         with self._pushed:
@@ -293,34 +275,41 @@ class Iec62056Driver(OwnsSerialPort, Driver):
             self._pushed.notify_all()
         return True
 
-    def _decode_error(self, m: MeterState, frame: bytes, exc: Exception) -> None:
-        m.stats["decode_errors"] += 1
-        m.last_error = f"decode error: {type(exc).__name__}: {exc}"
-        ev = self.decode_errors.report(m.opts["id"], frame, exc, mode=m.opts.get("mode", "c"))
+    @staticmethod
+    def _bcc_error(m: IecMeter) -> None:
+        """A block failing its BCC: the common ``crc_errors`` and, under the name this
+        bus always showed, ``bcc_errors``."""
+        m.stats.count("crc_errors")
+        m.stats.count("bcc_errors")
+
+    def _decode_error(self, m: IecMeter, frame: bytes, exc: Exception) -> None:
+        m.stats.count("decode_errors")
+        m.stats.last_error = f"decode error: {type(exc).__name__}: {exc}"
+        ev = self.decode_errors.report(m.id, frame, exc, mode=m.opts.get("mode", "c"))
         if ev is not None:
             self.log.warning("meter %s: frame not decodable (%s: %s); going on",
-                             m.opts["id"], type(exc).__name__, exc)
+                             m.id, type(exc).__name__, exc)
             self.emit([ev])
 
-    def _p1_readings(self, m: MeterState, tg: Any, rx: int) -> list[Reading]:
+    def _p1_readings(self, m: IecMeter, tg: Any, rx: int) -> list[Reading]:
         from .p1_readings import p1_readings
-        return p1_readings(tg, m.opts["id"], rx, self.bus, m.opts.get("obis_prefix", "1-0:"))
+        return p1_readings(tg, m.id, rx, self.bus, m.opts.get("obis_prefix", "1-0:"))
 
-    def _next_push(self, m: MeterState) -> list[Reading]:
+    def _next_push(self, m: IecMeter) -> list[Reading]:
         """A console read of a mode D meter: the readings of its next telegram."""
         wait = min(READ_NOW_TIMEOUT_S, max(5.0, 2.5 * self.interval_s))
         with self._pushed:
             seen = self._push_count
             if not self._pushed.wait_for(lambda: self._push_count != seen, wait):
-                raise RuntimeError(f"mode D meter {m.opts['id']} pushed nothing valid within "
-                                   f"{wait:.0f} s ({m.last_error or 'no telegram'})")
+                raise RuntimeError(f"mode D meter {m.id} pushed nothing valid within "
+                                   f"{wait:.0f} s ({m.stats.last_error or 'no telegram'})")
             return list(self._push_readings)
 
-    def _poll(self, m: MeterState, manual: bool = False) -> list[Reading] | None:
+    def _poll(self, m: IecMeter, manual: bool = False) -> list[Reading] | None:
         """Read one meter and emit its readings; them, or None when it failed (counted,
         reported). ``manual``: a console read, which leaves a working meter's schedule
         alone and ends a failing meter's backoff when it succeeds."""
-        mid = m.opts["id"]
+        mid = m.id
         self._rx_log.clear()
         try:
             try:
@@ -329,13 +318,12 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                 raise
             except Exception as exc:  # noqa: BLE001 - a codec bug: count it, keep polling
                 self._decode_error(m, bytes(self._rx_log), exc)
-                raise ReadFailed(kinds.READ_FAILED,
-                                 f"decode error: {type(exc).__name__}: {exc}") from None
+                raise ReadFailed(f"decode error: {type(exc).__name__}: {exc}") from None
         except ReadFailed as exc:
-            m.last_error = str(exc)
             if self.stopping.is_set():
+                m.stats.last_error = str(exc)
                 return None  # interrupted by shutdown: not the meter's fault
-            m.stats["failures"] += 1
+            m.stats.failed(str(exc))
             if manual:
                 self.log.warning("meter %s: %s (read from the console)", mid, exc)
             else:
@@ -344,7 +332,7 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                 self.log.warning("meter %s: %s (next try in %.0f s)", mid, exc, delay)
             self.emit([Event(exc.kind, now_ms(), self.bus, mid, "warning",
                              {"reason": str(exc), "address": m.opts.get("address", ""),
-                              "failures": m.stats["failures"]})])
+                              "failures": m.stats.failures})])
             return None
         finally:
             self._reset_line()
@@ -355,11 +343,9 @@ class Iec62056Driver(OwnsSerialPort, Driver):
         self._succeeded(m, records)
         return records
 
-    def _succeeded(self, m: MeterState, records: list[Reading]) -> None:
-        m.stats["success"] += 1
-        m.stats["readings"] += len(records)
-        m.last_ok_ms = now_ms()
-        m.last_error = None
+    def _succeeded(self, m: IecMeter, records: list[Reading]) -> None:
+        m.stats.ok()
+        m.stats.count("readings", len(records))
         if records:
             self.emit(records)
 
@@ -371,7 +357,7 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                 pass
 
     # ------------------------------------------------------------------ protocol
-    def _read_meter(self, m: MeterState) -> list[Reading]:
+    def _read_meter(self, m: IecMeter) -> list[Reading]:
         from ..protocols import iec62056_21 as iec
         o = m.opts
         dec = iec.Iec62056Decoder()
@@ -396,7 +382,7 @@ class Iec62056Driver(OwnsSerialPort, Driver):
             sets = self._readout(m, dec)
         return self._to_readings(m, sets, rx)
 
-    def _to_readings(self, m: MeterState, sets: Any, rx: int) -> list[Reading]:
+    def _to_readings(self, m: IecMeter, sets: Any, rx: int) -> list[Reading]:
         """Registers of a readout's data sets, read by the shape of their groups like P1
         lines (``(time)(value*unit)`` gives the value at that time)."""
         from ..protocols import iec62056_21 as iec
@@ -418,7 +404,7 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                                    (QUALITY_HISTORIC,) if own else (), self.bus))
         return out
 
-    def _readout(self, m: MeterState, dec: Any) -> list[Any]:
+    def _readout(self, m: IecMeter, dec: Any) -> list[Any]:
         from ..protocols import iec62056_21 as iec
         payload = b""
         for attempt in range(self.retries + 1):
@@ -429,47 +415,47 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                     self._send(bytes([iec.ACK]))
                     continue
                 if b"!" not in payload:
-                    raise ReadFailed(kinds.READ_FAILED, "readout without end mark '!'")
+                    raise ReadFailed("readout without end mark '!'")
                 return iec.parse_data_sets(payload[:payload.rindex(b"!")])
             if isinstance(ev, iec.BadBlock):
-                m.stats["bcc_errors"] += 1
+                self._bcc_error(m)
                 if attempt < self.retries:
-                    m.stats["retries"] += 1
+                    m.stats.count("retries")
                     self._send(bytes([iec.NAK]))  # the meter repeats the block
                     continue
-                raise ReadFailed(kinds.CRC_ERROR, f"readout failed its BCC check "
-                                 f"{self.retries + 1} times ({ev.reason})")
-        raise ReadFailed(kinds.CRC_ERROR, "readout failed its BCC check")
+                raise ReadFailed(f"readout failed its BCC check {self.retries + 1} times "
+                                 f"({ev.reason})", kinds.CRC_ERROR)
+        raise ReadFailed("readout failed its BCC check", kinds.CRC_ERROR)
 
-    def _programming_read(self, m: MeterState, dec: Any, password: str) -> list[Any]:
+    def _programming_read(self, m: IecMeter, dec: Any, password: str) -> list[Any]:
         from ..protocols import iec62056_21 as iec
         self._expect(m, dec, iec.Command, "password request P0")
         self._send(iec.command("P1", f"({password})"))
         ev = self._next(m, dec, "password acknowledgement")
         if not isinstance(ev, iec.Ack):
-            m.stats["auth_failures"] += 1
-            raise ReadFailed(kinds.AUTH_FAILED, "the meter refused the P1 password")
+            m.stats.count("auth_failures")
+            raise ReadFailed("the meter refused the P1 password", kinds.AUTH_FAILED)
         sets = []
         try:
             for addr in m.opts.get("registers") or []:
                 self._send(iec.command("R1", f"{addr}()"))
                 ev = self._next(m, dec, f"register {addr}")
                 if isinstance(ev, iec.BadBlock):
-                    m.stats["bcc_errors"] += 1
-                    raise ReadFailed(kinds.CRC_ERROR, f"register {addr}: {ev.reason}")
+                    self._bcc_error(m)
+                    raise ReadFailed(f"register {addr}: {ev.reason}", kinds.CRC_ERROR)
                 if isinstance(ev, iec.DataBlock):
                     sets += iec.parse_data_sets(ev.payload)
         finally:
             self._send(iec.command("B0"))
         return sets
 
-    def _expect(self, m: MeterState, dec: Any, cls: type, what: str) -> Any:
+    def _expect(self, m: IecMeter, dec: Any, cls: type, what: str) -> Any:
         ev = self._next(m, dec, what)
         if not isinstance(ev, cls):
-            raise ReadFailed(kinds.READ_FAILED, f"expected {what}, got {type(ev).__name__}")
+            raise ReadFailed(f"expected {what}, got {type(ev).__name__}")
         return ev
 
-    def _next(self, m: MeterState, dec: Any, what: str) -> Any:
+    def _next(self, m: IecMeter, dec: Any, what: str) -> Any:
         """The next message from the meter, within reply_timeout_ms."""
         from ..protocols import iec62056_21 as iec
         deadline = time.monotonic() + self.timeout_s
@@ -480,15 +466,14 @@ class Iec62056Driver(OwnsSerialPort, Driver):
                     continue  # our own echo on a two-wire bus
                 return ev
             if self.stopping.is_set():
-                raise ReadFailed(kinds.READ_FAILED, "driver stopping")
+                raise ReadFailed("driver stopping")
             if time.monotonic() > deadline:
-                m.stats["timeouts"] += 1
-                raise ReadFailed(kinds.READ_FAILED,
-                                 f"no {what} within {self.timeout_s:.1f} s")
+                m.stats.count("timeouts")
+                raise ReadFailed(f"no {what} within {self.timeout_s:.1f} s")
             data = self.ser.read(max(1, self.ser.in_waiting))
             if data:
                 if self.soft_parity:
-                    m.stats["parity_errors"] += iec.parity_errors(data)
+                    m.stats.count("parity_errors", iec.parity_errors(data))
                 if len(self._rx_log) < 64 * 1024:
                     self._rx_log += data
                 dec.receive_data(data)
