@@ -17,8 +17,6 @@ ALLOWED = {
     "gateway/drivers/mbus.py:module",
     "gateway/drivers/wmbus.py:module",
     "gateway/drivers/zigbee.py:module",
-    "gateway/edge/diagnostics.py:module",
-    "gateway/edge/diagnostics.py:function event",
     "gateway/fleet/delivery.py:function fetch_mqtt",
     "gateway/headend/ingest.py:function _judge",
     "gateway/headend/verifier.py:function feed",

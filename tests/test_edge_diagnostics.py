@@ -10,7 +10,8 @@ import yaml
 
 from gateway.config import DiagThresholds
 from gateway.edge.clock import STA_UNSYNC, TIME_ERROR, Clock, KernelClock, read_kernel_clock
-from gateway.edge.diagnostics import Diagnostics, boot_reason, board_metrics
+from gateway.edge.diagnostics import Diagnostics
+from gateway.edge.gateway_row import board_metrics, boot_reason
 from gateway.model import QUALITY_HISTORIC, Event
 from tests.edge_support import (MIN, Q, T0, FakeTime, diags, events, make_pipeline,
                                      open_store, reading, stored)

@@ -5,7 +5,7 @@ Per meter the figures come from the records themselves (readings, and the driver
 ``meter.no_key``, ``meter.status`` with their detail: ``rssi``/``rssi_dbm``, ``lqi``,
 ``retries``, ``latency_ms``, status flags), from the delta engine (gaps, resets, stuck
 registers, leaks) and, when a driver has them, from its ``meter_stats()``. Per gateway they
-come from the store, the uplink and the board (/proc, /sys).
+come from the store, the uplink and the board (/proc, /sys): edge/gateway_row.py.
 
 Rules have thresholds from the config. A rule that starts to hold raises ONE event
 ``diag.<rule>`` saying what, which meter, since when and the evidence; when it stops holding,
@@ -16,12 +16,9 @@ cursors, which ``gateway diag`` prints.
 
 from __future__ import annotations
 
-import glob
-import os
-import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from ..config import DiagThresholds
 from ..model import QUALITY_HISTORIC, QUALITY_METER_ERROR, Diag, Event, Reading, to_decimal
@@ -249,7 +246,6 @@ class Diagnostics:
             return []
         h = self.meter(ev.meter_id, ev.source)
         d = ev.detail if isinstance(ev.detail, dict) else {}
-        out: list[Event | None] = []
         for key, run in (("rssi", h.rssi), ("rssi_dbm", h.rssi), ("lqi", h.lqi),
                          ("latency_ms", h.latency_ms)):
             v = _num(d.get(key))
@@ -260,86 +256,106 @@ class Diagnostics:
             h.retries += retries
         counter = FAILURE_KINDS.get(ev.kind)
         if counter is not None:
-            h.reads_failed += 1
-            h.consecutive_failures += 1
-            h.failing_since_ms = h.failing_since_ms or ev.ts_ms
-            h.last_error = str(d.get("reason") or ev.kind)[:200]
-            if counter == "crc_errors":
-                h.crc_errors += 1
-                h.window_crc += 1
-            elif counter == "decrypt_failures":
-                h.decrypt_failures += 1
-                h.window_decrypt += 1
-            elif counter == "auth_failures":
-                h.auth_failures += 1
-                h.window_decrypt += 1
-            holds = h.consecutive_failures >= self.th.consecutive_failures
-            out.append(self.alarms.set(
-                h.meter_id, "read_failures", holds, now,
-                what=f"{h.consecutive_failures} failed reads in a row",
-                evidence={"consecutive_failures": h.consecutive_failures,
-                          "last_error": h.last_error, "last_ok_ms": h.last_seen_ms},
-                since_ms=h.failing_since_ms, threshold=self.th.consecutive_failures))
-            if h.window_decrypt >= self.th.decrypt_failures:
-                out.append(self.alarms.set(
-                    h.meter_id, "decrypt_failures", True, now,
-                    what=f"{h.window_decrypt} decryption/authentication failures (wrong or "
-                         "missing key?)",
-                    evidence={"kind": ev.kind, "reason": h.last_error},
-                    threshold=self.th.decrypt_failures))
-            if h.window_crc >= self.th.crc_errors:
-                out.append(self.alarms.set(
-                    h.meter_id, "crc_errors", True, now,
-                    what=f"{h.window_crc} CRC/frame errors in this interval (noisy line or "
-                         "weak radio?)",
-                    evidence={"crc_errors": h.window_crc, "reason": h.last_error},
-                    threshold=self.th.crc_errors))
+            out = self._failure(h, ev, d, counter, now)
         elif ev.kind == kinds.SILENT:
-            # The driver knows when readings were due (a polled or reporting interval):
-            # each one that did not come is a failed read, so the ratio tells the truth.
-            expected = _num(d.get("expected_interval_s"))
-            quiet = _num(d.get("silent_for_s"))
-            missed = int(quiet // expected) if expected and quiet else 1
-            missed = max(1, missed)
-            h.missed_readings += missed
-            h.reads_failed += missed
-            h.driver_silent = True
-            h.last_error = "silent: expected readings missing"
-            out.append(self.alarms.set(
-                h.meter_id, "silent", True, now,
-                what=f"missed {missed} expected reading(s)"
-                     + (f" (one every {expected:g} s)" if expected else ""),
-                evidence={"silent_for_s": quiet, "expected_interval_s": expected,
-                          "last_seen_ms": d.get("last_seen_ms")},
-                since_ms=d.get("last_seen_ms") if isinstance(d.get("last_seen_ms"), int)
-                else ev.ts_ms))
+            out = [self._driver_silent(h, ev, d, now)]
         elif ev.kind == kinds.INVALID_VALUE:
-            h.invalid_values += 1
-            h.window_invalid += 1
-            h.last_error = str(d.get("reason") or "invalid value")[:200]
-            out.append(self.alarms.set(
-                h.meter_id, "invalid_values", True, now,
-                what=f"the meter sends invalid values ({d.get('name') or 'a value'}: "
-                     f"{d.get('reason') or 'invalid'})",
-                evidence={"name": d.get("name"), "raw": d.get("raw"),
-                          "invalid_values": h.invalid_values}))
+            out = [self._invalid_value(h, d, now)]
         elif ev.kind == kinds.STATUS:
-            h.last_seen_ms = max(h.last_seen_ms or ev.ts_ms, ev.ts_ms)
-            flags = d.get("flags")
-            items = dict(d)
-            if isinstance(flags, (list, tuple)):
-                items.update({str(f): True for f in flags})
-            for flag, rule in FLAG_RULES.items():
-                if flag in items:
-                    on = bool(items[flag])
-                    h.flags[flag] = on
-                    if rule == "reverse_flow":
-                        out.append(self._reverse(h, "status", on, now, ev.ts_ms, d))
-                    else:
-                        out.append(self.alarms.set(h.meter_id, rule, on, now,
-                                                   what=f"the meter reports {flag}",
-                                                   evidence={"status": d}))
+            out = self._status(h, ev, d, now)
+        else:
+            out = []
         return [e for e in out if e]
+
+    def _failure(self, h: MeterHealth, ev: Event, d: Mapping[str, Any], counter: str,
+                 now: int) -> list[Event | None]:
+        h.reads_failed += 1
+        h.consecutive_failures += 1
+        h.failing_since_ms = h.failing_since_ms or ev.ts_ms
+        h.last_error = str(d.get("reason") or ev.kind)[:200]
+        if counter == "crc_errors":
+            h.crc_errors += 1
+            h.window_crc += 1
+        elif counter == "decrypt_failures":
+            h.decrypt_failures += 1
+            h.window_decrypt += 1
+        elif counter == "auth_failures":
+            h.auth_failures += 1
+            h.window_decrypt += 1
+        holds = h.consecutive_failures >= self.th.consecutive_failures
+        out = [self.alarms.set(
+            h.meter_id, "read_failures", holds, now,
+            what=f"{h.consecutive_failures} failed reads in a row",
+            evidence={"consecutive_failures": h.consecutive_failures,
+                      "last_error": h.last_error, "last_ok_ms": h.last_seen_ms},
+            since_ms=h.failing_since_ms, threshold=self.th.consecutive_failures)]
+        if h.window_decrypt >= self.th.decrypt_failures:
+            out.append(self.alarms.set(
+                h.meter_id, "decrypt_failures", True, now,
+                what=f"{h.window_decrypt} decryption/authentication failures (wrong or "
+                     "missing key?)",
+                evidence={"kind": ev.kind, "reason": h.last_error},
+                threshold=self.th.decrypt_failures))
+        if h.window_crc >= self.th.crc_errors:
+            out.append(self.alarms.set(
+                h.meter_id, "crc_errors", True, now,
+                what=f"{h.window_crc} CRC/frame errors in this interval (noisy line or "
+                     "weak radio?)",
+                evidence={"crc_errors": h.window_crc, "reason": h.last_error},
+                threshold=self.th.crc_errors))
+        return out
+
+    def _driver_silent(self, h: MeterHealth, ev: Event, d: Mapping[str, Any],
+                       now: int) -> Event | None:
+        # The driver knows when readings were due (a polled or reporting interval):
+        # each one that did not come is a failed read, so the ratio tells the truth.
+        expected = _num(d.get("expected_interval_s"))
+        quiet = _num(d.get("silent_for_s"))
+        missed = int(quiet // expected) if expected and quiet else 1
+        missed = max(1, missed)
+        h.missed_readings += missed
+        h.reads_failed += missed
+        h.driver_silent = True
+        h.last_error = "silent: expected readings missing"
+        return self.alarms.set(
+            h.meter_id, "silent", True, now,
+            what=f"missed {missed} expected reading(s)"
+                 + (f" (one every {expected:g} s)" if expected else ""),
+            evidence={"silent_for_s": quiet, "expected_interval_s": expected,
+                      "last_seen_ms": d.get("last_seen_ms")},
+            since_ms=d.get("last_seen_ms") if isinstance(d.get("last_seen_ms"), int)
+            else ev.ts_ms)
+
+    def _invalid_value(self, h: MeterHealth, d: Mapping[str, Any], now: int) -> Event | None:
+        h.invalid_values += 1
+        h.window_invalid += 1
+        h.last_error = str(d.get("reason") or "invalid value")[:200]
+        return self.alarms.set(
+            h.meter_id, "invalid_values", True, now,
+            what=f"the meter sends invalid values ({d.get('name') or 'a value'}: "
+                 f"{d.get('reason') or 'invalid'})",
+            evidence={"name": d.get("name"), "raw": d.get("raw"),
+                      "invalid_values": h.invalid_values})
+
+    def _status(self, h: MeterHealth, ev: Event, d: Mapping[str, Any],
+                now: int) -> list[Event | None]:
+        h.last_seen_ms = max(h.last_seen_ms or ev.ts_ms, ev.ts_ms)
+        flags = d.get("flags")
+        items = dict(d)
+        if isinstance(flags, (list, tuple)):
+            items.update({str(f): True for f in flags})
+        out: list[Event | None] = []
+        for flag, rule in FLAG_RULES.items():
+            if flag in items:
+                on = bool(items[flag])
+                h.flags[flag] = on
+                if rule == "reverse_flow":
+                    out.append(self._reverse(h, "status", on, now, ev.ts_ms, d))
+                else:
+                    out.append(self.alarms.set(h.meter_id, rule, on, now,
+                                               what=f"the meter reports {flag}",
+                                               evidence={"status": d}))
+        return out
 
     def register(self, meter_id: str, quantity: str, unit: str, st: RegisterState,
                  status: str, delta: tuple[int, int] | None, now: int) -> list[Event]:
@@ -503,124 +519,3 @@ class Diagnostics:
 
 
 # --------------------------------------------------------------------------- the board
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def boot_id() -> str | None:
-    v = _read("/proc/sys/kernel/random/boot_id")
-    return v.strip() if v else None
-
-
-def system_uptime_s() -> float | None:
-    v = _read("/proc/uptime")
-    try:
-        return float(v.split()[0]) if v else None
-    except (ValueError, IndexError):
-        return None
-
-
-def watchdog_reset() -> bool:
-    """The hardware watchdog says it caused the last reset (WDIOF_CARDRESET)."""
-    for p in glob.glob("/sys/class/watchdog/watchdog*/bootstatus"):
-        v = _read(p)
-        try:
-            if v and int(v.strip(), 0) & 0x0020:
-                return True
-        except ValueError:
-            continue
-    return False
-
-
-def boot_reason(previous: Mapping[str, Any] | None, current_boot: str | None) -> str:
-    """Why this process started, from the marker the previous run left in the store.
-
-    first_start, restart (clean stop, same boot), crash (same boot, no clean stop), reboot
-    (new boot after a clean stop), power_loss (new boot, the previous run never stopped: a
-    power cut, a kernel panic or a hard reset), watchdog (the hardware watchdog reset it).
-    """
-    if not previous:
-        return "first_start"
-    same_boot = current_boot is not None and previous.get("boot_id") == current_boot
-    clean = bool(previous.get("clean_stop"))
-    if same_boot:
-        return "restart" if clean else "crash"
-    if watchdog_reset():
-        return "watchdog"
-    return "reboot" if clean else "power_loss"
-
-
-def board_metrics(store_dir: str) -> dict[str, Any]:
-    """CPU load, SoC temperature, memory, disk: whatever this board exposes."""
-    out: dict[str, Any] = {}
-    try:
-        out["load"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    out["cpus"] = os.cpu_count()
-    temps = []
-    for p in sorted(glob.glob("/sys/class/thermal/thermal_zone*/temp")):
-        v = _read(p)
-        try:
-            if v:
-                temps.append(int(v.strip()) / 1000)
-        except ValueError:
-            continue
-    if temps:
-        out["temperature_c"] = max(temps)
-    mem = _read("/proc/meminfo")
-    if mem:
-        info = {}
-        for line in mem.splitlines():
-            k, _, rest = line.partition(":")
-            parts = rest.split()
-            if parts and parts[0].isdigit():
-                info[k] = int(parts[0]) * 1024
-        if "MemAvailable" in info:
-            out["mem_available_bytes"] = info["MemAvailable"]
-        if "MemTotal" in info:
-            out["mem_total_bytes"] = info["MemTotal"]
-    statm = _read("/proc/self/statm")
-    if statm:
-        try:
-            out["rss_bytes"] = int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, IndexError, OSError):
-            pass
-    try:
-        st = os.statvfs(store_dir)
-        out["disk_free_bytes"] = st.f_bavail * st.f_frsize
-        out["disk_total_bytes"] = st.f_blocks * st.f_frsize
-    except OSError:
-        pass
-    up = system_uptime_s()
-    if up is not None:
-        out["system_uptime_s"] = round(up)
-    return out
-
-
-def gateway_metrics(*, store: Any, uplink: Mapping[str, Any] | None, started_mono: float, boot: str,
-                    clock: Mapping[str, Any], edge: Mapping[str, Any],
-                    now: int, board: Callable[[str], dict[str, Any]] = board_metrics
-                    ) -> dict[str, Any]:
-    """The gateway's row of the table."""
-    g: dict[str, Any] = {"uptime_s": round(time.monotonic() - started_mono),
-                         "boot_reason": boot, "clock": dict(clock), "edge": dict(edge)}
-    if store is not None:
-        st = store.stats()
-        g.update(store_depth=st.depth, store_bytes=st.bytes, records_evicted=st.evicted_records,
-                 gap_records=st.gap_records, store_full_errors=st.full_errors,
-                 oldest_unsent_s=None if st.oldest_ts_ms is None
-                 else max(0, (now - st.oldest_ts_ms) // 1000))
-        g.update(board(os.path.dirname(os.path.abspath(store.path))))
-    if uplink:  # the health snapshot's uplink part
-        g.update(broker_connected=uplink["connected"], broker_since_ms=uplink["since_ms"],
-                 broker_reconnects=max(0, uplink["connect_attempts"] - 1),
-                 broker_connect_failures=uplink["connect_failures"],
-                 broker_last_error=uplink["last_error"], messages_acked=uplink["messages_acked"])
-    return g

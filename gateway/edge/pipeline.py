@@ -22,7 +22,6 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import replace
-from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Callable, Iterable, Mapping
 
@@ -33,7 +32,8 @@ from ..model import (QUALITY_CLOCK_UNSYNCED, QUALITY_ESTIMATED, QUALITY_HISTORIC
                      QUALITY_METER_ERROR, QUALITY_SIMULATED, Event, Reading, Record, to_decimal)
 from . import deltas as dl
 from .clock import Clock
-from .diagnostics import GATEWAY, Diagnostics, boot_id, boot_reason, gateway_metrics
+from .diagnostics import GATEWAY, Diagnostics
+from .gateway_row import boot_id, boot_reason, gateway_metrics
 from .. import events as kinds
 
 log = logging.getLogger("gateway.edge")
