@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 log = logging.getLogger("gateway.fleet.ota")
@@ -140,13 +140,7 @@ def fetch_mqtt(*, host: str, port: int, ctx: ssl.SSLContext, client_id: str, pre
             log.warning("ota: chunk %d has %d bytes, expected %d; ignored", index,
                         len(msg.payload), expected)
             return
-        path = chunk_dir / f"{index:06d}"
-        tmp = chunk_dir / f".{index:06d}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(msg.payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _write_durably(chunk_dir / f"{index:06d}", [msg.payload])
         with lock:
             need.discard(index)
             last[0] = time.monotonic()
@@ -185,13 +179,19 @@ def fetch_mqtt(*, host: str, port: int, ctx: ssl.SSLContext, client_id: str, pre
             client.loop_stop()
         if stop.is_set():
             raise DeliveryError("stopped")
-    tmp = dest.with_name(dest.name + ".join")
+    _write_durably(dest, ((chunk_dir / f"{i:06d}").read_bytes() for i in range(total)))
+
+
+def _write_durably(path: Path, parts: Iterable[bytes]) -> None:
+    """Write beside ``path``, fsync, then rename: after a power cut ``path`` is either
+    absent or complete, never a torn file (a chunk is only counted once it is on disk)."""
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as out:
-        for i in range(total):
-            out.write((chunk_dir / f"{i:06d}").read_bytes())
+        for part in parts:
+            out.write(part)
         out.flush()
         os.fsync(out.fileno())
-    os.replace(tmp, dest)
+    os.replace(tmp, path)
 
 
 def sha256_file(path: Path) -> str:

@@ -47,6 +47,19 @@ MAX_MANTISSA = 10**40
 MAX_TS = 253_402_300_800_000  # year 10000: readings are placed in monthly partitions
 
 
+
+def record_row(kind: int, rec: Any, gw: str, ep: str, seq: int, pg: bool) -> tuple[Any, ...]:
+    """The table row of one accepted record: kind 0 reading, 1 event, 2 gap, 3 diag."""
+    if kind == 0:
+        return reading_row(rec, gw, ep, seq, pg)
+    if kind == 1:
+        return (gw, ep, seq, rec.ts_ms, rec.kind, rec.source, rec.meter_id, rec.severity,
+                to_json(rec.detail))
+    if kind == 2:
+        return (gw, ep, seq, rec.first_seq, rec.last_seq, rec.count, rec.reason, rec.ts_ms)
+    return (gw, ep, seq, rec.ts_ms, rec.scope, rec.meter_id, to_json(rec.metrics))
+
+
 class Unstorable(ValueError):
     """A verified record the database could not hold (NUL in a text, integer out of
     range): the whole message counts as malformed instead of wedging the batch."""
@@ -384,17 +397,8 @@ class Ingestor:
                 acc += 1
                 kinds[kind] += 1
                 records.append((gw, ep, seq, kind, dg, now_ms))
-                if kind == 0:
-                    readings.append(reading_row(rec, gw, ep, seq, pg))
-                elif kind == 1:
-                    events.append((gw, ep, seq, rec.ts_ms, rec.kind, rec.source, rec.meter_id,
-                                   rec.severity, to_json(rec.detail)))
-                elif kind == 2:
-                    gaps.append((gw, ep, seq, rec.first_seq, rec.last_seq, rec.count, rec.reason,
-                                 rec.ts_ms))
-                else:
-                    diags.append((gw, ep, seq, rec.ts_ms, rec.scope, rec.meter_id,
-                                  to_json(rec.metrics)))
+                (readings, events, gaps, diags)[kind].append(
+                    record_row(kind, rec, gw, ep, seq, pg))
             for name, n in zip(("readings", "events", "gap_records", "diag"), kinds):
                 count(gw, name, n)
             out.accepted, out.duplicates, out.conflicts = acc, dup, conf

@@ -238,24 +238,7 @@ class Verifier:
         try:
             env = decode_envelope(payload, self._trusted)
         except EnvelopeError as e:
-            # Disjoint classes: a message that is not a well-formed envelope (even one whose
-            # signature verified over a corrupt body) is `malformed`, not a forgery.
-            res.malformed = isinstance(e, MalformedEnvelope)
-            res.bad_signature = not res.malformed
-            res.error = f"{type(e).__name__}: {e}"
-            kid = peek_gateway_id(payload)
-            res.gateway_id = kid
-            # Only attribute to a gateway we know, so forgers cannot invent entries.
-            gw_stats = [total]
-            if kid is not None and (kid in self._gateways or kid in self._trusted) \
-                    and kid != WILDCARD:
-                g = self._gateway(kid).stats
-                g.messages += 1
-                gw_stats.append(g)
-            for s in gw_stats:
-                s.bad_signatures += res.bad_signature
-                s.malformed += res.malformed
-            return res
+            return self._rejected(res, e, payload)
 
         gid, epoch, recs = env.gateway_id, env.epoch, env.records
         res.gateway_id, res.epoch, res.sent_ms = gid, epoch, env.sent_ms
@@ -318,6 +301,26 @@ class Verifier:
         if self._on_record is not None:
             for sr in accepted:
                 self._on_record(gid, epoch, sr)
+        return res
+
+    def _rejected(self, res: FeedResult, e: EnvelopeError, payload: bytes) -> FeedResult:
+        # Disjoint classes: a message that is not a well-formed envelope (even one whose
+        # signature verified over a corrupt body) is `malformed`, not a forgery.
+        res.malformed = isinstance(e, MalformedEnvelope)
+        res.bad_signature = not res.malformed
+        res.error = f"{type(e).__name__}: {e}"
+        kid = peek_gateway_id(payload)
+        res.gateway_id = kid
+        # Only attribute to a gateway we know, so forgers cannot invent entries.
+        gw_stats = [self._total]
+        if kid is not None and (kid in self._gateways or kid in self._trusted) \
+                and kid != WILDCARD:
+            g = self._gateway(kid).stats
+            g.messages += 1
+            gw_stats.append(g)
+        for s in gw_stats:
+            s.bad_signatures += res.bad_signature
+            s.malformed += res.malformed
         return res
 
     def _gateway(self, gid: str) -> _Gateway:

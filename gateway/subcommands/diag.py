@@ -162,6 +162,44 @@ def attention(m: dict[str, Any]) -> list[str]:
     return out
 
 
+_HEAD = ("METER", "BUS", "LAST SEEN", "OK/FAIL", "RATIO", "IN-ROW", "CRC", "KEY", "RSSI",
+         "DRIFT", "GAPS", "REGISTERS", "ALARMS")
+
+
+def _meter_rows(t: dict[str, Any], now: int) -> tuple[tuple[str, ...], list[tuple[str, ...]],
+                                                     list[str]]:
+    """The table's head, one row per meter, and the meters that need attention (why)."""
+    head = _HEAD
+    rows = []
+    troubled: list[str] = []
+    meters = sorted(set(t["meters"]) | set(t["registers"]))
+    for mid in meters:
+        m = t["meters"].get(mid, {})
+        rssi = m.get("rssi_dbm") or {}
+        regs = t["registers"].get(mid, {})
+        units = m.get("units") or {}
+        ratio = m.get("success_ratio")
+        why = attention(m)
+        if why:
+            troubled.append(f"{mid} ({', '.join(why)})")
+        rows.append((
+            mid, m.get("bus") or "-", age(m.get("last_seen_ms") or max(
+                (r["read_ms"] for r in regs.values()), default=None), now),
+            f"{m.get('reads_ok', '-')}/{m.get('reads_failed', '-')}",
+            "-" if ratio is None else f"{ratio * 100:.0f}%",
+            str(m.get("consecutive_failures", "-")),
+            str(m.get("crc_errors", "-")),
+            str(m.get("decrypt_failures", 0) + m.get("auth_failures", 0)) if m else "-",
+            f"{rssi.get('mean')}/{rssi.get('last')}" if rssi else "-",
+            _drift(drift_ms(m, regs)),
+            str(m.get("gaps", "-")),
+            " ".join(f"{q}={exact(r['value'])}" + (f" {units[q]}" if units.get(q) else "")
+                     for q, r in sorted(regs.items()) if q != kinds.CLOCK_DRIFT) or "-",
+            ("WARN " + ",".join(why)) if why else "ok",
+        ))
+    return head, rows, troubled
+
+
 def render(t: dict[str, Any], gateway_id: str, now: int, width: int | None = None) -> str:
     from ..console.render import table_lines, wrap_lines
     lines: list[str] = []
@@ -193,35 +231,7 @@ def render(t: dict[str, Any], gateway_id: str, now: int, width: int | None = Non
             gw_alarms = sorted(g["alarms"])
             say("  ALARMS: " + ", ".join(f"{r} since {age(s, now)}"
                                           for r, s in sorted(g["alarms"].items())))
-    head = ("METER", "BUS", "LAST SEEN", "OK/FAIL", "RATIO", "IN-ROW", "CRC", "KEY", "RSSI",
-            "DRIFT", "GAPS", "REGISTERS", "ALARMS")
-    rows = []
-    troubled: list[str] = []
-    meters = sorted(set(t["meters"]) | set(t["registers"]))
-    for mid in meters:
-        m = t["meters"].get(mid, {})
-        rssi = m.get("rssi_dbm") or {}
-        regs = t["registers"].get(mid, {})
-        units = m.get("units") or {}
-        ratio = m.get("success_ratio")
-        why = attention(m)
-        if why:
-            troubled.append(f"{mid} ({', '.join(why)})")
-        rows.append((
-            mid, m.get("bus") or "-", age(m.get("last_seen_ms") or max(
-                (r["read_ms"] for r in regs.values()), default=None), now),
-            f"{m.get('reads_ok', '-')}/{m.get('reads_failed', '-')}",
-            "-" if ratio is None else f"{ratio * 100:.0f}%",
-            str(m.get("consecutive_failures", "-")),
-            str(m.get("crc_errors", "-")),
-            str(m.get("decrypt_failures", 0) + m.get("auth_failures", 0)) if m else "-",
-            f"{rssi.get('mean')}/{rssi.get('last')}" if rssi else "-",
-            _drift(drift_ms(m, regs)),
-            str(m.get("gaps", "-")),
-            " ".join(f"{q}={exact(r['value'])}" + (f" {units[q]}" if units.get(q) else "")
-                     for q, r in sorted(regs.items()) if q != kinds.CLOCK_DRIFT) or "-",
-            ("WARN " + ",".join(why)) if why else "ok",
-        ))
+    head, rows, troubled = _meter_rows(t, now)
     wide = table_lines(head, rows, width=None)
     if width is None or max(map(len, wide)) <= width:
         lines += wide
