@@ -13,7 +13,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 ALLOWED = {
     "gateway/commands/diag.py:function render",
-    "gateway/config.py:module",
     "gateway/console/commands.py:module",
     "gateway/control/handlers.py:module",
     "gateway/drivers/mbus.py:module",

@@ -24,6 +24,9 @@ from typing import Any
 from ..config import (RS485_SCHEMA, ConfigError, FieldSpec, Schema, any_mapping, integer,
                       mapping, text)
 from ..config import ID as _ID
+from ..config.nodes import direct_value
+from ..config.show import did_you_mean
+from ..config.walker import Walker
 
 SYSTEM_DIR = "/etc/gateway/boards"
 SHIPPED_DIR = Path(__file__).resolve().parent.parent.parent / "boards"
@@ -104,25 +107,15 @@ def find(name: str, dirs: list[Path]) -> Path | None:
 def load_board_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate one profile on its own (tests, ``tools/install.sh``).
     Raises ConfigError with file:line:col issues."""
-    from ..config import _Loader
-    sub = _Loader(path)
+    sub = Walker(path)
     values = _validate(sub)
     if values is None or sub.errors:
         raise sub.fail()
     return values
 
 
-def _validate(sub: Any) -> dict[str, Any] | None:
-    data = sub._read()
-    root = sub._compose(data)
-    if root is None:
-        if not sub.errors:
-            sub.error(None, "", "empty board profile")
-        return None
-    entries = sub._entries(root, "", BOARD_SCHEMA.help)
-    if entries is None:
-        return None
-    values = sub._fields(BOARD_SCHEMA, entries, "", root)
+def _validate(sub: Walker) -> dict[str, Any] | None:
+    values, entries = sub.document(BOARD_SCHEMA, "empty board profile")
     if values is not None and values["name"] != Path(sub.file).stem:
         node = entries["name"][1]
         sub.error(node, "name", f"expected {Path(sub.file).stem!r} (the file name), got "
@@ -131,27 +124,26 @@ def _validate(sub: Any) -> dict[str, Any] | None:
     return values
 
 
-def resolve_board(loader: Any, top: dict[str, Any], gateway: dict[str, Any] | None,
+def resolve_board(loader: Walker, top: dict[str, Any], gateway: dict[str, Any] | None,
                   drivers: list[Any]) -> dict[str, Any]:
     """Config-loader hook: load the named profile, report its problems with the config's,
     and merge its defaults into the drivers' serial options. Returns the profile."""
-    from ..config import _Loader, _did_you_mean, _direct_value
     if gateway is None:
         return {}
     name = gateway["board"]
     gw_entry = top.get("gateway")
-    where = (_direct_value(gw_entry[1], "board") or gw_entry[0]) if gw_entry else None
+    where = (direct_value(gw_entry[1], "board") or gw_entry[0]) if gw_entry else None
     dirs = search_dirs(loader.base)
     path = find(name, dirs)
     if path is None and name == DEFAULT_BOARD:
         return {**BUILTIN_DEFAULT, "source": "built-in"}  # e.g. a pip install without boards/
     if path is None:
         names = available(dirs)
-        hint = _did_you_mean(name, names) or ("known boards: " + ", ".join(names)
+        hint = did_you_mean(name, names) or ("known boards: " + ", ".join(names)
                                                if names else "no boards/ directory found")
         loader.error(where, "gateway.board", f"unknown board {name!r}; {hint}")
         return {}
-    sub = _Loader(path)
+    sub = Walker(path)
     try:
         values = _validate(sub)
     except ConfigError as e:
