@@ -11,6 +11,7 @@ from yaml.nodes import Node, ScalarNode, SequenceNode
 from .control import CONTROL_SCHEMA, ControlConfig
 from .core import (GATEWAY_SCHEMA, LOGGING_SCHEMA, STORE_SCHEMA, GatewayConfig, LoggingConfig,
                    StoreConfig)
+from .board import resolve_board
 from .checks import ID
 from .drivers import DRIVER_COMMON, DriverConfig, check_driver_type, driver_schema, driver_types
 from .edge import EDGE_SCHEMA, EdgeConfig
@@ -78,7 +79,6 @@ class ConfigLoader(Walker):
             values[name] = None if entries is None else self.fields(schema, entries, name,
                                                                      key_node)
         drivers = self._drivers(top.get("drivers"), root)
-        from ..fleet.boards import resolve_board  # late: it imports this package
         board = resolve_board(self, top, values.get("gateway"), drivers)
         self._check_inline_secrets()
         if self.errors:
