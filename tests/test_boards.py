@@ -89,7 +89,7 @@ def test_board_rs485_defaults_merge_into_drivers_on_its_ports():
 
 
 def test_default_board_works_without_any_boards_directory(tmp_path, monkeypatch):
-    import gateway.fleet.boards as boards
+    import gateway.config.board as boards  # where the loader looks them up
     monkeypatch.setattr(boards, "SHIPPED_DIR", tmp_path / "nowhere")
     monkeypatch.setattr(boards, "SYSTEM_DIR", str(tmp_path / "nowhere"))
     monkeypatch.setattr(boards.sys, "prefix", str(tmp_path / "no-prefix"))
@@ -102,7 +102,7 @@ def test_profiles_installed_by_pip_under_the_prefix_are_found(tmp_path, monkeypa
     """A plain `pip install .` has no source tree: the profiles come as data files."""
     import shutil
 
-    import gateway.fleet.boards as boards
+    import gateway.config.board as boards  # where the loader looks them up
     monkeypatch.setattr(boards, "SHIPPED_DIR", tmp_path / "nowhere")
     monkeypatch.setattr(boards, "SYSTEM_DIR", str(tmp_path / "nowhere"))
     monkeypatch.setattr(boards.sys, "prefix", str(tmp_path / "venv"))

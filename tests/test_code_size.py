@@ -12,7 +12,6 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 ALLOWED = {
-    "gateway/config.py:module",
     "gateway/drivers/mbus.py:module",
     "gateway/drivers/wmbus.py:module",
     "gateway/drivers/zigbee.py:module",

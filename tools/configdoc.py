@@ -8,8 +8,8 @@ import sys
 from typing import Any, Iterator
 
 from gateway.config import (DRIVER_SCHEMAS, REQUIRED, SECTIONS, Check, FieldSpec, Schema,
-                            format_size)
-from gateway.drivers.registry import DRIVER_MODULES, load_schemas
+                            format_size, load_schemas)
+from gateway.drivers.registry import DRIVER_MODULES
 
 HEADER = """# Configuration reference
 
