@@ -35,17 +35,16 @@ from ..config import (PATH, SERIAL_SCHEMA, Check, FieldSpec, Schema, any_mapping
                       one_of_keys, text, time_zone)
 from ..model import QUALITY_HISTORIC, Event, Reading, now_ms
 from .backoff import Backoff
+from .bus import BusDriver, MeterStats
+from .context import DriverContext, RecordSink
 from .keys import key_from
-from .base import Driver, RecordSink
-from .serialport import OwnsSerialPort
-from .handoff import WorkQueue, keys_dir_of, stored_key
+from .handoff import keys_dir_of, stored_key
 from .dlms_push import HEX_MAX, PUSH_IC_CURSOR, PushListener  # noqa: F401 (re-exported)
 from .. import events as kinds
 
 TYPE = "dlms"
 IC_CURSOR = "dlms.invocation_counter"
 IC_BLOCK = 10_000  # frame counters reserved (persisted) ahead of use
-READ_NOW_TIMEOUT_S = 55.0  # below the console's 60 s, so the technician sees why
 PUSH_WAIT_S = 30.0  # read_now in push mode: wait this long for a first notification
 
 _OBIS = text("an OBIS code such as 1-0:1.8.0", r"\d{1,3}-\d{1,3}:\d{1,3}\.\d{1,3}\.\d{1,3}(\*\d{1,3})?")
@@ -128,27 +127,25 @@ SCHEMA = Schema((
 ), help="DLMS/COSEM over HDLC (RS-485 poll, or HAN push)")
 
 
-class ReadFailed(Exception):
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
+# the bus-specific counters shown beside MeterStats' common ones (clock_drift_s: a gauge)
+DLMS_COUNTERS: dict[str, Any] = {
+    "auth_failures": 0, "decrypt_failures": 0, "readings": 0, "profile_rows": 0,
+    "events": 0, "clock_drift_s": None, "clock_sets": 0, "notifications": 0,
+    "frame_errors": 0, "replays": 0}
 
 
 @dataclass
-class MeterState:
+class DlmsMeter:
+    """One configured meter: its options (keys resolved), schedule, HLS frame counter and
+    push state; its counters are the bus's StatsTable row."""
+
     opts: dict[str, Any]
     backoff: Backoff
+    stats: MeterStats
     next_due: float = 0.0
     ic_reserved: int = 0
     ic_next: int = 0
     parser: Any = None
-    stats: dict[str, Any] = field(default_factory=lambda: {
-        "success": 0, "failures": 0, "retries": 0, "timeouts": 0, "crc_errors": 0,
-        "auth_failures": 0, "decrypt_failures": 0, "readings": 0, "profile_rows": 0,
-        "events": 0, "clock_drift_s": None, "clock_sets": 0, "notifications": 0,
-        "decode_errors": 0, "frame_errors": 0, "replays": 0})
-    last_ok_ms: int | None = None
-    last_error: str | None = None
     last_readings: list[Any] = field(default_factory=list)  # push: of the last notification
     push_ic: dict[str, int] = field(default_factory=dict)  # push: last invocation counters
     last_rx_hex: str = ""  # poll: the last frame from this meter
@@ -164,7 +161,7 @@ class SerialTransport:
     of the sans-I/O session). Frames from other addresses are skipped, lost replies are
     resent ``retries`` times, CRC errors are counted."""
 
-    def __init__(self, drv: "DlmsDriver", m: MeterState) -> None:
+    def __init__(self, drv: "DlmsDriver", m: DlmsMeter) -> None:
         from ..protocols.hdlc import HdlcDecoder
         self.drv = drv
         self.m = m
@@ -190,7 +187,7 @@ class SerialTransport:
             ev = self.decoder.next_event()
             if ev is not NEED_DATA:
                 if ev.src.upper == self.logical and (ev.src.lower in (None, self.physical)):
-                    self.m.stats["crc_errors"] += self.decoder.stats.crc_errors - crc_before
+                    self.m.stats.count("crc_errors", self.decoder.stats.crc_errors - crc_before)
                     raw = ev.serialize()
                     self.m.last_rx_hex = raw.hex().upper()
                     return raw
@@ -198,14 +195,14 @@ class SerialTransport:
             if d.stopping.is_set():
                 raise TimeoutError("driver stopping")
             if time.monotonic() > deadline:
-                self.m.stats["crc_errors"] += self.decoder.stats.crc_errors - crc_before
+                self.m.stats.count("crc_errors", self.decoder.stats.crc_errors - crc_before)
                 crc_before = self.decoder.stats.crc_errors
                 if tries >= d.retries or self.last is None:
-                    self.m.stats["timeouts"] += 1
+                    self.m.stats.count("timeouts")
                     raise TimeoutError(f"no reply within {d.timeout_s:.1f} s "
                                        f"({tries + 1} tries)")
                 tries += 1
-                self.m.stats["retries"] += 1
+                self.m.stats.count("retries")
                 self.send(self.last)
                 deadline = time.monotonic() + d.timeout_s
                 continue
@@ -214,49 +211,40 @@ class SerialTransport:
                 self.decoder.receive_data(data)
 
 
-class DlmsDriver(PushListener, OwnsSerialPort, Driver):
+class DlmsDriver(PushListener, BusDriver):
     type_name = TYPE
 
-    def __init__(self, name: str, options: Mapping[str, Any], sink: RecordSink) -> None:
-        super().__init__(name, options, sink)
+    def __init__(self, name: str, options: Mapping[str, Any],
+                 ctx: DriverContext | RecordSink) -> None:
+        super().__init__(name, options, ctx)
         self.serial_opts = dict(self.options["serial"])
         self.mode = self.options.get("mode", "poll")
+        self.listener = self.mode == "push"
         self.timeout_s = int(self.options.get("reply_timeout_ms", 2000)) / 1000
         self.retries = int(self.options.get("retries", 2))
         self.max_info = int(self.options.get("max_info", 128))
         self.tz = str(self.options.get("default_tz", "UTC"))
         bmax = float(self.options.get("backoff_max_s", 300))
-        self.meters = [MeterState(dict(m), Backoff(min_s=min(5.0, bmax), max_s=bmax))
-                       for m in self.options["meters"]]
-        self.ser: Any = None
+        self.meters = [DlmsMeter(dict(m), Backoff(min_s=min(5.0, bmax), max_s=bmax),
+                                 self.stats[m["id"]]) for m in self.options["meters"]]
         self.port_backoff = Backoff(min_s=1, max_s=60)
-        self.cycles = 0
-        self.keys_dir = keys_dir_of(self.options, sink)
+        self.keys_dir = keys_dir_of(self.options, self.ctx)
         for m in self.meters:
+            m.stats.counters.update(DLMS_COUNTERS)
             m.opts["block_key"] = key_from(m.opts.get("block_key"), m.opts.get("block_key_file"))
             m.opts["auth_key"] = key_from(m.opts.get("auth_key"), m.opts.get("auth_key_file"))
             stored = stored_key(self.keys_dir, (m.id,), (16, 32), self.log)
             if stored is not None:  # set with `keys set` after the config was written
                 self._use_key(m, stored[0])
                 self.log.info("meter %s: using the key(s) stored in %s", m.id, stored[1])
-        self.work = WorkQueue(self, self.stopping)
         self.state = "opening"  # opening | open | reopening (for the console)
-        self.last_port_error: str | None = None
-
-    def meter_stats(self) -> dict[str, dict[str, Any]]:
-        return {m.id: {**m.stats, "last_ok_ms": m.last_ok_ms, "last_error": m.last_error}
-                for m in self.meters}
 
     # ------------------------------------------------------------------ console capabilities
     # (drivers.base.ConsoleCapabilities); called from other threads, the port work is
     # handed to the driver thread.
 
     def bus_state(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"state": self.state, "mode": self.mode,
-                               "port": self.serial_opts.get("port"), "cycles": self.cycles}
-        if self.state != "open" and self.last_port_error:
-            out["error"] = self.last_port_error
-        return out
+        return {"mode": self.mode, **super().bus_state()}
 
     def read_now(self, meter_id: str) -> list[Any]:
         """poll: associate and read the clock and the registers now (between two meters of
@@ -269,7 +257,7 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
             while not m.last_readings:
                 if time.monotonic() > deadline or self.stopping.is_set() or not self.is_alive():
                     raise TimeoutError(f"no notification from {m.id} decoded yet "
-                                       f"({m.last_error or 'nothing received'}); a push meter "
+                                       f"({m.stats.last_error or 'nothing received'}); a push meter "
                                        "sends on its own schedule")
                 self.stopping.wait(0.1)
             return list(m.last_readings)
@@ -280,10 +268,10 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
                                    f"({self.last_port_error or self.state})")
             records = self._poll(m, manual=True)
             if records is None:
-                raise RuntimeError(m.last_error or "no answer")
+                raise RuntimeError(m.stats.last_error or "no answer")
             return records
 
-        return self.work.call(f"read {m.id}", read, READ_NOW_TIMEOUT_S)
+        return self.on_driver_thread(f"read {m.id}", read)
 
     def set_key(self, meter_id: str, key: bytes) -> None:
         """``keys set METER``: 16 bytes = the block cipher key (global unicast encryption
@@ -309,13 +297,13 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
         else:
             apply()
 
-    def _meter(self, meter_id: str) -> MeterState:
+    def _meter(self, meter_id: str) -> DlmsMeter:
         m = next((m for m in self.meters if m.id == meter_id), None)
         if m is None:
             raise KeyError(meter_id)
         return m
 
-    def _use_key(self, m: MeterState, key: bytes) -> None:
+    def _use_key(self, m: DlmsMeter, key: bytes) -> None:
         m.opts["block_key"] = bytes(key[:16])
         if len(key) == 32:
             m.opts["auth_key"] = bytes(key[16:])
@@ -336,47 +324,33 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
         """Emit and wait until durable: a cursor must never run ahead of its rows."""
         self.emit(records, cursors).result(timeout=60)
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ the bus skeleton
     def loop(self) -> None:
         if self.mode == "poll":
             from ..protocols.dlms import load_gurux
             load_gurux()  # here, not at import: the registry stays cheap; push needs no gurux
         self.log.info("dlms bus %s (%s): %d meters on %s", self.bus, self.mode,
                       len(self.meters), self.serial_opts["port"])
-        try:
-            while not self.stopping.is_set():
-                if not self._open_or_back_off():
-                    continue
-                try:
-                    if self.mode == "push":
-                        self._listen()
-                    else:
-                        self._poll_cycle()
-                except OSError as exc:
-                    self.log.error("port %s failed: %s; reopening", self.serial_opts["port"], exc)
-                    self._close()
-        finally:
-            self._close()
-            self.work.close()
+        super().loop()
 
-    def _open(self) -> None:
-        self._open_port(int(self.serial_opts.get("baud", 9600)))
+    def port_failed(self, exc: BaseException) -> None:
+        """Logged and reopened; this bus never reported a port failure as an event."""
+        self.log.error("port %s failed: %s; reopening", self.serial_opts["port"], exc)
+        self.last_port_error = str(exc)
+        self.close_port()
 
     # ------------------------------------------------------------------ poll
-    def _poll_cycle(self) -> None:
+    def poll_once(self) -> float:
         now = time.monotonic()
         for m in self.meters:
             if self.stopping.is_set() or self.ser is None:
-                return
+                break
             if m.next_due <= now:
                 self._poll(m)
                 self.work.service()  # a console read waits one meter at most
-        self.cycles += 1
-        self.work.service()
-        wait = min(m.next_due for m in self.meters) - time.monotonic()
-        self.work.wait(max(0.0, min(wait, 1.0)))
+        return min(m.next_due for m in self.meters) - time.monotonic()
 
-    def _poll(self, m: MeterState, manual: bool = False) -> list[Any] | None:
+    def _poll(self, m: DlmsMeter, manual: bool = False) -> list[Any] | None:
         """Read one meter; its clock and register records, or None when it failed (counted,
         reported). ``manual``: a console read -- clock and registers only, a working
         meter's schedule is left alone, a failing one's backoff ends when it succeeds."""
@@ -389,7 +363,7 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
             session.connect()
             records = self._read_meter(m, session, profiles=not manual)
         except AssociationRefused as exc:
-            m.stats["auth_failures"] += 1
+            m.stats.count("auth_failures")
             self._failed(m, kinds.AUTH_FAILED, str(exc), permanent=True, manual=manual)
         except TimeoutError as exc:
             self._failed(m, kinds.READ_FAILED, str(exc), manual=manual)
@@ -398,15 +372,13 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
         except OSError:
             raise  # the port: the loop reopens it
         except Exception as exc:  # noqa: BLE001 - a codec (gurux) bug costs a read, not the bus
-            m.stats["decode_errors"] += 1
+            m.stats.count("decode_errors")
             self._failed(m, kinds.DECODE_ERROR, f"{type(exc).__name__}: {exc}"[:300],
                          manual=manual, frame_hex=m.last_rx_hex)
         else:
             was_failing = m.backoff.failures > 0
             m.backoff.ok()
-            m.stats["success"] += 1
-            m.last_ok_ms = now_ms()
-            m.last_error = None
+            m.stats.ok()
             if not manual:
                 m.next_due = time.monotonic() + float(m.opts.get("interval_s", 60))
             elif was_failing:
@@ -418,12 +390,12 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
                 self._note_counter(m, session)
         return records
 
-    def _failed(self, m: MeterState, kind: str, reason: str, permanent: bool = False,
+    def _failed(self, m: DlmsMeter, kind: str, reason: str, permanent: bool = False,
                 manual: bool = False, frame_hex: str = "") -> None:
-        m.last_error = reason
+        m.stats.last_error = reason
         if self.stopping.is_set():
             return
-        m.stats["failures"] += 1
+        m.stats.failures += 1
         if manual:  # a console read: reported, the poll schedule stays as it is
             self.log.warning("meter %s: %s (read from the console)", m.id, reason)
         else:
@@ -431,12 +403,12 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
             m.next_due = time.monotonic() + delay
             self.log.warning("meter %s: %s (next try in %.0f s)", m.id, reason, delay)
         detail = {"reason": reason, "address": f"{m.opts.get('logical', 1)}/{m.opts.get('physical')}",
-                  "failures": m.stats["failures"], "crc_errors": m.stats["crc_errors"]}
+                  "failures": m.stats.failures, "crc_errors": m.stats.crc_errors}
         if frame_hex:  # the last frame the meter sent (a decode error's evidence)
             detail["frame"] = frame_hex[:HEX_MAX] + ("..." if len(frame_hex) > HEX_MAX else "")
         self.emit([Event(kind, now_ms(), self.bus, m.id, "warning", detail)])
 
-    def _session(self, m: MeterState) -> Any:
+    def _session(self, m: DlmsMeter) -> Any:
         from ..protocols.dlms.client import DlmsSession, SecurityConfig
         o = m.opts
         level = o.get("security", "none")
@@ -451,7 +423,7 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
                            address_size=int(o.get("address_size", 2)), security=sec,
                            invocation_counter=ic, default_tz=self.tz, max_info=self.max_info)
 
-    def _reserve_counter(self, m: MeterState) -> int:
+    def _reserve_counter(self, m: DlmsMeter) -> int:
         """The frame counter to start from, with a block ahead of it persisted first."""
         if m.ic_reserved == 0:
             m.ic_reserved = int(self._cursor(m.id, IC_CURSOR, 0) or 0)
@@ -461,11 +433,11 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
             self._commit([], {(m.id, IC_CURSOR): m.ic_reserved})
         return m.ic_next
 
-    def _note_counter(self, m: MeterState, session: Any) -> None:
+    def _note_counter(self, m: DlmsMeter, session: Any) -> None:
         if m.opts.get("security") == "hls":
             m.ic_next = max(m.ic_next, session.invocation_counter)
 
-    def _read_meter(self, m: MeterState, s: Any, profiles: bool = True) -> list[Any]:
+    def _read_meter(self, m: DlmsMeter, s: Any, profiles: bool = True) -> list[Any]:
         o = m.opts
         rx = now_ms()
         meter_ts = None
@@ -476,13 +448,13 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
             t1 = now_ms()
             if meter_ts is not None:
                 drift_ms = meter_ts - (t0 + t1) // 2
-                m.stats["clock_drift_s"] = drift_ms / 1000
+                m.stats.counters["clock_drift_s"] = drift_ms / 1000
                 records.append(Reading(m.id, kinds.CLOCK_DRIFT, drift_ms, -3, "s", meter_ts, t1, (),
                                        self.bus))
                 limit = o.get("clock_set_threshold_s")
                 if limit is not None and abs(drift_ms) > float(limit) * 1000:
                     s.set_clock(now_ms())
-                    m.stats["clock_sets"] += 1
+                    m.stats.count("clock_sets")
                     records.append(Event(kinds.CLOCK_SET, now_ms(), self.bus, m.id, "info",
                                          {"drift_s": drift_ms / 1000, "threshold_s": limit}))
                     self.log.info("meter %s: clock off by %.1f s, set", m.id, drift_ms / 1000)
@@ -495,7 +467,7 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
             records.append(Reading(m.id, obis, v.mantissa, v.exponent, v.unit,
                                    captured if captured is not None else meter_ts, rx, (),
                                    self.bus))
-        m.stats["readings"] += sum(1 for r in records if isinstance(r, Reading))
+        m.stats.count("readings", sum(1 for r in records if isinstance(r, Reading)))
         if records:
             self._commit(records, {})
         if not profiles:
@@ -507,7 +479,7 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
             self._read_profile(m, s, obis, meter_now, events=True)
         return records
 
-    def _read_profile(self, m: MeterState, s: Any, obis: str, meter_now: int,
+    def _read_profile(self, m: DlmsMeter, s: Any, obis: str, meter_now: int,
                       events: bool) -> None:
         """Read rows after the cursor, one span per request; each span's rows and the new
         cursor are committed together and durably before the next request."""
@@ -551,10 +523,10 @@ class DlmsDriver(PushListener, OwnsSerialPort, Driver):
                 newest = end
             self._commit(records, {key: newest})
             if events:
-                m.stats["events"] += len(records)
+                m.stats.count("events", len(records))
             else:
-                m.stats["profile_rows"] += len({r.meter_ts_ms for r in records})
-                m.stats["readings"] += len(records)
+                m.stats.count("profile_rows", len({r.meter_ts_ms for r in records}))
+                m.stats.count("readings", len(records))
             cursor = newest
 
 

@@ -25,14 +25,14 @@ HEX_MAX = 1024       # hex digits of a bad frame in its event
 
 
 class PushListener:
-    """Mixin: needs the driver's ``meters`` (MeterState), ``ser``, ``stopping``, ``work``,
-    ``options``, ``tz``, ``bus``, ``log``, ``emit`` and ``_cursor``."""
+    """Mixin of a listening :class:`~gateway.drivers.bus.BusDriver`: the base reads the
+    port and calls :meth:`on_bytes`. Needs the driver's ``meters`` (DlmsMeter), ``options``,
+    ``tz``, ``bus``, ``log``, ``emit`` and ``_cursor``."""
 
     meters: list[Any]
-    ser: Any
-    stopping: Any
-    work: Any
     options: Any
+    _push_dec: Any = None  # the PushDecoder of the open port
+    _crc_seen = 0          # its HDLC CRC failures already counted
     tz: str
     bus: str
     log: Any
@@ -53,37 +53,41 @@ class PushListener:
         m = self._push_meter(system_title, src)
         return m, m.parser
 
-    def _listen(self) -> None:
+    def on_open(self) -> None:
+        if self.mode == "push":
+            self._push_dec = self._make_push_decoder()
+            self._crc_seen = 0
+
+    def on_bytes(self, data: bytes) -> None:
+        """Bytes from the HAN port: every event they complete, each one on its own."""
         from ..protocols import hdlc
-        dec = self._make_push_decoder()
-        crc_seen = 0
-        while not self.stopping.is_set():
-            self.work.service()
-            data = self.ser.read(max(1, self.ser.in_waiting))
-            if not data:
-                continue
-            dec.receive_data(data)
-            for _ in range(10_000):  # bounded: a read holds at most a few frames
-                try:
-                    ev = dec.next_event()
-                except Exception as exc:  # noqa: BLE001 - a codec bug costs a frame, not the bus
-                    self._codec_failed(self.meters[0], exc, data.hex().upper())
-                    reset = getattr(dec, "reset", None)
-                    if reset is not None:
-                        reset()  # whatever it choked on is dropped, not met again
-                    break
-                frames = getattr(dec, "frames", None)
-                crc = getattr(getattr(frames, "stats", None), "crc_errors", crc_seen)
-                if crc != crc_seen:
-                    self.meters[0].stats["crc_errors"] += crc - crc_seen
-                    crc_seen = crc
-                if ev is hdlc.NEED_DATA:
-                    break
-                try:
-                    self._on_push(ev)
-                except Exception as exc:  # noqa: BLE001 - one event, not the bus
-                    self.log.exception("push: event %r not handled", type(ev).__name__)
-                    self._codec_failed(self.meters[0], exc, data.hex().upper())
+        dec = self._push_dec
+        dec.receive_data(data)
+        for _ in range(10_000):  # bounded: a read holds at most a few frames
+            try:
+                ev = dec.next_event()
+            except Exception as exc:  # noqa: BLE001 - a codec bug costs a frame, not the bus
+                self._codec_failed(self.meters[0], exc, data.hex().upper())
+                reset = getattr(dec, "reset", None)
+                if reset is not None:
+                    reset()  # whatever it choked on is dropped, not met again
+                break
+            self._count_crc(dec)
+            if ev is hdlc.NEED_DATA:
+                break
+            try:
+                self._on_push(ev)
+            except Exception as exc:  # noqa: BLE001 - one event, not the bus
+                self.log.exception("push: event %r not handled", type(ev).__name__)
+                self._codec_failed(self.meters[0], exc, data.hex().upper())
+
+    def _count_crc(self, dec: Any) -> None:
+        """The HDLC frames' CRC failures so far, counted on the first meter."""
+        frames = getattr(dec, "frames", None)
+        crc = getattr(getattr(frames, "stats", None), "crc_errors", self._crc_seen)
+        if crc != self._crc_seen:
+            self.meters[0].stats.count("crc_errors", crc - self._crc_seen)
+            self._crc_seen = crc
 
     def _on_push(self, ev: Any) -> None:
         """One event of the push decoder: readings, or a counted, rate-limited event."""
@@ -92,11 +96,11 @@ class PushListener:
         m = next((x for x in self.meters if x is ev.route), self.meters[0])
         if isinstance(ev, PushError):
             if ev.kind == kinds.DECRYPT_FAILED:
-                m.stats["decrypt_failures"] += 1
+                m.stats.count("decrypt_failures")
             elif ev.kind == kinds.DECODE_ERROR:
-                m.stats["decode_errors"] += 1
+                m.stats.count("decode_errors")
             elif ev.kind == kinds.FRAME_ERROR:
-                m.stats["frame_errors"] += 1
+                m.stats.count("frame_errors")
             self._push_error(m, ev.kind, ev.reason, ev.frame_hex)
             return
         rx = now_ms()
@@ -118,7 +122,7 @@ class PushListener:
             if last is None:
                 last = self._cursor(m.id, name, None)
             if last is not None and n.invocation_counter <= int(last):
-                m.stats["replays"] += 1
+                m.stats.count("replays")
                 self._push_error(m, kinds.REPLAY_SUSPECTED,
                                  f"invocation counter {n.invocation_counter} of system title "
                                  f"{n.system_title.hex().upper()} is not above the last "
@@ -126,18 +130,17 @@ class PushListener:
                 return
             m.push_ic[name] = n.invocation_counter
             cursors[(m.id, name)] = n.invocation_counter
-        m.stats["notifications"] += 1
-        m.stats["success"] += 1
-        m.stats["readings"] += len(readings)
-        m.last_ok_ms = rx
-        m.last_error = None
+        m.stats.count("notifications")
+        m.stats.ok()
+        m.stats.last_ok_ms = rx
+        m.stats.count("readings", len(readings))
         if readings or cursors:
             self.emit(readings, cursors)
         if readings:
             m.last_readings = readings
 
     def _codec_failed(self, m: Any, exc: BaseException, frame_hex: str) -> None:
-        m.stats["decode_errors"] += 1
+        m.stats.count("decode_errors")
         self._push_error(m, kinds.DECODE_ERROR, f"{type(exc).__name__}: {exc}"[:300], frame_hex)
 
     def _push_meter(self, system_title: bytes | None, src: Any) -> Any:
@@ -154,15 +157,15 @@ class PushListener:
         """Counted always; logged and emitted as an event at most EVENT_BURST times, then
         once per EVENT_EVERY_S per meter and kind (a HAN port pushes every few seconds, an
         attacker faster), with how many were held back."""
-        m.last_error = reason
-        m.stats["failures"] += 1
+        m.stats.last_error = reason
+        m.stats.failures += 1
         gate = m.event_gate.setdefault(kind, [0, 0.0, 0])  # [seen, last emitted at, held back]
         gate[0] += 1
         now = time.monotonic()
         if gate[0] > EVENT_BURST and now - gate[1] < EVENT_EVERY_S:
             gate[2] += 1
             return
-        detail: dict[str, Any] = {"reason": reason, "failures": m.stats["failures"],
+        detail: dict[str, Any] = {"reason": reason, "failures": m.stats.failures,
                                   "count": gate[0], "suppressed": gate[2]}
         if frame_hex:
             detail["frame"] = frame_hex[:HEX_MAX] + ("..." if len(frame_hex) > HEX_MAX else "")
