@@ -22,8 +22,8 @@ from .health import HealthSnapshot, collect
 from .model import Event, Record, now_ms
 from .store import Store
 from .text import plural
-from .uplink.envelope import body_compression
 from .uplink.mqtt import Uplink
+from .wire.body import body_compression
 from . import events as kinds
 
 log = logging.getLogger("gateway")

@@ -26,7 +26,7 @@ Guarantees, and how they are kept:
 
 Records are kept in CHUNKS: one row holds a run of up to ``chunk_max_records`` consecutive
 records of one kind from one commit, already encoded as an envelope body
-(:func:`gateway.uplink.envelope.encode_body`). A row per record cost ~2.3 us of CPU per
+(:func:`gateway.wire.body.encode_body`). A row per record cost ~2.3 us of CPU per
 reading to insert and more to re-encode at send time; a chunk is encoded once, here, and the
 uplink only seals stored bytes. Counts and caps are still in records (``depth``,
 ``max_rows``); eviction removes whole chunks (never gap chunks).
@@ -51,7 +51,7 @@ import cbor2
 
 from .logs import RateLimitedLog
 from .model import KIND_GAP, KIND_OF, KIND_READING, Event, Gap, Reading, Record, StoredRecord, now_ms
-from .uplink.envelope import decode_chunk, encode_body, encode_readings, first_ts
+from .wire.body import decode_chunk, encode_body, encode_readings, first_ts
 from . import events as kinds
 
 log = logging.getLogger("gateway.store")

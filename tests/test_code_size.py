@@ -18,7 +18,6 @@ ALLOWED = {
     "gateway/protocols/xbee.py:module",
     "gateway/protocols/zcl.py:module",
     "gateway/store.py:module",
-    "gateway/uplink/envelope.py:module",
 }
 
 

@@ -87,7 +87,7 @@ def test_sigkill_under_load_never_loses_or_reuses(tmp_path, pki, broker):
 
 
 def test_broker_outage_backlog_arrives_in_order(tmp_path, pki, broker, mqtt_client_factory):
-    from gateway.uplink.envelope import decode_envelope
+    from gateway.wire.envelope import decode_envelope
     from cryptography.hazmat.primitives import serialization
     pub = serialization.load_pem_public_key((pki / "gateway-sign.pub").read_bytes())
     seen: list[tuple[str, int]] = []

@@ -247,7 +247,7 @@ def test_messages_are_bounded_by_records_and_bytes_but_hold_at_least_one_chunk()
 def test_verifier_counts_diag_records() -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from gateway.uplink.envelope import encode_envelope
+    from gateway.wire.envelope import encode_envelope
     from tools.headend.verifier import Verifier
     key = Ed25519PrivateKey.generate()
     recs = [StoredRecord(1, Diag(T0, "gateway", None, {"uptime_s": 5})),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 
 import cbor2
 import pytest
@@ -11,17 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.model import Diag, Event, Gap, Reading, StoredRecord
-from gateway.uplink import envelope as envmod
-from gateway.uplink.envelope import (
-    BadSignature,
+from gateway.wire.cose import COSE_PROTECTED
+from gateway.wire.envelope import (
     Envelope,
     EnvelopeError,
-    MalformedEnvelope,
-    UnknownSigner,
     decode_envelope,
     encode_envelope,
     peek_gateway_id,
 )
+from gateway.wire.errors import BadSignature, MalformedEnvelope, UnknownSigner
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -209,8 +208,8 @@ def test_other_algorithm_is_rejected() -> None:
 
 def _sign_payload(payload: bytes, kid: str = GW) -> bytes:
     """A correctly signed COSE_Sign1 around an arbitrary payload (to fuzz past the signature)."""
-    sig = KEY.sign(cbor2.dumps(["Signature1", envmod.COSE_PROTECTED, b"", payload]))
-    return cbor2.dumps(cbor2.CBORTag(18, [envmod.COSE_PROTECTED, {4: kid.encode()}, payload, sig]))
+    sig = KEY.sign(cbor2.dumps(["Signature1", COSE_PROTECTED, b"", payload]))
+    return cbor2.dumps(cbor2.CBORTag(18, [COSE_PROTECTED, {4: kid.encode()}, payload, sig]))
 
 
 def test_sig_structure_matches_rfc9052() -> None:
@@ -245,7 +244,7 @@ cbor_values = st.recursive(
 @given(cbor_values, cbor_values, cbor_values, cbor_values)
 def test_random_cose_structures_raise_only_envelope_errors(a, b, c, d) -> None:
     _only_envelope_errors(cbor2.dumps(cbor2.CBORTag(18, [a, b, c, d])))
-    _only_envelope_errors(cbor2.dumps(cbor2.CBORTag(18, [envmod.COSE_PROTECTED, {4: b"gw-0001"},
+    _only_envelope_errors(cbor2.dumps(cbor2.CBORTag(18, [COSE_PROTECTED, {4: b"gw-0001"},
                                                          cbor2.dumps(a), b"\x00" * 64])))
 
 
@@ -257,7 +256,7 @@ def test_signed_garbage_payloads_raise_only_envelope_errors(items, profiles, fir
     """Even a trusted key signing nonsense must not crash the decoder."""
     body = [profiles or [["q", 0, "u", "b", []]], [0, "m", 1, 0, 0] + items]
     if compress:
-        body = envmod.zlib.compress(cbor2.dumps(body))[2:-4]  # raw deflate
+        body = zlib.compress(cbor2.dumps(body))[2:-4]  # raw deflate
     for p in ([1, GW, "ep", 0, first, first + count, count, body], [1, GW], body, items):
         with pytest.raises(EnvelopeError):
             decode_envelope(_sign_payload(cbor2.dumps(p)), TRUSTED)

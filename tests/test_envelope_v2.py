@@ -13,19 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.model import KIND_OF, StoredRecord
-from gateway.uplink.envelope import (
+from gateway.wire.body import ZSTD_MAGIC, decode_chunk, encode_body, encode_readings, first_ts
+from gateway.wire.envelope import (
     FORMAT_VERSION_CHUNKED,
     FORMAT_VERSION_CHUNKED_DEFLATE,
-    ZSTD_MAGIC,
     EnvelopeError,
-    MalformedEnvelope,
-    decode_chunk,
     decode_envelope,
-    encode_body,
-    encode_readings,
-    first_ts,
     seal,
 )
+from gateway.wire.errors import MalformedEnvelope
 from tests.test_envelope import (
     GW, KEY, OTHER, T0, TRUSTED, _only_envelope_errors, _sign_payload, assert_tamper_evident,
     cbor_values, mixed_batch, register_batch, stored_batches, times)
@@ -205,7 +201,7 @@ def test_random_zstd_looking_bodies_raise_only_envelope_errors(tail) -> None:
 def test_without_zstandard_bodies_are_deflate_and_zstd_bodies_are_refused_clearly(
         monkeypatch) -> None:
     """An OTA release on a venv made before zstandard was a dependency keeps working."""
-    import gateway.uplink.envelope as envmod
+    import gateway.wire.body as envmod
     recs = register_batch(64)
     zstd_body = make_chunk(recs)[4]
     assert cbor2.loads(zstd_body).startswith(ZSTD_MAGIC)

@@ -16,9 +16,9 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from gateway.fleet.command import encode_command
-from gateway.fleet.cose import load_private_key
+from gateway.wire.cose import load_private_key
 from gateway.model import Event, now_ms
-from gateway.uplink.envelope import EnvelopeError, decode_envelope
+from gateway.wire.envelope import EnvelopeError, decode_envelope
 from tests.gwproc import ROOT, start_gateway, write_config
 from tools.ota import keygen
 

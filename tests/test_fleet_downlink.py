@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from gateway.fleet.command import Rejected, verify_command
-from gateway.fleet.cose import sign1
+from gateway.wire.cose import sign1
 from gateway.fleet.handler import NOT_BEFORE_CURSOR, QUEUE_MAX, SEQ_CURSOR, CommandHandler
 from gateway.model import now_ms
 from gateway.store import Store

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.fleet import launcher, watchdog
 from gateway.fleet.command import Rejected, encode_command, verify_command
-from gateway.fleet.cose import keyring, sign1
+from gateway.wire.cose import keyring, sign1
 from gateway.fleet.handler import SEQ_CURSOR, CommandFailed, CommandHandler
 from gateway.fleet.keys import KeyFileError, check_private_key_file, new_signing_key
 from gateway.store import Store

@@ -14,7 +14,9 @@ from gateway.headend.db import open_db
 from gateway.headend.ingest import Ingestor, Message, RateLog
 from gateway.headend.report import report
 from gateway.model import Event, Gap, Reading, StoredRecord
-from gateway.uplink.envelope import COSE_PROTECTED, SIG1_PREFIX, bstr_head, encode_envelope
+from gateway.wire.cbor import bstr_head
+from gateway.wire.cose import COSE_PROTECTED, SIG1_PREFIX
+from gateway.wire.envelope import encode_envelope
 from tests.headend_db import dsn, fresh_pg_db, pg_cluster  # noqa: F401 (fixtures)
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

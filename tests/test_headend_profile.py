@@ -16,7 +16,7 @@ from gateway.headend.ingest import Ingestor, Message, RateLog
 from gateway.headend.profile import (ProfileError, boundary_values, meter_profile,
                                      parse_interval, parse_time)
 from gateway.model import Reading, StoredRecord
-from gateway.uplink.envelope import encode_envelope
+from gateway.wire.envelope import encode_envelope
 from tests.headend_db import dsn, pg_cluster  # noqa: F401 (fixtures)
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

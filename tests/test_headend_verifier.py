@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.model import Event, Gap, Reading, StoredRecord
-from gateway.uplink.envelope import COSE_PROTECTED, SIG1_PREFIX, bstr_head, encode_envelope
+from gateway.wire.cbor import bstr_head
+from gateway.wire.cose import COSE_PROTECTED, SIG1_PREFIX
+from gateway.wire.envelope import encode_envelope
 from gateway.headend.verifier import SeqRanges, Verifier, missing
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.fleet.bundle import (BundleError, Manifest, build_release, check_upgrade,
                                   extract_release, make_manifest, read_manifest, sign_bundle)
-from gateway.fleet.cose import keyring
+from gateway.wire.cose import keyring
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

@@ -124,7 +124,7 @@ def test_ota_job_over_https_installs_into_the_inactive_slot(tmp_path, pki):
 
     from gateway.fleet.bundle import build_release, make_manifest, sign_bundle
     from gateway.fleet.command import Command
-    from gateway.fleet.cose import keyring
+    from gateway.wire.cose import keyring
     from gateway.fleet.launcher import load_trial
     from gateway.fleet.ota import OtaManager, OtaSettings
     from gateway.fleet.slots import Layout

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from gateway.fleet.bundle import build_release, make_manifest, sign_bundle
-from gateway.fleet.cose import load_private_key
+from gateway.wire.cose import load_private_key
 from gateway.fleet.delivery import chunk_count, chunk_topic
 from gateway.model import now_ms
 from tests.gwproc import ROOT, Restarter

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings, strategies as st
 
-from gateway.uplink.envelope import BadSignature, EnvelopeError, MalformedEnvelope, UnknownSigner
+from gateway.wire.envelope import EnvelopeError
+from gateway.wire.errors import BadSignature, MalformedEnvelope, UnknownSigner
 from gateway.uplink.status import sign_status, verify_status
 from tests.gwproc import start_gateway, write_config
 

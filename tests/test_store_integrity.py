@@ -21,7 +21,7 @@ from gateway.model import Event, Gap, Reading, StoredRecord
 from gateway.runtime import load_signing_key
 from gateway.store import GAP_REASON_CORRUPT, Store
 from gateway.storecheck import verify_store
-from gateway.uplink.envelope import decode_envelope, seal
+from gateway.wire.envelope import decode_envelope, seal
 from gateway.uplink.mqtt import Uplink
 from tests.waiting import wait_for
 from tools.bench.common import UplinkCfg

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from gateway.model import Reading
 from gateway.runtime import load_signing_key
 from gateway.store import Store
-from gateway.uplink.envelope import decode_envelope
+from gateway.wire.envelope import decode_envelope
 from gateway.uplink.mqtt import Doorbell, Uplink
 from gateway.uplink.status import verify_status
 from tools.bench.common import UplinkCfg

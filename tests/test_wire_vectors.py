@@ -11,8 +11,10 @@ import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway import events as kinds
 from gateway.model import KIND_OF, Diag, Event, Gap, Reading, StoredRecord
-from gateway.uplink import envelope as E
-from gateway.fleet import cose as C
+from gateway.wire import body as B
+from gateway.wire import cbor
+from gateway.wire import cose as C
+from gateway.wire import envelope as E
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 T0 = 1_700_000_100_000 // 900_000 * 900_000
@@ -50,16 +52,16 @@ def build() -> dict:
     for n in (1, 64):
         rs = readings(n)
         for comp in (True, False):
-            vec["body"].append({"n": n, "compress": comp, "readings": E.encode_readings(rs, T0, compress=comp).hex(),
-                                "rows": E.encode_body([(i + 1, 0, r.to_obj()) for i, r in enumerate(rs)], T0, compress=comp).hex()})
+            vec["body"].append({"n": n, "compress": comp, "readings": B.encode_readings(rs, T0, compress=comp).hex(),
+                                "rows": B.encode_body([(i + 1, 0, r.to_obj()) for i, r in enumerate(rs)], T0, compress=comp).hex()})
     mx = mixed()
     vec["body"].append({"n": -1, "compress": True, "readings": "",
-                        "rows": E.encode_body([(s.seq, KIND_OF[type(s.record)], s.record.to_obj()) for s in mx], T0).hex()})
+                        "rows": B.encode_body([(s.seq, KIND_OF[type(s.record)], s.record.to_obj()) for s in mx], T0).hex()})
     chunks = []
     rs = readings(130)
     for k in range(0, 130, 64):
         part = rs[k:k + 64]
-        body = E.encode_readings(part, part[0].meter_ts_ms)
+        body = B.encode_readings(part, part[0].meter_ts_ms)
         chunks.append((k + 1 + (k // 64) * 2, k + len(part) + (k // 64) * 2, len(part), part[0].meter_ts_ms, body))
     vec["seal"].append({"hex": E.seal("gw-0001", "ep1", T0 + 1234, chunks, KEY).hex()})
     for obj in ({"v": 1, "id": "x"}, [1, 2, b"abc"], {"cmd": "reboot", "args": {}}):
@@ -83,10 +85,10 @@ def build() -> dict:
     pkt = C.sign1({"a": 1}, KEY)
     kid = C.key_id(KEY.public_key())
     def sign_raw(p, k=kid):
-        s = KEY.sign(E.SIG1_PREFIX + E.bstr_head(len(p)) + p)
+        s = KEY.sign(C.SIG1_PREFIX + cbor.bstr_head(len(p)) + p)
         return tag([prot, {4: k}, p, s])
     def sign_env(p, k=b"gw-0001"):
-        s = KEY.sign(E.SIG1_PREFIX + E.bstr_head(len(p)) + p)
+        s = KEY.sign(C.SIG1_PREFIX + cbor.bstr_head(len(p)) + p)
         return tag([prot, {4: k}, p, s])
     bad_inputs["fleet_notcbor"] = sign_raw(b"\xff")
     bad_inputs["fleet_trailing"] = sign_raw(cbor2.dumps(1) + b"\x00")

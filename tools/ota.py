@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.fleet.bundle import (BundleError, Manifest, build_release, check_upgrade,
                                   make_manifest, read_manifest, sign_bundle)
-from gateway.fleet.cose import key_id, keyring, load_private_key, load_public_key
+from gateway.wire.cose import key_id, keyring, load_private_key, load_public_key
 from gateway.fleet.keys import write_private, write_public
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import string
 
-
-class KeyFileError(ValueError):
-    """A key file that cannot be read or does not hold a 16-byte key."""
+from ..wire.errors import KeyFileError  # the one class for an unusable key file
 
 
 def read_key_file(path: str, size: int = 16) -> bytes:

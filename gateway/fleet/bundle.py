@@ -32,7 +32,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .cose import CoseError, sign1, verify1
+from ..wire.cose import sign1, verify1
+from ..wire.errors import WireError
 
 FORMAT = 1
 PRODUCT = "meter-gateway"
@@ -174,7 +175,7 @@ def read_manifest(path: str | os.PathLike[str],
             signed = _read_member(tar, first)
             try:
                 _, obj = verify1(signed, trusted)
-            except CoseError as e:
+            except WireError as e:
                 raise BundleError(e.reason, f"manifest: {e}") from None
             m = Manifest.from_obj(obj)
             if m.name != PRODUCT:

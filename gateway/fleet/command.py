@@ -4,7 +4,7 @@ Sans-I/O: bytes, the trusted keys, this gateway's id, the last accepted sequence
 the current time go in; a :class:`Command` or a :class:`Rejected` with a stable reason comes
 out. The handler persists the sequence and runs the command.
 
-A command is a COSE_Sign1 (see :mod:`gateway.fleet.cose`) over the CBOR map::
+A command is a COSE_Sign1 (see :mod:`gateway.wire.cose`) over the CBOR map::
 
     {"v": 1, "id": "op-42", "seq": 1732000000123, "target": "gw-0001" | "*" | ["gw-1", ...],
      "iat": issued_ms, "exp": expiry_ms, "cmd": "diagnostics", "args": {...}}
@@ -28,7 +28,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .cose import CoseError, sign1, verify1
+from ..wire.cose import sign1, verify1
+from ..wire.errors import WireError
 
 FORMAT = 1
 FLEET_TARGET = "*"
@@ -81,7 +82,7 @@ def verify_command(data: bytes, trusted: Mapping[bytes, Ed25519PublicKey], gatew
     when an operator resets a locked sequence). Raises :class:`Rejected`."""
     try:
         kid, obj = verify1(data, trusted)
-    except CoseError as e:
+    except WireError as e:
         raise Rejected(e.reason, str(e)) from None
     seen = {k: obj.get(k) for k in ("id", "seq", "cmd")} if isinstance(obj, dict) else {}
     seen = {k: v for k, v in seen.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}

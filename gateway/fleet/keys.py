@@ -21,11 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from .cose import key_id
-
-
-class KeyFileError(ValueError):
-    pass
+from ..wire.cose import key_id
+from ..wire.errors import KeyFileError
 
 
 def check_private_key_file(path: str | os.PathLike[str], what: str) -> None:

@@ -20,9 +20,9 @@ from .. import __version__, driverset
 from ..control.reload import plan_reload
 from ..health import HealthSnapshot
 from ..model import Event, now_ms
+from ..wire.cose import keyring, load_public_key
 from . import keys
 from .command import Command
-from .cose import keyring, load_public_key
 from .handler import CommandFailed, CommandHandler
 from .health import TrialMonitor, wait_healthy
 from .launcher import drop_outcomes, finish_trial, load_trial, read_outcomes, save_trial

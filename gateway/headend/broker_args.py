@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.headend.client import load_public_key
-from gateway.uplink.envelope import WILDCARD
+from gateway.wire.envelope import WILDCARD
 
 
 def add_broker_args(p: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.fleet.cose import load_public_key  # noqa: F401  (re-exported: one key-file reader)
+from gateway.wire.cose import load_public_key  # noqa: F401  (re-exported: one key-file reader)
 from gateway.model import Reading, StoredRecord, now_ms
 from gateway.headend.verifier import FeedResult, Verifier
 
@@ -185,7 +185,7 @@ class Headend:
     def _status(self, msg: mqtt.MQTTMessage) -> None:
         """Status messages are signed like envelopes (gateway.uplink.status): one whose
         signature does not verify is shown as such, never as the gateway's word."""
-        from gateway.uplink.envelope import EnvelopeError
+        from gateway.wire.envelope import EnvelopeError
         from gateway.uplink.status import verify_status
         levels = msg.topic.split("/")
         topic_gw = levels[-2] if len(levels) >= 2 else None

@@ -26,15 +26,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway.headend.db import Database, to_json
 from gateway.headend.verifier import SeqRanges
 from gateway.model import Diag, Event, Gap, Reading
-from gateway.uplink.envelope import (
+from gateway.wire.envelope import (
     WILDCARD,
     Envelope,
     EnvelopeError,
-    MalformedEnvelope,
-    UnknownSigner,
     decode_envelope,
     peek_gateway_id,
 )
+from gateway.wire.errors import MalformedEnvelope, UnknownSigner
 
 MAX_MESSAGE_BYTES = 4 * 2**20  # the gateway's largest envelope is far below this
 LOG_EVERY_S = 60.0

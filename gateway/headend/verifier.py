@@ -25,13 +25,8 @@ import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.model import Diag, Event, Gap, Reading, StoredRecord, kind_of
-from gateway.uplink.envelope import (
-    WILDCARD,
-    EnvelopeError,
-    MalformedEnvelope,
-    decode_envelope,
-    peek_gateway_id,
-)
+from gateway.wire.envelope import WILDCARD, EnvelopeError, decode_envelope, peek_gateway_id
+from gateway.wire.errors import MalformedEnvelope
 
 MAX_MISSING_RANGES = 20
 COUNTERS = ("accepted", "duplicates", "gaps", "gap_records", "replays", "bad_signatures",

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..model import KIND_DIAG, KIND_EVENT, KIND_GAP, KIND_READING, Event, now_ms
 from ..store import ChunkRow, Store
-from .envelope import seal
+from ..wire.envelope import seal
 from .status import sign_status
 from .. import events as kinds
 

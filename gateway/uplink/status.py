@@ -9,8 +9,8 @@ gateway's envelope signing key, of::
 
 where canonical JSON is keys sorted, no whitespace (``","`` and ``":"``), UTF-8, non-ASCII
 not escaped. The signer is named by the signed ``gateway`` field, so :func:`verify_status`
-needs the same trusted-key map as :func:`~gateway.uplink.envelope.decode_envelope`; it raises
-only that module's :class:`~gateway.uplink.envelope.EnvelopeError` subclasses.
+needs the same trusted-key map as :func:`~gateway.wire.envelope.decode_envelope`; it raises
+only :class:`~gateway.wire.errors.WireError` subclasses.
 
 The LWT is signed when the connection is made (the broker publishes it later, unchanged): its
 ``ts_ms`` is that of the connect, not of the loss. A signature proves who wrote a status,
@@ -29,7 +29,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .envelope import WILDCARD, BadSignature, MalformedEnvelope, UnknownSigner
+from ..wire.envelope import WILDCARD
+from ..wire.errors import BadSignature, MalformedEnvelope, UnknownSigner
 
 STATUS_CONTEXT = b"meter-gateway status v1\x00"
 _MAX_STATUS = 64 * 1024

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.model import Reading
 from gateway.runtime import load_signing_key
 from gateway.store import CHUNK_MAX_RECORDS, Store, encode_chunk
-from gateway.uplink.envelope import decode_envelope, seal
+from gateway.wire.envelope import decode_envelope, seal
 from gateway.uplink.mqtt import Uplink
 
 from .common import (Env, PubackCounter, Subscriber, UplinkCfg, bench_env, chunks, close_client,

@@ -32,7 +32,7 @@ from gateway.config import EdgeConfig, ReportByException
 from gateway.edge.clock import Clock
 from gateway.edge.pipeline import EdgePipeline
 from gateway.model import Reading, StoredRecord
-from gateway.uplink.envelope import encode_envelope
+from gateway.wire.envelope import encode_envelope
 
 QUARTER_MS = 900_000
 EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00Z

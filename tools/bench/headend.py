@@ -29,11 +29,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.fleet.cose import load_private_key, load_public_key
+from gateway.wire.cose import load_private_key, load_public_key
 from gateway.headend.db import READING_COLS, open_db
 from gateway.headend.ingest import reading_row
 from gateway.model import Reading, StoredRecord
-from gateway.uplink.envelope import decode_envelope, encode_envelope
+from gateway.wire.envelope import decode_envelope, encode_envelope
 from tools.bench.common import EPOCH_MS, bench_env, close_client, make_readings, paho_publisher
 from tools.pg import PgCluster
 

@@ -30,10 +30,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from gateway.fleet.command import FLEET_TARGET, encode_command
-from gateway.fleet.cose import load_private_key
+from gateway.wire.cose import load_private_key
 from gateway.fleet.delivery import chunk_count, chunk_topic
 from gateway.model import Event
-from gateway.uplink.envelope import WILDCARD, EnvelopeError, decode_envelope
+from gateway.wire.envelope import WILDCARD, EnvelopeError, decode_envelope
 from tools.headend.client import load_public_key, tls_context
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
