@@ -18,7 +18,6 @@ ALLOWED = {
     "gateway/control/handlers.py:module",
     "gateway/drivers/mbus.py:module",
     "gateway/drivers/wmbus.py:module",
-    "gateway/drivers/zigbee.py:module",
     "gateway/edge/diagnostics.py:module",
     "gateway/edge/diagnostics.py:function event",
     "gateway/fleet/delivery.py:function fetch_mqtt",
