@@ -14,7 +14,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ALLOWED = {
     "gateway/drivers/mbus.py:module",
     "gateway/drivers/wmbus.py:module",
-    "gateway/drivers/zigbee.py:module",
     "gateway/protocols/xbee.py:module",
     "gateway/protocols/zcl.py:module",
     "gateway/store.py:module",

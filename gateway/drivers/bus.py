@@ -183,6 +183,9 @@ class BusDriver(Driver):
     def on_idle(self) -> None:
         """Called by listeners when a read returned nothing (watch for silence)."""
 
+    def on_open_failed(self, exc: SerialPortError) -> None:
+        """Called when the port could not be opened, before the backoff wait (report it)."""
+
     # ------------------------------------------------------------------ the skeleton
     def loop(self) -> None:
         try:
@@ -224,6 +227,7 @@ class BusDriver(Driver):
             delay = self.port_backoff.fail()
             self.state, self.last_port_error = "reopening", str(exc)
             self.log.error("%s; retrying in %.1f s", exc, delay)
+            self.on_open_failed(exc)
             self.work.idle(delay)
             return False
         self.port_backoff.ok()
